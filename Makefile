@@ -1,0 +1,66 @@
+# postroom — `make demo` runs the demo, `make test` runs the tests; both set up a fresh machine.
+.DEFAULT_GOAL := all
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/postroom/v1/*.proto)
+GEN_DIR := postroom/v1
+# Generated files are committed; check-proto regenerates into a temp dir and diffs.
+PROTOC = $(PY) -m grpc_tools.protoc -I protos \
+	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	--python_out=$(1) --mypy_out=$(1) --grpc_python_out=$(1) --mypy_grpc_out=$(1) $(PROTO_SRC)
+
+.PHONY: all install system-deps proto check-proto lint typecheck test test-fast demo bench chaos clean
+
+all: lint typecheck test
+
+# System packages the tests drive for real: Prometheus/promtool and Chromium.
+system-deps:
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) system-deps
+
+proto: $(STAMP)
+	$(call PROTOC,.)
+
+check-proto: $(STAMP)
+	@tmp=$$(mktemp -d); $(call PROTOC,$$tmp) && \
+	if diff -r -q $$tmp/$(GEN_DIR) $(GEN_DIR) -x __init__.py -x __pycache__; then \
+	  echo "generated protocol code is current"; rm -rf $$tmp; \
+	else echo "generated code is stale: run 'make proto' and commit"; rm -rf $$tmp; exit 1; fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy coordinator worker sandbox postroom_cli bench tests
+
+test: install check-proto
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+demo: install
+	$(VENV)/bin/postroom demo
+
+bench: install
+	$(PY) -m bench.run --out bench/results.json
+
+chaos: install
+	$(PY) -m bench.chaos --posts 1000 --workers 4 --seed $${SEED:-1}
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Generated from protos/postroom/v1 by `make proto`."""
