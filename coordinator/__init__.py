@@ -1,0 +1,1 @@
+"""postroom coordinator: owns every post, job and lease; serves Publishing and WorkerGateway."""

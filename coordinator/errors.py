@@ -1,0 +1,64 @@
+"""Exceptions of the coordinator, one root, translated to gRPC status codes at the edge.
+
+CoordinatorError
+├── InvalidArgument        -> INVALID_ARGUMENT   (the request itself is wrong)
+├── NotFound               -> NOT_FOUND
+├── FailedPrecondition     -> FAILED_PRECONDITION (valid request, wrong state)
+│   ├── TransitionRefused      a status change not in the transition table
+│   └── StaleLease             a message about a lease that is no longer current
+├── ConcurrentUpdate       -> ABORTED            (a compare-and-set missed: someone else moved it)
+├── ResourceExhausted      -> RESOURCE_EXHAUSTED (oversized chunk or asset)
+├── Unauthenticated        -> UNAUTHENTICATED
+└── StoreError             -> UNAVAILABLE        (the database failed; wraps the driver error)
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CoordinatorError(Exception):
+    """Root of every error the coordinator raises on purpose."""
+
+    status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(CoordinatorError):
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(CoordinatorError):
+    status_code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(CoordinatorError):
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class TransitionRefused(FailedPrecondition):
+    def __init__(self, kind: str, subject_id: str, current: str, target: str) -> None:
+        super().__init__(f"{kind} {subject_id} is {current}; it cannot become {target}")
+        self.kind = kind
+        self.subject_id = subject_id
+        self.current = current
+        self.target = target
+
+
+class StaleLease(FailedPrecondition):
+    pass
+
+
+class ConcurrentUpdate(CoordinatorError):
+    status_code = grpc.StatusCode.ABORTED
+
+
+class ResourceExhausted(CoordinatorError):
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(CoordinatorError):
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class StoreError(CoordinatorError):
+    status_code = grpc.StatusCode.UNAVAILABLE
