@@ -12,8 +12,10 @@ from coordinator.errors import TransitionRefused
 
 J = JobStatus
 JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    # Leased to a worker; cancelled; failed when its content no longer matches the approval.
-    J.QUEUED: frozenset({J.CLAIMED, J.CANCELLED, J.FAILED}),
+    # Leased to a worker; cancelled; failed when its content no longer matches the approval;
+    # SUCCEEDED when the attempt that held the commit permit reports its post after losing the
+    # lease (the job was already queued to be verified).
+    J.QUEUED: frozenset({J.CLAIMED, J.CANCELLED, J.FAILED, J.SUCCEEDED}),
     # A result may arrive before the ack (the worker may verify and finish at once); a lease lost
     # goes back to QUEUED (or FAILED once attempts are exhausted).
     J.CLAIMED: frozenset(

@@ -1,0 +1,95 @@
+"""Jobs waiting for a worker, one min-heap of (not_before, seq) per target.
+
+Entries are deleted lazily: a popped entry whose job is no longer QUEUED at that not_before is
+skipped. Only the lease core calls this (it owns the one ReadyQueue).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+
+from coordinator.domain import Job, JobStatus, Target
+
+WILDCARD_ACCOUNT = "*"
+
+
+class ReadyQueue:
+    def __init__(self) -> None:
+        self._heaps: dict[Target, list[tuple[float, int, str]]] = {}
+        self._by_platform: dict[str, set[Target]] = {}
+        self._seq = itertools.count()
+
+    def push(self, job: Job) -> None:
+        target = job.target
+        heap = self._heaps.get(target)
+        if heap is None:
+            heap = self._heaps[target] = []
+            self._by_platform.setdefault(target.platform, set()).add(target)
+        heapq.heappush(heap, (job.not_before, next(self._seq), job.id))
+
+    def targets_for(self, capabilities: Iterable[Target]) -> list[Target]:
+        out: list[Target] = []
+        for cap in capabilities:
+            if cap.account == WILDCARD_ACCOUNT:
+                out.extend(self._by_platform.get(cap.platform, ()))
+            elif cap in self._heaps:
+                out.append(cap)
+        return out
+
+    def _clean_top(
+        self, target: Target, jobs: dict[str, Job], held: Callable[[Job], bool]
+    ) -> tuple[float, int, str] | None:
+        """Drop stale entries and held jobs (the core re-pushes those when released)."""
+        heap = self._heaps.get(target)
+        while heap:
+            not_before, _, job_id = heap[0]
+            job = jobs.get(job_id)
+            if (
+                job is not None
+                and job.status is JobStatus.QUEUED
+                and job.not_before == not_before
+                and not held(job)
+            ):
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def pick(
+        self,
+        capabilities: Iterable[Target],
+        jobs: dict[str, Job],
+        now: float,
+        open_at: Callable[[Target], float],
+        held: Callable[[Job], bool],
+    ) -> Job | None:
+        """The due job (not_before <= now, gate open, not held) waiting longest, or None."""
+        best: tuple[float, int, Target] | None = None
+        for target in self.targets_for(capabilities):
+            top = self._clean_top(target, jobs, held)
+            if top is None or top[0] > now or open_at(target) > now:
+                continue
+            if best is None or top[:2] < best[:2]:
+                best = (top[0], top[1], target)
+        if best is None:
+            return None
+        _, _, job_id = heapq.heappop(self._heaps[best[2]])
+        return jobs[job_id]
+
+    def next_due(
+        self, jobs: dict[str, Job], open_at: Callable[[Target], float], held: Callable[[Job], bool]
+    ) -> float | None:
+        """Earliest instant a queued job becomes dispatchable (for the actor's timer)."""
+        soonest: float | None = None
+        for target in list(self._heaps):
+            top = self._clean_top(target, jobs, held)
+            if top is None:
+                continue
+            at = max(top[0], open_at(target))
+            if soonest is None or at < soonest:
+                soonest = at
+        return soonest
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._heaps.values())

@@ -1,0 +1,102 @@
+"""Deciding what happens after a failed attempt: a pure function of the error and the job.
+
+`decide(failure, job, policy, now, rand)` returns a value (RetryAt, Fail or NeedsLogin); it does
+no I/O, so the whole decision table is unit-tested (tests/test_retry_unit.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from coordinator.domain import ErrorClass, Job
+
+DEFAULT_INITIAL_INTERVAL_S = 5.0
+DEFAULT_BACKOFF_FACTOR = 2.0
+DEFAULT_MAX_INTERVAL_S = 300.0
+DEFAULT_JITTER_FRACTION = 0.2
+# Rate-limited attempts do not use up max_attempts; they have this cap of their own.
+DEFAULT_MAX_RATE_LIMITED = 50
+# A 429 without any usable retry signal closes the gate this long.
+DEFAULT_RATE_LIMIT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial_interval_s: float = DEFAULT_INITIAL_INTERVAL_S
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR
+    max_interval_s: float = DEFAULT_MAX_INTERVAL_S
+    jitter_fraction: float = DEFAULT_JITTER_FRACTION
+    max_rate_limited: int = DEFAULT_MAX_RATE_LIMITED
+    default_rate_limit_s: float = DEFAULT_RATE_LIMIT_S
+
+    def backoff_s(self, counted_attempts: int, rand: float) -> float:
+        """Delay before the next transient retry; rand in [0, 1) spreads it by ±jitter."""
+        base = self.initial_interval_s * self.backoff_factor ** max(0, counted_attempts - 1)
+        delay = min(self.max_interval_s, base)
+        return delay * (1.0 - self.jitter_fraction + 2.0 * self.jitter_fraction * rand)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicies:
+    default: RetryPolicy = RetryPolicy()
+    per_platform: Mapping[str, RetryPolicy] = field(default_factory=dict)
+
+    def for_platform(self, platform: str) -> RetryPolicy:
+        return self.per_platform.get(platform, self.default)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a worker reported (or what recovery concluded) about a failed attempt."""
+
+    error_class: ErrorClass
+    message: str
+    retry_at: float | None = None  # RATE_LIMITED: when the limit lifts
+    quota_cap: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAt:
+    at: float
+    reason: str  # "rate_limited" | "transient" | "lease_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsLogin:
+    reason: str
+
+
+Decision = RetryAt | Fail | NeedsLogin
+
+
+def decide(failure: Failure, job: Job, policy: RetryPolicy, now: float, rand: float) -> Decision:
+    """The retry table of design.md. `job.attempt` already counts the attempt that failed."""
+    match failure.error_class:
+        case ErrorClass.RATE_LIMITED:
+            if job.rate_limited_count + 1 > policy.max_rate_limited:
+                return Fail(f"rate limited {job.rate_limited_count + 1} times; giving up")
+            at = failure.retry_at if failure.retry_at is not None else 0.0
+            if at <= now:
+                at = now + policy.default_rate_limit_s
+            return RetryAt(at, "rate_limited")
+        case ErrorClass.AUTH_REQUIRED:
+            return NeedsLogin(failure.message or "login required")
+        case ErrorClass.INVALID_CONTENT | ErrorClass.UI_CHANGED | ErrorClass.DUPLICATE:
+            return Fail(failure.message or failure.error_class.value.lower())
+        case ErrorClass.TRANSIENT:
+            if job.counted_attempts >= job.max_attempts:
+                return Fail(f"{job.counted_attempts} attempts failed; last: {failure.message}")
+            return RetryAt(now + policy.backoff_s(job.counted_attempts, rand), "transient")
+
+
+def decide_lease_lost(job: Job, now: float) -> Decision:
+    """A lease ended without a result (worker lost or stuck): retry at once while attempts last."""
+    if job.counted_attempts >= job.max_attempts:
+        return Fail(f"lease lost on attempt {job.attempt} of {job.max_attempts}")
+    return RetryAt(now, "lease_lost")
