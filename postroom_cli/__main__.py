@@ -1,0 +1,3 @@
+from postroom_cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""`postroom job ...`: list, show, watch, cancel, retry and confirm jobs; download screenshots."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+from pathlib import Path
+
+from postroom.v1 import publishing_pb2 as pb
+from postroom.v1 import types_pb2 as t
+from postroom_cli.client import CliError
+from postroom_cli.commands import (
+    Context,
+    Subparsers,
+    add_group,
+    add_leaf,
+    collect_pages,
+    enum_arg,
+    positive_int,
+)
+from postroom_cli.render import (
+    fmt_size,
+    job_change_line,
+    job_status,
+    job_view,
+    jobs_table,
+    log_line,
+    status_line,
+)
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
+    _, sub = add_group(subparsers, "job", common, "follow and steer the jobs of scheduled posts")
+
+    p = add_leaf(sub, "list", _list, common, "jobs, filtered")
+    p.add_argument("--status", type=enum_arg(t.JobStatus.DESCRIPTOR, "status"), default=0)
+    p.add_argument("--platform", default="")
+    p.add_argument("--account", default="")
+    p.add_argument("--post", dest="post_id", default="", metavar="POST_ID")
+    p.add_argument("--device", dest="device_id", default="", metavar="DEVICE")
+    p.add_argument("--limit", type=positive_int, default=100, metavar="N")
+
+    p = add_leaf(sub, "show", _show, common, "a job with its runs, step logs and screenshots")
+    p.add_argument("job_id", metavar="JOB_ID")
+
+    p = add_leaf(
+        sub, "watch", _watch, common, "follow a job live; exit 0 if it succeeds, 1 if it does not"
+    )
+    p.add_argument("job_id", metavar="JOB_ID")
+
+    p = add_leaf(sub, "cancel", _cancel, common, "cancel a job that has not finished")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--reason", default="")
+
+    p = add_leaf(sub, "retry", _retry, common, "retry a FAILED, NEEDS_LOGIN or waiting job now")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--force", action="store_true", help="even through a closed rate-limit gate")
+
+    p = add_leaf(sub, "confirm", _confirm, common, "let an AWAITING_CONFIRM job publish")
+    p.add_argument("job_id", metavar="JOB_ID")
+
+    p = add_leaf(sub, "screenshot", _screenshot, common, "download a proof screenshot")
+    p.add_argument("asset_id", metavar="ASSET_ID")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
+
+
+def _list(args: argparse.Namespace, ctx: Context) -> int:
+    def fetch(page_size: int, token: str) -> tuple[list[t.Job], str]:
+        request = pb.ListJobsRequest(
+            status=args.status,
+            platform=args.platform,
+            account=args.account,
+            post_id=args.post_id,
+            device_id=args.device_id,
+            page_size=page_size,
+            page_token=token,
+        )
+        response = ctx.client.list_jobs(request)
+        return list(response.jobs), response.next_page_token
+
+    jobs = collect_pages(fetch, args.limit)
+    if ctx.out.json_mode:
+        ctx.out.json(jobs)
+    else:
+        ctx.out.show(jobs_table(jobs))
+    return 0
+
+
+def _show(args: argparse.Namespace, ctx: Context) -> int:
+    job = ctx.client.get_job(args.job_id)
+    if ctx.out.json_mode:
+        ctx.out.json(job)
+    else:
+        ctx.out.show(job_view(job))
+    return 0
+
+
+def _show_status(ctx: Context, job: t.Job) -> None:
+    if ctx.out.json_mode:
+        ctx.out.json(job)
+    else:
+        ctx.out.show(status_line("job", job.id, job_status(job.status)))
+
+
+def _cancel(args: argparse.Namespace, ctx: Context) -> int:
+    _show_status(ctx, ctx.client.cancel_job(args.job_id, actor=ctx.actor, reason=args.reason))
+    return 0
+
+
+def _retry(args: argparse.Namespace, ctx: Context) -> int:
+    _show_status(ctx, ctx.client.retry_job(args.job_id, actor=ctx.actor, force=args.force))
+    return 0
+
+
+def _confirm(args: argparse.Namespace, ctx: Context) -> int:
+    _show_status(ctx, ctx.client.confirm_job(args.job_id, actor=ctx.actor))
+    return 0
+
+
+def _watch(args: argparse.Namespace, ctx: Context) -> int:
+    last: t.Job | None = None
+    for event in ctx.client.watch_job(args.job_id):
+        kind = event.WhichOneof("event")
+        if ctx.out.json_mode:
+            ctx.out.json_line(event)
+        elif kind == "log":
+            ctx.out.show(log_line(event.log))
+        elif kind == "job" and (last is None or event.job.status != last.status):
+            # The server also resends the job on lease/attempt changes; only status is news.
+            ctx.out.show(job_change_line(event.job))
+        if kind == "job":
+            last = event.job
+    if last is not None and last.status == t.JOB_STATUS_SUCCEEDED:
+        return 0
+    if last is not None and last.status in (t.JOB_STATUS_FAILED, t.JOB_STATUS_CANCELLED):
+        return 1
+    state = job_status(last.status) if last is not None else "unknown"
+    raise CliError(
+        "INCOMPLETE",
+        f"the coordinator ended the watch while job {args.job_id} was {state}; watch it again",
+    )
+
+
+def _screenshot(args: argparse.Namespace, ctx: Context) -> int:
+    asset_id: str = args.asset_id
+    path: Path = args.output
+    # Download next to the target and rename at the end, so a failed download leaves no file.
+    part = path.with_name(f".{path.name}.part")
+    size = 0
+    total = -1
+    content_type = ""
+    try:
+        with part.open("wb") as file:
+            for chunk in ctx.client.get_asset(asset_id):
+                file.seek(chunk.offset)
+                file.write(chunk.data)
+                size = max(size, chunk.offset + len(chunk.data))
+                total = chunk.total_size or total
+                content_type = chunk.content_type or content_type
+        _verify(asset_id, part, size=size, total=total)
+        part.replace(path)
+    except OSError as exc:
+        raise CliError("IO", f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        part.unlink(missing_ok=True)
+    if ctx.out.json_mode:
+        info = {"asset_id": asset_id, "path": str(path), "size_bytes": size}
+        ctx.out.json({**info, "content_type": content_type})
+    else:
+        ctx.out.show(f"wrote {fmt_size(size)} ({content_type or 'unknown type'}) to {path}")
+    return 0
+
+
+def _verify(asset_id: str, part: Path, *, size: int, total: int) -> None:
+    if total >= 0 and size != total:
+        raise CliError("DATA_LOSS", f"asset {asset_id}: got {size} of {total} bytes")
+    # Asset ids are the sha256 of the bytes, so the download can check itself.
+    expected = asset_id.removeprefix("sha256:").lower()
+    if _SHA256_HEX.fullmatch(expected):
+        actual = hashlib.sha256(part.read_bytes()).hexdigest()
+        if actual != expected:
+            raise CliError("DATA_LOSS", f"asset {asset_id}: downloaded bytes hash to {actual}")
