@@ -1,0 +1,244 @@
+"""The coordinator's Prometheus metrics (names fixed by design.md, "Observability names").
+
+Everything hangs off an injected `CollectorRegistry`; nothing touches the global one. The
+coordinator calls the small typed helpers on `CoordinatorMetrics`, never the raw metric objects, so
+label values stay consistent: status, outcome, reason and phase values are lower-cased
+(`JobStatus.CLAIMED` -> `"claimed"`); platform, account and kind are used as given.
+
+`postroom_jobs_total` (a counter) and `postroom_jobs` (a gauge) share the stem `postroom_jobs`. The
+registry refuses two collectors claiming one name and the OpenMetrics exposition cannot express it,
+so the gauge is a small custom collector and `serve_metrics` always answers in the classic text
+format (0.0.4), where the two names differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any, Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+LeasePhase = Literal["claimed", "running", "committed"]
+
+# Label values the coordinator is expected to use; series for them exist from start-up at 0 so
+# that `increase()` in alerts sees the first event (a counter born at 1 shows no increase).
+LEASE_PHASES: tuple[LeasePhase, ...] = ("claimed", "running", "committed")
+PERMIT_RESULTS: tuple[str, ...] = ("granted", "denied")
+DEVICE_KINDS: tuple[str, ...] = ("api", "browser")
+JOB_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "needs_login", "cancelled")
+
+# Job durations run from a fast API call to a slow browser session (the lease bound is ~30 min).
+JOB_DURATION_BUCKETS_S: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800,
+)  # fmt: skip
+# Dispatch (job ready -> Assign sent) is in-process work: sub-millisecond to a second.
+DISPATCH_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+)  # fmt: skip
+
+
+class _JobCountsCollector:
+    """`postroom_jobs{status,platform}`: the latest per-status snapshot, vanished keys at 0."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def set(self, counts: Mapping[tuple[str, str], int]) -> None:
+        fresh = {(status.lower(), platform): n for (status, platform), n in counts.items()}
+        with self._lock:
+            # A status that empties must read 0, not vanish: a gap would hide the drop on graphs.
+            merged = dict.fromkeys(self._counts, 0)
+            merged.update(fresh)
+            self._counts = merged
+
+    def value(self, status: str, platform: str) -> int | None:
+        with self._lock:
+            return self._counts.get((status.lower(), platform))
+
+    def describe(self) -> Iterable[Metric]:
+        # Declaring no names keeps the registry from seeing a clash with the counter's stem.
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "postroom_jobs", "Current jobs per status and platform.", labels=["status", "platform"]
+        )
+        with self._lock:
+            for (status, platform), n in sorted(self._counts.items()):
+                family.add_metric([status, platform], n)
+        yield family
+
+
+class CoordinatorMetrics:
+    """Every coordinator metric, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry, *, platforms: Iterable[str] = ()) -> None:
+        self.registry = registry
+        r = registry
+        self.jobs = Counter(
+            "postroom_jobs", "Jobs finished, by final outcome.", ["platform", "outcome"], registry=r
+        )
+        self.job_attempts = Counter(
+            "postroom_job_attempts", "Job attempts started.", ["platform"], registry=r
+        )
+        self.retries_scheduled = Counter(
+            "postroom_retries_scheduled",
+            "Retries scheduled, by reason.",
+            ["platform", "reason"],
+            registry=r,
+        )
+        self.rate_limit_hits = Counter(
+            "postroom_rate_limit_hits",
+            "Rate-limit signals received from a platform.",
+            ["platform", "account"],
+            registry=r,
+        )
+        self.rate_limit_gate_closed = Gauge(
+            "postroom_rate_limit_gate_closed",
+            "1 while the rate-limit gate of (platform, account) is closed.",
+            ["platform", "account"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "postroom_job_duration_seconds",
+            "Time from claim to the attempt's outcome.",
+            ["platform", "outcome"],
+            buckets=JOB_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.dispatch_latency_hist = Histogram(
+            "postroom_dispatch_latency_seconds",
+            "Time from a job being dispatchable to its Assign being sent.",
+            buckets=DISPATCH_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.lease_expirations = Counter(
+            "postroom_lease_expirations", "Leases that expired, by phase.", ["phase"], registry=r
+        )
+        self.commit_permits = Counter(
+            "postroom_commit_permits", "Commit permits answered.", ["result"], registry=r
+        )
+        self.devices_online = Gauge(
+            "postroom_devices_online", "Connected workers, by kind.", ["kind"], registry=r
+        )
+        self.needs_login_accounts = Gauge(
+            "postroom_needs_login_accounts",
+            "1 while jobs of (platform, account) wait on a login.",
+            ["platform", "account"],
+            registry=r,
+        )
+        self._job_counts = _JobCountsCollector()
+        r.register(self._job_counts)
+
+        for phase in LEASE_PHASES:
+            self.lease_expirations.labels(phase=phase)
+        for result in PERMIT_RESULTS:
+            self.commit_permits.labels(result=result)
+        for kind in DEVICE_KINDS:
+            self.devices_online.labels(kind=kind).set(0)
+        for platform in platforms:
+            self.job_attempts.labels(platform=platform)
+            for outcome in JOB_OUTCOMES:
+                self.jobs.labels(platform=platform, outcome=outcome)
+
+    def job_attempt_started(self, platform: str) -> None:
+        self.job_attempts.labels(platform=platform).inc()
+
+    def job_finished(self, platform: str, outcome: str, duration_s: float) -> None:
+        outcome = outcome.lower()
+        self.jobs.labels(platform=platform, outcome=outcome).inc()
+        self.job_duration.labels(platform=platform, outcome=outcome).observe(duration_s)
+
+    def retry_scheduled(self, platform: str, reason: str) -> None:
+        self.retries_scheduled.labels(platform=platform, reason=reason.lower()).inc()
+
+    def rate_limit_hit(self, platform: str, account: str) -> None:
+        self.rate_limit_hits.labels(platform=platform, account=account).inc()
+
+    def set_gate(self, platform: str, account: str, closed: bool) -> None:
+        self.rate_limit_gate_closed.labels(platform=platform, account=account).set(int(closed))
+
+    def set_job_counts(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Replace the snapshot; keys are (status, platform). Keys seen before but absent now
+        are set to 0."""
+        self._job_counts.set(counts)
+
+    def job_count(self, status: str, platform: str) -> int | None:
+        """The exported value of `postroom_jobs{status,platform}` (None if never set)."""
+        return self._job_counts.value(status, platform)
+
+    def lease_expired(self, phase: LeasePhase) -> None:
+        self.lease_expirations.labels(phase=phase).inc()
+
+    def commit_permit(self, granted: bool) -> None:
+        self.commit_permits.labels(result="granted" if granted else "denied").inc()
+
+    def set_devices_online(self, kind: str, n: int) -> None:
+        self.devices_online.labels(kind=kind).set(n)
+
+    def dispatch_latency(self, seconds: float) -> None:
+        self.dispatch_latency_hist.observe(seconds)
+
+    def set_needs_login(self, platform: str, account: str, waiting: bool) -> None:
+        self.needs_login_accounts.labels(platform=platform, account=account).set(int(waiting))
+
+
+# --- /metrics over HTTP (duplicated in worker/metrics.py: the packages must not share code) ---
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would flood stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsServer:
+    """A running /metrics endpoint. `port` is the bound port (useful when asked for port 0)."""
+
+    host: str
+    port: int
+    _httpd: _Server
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    async def aclose(self) -> None:
+        """`close` off the event loop: shutdown() waits for the serve loop's next poll."""
+        await asyncio.to_thread(self.close)
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+    """Serve `registry` at http://host:port/metrics from a daemon thread; port 0 picks one."""
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    inner = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # Classic text format only (see the module docstring): drop any OpenMetrics Accept.
+        environ.pop("HTTP_ACCEPT", None)
+        body: Iterable[bytes] = inner(environ, start_response)
+        return body
+
+    httpd = make_server(host, port, app, _Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(host=host, port=int(httpd.server_port), _httpd=httpd, _thread=thread)

@@ -1,0 +1,134 @@
+"""The worker's Prometheus metrics (names fixed by design.md, "Observability names").
+
+Everything hangs off an injected `CollectorRegistry`; nothing touches the global one. The worker
+calls the typed helpers on `WorkerMetrics`, never the raw metric objects.
+
+The HTTP server at the bottom duplicates coordinator/metrics.py on purpose: the coordinator and the
+worker share nothing but the generated protocol code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any, Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+# A step is anything from one HTTP call to a browser page load or an upload of a large video.
+STEP_DURATION_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+)  # fmt: skip
+
+RequestFailure = Literal["timeout", "error"]
+
+
+class WorkerMetrics:
+    """Every worker metric, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.step_duration = Histogram(
+            "postroom_worker_step_duration_seconds",
+            "Duration of one step of a job run.",
+            ["platform", "step"],
+            buckets=STEP_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.platform_requests = Counter(
+            "postroom_worker_platform_requests",
+            "Requests to a platform, by HTTP status code (or timeout / error).",
+            ["platform", "status"],
+            registry=r,
+        )
+        self.jobs_in_flight = Gauge(
+            "postroom_worker_jobs_in_flight", "Jobs this worker is running now.", registry=r
+        )
+        self.connected = Gauge(
+            "postroom_worker_connected",
+            "1 while the stream to the coordinator is up.",
+            registry=r,
+        )
+
+    def observe_step(self, platform: str, step: str, seconds: float) -> None:
+        self.step_duration.labels(platform=platform, step=step).observe(seconds)
+
+    @contextmanager
+    def time_step(self, platform: str, step: str) -> Iterator[None]:
+        """Observe the duration of the `with` body, whether it succeeds or raises."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe_step(platform, step, time.perf_counter() - start)
+
+    def platform_request(self, platform: str, status: int | RequestFailure) -> None:
+        """Count one platform request: `status` is the HTTP status code, or why none came back."""
+        self.platform_requests.labels(platform=platform, status=str(status)).inc()
+
+    def set_jobs_in_flight(self, n: int) -> None:
+        self.jobs_in_flight.set(n)
+
+    def set_connected(self, up: bool) -> None:
+        self.connected.set(int(up))
+
+
+# --- /metrics over HTTP (duplicated in coordinator/metrics.py: no code is shared) ---
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would flood stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsServer:
+    """A running /metrics endpoint. `port` is the bound port (useful when asked for port 0)."""
+
+    host: str
+    port: int
+    _httpd: _Server
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    async def aclose(self) -> None:
+        """`close` off the event loop: shutdown() waits for the serve loop's next poll."""
+        await asyncio.to_thread(self.close)
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+    """Serve `registry` at http://host:port/metrics from a daemon thread; port 0 picks one."""
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    inner = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # Same exposition as the coordinator: the classic text format, whatever Accept says.
+        environ.pop("HTTP_ACCEPT", None)
+        body: Iterable[bytes] = inner(environ, start_response)
+        return body
+
+    httpd = make_server(host, port, app, _Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(host=host, port=int(httpd.server_port), _httpd=httpd, _thread=thread)
