@@ -1,0 +1,1 @@
+"""Platform adapters: the interface (`base`), HTTP boundary helpers and the sandbox adapter."""
