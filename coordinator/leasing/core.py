@@ -160,7 +160,7 @@ class LeaseCore:
             self.posts[post.id] = post
             self.post_jobs.setdefault(post.id, set())
         for job in jobs:
-            self._track(job)
+            self.track(job)
             if job.status in LEASED_STATUSES:
                 run = Run(
                     id=self._new_id("r"),
@@ -177,7 +177,7 @@ class LeaseCore:
             elif job.status is JobStatus.QUEUED:
                 self.queue.push(job)
 
-    def _track(self, job: Job) -> None:
+    def track(self, job: Job) -> None:
         self.jobs[job.id] = job
         self.post_jobs.setdefault(job.post_id, set()).add(job.id)
 
@@ -186,7 +186,7 @@ class LeaseCore:
         self.posts[post.id] = post
         self.post_jobs.setdefault(post.id, set())
         for job in new_jobs:
-            self._track(job)
+            self.track(job)
             if job.status is JobStatus.QUEUED:
                 self.queue.push(job)
         self._dirty_posts.add(post.id)
@@ -874,7 +874,7 @@ class LeaseCore:
                     job.rate_limited_count += 1
                     rec = self.gates.close(job.target, at, _gate_reason(failure))
                     fx.batch.gates.append(rec)
-                    fx.signals.append(RateLimitHit(job.platform, job.account))
+                    fx.signals.append(RateLimitHit(job.platform, job.account, job.id, at))
                     fx.batch.audits.append(
                         AuditEvent(
                             "GATE_CLOSED",
@@ -1010,7 +1010,6 @@ class LeaseCore:
                 PostStatus.PUBLISHING,
                 PostStatus.PUBLISHED,
                 PostStatus.FAILED,
-                PostStatus.APPROVED,
             ):
                 new = derive_post_status(jobs)
                 if new is not post.status:

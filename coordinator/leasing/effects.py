@@ -43,6 +43,8 @@ class CommitDecided:
 class RateLimitHit:
     platform: str
     account: str
+    job_id: str = ""
+    until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,468 @@
+"""The coordinator actor: the one owner of the lease core, and its I/O shell.
+
+Everything that changes state runs inside one task, in mailbox order: worker messages (posted by
+the gateway, no reply) and operator commands (called by Publishing, with a reply). The loop drains
+up to `max_batch` items at a time, runs them against the LeaseCore, then *group-commits*: one
+store transaction for the whole batch (shielded from cancellation), and only then sends the
+resulting messages to the workers' outboxes and answers the callers. So a worker never hears of a
+lease, permit or accepted result that a crash could take back, and thousands of protocol events
+per second share a handful of fsyncs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
+
+from coordinator.clock import Clock
+from coordinator.convert import job_pb, step_log_pb
+from coordinator.domain import JobStatus, Target
+from coordinator.errors import CoordinatorError
+from coordinator.gates import GateBook, Quota
+from coordinator.leasing.core import LeaseConfig, LeaseCore
+from coordinator.leasing.effects import (
+    AttemptEnded,
+    AttemptStarted,
+    CommitDecided,
+    Dispatched,
+    Effects,
+    LeaseExpired,
+    RateLimitHit,
+)
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.retry import RetryPolicies
+from coordinator.store.base import Store
+from coordinator.tracing import inject_traceparent
+from postroom.v1 import publishing_pb2 as pub
+from postroom.v1 import worker_gateway_pb2 as wg
+
+log = logging.getLogger("postroom.coordinator")
+T = TypeVar("T")
+
+DEFAULT_MAX_BATCH = 512
+DEFAULT_MAILBOX_SIZE = 10_000
+DEFAULT_OUTBOX_SIZE = 10_000
+DEFAULT_SWEEP_INTERVAL_S = 1.0
+DEFAULT_METRICS_REFRESH_S = 5.0
+DEFAULT_WATCH_BUFFER = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    retry: RetryPolicies = field(default_factory=RetryPolicies)
+    quotas: dict[str, Quota] = field(default_factory=dict)
+    worker_token: str = ""
+    max_batch: int = DEFAULT_MAX_BATCH
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    login_check_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class _Event:
+    """A worker message for the core; no reply."""
+
+    fn: Callable[[float], Effects]
+
+
+@dataclass(slots=True)
+class _Call(Generic[T]):
+    """An operator command; `fn` may await store reads. The reply comes after the commit."""
+
+    fn: Callable[[float], Awaitable[tuple[Effects, T]]]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        config: CoordinatorConfig,
+        metrics: CoordinatorMetrics | None = None,
+        tracer: Tracer | None = None,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.metrics = metrics
+        self.tracer = tracer or trace.NoOpTracer()
+        self.core = LeaseCore(
+            config=config.lease,
+            gates=GateBook(config.quotas),
+            retry=config.retry,
+            new_id=_new_id,
+            rand=rand or random.random,
+        )
+        self._send, self._recv = anyio.create_memory_object_stream[_Event | _Call[Any]](
+            DEFAULT_MAILBOX_SIZE
+        )
+        self._outboxes: dict[str, MemoryObjectSendStream[wg.CoordinatorMessage]] = {}
+        self._watchers: dict[str, set[MemoryObjectSendStream[pub.JobEvent]]] = {}
+        self._spans: dict[str, Span] = {}
+        self._login_waiters: dict[str, tuple[anyio.Event, list[wg.LoginCheckResult]]] = {}
+        self._wake = anyio.Event()
+        self._armed_at = math.inf
+        self._stopping = False
+        self._last_metrics_refresh = 0.0
+        self._needs_login_seen: set[Target] = set()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Take over the state a previous process left: open posts, their jobs, gates, devices."""
+        now = self.clock.now()
+        active = await self.store.load_active_jobs()
+        post_ids = sorted({j.post_id for j in active})
+        posts = [await self.store.get_post(pid) for pid in post_ids]
+        jobs = [j for pid in post_ids for j in await self.store.jobs_for_post(pid)]
+        self.core.load(posts, jobs, now)
+        self.core.gates.load(await self.store.list_gates())
+        for target, quota in self._quota_targets(jobs):
+            since = now - quota.window_s
+            n = await self.store.count_commits_since(target.platform, target.account, since)
+            self.core.gates.seed_commits(target, [now] * n)
+        for dev in await self.store.list_devices():
+            self.core.devices[dev.id] = dev
+        fx = self.core.settle_posts(now)
+        if fx.batch:
+            await self.store.apply(fx.batch)
+        log.info("loaded %d open posts, %d active jobs", len(posts), len(active))
+
+    def _quota_targets(self, jobs: list[Any]) -> list[tuple[Target, Quota]]:
+        out = []
+        for target in sorted({j.target for j in jobs}):
+            quota = self.core.gates.quota(target)
+            if quota is not None:
+                out.append((target, quota))
+        return out
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The actor's loop and its timer. Returns after stop() once the mailbox is drained."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._timer)
+            task_status.started()
+            await self._loop()
+            tg.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Stop taking events; sessions are told goodbye and closed."""
+        self._stopping = True
+        for sid, outbox in list(self._outboxes.items()):
+            bye = wg.CoordinatorMessage(goodbye=wg.Goodbye(reason="shutdown"))
+            with contextlib.suppress(
+                anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError
+            ):
+                outbox.send_nowait(bye)
+            outbox.close()
+            self._outboxes.pop(sid, None)
+        for watchers in self._watchers.values():
+            for w in watchers:
+                w.close()
+        await self._send.aclose()
+
+    # ---- entry points --------------------------------------------------------------------
+
+    def open_outbox(self, session_id: str) -> MemoryObjectReceiveStream[wg.CoordinatorMessage]:
+        send, recv = anyio.create_memory_object_stream[wg.CoordinatorMessage](DEFAULT_OUTBOX_SIZE)
+        self._outboxes[session_id] = send
+        return recv
+
+    def close_outbox(self, session_id: str) -> None:
+        outbox = self._outboxes.pop(session_id, None)
+        if outbox is not None:
+            outbox.close()
+
+    async def post(self, fn: Callable[[float], Effects]) -> None:
+        """Queue a worker event (bounded mailbox: a flood waits here, it does not grow memory)."""
+        await self._send.send(_Event(fn))
+
+    async def call(self, fn: Callable[[float], Awaitable[tuple[Effects, T]]]) -> T:
+        """Run an operator command inside the actor; returns once its writes are committed."""
+        if self._stopping:
+            raise CoordinatorError("coordinator is shutting down")
+        item: _Call[T] = _Call(fn)
+        await self._send.send(item)
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[no-any-return]
+
+    async def call_sync(self, fn: Callable[[float], tuple[Effects, T]]) -> T:
+        async def run(now: float) -> tuple[Effects, T]:
+            return fn(now)
+
+        return await self.call(run)
+
+    def watch(
+        self, job_id: str
+    ) -> tuple[MemoryObjectSendStream[pub.JobEvent], MemoryObjectReceiveStream[pub.JobEvent]]:
+        """Subscribe to a job's changes and step logs; pass the send half to unwatch()."""
+        send, recv = anyio.create_memory_object_stream[pub.JobEvent](DEFAULT_WATCH_BUFFER)
+        self._watchers.setdefault(job_id, set()).add(send)
+        return send, recv
+
+    def unwatch(self, job_id: str, send: MemoryObjectSendStream[pub.JobEvent]) -> None:
+        watchers = self._watchers.get(job_id, set())
+        watchers.discard(send)
+        send.close()
+        if not watchers:
+            self._watchers.pop(job_id, None)
+
+    def expect_login_check(self, request_id: str) -> anyio.Event:
+        done = anyio.Event()
+        self._login_waiters[request_id] = (done, [])
+        return done
+
+    def login_check_answered(self, result: wg.LoginCheckResult) -> None:
+        waiter = self._login_waiters.get(result.request_id)
+        if waiter is not None:
+            waiter[1].append(result)
+            waiter[0].set()
+
+    def take_login_check(self, request_id: str) -> wg.LoginCheckResult | None:
+        waiter = self._login_waiters.pop(request_id, None)
+        return waiter[1][0] if waiter and waiter[1] else None
+
+    def send_now(self, session_id: str, msg: wg.CoordinatorMessage) -> bool:
+        """Send outside a batch (login checks, screenshot acks: nothing to persist first)."""
+        outbox = self._outboxes.get(session_id)
+        if outbox is None:
+            return False
+        try:
+            outbox.send_nowait(msg)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        async with self._recv:
+            while True:
+                try:
+                    first = await self._recv.receive()
+                except anyio.EndOfStream:
+                    return
+                items: list[_Event | _Call[Any]] = [first]
+                while len(items) < self.config.max_batch:
+                    try:
+                        items.append(self._recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self._process(items)
+
+    async def _process(self, items: list[_Event | _Call[Any]]) -> None:
+        pending = Effects()
+        replies: list[_Call[Any]] = []
+        for item in items:
+            now = self.clock.now()
+            if isinstance(item, _Event):
+                try:
+                    pending.extend(item.fn(now))
+                except CoordinatorError as exc:
+                    log.warning("worker event refused: %s", exc)
+                continue
+            # A command reads the store: everything before it must be committed first.
+            await self._flush(pending, replies)
+            pending, replies = Effects(), []
+            try:
+                fx, result = await item.fn(now)
+            except CoordinatorError as exc:
+                item.error = exc
+                item.done.set()
+                continue
+            pending.extend(fx)
+            item.result = result
+            replies.append(item)
+        await self._flush(pending, replies)
+
+    async def _flush(self, fx: Effects, replies: list[_Call[Any]]) -> None:
+        now = self.clock.now()
+        fx.extend(self.core.settle_posts(now))
+        if fx.batch:
+            # Crash-only: if the store cannot commit, memory and disk disagree; the process
+            # must die and reload from the database rather than send what is not durable.
+            with anyio.CancelScope(shield=True):
+                await self.store.apply(fx.batch)
+        self._observe(fx, now)
+        for sid, msg in fx.messages:
+            if not self.send_now(sid, msg) and sid in self._outboxes:
+                # Outbox full: the worker does not read. Its session dies, not the coordinator.
+                log.warning("session %s outbox overflow; closing it", sid)
+                self.close_outbox(sid)
+        for sid in fx.close_sessions:
+            self.close_outbox(sid)
+        self._notify_watchers(fx)
+        for item in replies:
+            item.done.set()
+        self._rearm()
+
+    def _observe(self, fx: Effects, now: float) -> None:
+        for sig in fx.signals:
+            match sig:
+                case AttemptStarted(job=job):
+                    span = self.tracer.start_span(
+                        "postroom.job.attempt",
+                        attributes={
+                            "postroom.job_id": job.id,
+                            "postroom.platform": job.platform,
+                            "postroom.account": job.account,
+                            "postroom.attempt": job.attempt,
+                            "postroom.lease_epoch": job.lease_epoch,
+                            "postroom.verify_first": job.verify_first,
+                        },
+                    )
+                    if job.id in self._spans:
+                        self._spans.pop(job.id).end()
+                    self._spans[job.id] = span
+                    self._stamp_traceparent(fx, job.id, inject_traceparent(span.get_span_context()))
+                    if self.metrics:
+                        self.metrics.job_attempt_started(job.platform)
+                case AttemptEnded(job=job, outcome=outcome, duration_s=duration):
+                    ended = self._spans.pop(job.id, None)
+                    if ended is not None:
+                        span = ended
+                        span.set_attribute("postroom.outcome", outcome)
+                        if sig.error_class:
+                            span.set_attribute("postroom.error_class", sig.error_class)
+                        if sig.retry_reason:
+                            span.add_event(
+                                "retry_scheduled",
+                                {"reason": sig.retry_reason, "retry_at": sig.retry_at},
+                            )
+                            span.set_attribute(
+                                "postroom.retry_after_s", max(0.0, sig.retry_at - now)
+                            )
+                        span.end()
+                    if self.metrics:
+                        if outcome in ("succeeded", "failed", "needs_login", "cancelled"):
+                            self.metrics.job_finished(job.platform, outcome, duration)
+                        if sig.retry_reason:
+                            self.metrics.retry_scheduled(job.platform, sig.retry_reason)
+                case LeaseExpired(phase=phase):
+                    if self.metrics:
+                        self.metrics.lease_expired(phase)  # type: ignore[arg-type]
+                case CommitDecided(granted=granted):
+                    if self.metrics:
+                        self.metrics.commit_permit(granted)
+                case RateLimitHit(platform=platform, account=account):
+                    attempt_span = self._spans.get(sig.job_id)
+                    if attempt_span is not None:
+                        attempt_span.add_event("gate_closed", {"until": sig.until})
+                    if self.metrics:
+                        self.metrics.rate_limit_hit(platform, account)
+                case Dispatched(latency_s=latency):
+                    if self.metrics:
+                        self.metrics.dispatch_latency(latency)
+
+    def _stamp_traceparent(self, fx: Effects, job_id: str, traceparent: str) -> None:
+        for _, msg in reversed(fx.messages):
+            if msg.WhichOneof("msg") == "assign" and msg.assign.job_id == job_id:
+                msg.assign.traceparent = traceparent
+                return
+
+    def _notify_watchers(self, fx: Effects) -> None:
+        if not self._watchers:
+            return
+        events: list[tuple[str, pub.JobEvent]] = []
+        for job_id, entry_run, attempt, entry in (
+            (j, r, a, e) for j, r, a, e in fx.logs if j in self._watchers
+        ):
+            log_ev = pub.StepLogEvent(run_id=entry_run, attempt=attempt, log=step_log_pb(entry))
+            events.append((job_id, pub.JobEvent(log=log_ev)))
+        for job_id, job in fx.changed_jobs.items():
+            if job_id in self._watchers:
+                events.append((job_id, pub.JobEvent(job=job_pb(job))))
+        for job_id, event in events:
+            for w in list(self._watchers.get(job_id, ())):
+                try:
+                    w.send_nowait(event)
+                except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._watchers[job_id].discard(w)  # a watcher too slow to keep up is cut off
+                    w.close()
+
+    # ---- timer ---------------------------------------------------------------------------
+
+    def _rearm(self) -> None:
+        wake = self.core.next_wakeup()
+        if wake is not None and wake < self._armed_at:
+            self._wake.set()
+
+    async def _timer(self) -> None:
+        """Ticks at the core's next deadline (lease expiry, a job's not_before, a gate reopening,
+        heartbeat silence), and at least every sweep interval as a safety net."""
+        while not self._stopping:
+            now = self.clock.now()
+            wake = self.core.next_wakeup()
+            deadline = now + self.config.sweep_interval_s
+            if wake is not None:
+                deadline = min(deadline, wake)
+            self._armed_at = deadline
+            self._wake = anyio.Event()
+            with anyio.move_on_after(max(0.0, deadline - now) + 0.5):
+                await self._sleep_or_rearm(deadline)
+            self._armed_at = math.inf
+            if self._stopping:
+                return
+            try:
+                await self._send.send(_Event(self.core.tick))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            await self._refresh_gauges()
+
+    async def _sleep_or_rearm(self, deadline: float) -> None:
+        """Sleep until the deadline, or less if a new, earlier deadline appears meanwhile."""
+        async with anyio.create_task_group() as tg:
+
+            async def sleeper() -> None:
+                await self.clock.sleep_until(deadline)
+                tg.cancel_scope.cancel()
+
+            async def waker() -> None:
+                await self._wake.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleeper)
+            tg.start_soon(waker)
+
+    async def _refresh_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        now = self.clock.now()
+        if now - self._last_metrics_refresh < DEFAULT_METRICS_REFRESH_S:
+            return
+        self._last_metrics_refresh = now
+        counts = await self.store.count_jobs()
+        self.metrics.set_job_counts({(s.value, p): n for (s, p), n in counts.items()})
+        online: dict[str, int] = {"api": 0, "browser": 0}
+        for session in self.core.sessions.values():
+            online[session.kind.value] = online.get(session.kind.value, 0) + 1
+        for kind, n in online.items():
+            self.metrics.set_devices_online(kind, n)
+        for view in self.core.gates.views(now):
+            self.metrics.set_gate(view.target.platform, view.target.account, view.closed)
+        waiting = {j.target for j in self.core.jobs.values() if j.status is JobStatus.NEEDS_LOGIN}
+        for target in waiting | self._needs_login_seen:
+            self.metrics.set_needs_login(target.platform, target.account, target in waiting)
+        self._needs_login_seen = waiting
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"

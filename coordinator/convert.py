@@ -1,0 +1,253 @@
+"""Domain values <-> postroom.v1 wire messages. The one place that knows both shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coordinator.domain import (
+    AuditEvent,
+    DeviceRecord,
+    ErrorClass,
+    Job,
+    JobStatus,
+    LoginState,
+    Post,
+    PostStatus,
+    Run,
+    ScreenshotRecord,
+    StepLogEntry,
+    Target,
+    WorkerKind,
+)
+from coordinator.gates import GateView
+from coordinator.poststatus import post_warnings
+from postroom.v1 import types_pb2 as pb
+
+
+def ts(value: float | None) -> Timestamp | None:
+    if not value:
+        return None
+    out = Timestamp()
+    out.FromNanoseconds(int(value * 1e9))
+    return out
+
+
+def post_status_pb(status: PostStatus) -> pb.PostStatus.ValueType:
+    return pb.PostStatus.Value(f"POST_STATUS_{status.value}")
+
+
+def post_status_from_pb(value: int) -> PostStatus | None:
+    if value == pb.POST_STATUS_UNSPECIFIED:
+        return None
+    return PostStatus(pb.PostStatus.Name(value).removeprefix("POST_STATUS_"))  # type: ignore[arg-type]
+
+
+def job_status_pb(status: JobStatus) -> pb.JobStatus.ValueType:
+    return pb.JobStatus.Value(f"JOB_STATUS_{status.value}")
+
+
+def job_status_from_pb(value: int) -> JobStatus | None:
+    if value == pb.JOB_STATUS_UNSPECIFIED:
+        return None
+    return JobStatus(pb.JobStatus.Name(value).removeprefix("JOB_STATUS_"))  # type: ignore[arg-type]
+
+
+def error_class_pb(value: ErrorClass | None) -> pb.ErrorClass.ValueType:
+    if value is None:
+        return pb.ERROR_CLASS_UNSPECIFIED
+    return pb.ErrorClass.Value(f"ERROR_CLASS_{value.value}")
+
+
+def kind_pb(kind: WorkerKind) -> pb.WorkerKind.ValueType:
+    return pb.WORKER_KIND_BROWSER if kind is WorkerKind.BROWSER else pb.WORKER_KIND_API
+
+
+def kind_from_pb(value: int) -> WorkerKind:
+    return WorkerKind.BROWSER if value == pb.WORKER_KIND_BROWSER else WorkerKind.API
+
+
+def login_state_pb(state: LoginState) -> pb.LoginState.ValueType:
+    return pb.LoginState.Value(f"LOGIN_STATE_{state.value}")
+
+
+def login_state_from_pb(value: int) -> LoginState:
+    if value == pb.LOGIN_STATE_LOGGED_IN:
+        return LoginState.LOGGED_IN
+    if value == pb.LOGIN_STATE_NEEDS_LOGIN:
+        return LoginState.NEEDS_LOGIN
+    return LoginState.UNKNOWN
+
+
+_LEVELS = {"DEBUG": pb.LOG_LEVEL_DEBUG, "INFO": pb.LOG_LEVEL_INFO,
+           "WARNING": pb.LOG_LEVEL_WARNING, "ERROR": pb.LOG_LEVEL_ERROR}  # fmt: skip
+
+
+def level_pb(level: str) -> pb.LogLevel.ValueType:
+    return _LEVELS.get(level, pb.LOG_LEVEL_INFO)
+
+
+def level_from_pb(value: int) -> str:
+    for name, v in _LEVELS.items():
+        if v == value:
+            return name
+    return "INFO"
+
+
+def target_pb(t: Target) -> pb.Target:
+    return pb.Target(platform=t.platform, account=t.account)
+
+
+def step_log_pb(entry: StepLogEntry) -> pb.StepLog:
+    return pb.StepLog(
+        step=entry.step, level=level_pb(entry.level), message=entry.message, at=ts(entry.at)
+    )
+
+
+def screenshot_pb(rec: ScreenshotRecord) -> pb.Screenshot:
+    return pb.Screenshot(
+        asset_id=rec.asset_id,
+        label=rec.label,
+        size_bytes=rec.size_bytes,
+        content_type=rec.content_type,
+        at=ts(rec.at),
+    )
+
+
+def run_pb(run: Run) -> pb.Run:
+    return pb.Run(
+        id=run.id,
+        job_id=run.job_id,
+        attempt=run.attempt,
+        device_id=run.device_id,
+        lease_epoch=run.lease_epoch,
+        started_at=ts(run.started_at),
+        ended_at=ts(run.ended_at),
+        outcome=run.outcome,
+        error_class=error_class_pb(run.error_class),
+        error=run.error,
+        committed=run.committed,
+        failed_step=run.failed_step,
+        logs=[step_log_pb(e) for e in run.logs],
+        screenshots=[screenshot_pb(s) for s in run.screenshots],
+    )
+
+
+def job_pb(job: Job, runs: Sequence[Run] = ()) -> pb.Job:
+    return pb.Job(
+        id=job.id,
+        post_id=job.post_id,
+        platform=job.platform,
+        account=job.account,
+        status=job_status_pb(job.status),
+        idempotency_key=job.idempotency_key,
+        platform_key=job.platform_key,
+        content_hash=job.content_hash,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        not_before=ts(job.not_before),
+        lease_epoch=job.lease_epoch,
+        device_id=job.device_id,
+        lease_expires_at=ts(job.lease_expires_at),
+        verify_first=job.verify_first,
+        last_error_class=error_class_pb(job.last_error_class),
+        last_error=job.last_error,
+        result_post_id=job.result_post_id,
+        result_url=job.result_url,
+        rate_limited_count=job.rate_limited_count,
+        created_at=ts(job.created_at),
+        updated_at=ts(job.updated_at),
+        scheduled_at=ts(job.scheduled_at),
+        runs=[run_pb(r) for r in runs],
+    )
+
+
+def target_state_pb(job: Job) -> pb.TargetState:
+    waiting = job.status in (JobStatus.QUEUED,)
+    return pb.TargetState(
+        target=target_pb(job.target),
+        job_id=job.id,
+        job_status=job_status_pb(job.status),
+        attempt=job.attempt,
+        not_before=ts(job.not_before) if waiting else None,
+        last_error_class=error_class_pb(job.last_error_class),
+        last_error=job.last_error,
+        result_post_id=job.result_post_id,
+        result_url=job.result_url,
+    )
+
+
+def post_pb(post: Post, jobs: Sequence[Job] = ()) -> pb.Post:
+    # The newest job per target stands for it (older ones were superseded by a reschedule).
+    latest: dict[Target, Job] = {}
+    for job in sorted(jobs, key=lambda j: (j.created_at, j.id)):
+        if job.status is not JobStatus.CANCELLED or job.target not in latest:
+            latest[job.target] = job
+    current = [latest[t] for t in post.targets if t in latest]
+    warnings = post_warnings(current) if jobs else []
+    if post.status is PostStatus.PENDING_APPROVAL and post.approved_hash:
+        warnings.append("edited after approval: approve again, then schedule")
+    return pb.Post(
+        id=post.id,
+        text=post.text,
+        media=list(post.media),
+        targets=[target_pb(t) for t in post.targets],
+        scheduled_at=ts(post.scheduled_at),
+        status=post_status_pb(post.status),
+        content_hash=post.content_hash,
+        approved_hash=post.approved_hash,
+        approved_by=post.approved_by,
+        warnings=warnings,
+        target_states=[target_state_pb(j) for j in current],
+        created_at=ts(post.created_at),
+        updated_at=ts(post.updated_at),
+        max_attempts=post.max_attempts,
+        require_confirm=post.require_confirm,
+    )
+
+
+def device_pb(
+    dev: DeviceRecord, *, online: bool, free_slots: int, job_ids: Sequence[str]
+) -> pb.Device:
+    return pb.Device(
+        id=dev.id,
+        kind=kind_pb(dev.kind),
+        capabilities=[target_pb(t) for t in dev.capabilities],
+        slots=dev.slots,
+        free_slots=free_slots,
+        last_seen_at=ts(dev.last_seen_at),
+        state=pb.DEVICE_STATE_ONLINE if online else pb.DEVICE_STATE_OFFLINE,
+        logins=[
+            pb.LoginBadge(
+                target=target_pb(t), state=login_state_pb(state), checked_at=ts(at), message=msg
+            )
+            for t, (state, at, msg) in sorted(dev.logins.items())
+        ],
+        job_ids=list(job_ids),
+    )
+
+
+def audit_pb(ev: AuditEvent) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        seq=ev.seq,
+        at=ts(ev.at),
+        action=ev.action,
+        subject_id=ev.subject_id,
+        actor=ev.actor,
+        details_json=ev.details_json(),
+        execution_time_ms=ev.execution_time_ms,
+    )
+
+
+def gate_pb(view: GateView) -> pb.RateLimitGate:
+    return pb.RateLimitGate(
+        target=target_pb(view.target),
+        closed=view.closed,
+        closed_until=ts(view.closed_until) if view.closed else None,
+        reason=view.reason,
+        hits=view.hits,
+        quota_limit=view.quota_limit,
+        quota_window_seconds=int(view.quota_window_s),
+        quota_used=view.quota_used,
+    )
