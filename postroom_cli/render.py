@@ -48,7 +48,16 @@ class Output:
         )
 
     def show(self, renderable: RenderableType) -> None:
-        self.console.print(renderable, soft_wrap=isinstance(renderable, (str, Text)))
+        soft_wrap = isinstance(renderable, (str, Text))
+        if self.console.is_terminal:
+            self.console.print(renderable, soft_wrap=soft_wrap)
+            return
+        # Piped: drop the padding rich adds to every cell so `grep`/`awk` see clean lines.
+        with self.console.capture() as captured:
+            self.console.print(renderable, soft_wrap=soft_wrap)
+        lines = (line.rstrip() for line in captured.get().splitlines())
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
 
     def json(self, value: Message | Sequence[Message] | dict[str, Any]) -> None:
         """One object, or a JSON array for a sequence of messages."""
@@ -139,7 +148,7 @@ def styled(label: str) -> Text:
 
 
 def _table(*columns: str) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold")
     return table
@@ -179,7 +188,7 @@ def post_view(post: t.Post) -> Group:
         ),
         ("content hash", post.content_hash or EMPTY),
         ("approved", approved),
-        ("max attempts", str(post.max_attempts or EMPTY)),
+        ("max attempts", str(post.max_attempts) if post.max_attempts else "default"),
         ("confirm", "required before publishing" if post.require_confirm else "no"),
         ("created", fmt_time(post.created_at)),
         ("updated", fmt_time(post.updated_at)),
@@ -198,7 +207,7 @@ def post_view(post: t.Post) -> Group:
                 fmt_error(ts.last_error_class, ts.last_error),
                 ts.result_url or EMPTY,
             )
-        parts.append(table)
+        parts += [Text(""), table]
     return Group(*parts)
 
 
@@ -245,12 +254,15 @@ def job_view(job: t.Job) -> Group:
             f"{job.device_id}, epoch {job.lease_epoch}, expires {fmt_time(job.lease_expires_at)}"
         )
     result = " ".join(x for x in (job.result_post_id, job.result_url) if x) or EMPTY
+    attempt = f"{job.attempt}/{job.max_attempts}"
+    if job.rate_limited_count:  # those do not use up max_attempts, so say so
+        attempt += f" (+{job.rate_limited_count} rate-limited)"
     rows: list[tuple[str, str | Text]] = [
         ("job", job.id),
         ("post", job.post_id),
         ("target", f"{job.platform}:{job.account}"),
         ("status", styled(job_status(job.status))),
-        ("attempt", f"{job.attempt}/{job.max_attempts} ({job.rate_limited_count} rate-limited)"),
+        ("attempt", attempt),
         ("next try", fmt_time(job.not_before)),
         ("lease", lease),
         ("verify first", "yes" if job.verify_first else "no"),
