@@ -62,7 +62,6 @@ def enum_arg(descriptor: EnumDescriptor, what: str) -> Callable[[str], int]:
         choices = ", ".join(enum_names(descriptor))
         raise argparse.ArgumentTypeError(f"unknown {what} {value!r}; one of: {choices}")
 
-    parse.__name__ = what  # argparse names the type in its messages
     return parse
 
 
