@@ -211,6 +211,7 @@ class LeaseCore:
     def open_session(
         self,
         session_id: str,
+        now: float,
         *,
         device_id: str,
         kind: WorkerKind,
@@ -218,7 +219,6 @@ class LeaseCore:
         slots: int,
         held: Iterable[tuple[str, int]],
         version: str,
-        now: float,
     ) -> Effects:
         fx = Effects()
         for other in [s for s in self.sessions.values() if s.device_id == device_id]:
@@ -288,11 +288,13 @@ class LeaseCore:
         fx.send(session_id, wg.CoordinatorMessage(heartbeat_ack=ack))
         return fx
 
-    def goodbye(self, session_id: str) -> None:
+    def goodbye(self, session_id: str, now: float) -> Effects:
         """The worker drains: no new leases; it finishes what it holds."""
         session = self.sessions.get(session_id)
         if session is not None:
             session.draining = True
+            session.last_heartbeat = max(session.last_heartbeat, now)
+        return Effects()
 
     def session_lost(self, session_id: str, now: float, *, reason: str) -> Effects:
         """The stream ended (EOF, error, heartbeat silence, superseded). Leases before their
@@ -353,8 +355,12 @@ class LeaseCore:
             self._move(fx, job, JobStatus.RUNNING, now)
         return fx
 
-    def log(self, session_id: str, job_id: str, epoch: int, entry: StepLogEntry) -> Effects:
+    def log(
+        self, session_id: str, job_id: str, epoch: int, entry: StepLogEntry, now: float
+    ) -> Effects:
         fx = Effects()
+        if not entry.at:
+            entry.at = now
         lease = self._lease_of(session_id, job_id, epoch)
         if lease is None:
             self._drop(fx, session_id, job_id, epoch, self._stale_reason(job_id, epoch))
@@ -365,7 +371,7 @@ class LeaseCore:
         return fx
 
     def screenshot(
-        self, session_id: str, job_id: str, epoch: int, rec: ScreenshotRecord
+        self, session_id: str, job_id: str, epoch: int, rec: ScreenshotRecord, now: float
     ) -> Effects:
         fx = Effects()
         lease = self._lease_of(session_id, job_id, epoch)

@@ -1,0 +1,283 @@
+"""`postroom coordinator`: parse the command line once, build the parts, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from coordinator.actor import Coordinator, CoordinatorConfig
+from coordinator.assets import AssetStore
+from coordinator.clock import SystemClock
+from coordinator.domain import KNOWN_PLATFORMS
+from coordinator.gates import Quota, parse_quota
+from coordinator.gateway import WorkerGatewayService
+from coordinator.leasing.core import (
+    DEFAULT_CLAIM_TIMEOUT_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_RUN_TIMEOUT_S,
+    LeaseConfig,
+)
+from coordinator.logs import configure_logging
+from coordinator.metrics import CoordinatorMetrics, serve_metrics
+from coordinator.publishing import PublishingService
+from coordinator.retry import RetryPolicies, RetryPolicy
+from coordinator.store import open_store
+from coordinator.tracing import exporters_from_env, make_tracer_provider
+from postroom.v1 import publishing_pb2, worker_gateway_pb2
+from postroom.v1 import publishing_pb2_grpc as pub_grpc
+from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
+
+log = logging.getLogger("postroom.coordinator")
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DB = "sqlite:///postroom.db"
+DEFAULT_ASSETS = "postroom-assets"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_DRAIN_GRACE_S = 5.0
+# Transport backstop under the application heartbeats (toolchain.md): allow workers' pings.
+GRPC_SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", 1024 * 1024),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    listen: str
+    db: str
+    assets: Path
+    metrics_listen: str
+    ready_file: Path | None
+    log_format: Literal["text", "json"]
+    log_level: str
+    coordinator: CoordinatorConfig
+
+
+def split_host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SystemExit(f"postroom coordinator: {flag} {value!r}: expected HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+def parse_args(argv: list[str]) -> ServerOptions:
+    p = argparse.ArgumentParser(prog="postroom coordinator", description=__doc__)
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC address (default %(default)s)")
+    p.add_argument(
+        "--db",
+        default=os.environ.get("POSTROOM_DB", DEFAULT_DB),
+        help="sqlite:///PATH (default %(default)s)",
+    )
+    p.add_argument(
+        "--assets",
+        default=DEFAULT_ASSETS,
+        type=Path,
+        help="screenshot directory (default %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default=DEFAULT_METRICS_LISTEN,
+        help="Prometheus /metrics address (default %(default)s)",
+    )
+    p.add_argument(
+        "--worker-token",
+        default=os.environ.get("POSTROOM_WORKER_TOKEN", ""),
+        help="shared secret workers must present (env POSTROOM_WORKER_TOKEN)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL_S,
+        metavar="SECONDS",
+        help="worker heartbeat interval (default %(default)s)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="lease lifetime without a heartbeat (default 3 x heartbeat interval)",
+    )
+    p.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=DEFAULT_CLAIM_TIMEOUT_S,
+        metavar="SECONDS",
+        help="recover a job claimed but not started after this",
+    )
+    p.add_argument(
+        "--run-timeout",
+        type=float,
+        default=DEFAULT_RUN_TIMEOUT_S,
+        metavar="SECONDS",
+        help="recover a job running longer than this",
+    )
+    p.add_argument(
+        "--retry-initial",
+        type=float,
+        default=RetryPolicy().initial_interval_s,
+        metavar="SECONDS",
+        help="first transient-retry delay (doubles each time)",
+    )
+    p.add_argument(
+        "--retry-max",
+        type=float,
+        default=RetryPolicy().max_interval_s,
+        metavar="SECONDS",
+        help="longest transient-retry delay",
+    )
+    p.add_argument(
+        "--quota",
+        action="append",
+        default=[],
+        metavar="PLATFORM[:ACCOUNT]=N/SECONDS",
+        help="close the gate before a platform limit, e.g. sandbox=2/3600",
+    )
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write 'GRPC_PORT METRICS_PORT' here once serving (for scripts)",
+    )
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--log-level", default=os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))
+    a = p.parse_args(argv)
+    split_host_port(a.listen, "--listen")
+    split_host_port(a.metrics_listen, "--metrics-listen")
+    quotas: dict[str, Quota] = {}
+    for spec in a.quota:
+        try:
+            key, quota = parse_quota(spec)
+        except ValueError as exc:
+            p.error(str(exc))
+        if key.split(":")[0] not in KNOWN_PLATFORMS:
+            p.error(f"--quota {spec!r}: unknown platform")
+        quotas[key] = quota
+    if a.heartbeat_interval <= 0:
+        p.error("--heartbeat-interval must be positive")
+    ttl = a.lease_ttl if a.lease_ttl is not None else 3 * a.heartbeat_interval
+    if ttl <= a.heartbeat_interval:
+        p.error("--lease-ttl must be longer than --heartbeat-interval")
+    lease = LeaseConfig(
+        heartbeat_interval_s=a.heartbeat_interval,
+        lease_ttl_s=ttl,
+        restart_grace_s=ttl,
+        commit_min_left_s=min(2.0, ttl / 3),
+        claim_timeout_s=a.claim_timeout,
+        run_timeout_s=a.run_timeout,
+    )
+    retry = RetryPolicies(
+        default=RetryPolicy(initial_interval_s=a.retry_initial, max_interval_s=a.retry_max)
+    )
+    return ServerOptions(
+        listen=a.listen,
+        db=a.db,
+        assets=a.assets,
+        metrics_listen=a.metrics_listen,
+        ready_file=a.ready_file,
+        log_format=a.log_format,
+        log_level=a.log_level,
+        coordinator=CoordinatorConfig(
+            lease=lease, retry=retry, quotas=quotas, worker_token=a.worker_token
+        ),
+    )
+
+
+async def serve(opts: ServerOptions) -> None:
+    store = open_store(opts.db)
+    await store.open()
+    registry = CollectorRegistry()
+    metrics = CoordinatorMetrics(registry, platforms=sorted(KNOWN_PLATFORMS))
+    provider = make_tracer_provider("postroom-coordinator")
+    coordinator = Coordinator(
+        store=store,
+        clock=SystemClock(),
+        config=opts.coordinator,
+        metrics=metrics,
+        tracer=provider.get_tracer("postroom.coordinator"),
+    )
+    await coordinator.load()
+    opts.assets.mkdir(parents=True, exist_ok=True)
+    assets = AssetStore(opts.assets)
+
+    interceptors = []
+    if exporters_from_env():  # tracing asked for: instrument the gRPC calls too
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        interceptors.append(aio_server_interceptor(tracer_provider=provider))  # type: ignore[no-untyped-call]
+    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=interceptors)
+    pub_grpc.add_PublishingServicer_to_server(PublishingService(coordinator, assets), server)
+    wg_grpc.add_WorkerGatewayServicer_to_server(WorkerGatewayService(coordinator, assets), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_names = (
+        publishing_pb2.DESCRIPTOR.services_by_name["Publishing"].full_name,
+        worker_gateway_pb2.DESCRIPTOR.services_by_name["WorkerGateway"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(service_names, server)
+    port = server.add_insecure_port(opts.listen)
+    if port == 0:
+        raise SystemExit(f"postroom coordinator: cannot listen on {opts.listen}")
+    mhost, mport = split_host_port(opts.metrics_listen, "--metrics-listen")
+    metrics_server = serve_metrics(registry, mhost, mport)
+    await server.start()
+    for name in ("", *service_names[:2]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host = opts.listen.rpartition(":")[0] or "127.0.0.1"
+    print(
+        f"coordinator listening on {host}:{port} (metrics {metrics_server.url}, db {opts.db})",
+        flush=True,
+    )
+    if opts.ready_file is not None:
+        tmp = opts.ready_file.with_suffix(".tmp")
+        tmp.write_text(f"{port} {metrics_server.port}\n")
+        tmp.replace(opts.ready_file)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(coordinator.run)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    break
+            for name in ("", *service_names[:2]):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Workers are told goodbye (they keep their jobs and resume them on reconnect);
+            # commands in the mailbox are still processed and committed before the loop ends.
+            await coordinator.stop()
+            await server.stop(DEFAULT_DRAIN_GRACE_S)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+            metrics_server.close()
+            provider.shutdown()
+    log.info("coordinator stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging(fmt=opts.log_format, level=opts.log_level)
+    anyio.run(serve, opts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

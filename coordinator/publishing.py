@@ -1,0 +1,488 @@
+"""`postroom.v1.Publishing`: the operators' API. Validates requests (INVALID_ARGUMENT with a message
+that says what to fix), reads from the store, and sends every change through the actor."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+import grpc
+
+from coordinator import posts
+from coordinator.actor import Coordinator
+from coordinator.assets import AssetStore, sniff_content_type
+from coordinator.convert import (
+    audit_pb,
+    device_pb,
+    gate_pb,
+    job_pb,
+    job_status_from_pb,
+    login_state_from_pb,
+    post_pb,
+    post_status_from_pb,
+    target_pb,
+    ts,
+)
+from coordinator.domain import (
+    KNOWN_PLATFORMS,
+    MAX_TEXT_CHARS,
+    TERMINAL_JOB_STATUSES,
+    Job,
+    Target,
+)
+from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
+from coordinator.leasing.effects import Effects
+from coordinator.store.base import JobFilter
+from postroom.v1 import publishing_pb2 as pub
+from postroom.v1 import publishing_pb2_grpc as pub_grpc
+from postroom.v1 import types_pb2 as pb
+from postroom.v1 import worker_gateway_pb2 as wg
+
+R = TypeVar("R")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+MAX_ATTEMPTS_LIMIT = 20
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+DEFAULT_AUDIT_PAGE = 1000
+MAX_AUDIT_PAGE = 10_000
+
+
+def rpc(
+    fn: Callable[[Any, Any, Ctx], Awaitable[R]],
+) -> Callable[[Any, Any, Ctx], Awaitable[R]]:
+    """Translate our errors into gRPC statuses, once, at the edge."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Ctx) -> R:
+        try:
+            return await fn(self, request, context)
+        except CoordinatorError as exc:
+            await context.abort(exc.status_code, str(exc))
+            raise  # abort() raises; this keeps type checkers honest
+
+    return wrapper
+
+
+def parse_time(value: str, field_name: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidArgument(
+            f"{field_name} {value!r} is not an RFC 3339 time; write e.g. 2026-11-24T18:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise InvalidArgument(
+            f"{field_name} {value!r} has no time zone; add Z (UTC) or an offset like +01:00"
+        )
+    return parsed.timestamp()
+
+
+def validate_text(text: str) -> str:
+    if not text.strip():
+        raise InvalidArgument("text is empty: a post needs some text")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidArgument(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    return text
+
+
+def validate_targets(targets: Sequence[pb.Target]) -> list[Target]:
+    if not targets:
+        raise InvalidArgument("no targets: add at least one (platform, account), e.g. sandbox:acme")
+    out: list[Target] = []
+    for t in targets:
+        platform, account = t.platform.strip().lower(), t.account.strip()
+        if platform not in KNOWN_PLATFORMS:
+            raise InvalidArgument(
+                f"unknown platform {t.platform!r}; use one of {', '.join(sorted(KNOWN_PLATFORMS))}"
+            )
+        if not account or account == "*":
+            raise InvalidArgument(f"target on {platform} has no account; write {platform}:ACCOUNT")
+        target = Target(platform, account)
+        if target in out:
+            raise InvalidArgument(f"target {target} appears twice; list each target once")
+        out.append(target)
+    return out
+
+
+def require_id(value: str, name: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{name} is required")
+    return value.strip()
+
+
+def actor_name(value: str) -> str:
+    return f"user:{value.strip() or 'operator'}"
+
+
+def page(page_size: int, token: str, default: int, maximum: int) -> tuple[int, int]:
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    size = min(page_size or default, maximum)
+    try:
+        offset = int(token) if token else 0
+    except ValueError:
+        raise InvalidArgument(f"page_token {token!r} is not one this server gave out") from None
+    return size, max(0, offset)
+
+
+class PublishingService(pub_grpc.PublishingServicer):
+    def __init__(self, coordinator: Coordinator, assets: AssetStore) -> None:
+        self.co = coordinator
+        self.store = coordinator.store
+        self.core = coordinator.core
+        self.assets = assets
+
+    async def _post_reply(self, post_id: str) -> pb.Post:
+        post = await self.store.get_post(post_id)
+        return post_pb(post, await self.store.jobs_for_post(post_id))
+
+    # ---- posts ---------------------------------------------------------------------------
+
+    @rpc
+    async def CreatePost(self, request: pub.CreatePostRequest, context: Ctx) -> pb.Post:
+        text = validate_text(request.text)
+        targets = validate_targets(request.targets)
+        when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
+        if not 0 <= request.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidArgument(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+        post_id = f"p-{uuid.uuid4().hex[:12]}"
+
+        async def run(now: float) -> tuple[Effects, Any]:
+            return posts.create(
+                post_id=post_id,
+                text=text,
+                media=list(request.media),
+                targets=targets,
+                scheduled_at=when,
+                max_attempts=request.max_attempts or 3,
+                require_confirm=request.require_confirm,
+                actor=actor_name(request.actor),
+                now=now,
+            )
+
+        await self.co.call(run)
+        return await self._post_reply(post_id)
+
+    @rpc
+    async def GetPost(self, request: pub.GetPostRequest, context: Ctx) -> pb.Post:
+        return await self._post_reply(require_id(request.post_id, "post_id"))
+
+    @rpc
+    async def ListPosts(self, request: pub.ListPostsRequest, context: Ctx) -> pub.ListPostsResponse:
+        size, offset = page(request.page_size, request.page_token, DEFAULT_PAGE, MAX_PAGE)
+        found = await self.store.list_posts(
+            status=post_status_from_pb(request.status), limit=size, offset=offset
+        )
+        token = str(offset + size) if len(found) == size else ""
+        return pub.ListPostsResponse(posts=[post_pb(p) for p in found], next_page_token=token)
+
+    @rpc
+    async def UpdatePost(self, request: pub.UpdatePostRequest, context: Ctx) -> pb.Post:
+        post_id = require_id(request.post_id, "post_id")
+        text = validate_text(request.text) if request.HasField("text") else None
+        targets = validate_targets(request.targets) if request.targets else None
+        media = list(request.media) if (request.media or request.replace_media) else None
+        when = (
+            parse_time(request.scheduled_at, "scheduled_at")
+            if request.HasField("scheduled_at")
+            else None
+        )
+        await self.co.call(
+            lambda now: posts.update(
+                self.store,
+                self.core,
+                post_id=post_id,
+                text=text,
+                media=media,
+                targets=targets,
+                scheduled_at=when,
+                actor=actor_name(request.actor),
+                now=now,
+            )
+        )
+        return await self._post_reply(post_id)
+
+    @rpc
+    async def SubmitPost(self, request: pub.SubmitPostRequest, context: Ctx) -> pb.Post:
+        post_id = require_id(request.post_id, "post_id")
+        actor = actor_name(request.actor)
+        await self.co.call(lambda now: posts.submit(self.store, self.core, post_id, actor, now))
+        return await self._post_reply(post_id)
+
+    @rpc
+    async def ApprovePost(self, request: pub.ApprovePostRequest, context: Ctx) -> pb.Post:
+        post_id = require_id(request.post_id, "post_id")
+        actor = actor_name(request.actor)
+        reviewed = request.content_hash.strip()
+        await self.co.call(
+            lambda now: posts.approve(self.store, self.core, post_id, reviewed, actor, now)
+        )
+        return await self._post_reply(post_id)
+
+    @rpc
+    async def SchedulePost(self, request: pub.SchedulePostRequest, context: Ctx) -> pb.Post:
+        post_id = require_id(request.post_id, "post_id")
+        when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
+        job_prefix = f"j-{uuid.uuid4().hex[:12]}-"
+        await self.co.call(
+            lambda now: posts.schedule(
+                self.store,
+                self.core,
+                post_id=post_id,
+                scheduled_at=when,
+                new_job_id=job_prefix,
+                actor=actor_name(request.actor),
+                now=now,
+            )
+        )
+        return await self._post_reply(post_id)
+
+    @rpc
+    async def CancelPost(self, request: pub.CancelPostRequest, context: Ctx) -> pb.Post:
+        post_id = require_id(request.post_id, "post_id")
+        actor = actor_name(request.actor)
+        await self.co.call(
+            lambda now: posts.cancel(self.store, self.core, post_id, request.reason, actor, now)
+        )
+        return await self._post_reply(post_id)
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def _job_reply(self, job_id: str) -> pb.Job:
+        job = await self.store.get_job(job_id)
+        return job_pb(job, await self.store.get_runs(job_id))
+
+    @rpc
+    async def GetJob(self, request: pub.GetJobRequest, context: Ctx) -> pb.Job:
+        return await self._job_reply(require_id(request.job_id, "job_id"))
+
+    @rpc
+    async def ListJobs(self, request: pub.ListJobsRequest, context: Ctx) -> pub.ListJobsResponse:
+        size, offset = page(request.page_size, request.page_token, DEFAULT_PAGE, MAX_PAGE)
+        flt = JobFilter(
+            status=job_status_from_pb(request.status),
+            platform=request.platform.strip().lower(),
+            account=request.account.strip(),
+            post_id=request.post_id.strip(),
+            device_id=request.device_id.strip(),
+        )
+        found = await self.store.list_jobs(flt, limit=size, offset=offset)
+        token = str(offset + size) if len(found) == size else ""
+        return pub.ListJobsResponse(jobs=[job_pb(j) for j in found], next_page_token=token)
+
+    async def WatchJob(
+        self, request: pub.WatchJobRequest, context: Ctx
+    ) -> AsyncIterator[pub.JobEvent]:
+        try:
+            job_id = require_id(request.job_id, "job_id")
+            send, recv = self.co.watch(job_id)  # subscribe first: no change slips between
+            try:
+                job = await self.store.get_job(job_id)
+            except NotFound:
+                self.co.unwatch(job_id, send)
+                raise
+        except CoordinatorError as exc:
+            await context.abort(exc.status_code, str(exc))
+            return
+        try:
+            yield pub.JobEvent(job=job_pb(job))
+            if job.status in TERMINAL_JOB_STATUSES:
+                return
+            async with recv:
+                async for event in recv:
+                    yield event
+                    if event.HasField("job") and job_status_from_pb(event.job.status) in (
+                        TERMINAL_JOB_STATUSES
+                    ):
+                        return
+        finally:
+            self.co.unwatch(job_id, send)
+
+    async def _ensure_loaded(self, job_id: str) -> Job:
+        """Inside the actor: the core's job, loading the job's post back if it was finished."""
+        if job_id in self.core.jobs:
+            return self.core.jobs[job_id]
+        job = await self.store.get_job(job_id)
+        post = await self.store.get_post(job.post_id)
+        jobs = await self.store.jobs_for_post(job.post_id)
+        self.core.posts[post.id] = post
+        for j in jobs:
+            self.core.track(j)
+        return self.core.jobs[job_id]
+
+    @rpc
+    async def CancelJob(self, request: pub.CancelJobRequest, context: Ctx) -> pb.Job:
+        job_id = require_id(request.job_id, "job_id")
+
+        async def run(now: float) -> tuple[Effects, None]:
+            await self._ensure_loaded(job_id)
+            reason = request.reason or "cancelled by an operator"
+            return self.core.cancel(job_id, actor_name(request.actor), reason, now), None
+
+        await self.co.call(run)
+        return await self._job_reply(job_id)
+
+    @rpc
+    async def RetryJob(self, request: pub.RetryJobRequest, context: Ctx) -> pb.Job:
+        job_id = require_id(request.job_id, "job_id")
+
+        async def run(now: float) -> tuple[Effects, None]:
+            job = await self._ensure_loaded(job_id)
+            post = self.core.posts.get(job.post_id)
+            if post is None or post.approved_hash != job.content_hash:
+                raise FailedPrecondition(
+                    f"post {job.post_id} changed since this job was scheduled; approve and "
+                    "schedule the post again instead"
+                )
+            fx = self.core.retry_now(job_id, actor_name(request.actor), request.force, now)
+            return fx, None
+
+        await self.co.call(run)
+        return await self._job_reply(job_id)
+
+    @rpc
+    async def ConfirmJob(self, request: pub.ConfirmJobRequest, context: Ctx) -> pb.Job:
+        job_id = require_id(request.job_id, "job_id")
+
+        async def run(now: float) -> tuple[Effects, None]:
+            await self._ensure_loaded(job_id)
+            return self.core.confirm(job_id, actor_name(request.actor), now), None
+
+        await self.co.call(run)
+        return await self._job_reply(job_id)
+
+    # ---- devices, logins, gates, assets, audit -------------------------------------------
+
+    @rpc
+    async def ListDevices(
+        self, request: pub.ListDevicesRequest, context: Ctx
+    ) -> pub.ListDevicesResponse:
+        sessions = {s.device_id: s for s in self.core.sessions.values()}
+        out = []
+        for dev in sorted(self.core.devices.values(), key=lambda d: d.id):
+            session = sessions.get(dev.id)
+            out.append(
+                device_pb(
+                    dev,
+                    online=session is not None,
+                    free_slots=session.free_slots if session else 0,
+                    job_ids=sorted(session.jobs) if session else [],
+                )
+            )
+        return pub.ListDevicesResponse(devices=out)
+
+    @rpc
+    async def CheckLogin(
+        self, request: pub.CheckLoginRequest, context: Ctx
+    ) -> pub.CheckLoginResponse:
+        device_id = require_id(request.device_id, "device_id")
+        target = validate_targets([pb.Target(platform=request.platform, account=request.account)])[
+            0
+        ]
+        if device_id not in self.core.devices:
+            raise NotFound(f"device {device_id} has never connected")
+        session = next((s for s in self.core.sessions.values() if s.device_id == device_id), None)
+        if session is None:
+            raise FailedPrecondition(f"device {device_id} is offline; start it, then check again")
+        if not session.serves(target):
+            raise FailedPrecondition(f"device {device_id} does not serve {target}")
+        request_id = uuid.uuid4().hex
+        answered = self.co.expect_login_check(request_id)
+        check = wg.LoginCheck(request_id=request_id, target=target_pb(target))
+        self.co.send_now(session.id, wg.CoordinatorMessage(login_check=check))
+        with anyio.move_on_after(self.co.config.login_check_timeout_s):
+            await answered.wait()
+        result = self.co.take_login_check(request_id)
+        if result is None:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"device {device_id} did not answer the login check in "
+                f"{self.co.config.login_check_timeout_s:g}s",
+            )
+            raise AssertionError("unreachable")
+        state = login_state_from_pb(result.state)
+        actor = actor_name(request.actor)
+
+        async def run(now: float) -> tuple[Effects, list[str]]:
+            return self.core.login_checked(device_id, target, state, result.message, actor, now)
+
+        requeued = await self.co.call(run)
+        dev = self.core.devices[device_id]
+        badges = device_pb(dev, online=True, free_slots=0, job_ids=[]).logins
+        mine = next(
+            (
+                b
+                for b in badges
+                if (b.target.platform, b.target.account) == (target.platform, target.account)
+            ),
+            None,
+        )
+        return pub.CheckLoginResponse(badge=mine, requeued_job_ids=requeued)
+
+    async def GetAsset(
+        self, request: pub.GetAssetRequest, context: Ctx
+    ) -> AsyncIterator[pub.AssetChunk]:
+        try:
+            asset_id = require_id(request.asset_id, "asset_id").lower()
+            total = self.assets.size(asset_id)
+            chunks = self.assets.chunks(asset_id)
+        except CoordinatorError as exc:
+            await context.abort(exc.status_code, str(exc))
+            return
+        offset = 0
+        for data in chunks:
+            content_type = sniff_content_type(data[:16]) if offset == 0 else ""
+            yield pub.AssetChunk(
+                data=data, offset=offset, total_size=total, content_type=content_type
+            )
+            offset += len(data)
+
+    @rpc
+    async def ListAuditEvents(
+        self, request: pub.ListAuditEventsRequest, context: Ctx
+    ) -> pub.ListAuditEventsResponse:
+        since = parse_time(request.since, "since") if request.since else None
+        size, _ = page(request.page_size, "", DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
+        events = await self.store.list_audit(
+            since=since,
+            subject_id=request.subject_id.strip(),
+            action=request.action.strip().upper(),
+            after_seq=request.after_seq,
+            limit=size,
+        )
+        next_seq = events[-1].seq if len(events) == size else 0
+        return pub.ListAuditEventsResponse(
+            events=[audit_pb(e) for e in events], next_after_seq=next_seq
+        )
+
+    @rpc
+    async def ListRateLimits(
+        self, request: pub.ListRateLimitsRequest, context: Ctx
+    ) -> pub.ListRateLimitsResponse:
+        now = self.co.clock.now()
+        known = {j.target for j in self.core.jobs.values()}
+        views = self.core.gates.views(now, extra=sorted(known))
+        if request.closed_only:
+            views = [v for v in views if v.closed]
+        return pub.ListRateLimitsResponse(gates=[gate_pb(v) for v in views], now=ts(now))
+
+    @rpc
+    async def ReopenRateLimit(
+        self, request: pub.ReopenRateLimitRequest, context: Ctx
+    ) -> pb.RateLimitGate:
+        target = validate_targets([pb.Target(platform=request.platform, account=request.account)])[
+            0
+        ]
+        actor = actor_name(request.actor)
+
+        async def run(now: float) -> tuple[Effects, None]:
+            return self.core.reopen_gate(target, actor, now), None
+
+        await self.co.call(run)
+        now = self.co.clock.now()
+        view = next(v for v in self.core.gates.views(now, extra=[target]) if v.target == target)
+        return gate_pb(view)
