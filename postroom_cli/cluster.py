@@ -1,0 +1,289 @@
+"""A local postroom: sandbox, coordinator and workers as separate child processes.
+
+Used by `postroom demo`, the end-to-end tests, `make chaos` and `make bench`. Every child runs in
+its own session (so a Ctrl-C reaches only the parent, which then stops them in order: workers,
+coordinator, sandbox), logs to a file in the work directory, and is stopped by its PID. Ports are
+chosen by the OS (port 0) and learned from ready files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from postroom.v1 import publishing_pb2 as pub
+from postroom.v1 import types_pb2 as pb
+from postroom_cli.client import PublishingClient
+
+DEFAULT_READY_TIMEOUT_S = 30.0
+DEFAULT_STOP_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.05
+
+
+class ClusterError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash looks; waits until the process is gone."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait()
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int:
+        """SIGTERM (a graceful drain), SIGKILL if it has not exited in time; the exit code."""
+        if self.alive():
+            self.signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+            self.signal(signal.SIGTERM)
+            try:
+                return self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_for_file(path: Path, child: Child, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            text = path.read_text().strip()
+            if text:
+                return text
+        if not child.alive():
+            raise ClusterError(
+                f"{child.name} exited with {child.popen.returncode}:\n{child.log_tail()}"
+            )
+        time.sleep(POLL_INTERVAL_S)
+    raise ClusterError(f"{child.name} not ready after {timeout_s:g}s:\n{child.log_tail()}")
+
+
+@dataclass(slots=True)
+class ClusterConfig:
+    heartbeat_interval_s: float = 1.0
+    lease_ttl_s: float = 3.0
+    retry_initial_s: float = 0.5
+    coordinator_args: Sequence[str] = ()
+    worker_args: Sequence[str] = ()
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalCluster:
+    def __init__(self, workdir: Path, config: ClusterConfig | None = None) -> None:
+        self.workdir = workdir
+        self.config = config or ClusterConfig()
+        self.db_url = f"sqlite:///{workdir / 'postroom.db'}"
+        self.sandbox: Child | None = None
+        self.sandbox_url = ""
+        self.coordinator: Child | None = None
+        self.coordinator_address = ""
+        self.metrics_url = ""
+        self.workers: dict[str, Child] = {}
+        self.worker_metrics: dict[str, str] = {}
+        self._launches = 0
+
+    # ---- children ------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        self._launches += 1
+        log_path = self.workdir / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.config.env}
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        return Child(name, argv, log_path, popen)
+
+    def start_sandbox(self) -> str:
+        ready = self.workdir / "sandbox.ready"
+        ready.unlink(missing_ok=True)
+        argv = [
+            self.config.python,
+            "-m",
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+        ]
+        self.sandbox = self._spawn("sandbox", argv)
+        port = wait_for_file(ready, self.sandbox)
+        self.sandbox_url = f"http://127.0.0.1:{port}"
+        return self.sandbox_url
+
+    def start_coordinator(self, extra: Sequence[str] = ()) -> str:
+        """Start (or restart, on the same database and port) the coordinator."""
+        ready = self.workdir / "coordinator.ready"
+        ready.unlink(missing_ok=True)
+        listen = self.coordinator_address or "127.0.0.1:0"
+        c = self.config
+        argv = [
+            c.python,
+            "-m",
+            "coordinator.main",
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--db",
+            self.db_url,
+            "--assets",
+            str(self.workdir / "assets"),
+            "--ready-file",
+            str(ready),
+            "--heartbeat-interval",
+            str(c.heartbeat_interval_s),
+            "--lease-ttl",
+            str(c.lease_ttl_s),
+            "--retry-initial",
+            str(c.retry_initial_s),
+            *c.coordinator_args,
+            *extra,
+        ]
+        self.coordinator = self._spawn("coordinator", argv)
+        grpc_port, metrics_port = wait_for_file(ready, self.coordinator).split()
+        self.coordinator_address = f"127.0.0.1:{grpc_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        return self.coordinator_address
+
+    def start_worker(
+        self,
+        device_id: str,
+        *,
+        platforms: Iterable[str] = ("sandbox",),
+        concurrency: int = 4,
+        extra: Sequence[str] = (),
+    ) -> Child:
+        if not self.coordinator_address or not self.sandbox_url:
+            raise ClusterError("start the sandbox and the coordinator before workers")
+        argv = [
+            self.config.python,
+            "-m",
+            "worker.main",
+            "--coordinator",
+            self.coordinator_address,
+            "--device-id",
+            device_id,
+            "--kind",
+            "api",
+            "--concurrency",
+            str(concurrency),
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--sandbox-url",
+            self.sandbox_url,
+            *[arg for p in platforms for arg in ("--platform", p)],
+            *self.config.worker_args,
+            *extra,
+        ]
+        child = self._spawn(device_id, argv)
+        self.workers[device_id] = child
+        return child
+
+    def wait_online(
+        self, device_ids: Iterable[str], timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    ) -> None:
+        wanted = set(device_ids)
+        deadline = time.monotonic() + timeout_s
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                for device_id in wanted:
+                    child = self.workers.get(device_id)
+                    if child is not None and not child.alive():
+                        raise ClusterError(f"worker {device_id} exited:\n{child.log_tail()}")
+                devices = client.list_devices()
+                online = {d.id for d in devices.devices if d.state == pb.DEVICE_STATE_ONLINE}
+                if wanted <= online:
+                    return
+                time.sleep(POLL_INTERVAL_S)
+        raise ClusterError(f"workers not online after {timeout_s:g}s: {sorted(wanted - online)}")
+
+    def client(self, timeout_s: float = 10.0) -> PublishingClient:
+        return PublishingClient(self.coordinator_address, timeout_s=timeout_s)
+
+    # ---- convenience for scripts and tests -----------------------------------------------
+
+    def publish(
+        self, client: PublishingClient, text: str, targets: Sequence[str], **create: object
+    ) -> str:
+        """Create, submit, approve and schedule a post; its id."""
+        req = pub.CreatePostRequest(
+            text=text,
+            targets=[
+                pb.Target(platform=t.split(":")[0], account=t.split(":", 1)[1]) for t in targets
+            ],
+            actor="demo",
+            **create,  # type: ignore[arg-type]
+        )
+        post = client.create_post(req)
+        client.submit_post(post.id, actor="demo")
+        client.approve_post(post.id, actor="demo", content_hash=post.content_hash)
+        client.schedule_post(post.id, actor="demo")
+        return post.id
+
+    def stop_all(self) -> None:
+        """Workers first (they drain), then the coordinator, then the sandbox."""
+        for child in list(self.workers.values()):
+            child.stop()
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        if self.sandbox is not None:
+            self.sandbox.stop()
+
+    def kill_all(self) -> None:
+        for child in [*self.workers.values(), self.coordinator, self.sandbox]:
+            if child is not None and child.alive():
+                child.kill()
+
+    def __enter__(self) -> LocalCluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.stop_all()
+        finally:
+            self.kill_all()
