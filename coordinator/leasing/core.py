@@ -505,15 +505,20 @@ class LeaseCore:
             )
         else:
             error_class = _error_class(r.error_class)
+            committed = run is not None and run.committed
+            if committed and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED):
+                # The platform may have the post: the next attempt must look before posting,
+                # and there must be a next attempt (failing now could hide a published post).
+                job.verify_first = True
+                error_class = ErrorClass.TRANSIENT
+                if job.counted_attempts >= job.max_attempts:
+                    job.max_attempts = job.counted_attempts + 1
             failure = Failure(
                 error_class,
                 r.error_message,
                 r.retry_at_unix_ms / 1000 if r.retry_at_unix_ms else None,
                 r.quota_cap,
             )
-            committed = run is not None and run.committed
-            if committed and error_class is ErrorClass.TRANSIENT:
-                job.verify_first = True  # the platform may have the post: look before posting
             if run is not None:
                 run.error_class, run.error, run.failed_step = (
                     error_class,
