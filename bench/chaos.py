@@ -1,0 +1,302 @@
+"""`make chaos`: a seeded soak that proves "never twice, never lost".
+
+Coordinator, sandbox and several workers run as processes. Posts go to several sandbox accounts
+while the sandbox injects 429s, 500s, hangs and lost answers (`accept_then_fail`), and the soak
+SIGKILLs workers, SIGSTOPs/SIGCONTs them, and SIGKILLs + restarts the coordinator. Then it lets
+everything drain and checks, from the coordinator's jobs and audit log and the sandbox's record:
+no target published twice, no job left unfinished, every SUCCEEDED job has its post at the
+sandbox and every post there has a SUCCEEDED job, and the audit log has no gap.
+
+    python -m bench.chaos --posts 1000 --workers 4 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from postroom.v1 import publishing_pb2 as pub
+from postroom.v1 import types_pb2 as pb
+from postroom_cli.client import PublishingClient
+from postroom_cli.cluster import ClusterConfig, LocalCluster
+from sandbox.admin import RecordedPost, SandboxAdmin
+
+TERMINAL = {pb.JOB_STATUS_SUCCEEDED, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED}
+
+
+@dataclass(slots=True)
+class SoakReport:
+    seed: int
+    posts: int = 0
+    jobs: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    faults_injected: int = 0
+    worker_kills: int = 0
+    worker_pauses: int = 0
+    coordinator_restarts: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    succeeded_without_post: int = 0
+    post_without_success: int = 0
+    audit_gaps: int = 0
+    drain_s: float = 0.0
+    wall_s: float = 0.0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def all_jobs(client: PublishingClient) -> list[pb.Job]:
+    jobs: list[pb.Job] = []
+    token = ""
+    while True:
+        page = client.list_jobs(pub.ListJobsRequest(page_size=1000, page_token=token))
+        jobs.extend(page.jobs)
+        token = page.next_page_token
+        if not token:
+            return jobs
+
+
+def all_audit_seqs(client: PublishingClient) -> list[int]:
+    seqs: list[int] = []
+    after = 0
+    while True:
+        page = client.list_audit_events(
+            pub.ListAuditEventsRequest(after_seq=after, page_size=10_000)
+        )
+        seqs.extend(e.seq for e in page.events)
+        if not page.next_after_seq:
+            return seqs
+        after = page.next_after_seq
+
+
+def check(
+    report: SoakReport, jobs: list[pb.Job], posts: list[RecordedPost], seqs: list[int]
+) -> None:
+    """The invariants. Each violation is named with enough detail to replay and debug."""
+    report.jobs = len(jobs)
+    report.succeeded = sum(j.status == pb.JOB_STATUS_SUCCEEDED for j in jobs)
+    report.failed = sum(j.status == pb.JOB_STATUS_FAILED for j in jobs)
+    by_key: Counter[tuple[str, str, str]] = Counter(
+        (p["platform"], p["account"], p["client_key"]) for p in posts
+    )
+    for (platform, account, client_key), n in by_key.items():
+        if n > 1:
+            report.duplicates += n - 1
+            report.violations.append(f"published {n} times: {platform}:{account} {client_key}")
+    published_keys = set(by_key)
+    success_keys: set[tuple[str, str, str]] = set()
+    for job in jobs:
+        key = (job.platform, job.account, job.platform_key)
+        if job.status not in TERMINAL:
+            report.lost += 1
+            report.violations.append(f"job {job.id} not finished: {pb.JobStatus.Name(job.status)}")
+        if job.status == pb.JOB_STATUS_SUCCEEDED:
+            success_keys.add(key)
+            if key not in published_keys:
+                report.succeeded_without_post += 1
+                report.violations.append(f"job {job.id} SUCCEEDED but the sandbox has no post")
+    for orphan in published_keys - success_keys:
+        report.post_without_success += 1
+        report.violations.append(f"sandbox post for {orphan} has no SUCCEEDED job")
+    expected = list(range(1, len(seqs) + 1))
+    if seqs != expected:
+        missing = sorted(set(expected) - set(seqs))[:10]
+        report.audit_gaps = len(set(expected) - set(seqs)) or 1
+        report.violations.append(f"audit log has gaps, e.g. seq {missing}")
+
+
+def soak(
+    *,
+    posts: int,
+    workers: int,
+    accounts: int,
+    seed: int,
+    chaos_s: float,
+    drain_timeout_s: float,
+    workdir: Path,
+    quiet: bool = False,
+) -> SoakReport:
+    rng = random.Random(seed)
+    report = SoakReport(seed=seed)
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, flush=True)
+
+    config = ClusterConfig(
+        heartbeat_interval_s=0.5,
+        lease_ttl_s=1.5,
+        retry_initial_s=0.2,
+        coordinator_args=("--retry-max", "2"),
+        worker_args=("--request-timeout-s", "1"),
+    )
+    started = time.monotonic()
+    names = [f"chaos-w{i}" for i in range(workers)]
+    account_names = [f"acct{i}" for i in range(accounts)]
+    with LocalCluster(workdir, config) as cluster:
+        cluster.start_sandbox()
+        cluster.start_coordinator()
+        for name in names:
+            cluster.start_worker(name, concurrency=4)
+        cluster.wait_online(names)
+        admin = SandboxAdmin(cluster.sandbox_url)
+        created = 0
+        chaos_end = time.monotonic() + chaos_s
+        paused: dict[str, float] = {}
+        while created < posts or time.monotonic() < chaos_end:
+            # Publish in small batches so the posts and the chaos overlap.
+            batch = min(posts - created, max(1, posts // 20))
+            if batch > 0:
+                try:
+                    with cluster.client(timeout_s=5) as client:
+                        for _ in range(batch):
+                            targets = rng.sample(account_names, k=rng.randint(1, 3))
+                            cluster.publish(
+                                client,
+                                f"soak post {created} seed {seed}",
+                                [f"sandbox:{a}" for a in targets],
+                                max_attempts=6,
+                            )
+                            created += 1
+                except Exception as exc:  # the coordinator may be restarting: try again later
+                    say(f"  publish paused: {exc.__class__.__name__}")
+            if time.monotonic() >= chaos_end:
+                time.sleep(0.2)
+                continue
+            _one_fault(rng, admin, account_names, report)
+            _one_disruption(rng, cluster, names, paused, report)
+            time.sleep(rng.uniform(0.2, 0.6))
+        for name, child in cluster.workers.items():
+            child.resume()
+            if not child.alive():
+                cluster.start_worker(name, concurrency=4)
+        if cluster.coordinator is None or not cluster.coordinator.alive():
+            cluster.start_coordinator()
+        admin.clear_faults()
+        report.posts = created
+        say(f"  chaos over after {time.monotonic() - started:.1f}s; draining")
+        drain_started = time.monotonic()
+        jobs = _drain(cluster, drain_timeout_s)
+        report.drain_s = time.monotonic() - drain_started
+        with cluster.client(timeout_s=30) as client:
+            jobs = all_jobs(client)
+            seqs = all_audit_seqs(client)
+        check(report, jobs, admin.posts(), seqs)
+        admin.close()
+    report.wall_s = time.monotonic() - started
+    return report
+
+
+def _one_fault(
+    rng: random.Random, admin: SandboxAdmin, accounts: list[str], report: SoakReport
+) -> None:
+    roll = rng.random()
+    account = rng.choice(accounts)
+    if roll < 0.25:
+        admin.inject("rate_limit", account=account, count=1, retry_after_seconds=1)
+    elif roll < 0.45:
+        admin.inject("server_error", account=account, count=rng.randint(1, 2))
+    elif roll < 0.55:
+        admin.inject("hang", account=account, count=1, hang_seconds=3)
+    elif roll < 0.7:
+        admin.inject("accept_then_fail", account=account, count=1)
+    else:
+        return
+    report.faults_injected += 1
+
+
+def _one_disruption(
+    rng: random.Random,
+    cluster: LocalCluster,
+    names: list[str],
+    paused: dict[str, float],
+    report: SoakReport,
+) -> None:
+    now = time.monotonic()
+    for name, until in list(paused.items()):
+        if now >= until:
+            cluster.workers[name].resume()
+            del paused[name]
+    roll = rng.random()
+    name = rng.choice(names)
+    child = cluster.workers[name]
+    if roll < 0.12 and child.alive() and name not in paused:
+        child.kill()
+        report.worker_kills += 1
+        cluster.start_worker(name, concurrency=4)
+    elif roll < 0.2 and child.alive() and name not in paused:
+        child.pause()
+        paused[name] = now + rng.uniform(1.0, 4.0)
+        report.worker_pauses += 1
+    elif roll < 0.24 and cluster.coordinator is not None:
+        cluster.coordinator.kill()
+        report.coordinator_restarts += 1
+        cluster.start_coordinator()
+
+
+def _drain(cluster: LocalCluster, timeout_s: float) -> list[pb.Job]:
+    deadline = time.monotonic() + timeout_s
+    jobs: list[pb.Job] = []
+    while time.monotonic() < deadline:
+        try:
+            with cluster.client(timeout_s=10) as client:
+                jobs = all_jobs(client)
+        except Exception:
+            time.sleep(0.5)
+            continue
+        if jobs and all(j.status in TERMINAL for j in jobs):
+            return jobs
+        time.sleep(0.5)
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    p.add_argument("--posts", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--accounts", type=int, default=6)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--chaos-seconds", type=float, default=60.0)
+    p.add_argument("--drain-timeout", type=float, default=180.0)
+    p.add_argument("--out", type=Path, default=Path("bench/chaos-results.json"))
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="postroom-chaos-") as tmp:
+        report = soak(
+            posts=a.posts,
+            workers=a.workers,
+            accounts=a.accounts,
+            seed=a.seed,
+            chaos_s=a.chaos_seconds,
+            drain_timeout_s=a.drain_timeout,
+            workdir=Path(tmp),
+        )
+    rows = asdict(report)
+    violations = rows.pop("violations")
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        print(
+            f"{key:<{width}}  {value:.1f}"
+            if isinstance(value, float)
+            else f"{key:<{width}}  {value}"
+        )
+    for v in violations[:50]:
+        print(f"VIOLATION: {v}")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({**rows, "violations": violations}, indent=2) + "\n")
+    print("OK: never twice, never lost" if report.ok else f"FAILED (replay with --seed {a.seed})")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
