@@ -17,7 +17,14 @@ from sandbox import SandboxError
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
 FaultKindName = Literal[
-    "rate_limit", "auth", "invalid", "server_error", "hang", "duplicate", "accept_then_fail"
+    "rate_limit",
+    "auth",
+    "invalid",
+    "server_error",
+    "hang",
+    "duplicate",
+    "accept_then_fail",
+    "accept_then_hang",
 ]
 OpName = Literal["create", "lookup", "me", "any"]
 RetryAfterFormatName = Literal["seconds", "http_date", "reset_unix"]

@@ -285,7 +285,8 @@ class _Api:
         except _BadRequest as exc:
             return _error(400, "invalid_request", str(exc))
         fault = self.state.take_fault(platform, account, Op.CREATE)
-        if fault is not None and fault.kind is not FaultKind.ACCEPT_THEN_FAIL:
+        accepts = (FaultKind.ACCEPT_THEN_FAIL, FaultKind.ACCEPT_THEN_HANG)
+        if fault is not None and fault.kind not in accepts:
             return await self._fire(request, fault, platform, account, draft)
         if not self.state.is_logged_in(platform, account):
             return _session_expired()
@@ -293,7 +294,9 @@ class _Api:
         if problem is not None:
             return _error(400, "invalid_content", problem)
         post = self.state.record(platform, account, draft, base_url=str(request.base_url))
-        if fault is not None:  # accept_then_fail: the post exists, the client never hears so
+        if fault is not None:  # accept_then_*: the post exists, the client never hears so
+            if fault.kind is FaultKind.ACCEPT_THEN_HANG:
+                await self._hang(request, fault.hang_seconds)
             return _send(fault_reply(fault, now=self.state.clock()))
         return JSONResponse(
             {"id": post.id, "url": post.url, "created_at": rfc3339(post.created_at)},

@@ -37,6 +37,8 @@ class FaultKind(StrEnum):
     HANG = "hang"
     DUPLICATE = "duplicate"
     ACCEPT_THEN_FAIL = "accept_then_fail"
+    # The post is recorded, then the answer hangs (the client times out, or dies waiting).
+    ACCEPT_THEN_HANG = "accept_then_hang"
 
 
 class Op(StrEnum):
@@ -244,7 +246,7 @@ def fault_reply(spec: FaultSpec, *, now: float, existing_id: str | None = None) 
                 "existing_id": existing_id,
             }
             return Reply(409, body, {})
-        case FaultKind.ACCEPT_THEN_FAIL:
+        case FaultKind.ACCEPT_THEN_FAIL | FaultKind.ACCEPT_THEN_HANG:
             message = spec.message or "internal server error"
             return Reply(500, {"error": "server_error", "message": message}, {})
 

@@ -310,6 +310,28 @@ async def test_accept_then_fail_records_the_post_the_client_never_hears_of(
 
 
 @pytest.mark.anyio
+async def test_accept_then_hang_records_the_post_and_never_answers_in_time(
+    client: httpx.AsyncClient,
+) -> None:
+    await inject(client, "accept_then_hang", hang_seconds=30)
+    answered: list[httpx.Response] = []
+    async with anyio.create_task_group() as tg:
+
+        async def send() -> None:
+            answered.append(await create(client, "made, then silence", key="job-10"))
+
+        tg.start_soon(send)
+        posts: list[dict[str, Any]] = []
+        with anyio.fail_after(5):
+            while not posts:  # the post is made while the client still waits for an answer
+                posts = await recorded(client)
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert answered == []
+    assert [p["client_key"] for p in posts] == ["job-10"]
+
+
+@pytest.mark.anyio
 async def test_faults_fire_in_order_count_down_and_match_any_account(
     client: httpx.AsyncClient,
 ) -> None:
@@ -471,11 +493,10 @@ def test_sandbox_process_serves_posts_and_admin_over_real_http(
 
         admin.reset()
         assert admin.posts() == [] and admin.duplicates() == []
-        # Fast enough for a soak: one keep-alive connection, no ~40 ms delayed-ACK stall each.
-        started = time.monotonic()
+        # Many posts on one keep-alive connection, as the soak sends them (speed is measured by
+        # `make bench`, not asserted here).
         for n in range(100):
             http.post(POSTS, json={"text": f"soak {n}", "client_key": f"soak-{n}"})
-        assert time.monotonic() - started < 2.0
         assert admin.stats()["posts"] == 100 and admin.duplicates() == []
         with pytest.raises(AdminError) as refused:
             admin.inject("rate_limit", status=404)
