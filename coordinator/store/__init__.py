@@ -1,0 +1,54 @@
+"""The coordinator's storage: the Store interface, its backends, and open_store(url).
+
+store = open_store("sqlite:///var/postroom.db")
+await store.open()          # connects and migrates
+await store.apply(WriteBatch(new_posts=[post]))
+"""
+
+from __future__ import annotations
+
+from coordinator.errors import InvalidArgument
+from coordinator.store.base import JobFilter, JobWrite, PostWrite, Store, WriteBatch
+from coordinator.store.memory import InMemoryStore
+from coordinator.store.sqlite import SqliteStore
+
+__all__ = [
+    "InMemoryStore",
+    "JobFilter",
+    "JobWrite",
+    "PostWrite",
+    "SqliteStore",
+    "Store",
+    "WriteBatch",
+    "open_store",
+]
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+")
+
+
+def open_store(url: str) -> Store:
+    """The store a URL names, not yet opened (call `await store.open()`).
+
+    - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` (the path is everything after
+      the third slash, as in SQLAlchemy URLs), or a bare filesystem path: SqliteStore.
+    - `memory://`: InMemoryStore, which keeps nothing across restarts.
+    - `postgresql://...`: not yet, InvalidArgument.
+    """
+    url = url.strip()
+    if url.startswith(_SQLITE_PREFIX):
+        path = url[len(_SQLITE_PREFIX) :]
+        if not path:
+            raise InvalidArgument(f"{url!r} names no database file; use sqlite:///PATH")
+        return SqliteStore(path)
+    if url == "memory://":
+        return InMemoryStore()
+    if url.startswith(_POSTGRES_SCHEMES):
+        raise InvalidArgument("PostgreSQL support arrives in a later release; use sqlite:///PATH")
+    if "://" in url or url.startswith("sqlite:"):
+        raise InvalidArgument(
+            f"unsupported store URL {url!r}: use sqlite:///PATH, a bare PATH, or memory://"
+        )
+    if not url:
+        raise InvalidArgument("empty store URL: use sqlite:///PATH")
+    return SqliteStore(url)

@@ -1,0 +1,1 @@
+"""Benchmarks of postroom's moving parts: python -m bench.<name>."""
