@@ -240,7 +240,7 @@ def jobs_table(jobs: Sequence[t.Job]) -> Table:
             f"{job.platform}:{job.account}",
             styled(job_status(job.status)),
             f"{job.attempt}/{job.max_attempts}",
-            fmt_time(job.not_before),
+            fmt_time(job.not_before) if job.status == t.JOB_STATUS_QUEUED else EMPTY,
             job.device_id or EMPTY,
             fmt_error(job.last_error_class, job.last_error, limit=60),
         )
@@ -249,10 +249,13 @@ def jobs_table(jobs: Sequence[t.Job]) -> Table:
 
 def job_view(job: t.Job) -> Group:
     lease = EMPTY
-    if job.device_id:
+    if job.device_id and is_set(job.lease_expires_at):
         lease = (
             f"{job.device_id}, epoch {job.lease_epoch}, expires {fmt_time(job.lease_expires_at)}"
         )
+    elif job.device_id:
+        lease = f"none (last ran on {job.device_id}, epoch {job.lease_epoch})"
+    waiting = job.status == t.JOB_STATUS_QUEUED
     result = " ".join(x for x in (job.result_post_id, job.result_url) if x) or EMPTY
     attempt = f"{job.attempt}/{job.max_attempts}"
     if job.rate_limited_count:  # those do not use up max_attempts, so say so
@@ -263,7 +266,7 @@ def job_view(job: t.Job) -> Group:
         ("target", f"{job.platform}:{job.account}"),
         ("status", styled(job_status(job.status))),
         ("attempt", attempt),
-        ("next try", fmt_time(job.not_before)),
+        ("next try", fmt_time(job.not_before) if waiting else EMPTY),
         ("lease", lease),
         ("verify first", "yes" if job.verify_first else "no"),
         ("last error", fmt_error(job.last_error_class, job.last_error)),

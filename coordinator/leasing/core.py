@@ -35,6 +35,7 @@ from coordinator.domain import (
     StepLogEntry,
     Target,
     WorkerKind,
+    iso_utc,
 )
 from coordinator.errors import FailedPrecondition, NotFound
 from coordinator.gates import GateBook
@@ -818,6 +819,7 @@ class LeaseCore:
         )
 
     def _end_lease(self, job: Job) -> Lease | None:
+        job.lease_expires_at = None  # device_id stays: the last device that ran it
         lease = self.leases.pop(job.id, None)
         if lease is not None:
             if lease.session_id is not None and lease.session_id in self.sessions:
@@ -1057,7 +1059,7 @@ class LeaseCore:
                 "attempt": j.attempt,
                 "error_class": j.last_error_class.value if j.last_error_class else "",
                 "error": j.last_error,
-                "next_retry_at": j.not_before if j.status is JobStatus.QUEUED else None,
+                "next_retry_at": iso_utc(j.not_before) if j.status is JobStatus.QUEUED else None,
                 "post_id": j.result_post_id,
                 "url": j.result_url,
             }
