@@ -28,8 +28,10 @@ JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     J.AWAITING_CONFIRM: frozenset(
         {J.RUNNING, J.SUCCEEDED, J.FAILED, J.NEEDS_LOGIN, J.QUEUED, J.CANCELLED}
     ),
-    # Back to QUEUED only after a successful login check (or an operator's retry).
-    J.NEEDS_LOGIN: frozenset({J.QUEUED, J.CANCELLED, J.FAILED}),
+    # Back to QUEUED only after a successful login check (or an operator's retry). SUCCEEDED when
+    # the attempt that held the commit permit reports its post late (a verifying rerun that met a
+    # login wall put the job here meanwhile): the post exists, the job must say so.
+    J.NEEDS_LOGIN: frozenset({J.QUEUED, J.CANCELLED, J.FAILED, J.SUCCEEDED}),
     # An operator's retry, or a reschedule after the author edited the post.
     J.FAILED: frozenset({J.QUEUED, J.CANCELLED}),
     # Never published again, never un-cancelled.
