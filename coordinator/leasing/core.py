@@ -668,6 +668,12 @@ class LeaseCore:
             if stuck:
                 self._drop(fx, lease.session_id, job_id, lease.epoch, "stuck: lease recovered")
                 self.sessions[lease.session_id].jobs.discard(job_id)
+                if lease.run.committed:
+                    # It holds a commit permit and may be publishing right now; a Drop cannot
+                    # undo that. Stop renewing the lease and rerun (verifying) only after its
+                    # deadline plus the margin, like any lease lost after its permit.
+                    lease.session_id = None
+                    continue
                 fx.extend(self._recover(job_id, now, reason=f"stuck in {job.status.value}"))
         fx.extend(self.dispatch(now))
         return fx
