@@ -111,11 +111,15 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
                         cluster.publish(client, text, targets) for text, targets in DEMO_POSTS
                     ]
                     ok = _follow(client, post_ids, console, args.timeout)
-                    _summary(client, admin, post_ids, cluster, console, started)
+                    if ok:
+                        _summary(client, admin, post_ids, cluster, console, started)
                 if not ok:
-                    console.print(
-                        f"[red]not everything was published in time[/]; logs in {workdir}"
-                    )
+                    console.print("[red]not everything was published in time[/]")
+                    children = [cluster.sandbox, cluster.coordinator, *cluster.workers.values()]
+                    for child in children:
+                        if child is not None:
+                            console.print(f"--- {child.name} ({child.log_path}):")
+                            console.print(child.log_tail(15), markup=False, highlight=False)
                     return 1
                 if args.keep_running:
                     console.print("everything is still running; press Ctrl-C to stop")
