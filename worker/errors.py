@@ -39,6 +39,9 @@ class AdapterError(WorkerError):
         super().__init__(message)
         self.message = message
         self.http_status = http_status
+        # The step to report as failed when it is not the one that was running (set by the
+        # runtime for a duplicate that verification could not find: the commit failed).
+        self.failed_step: str | None = None
 
 
 class RateLimited(AdapterError):
@@ -80,6 +83,7 @@ class UiChanged(AdapterError):
         super().__init__(message)
         self.step = step
         self.selector = selector
+        self.failed_step = step or None
 
 
 class Duplicate(AdapterError):

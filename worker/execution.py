@@ -1,0 +1,221 @@
+"""The task of one job: AssignAck, the adapter calls of worker/lifecycle.py, the JobResult.
+
+`JobTask` is the `JobHooks` of the lifecycle: it writes the job's own progress (step, state
+messages, screenshots, result) and reaches everything else through the `JobRunner` that started
+it (phase changes, the stream, abandoning). Coordinator messages never touch a job through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
+
+from postroom.v1 import types_pb2
+from postroom.v1 import worker_gateway_pb2 as wg
+from worker.adapters.base import ON_FAILURE, AdapterRegistry, PlatformAdapter
+from worker.errors import AdapterError, LeaseLost, RateLimited, Transient
+from worker.jobs import JobPhase, RunningJob, Upload
+from worker.lifecycle import StepNote, publish
+from worker.logs import log_context
+from worker.metrics import WorkerMetrics
+from worker.tracing import (
+    SPAN_WORKER_RUN,
+    SPAN_WORKER_STEP,
+    STEP_ATTRIBUTE,
+    context_from_traceparent,
+)
+
+if TYPE_CHECKING:
+    from worker.runtime import JobRunner
+
+log = logging.getLogger("postroom.worker.job")
+
+INFO = types_pb2.LOG_LEVEL_INFO
+WARNING = types_pb2.LOG_LEVEL_WARNING
+ERROR = types_pb2.LOG_LEVEL_ERROR
+_ADAPTER_CLOSE_TIMEOUT_S = 5.0
+
+
+class JobTask:
+    def __init__(
+        self,
+        runner: JobRunner,
+        job: RunningJob,
+        *,
+        adapters: AdapterRegistry,
+        tracer: Tracer,
+        metrics: WorkerMetrics | None,
+    ) -> None:
+        self._runner = runner
+        self._clock = runner.clock
+        self._job = job
+        self._adapters = adapters
+        self._tracer = tracer
+        self._metrics = metrics
+        self._adapter: PlatformAdapter | None = None
+
+    async def run(self, limiter: anyio.CapacityLimiter) -> None:
+        job, spec = self._job, self._job.spec
+        with job.scope, log_context(job_id=job.job_id):
+            async with limiter:
+                job.started_at = self._clock.now()
+                self._runner.set_phase(job, JobPhase.RUNNING)
+                job.last_state_msg = job.ack()
+                await self._runner.emit(job.last_state_msg)
+                attributes: dict[str, str | int | bool] = {
+                    "postroom.job_id": spec.job_id,
+                    "postroom.platform": spec.platform,
+                    "postroom.account": spec.account,
+                    "postroom.attempt": spec.attempt,
+                    "postroom.lease_epoch": job.epoch,
+                    "postroom.verify_first": spec.verify_first,
+                }
+                parent = context_from_traceparent(job.traceparent)
+                with self._tracer.start_as_current_span(
+                    SPAN_WORKER_RUN, context=parent, attributes=attributes
+                ) as span:
+                    result = await self._attempt(span)
+                    if result is not None:
+                        await self._report(span, result)
+
+    async def _attempt(self, span: Span) -> wg.JobResult | None:
+        """One attempt; None when the job was abandoned (lease lost, permit denied)."""
+        job = self._job
+        try:
+            try:
+                self._adapter = self._adapters.create(job.spec.platform)
+                outcome = await publish(job.spec, self._adapter, self)
+                now = self._clock.now()
+                return job.success(
+                    outcome.published, found_existing=outcome.found_existing, now=now
+                )
+            except LeaseLost as exc:
+                span.set_attribute("postroom.outcome", "lease_lost")
+                self._runner.abandon(job, str(exc))
+                return None
+            except AdapterError as exc:
+                error = exc
+            except Exception as exc:  # a bug in an adapter: the job must still end with a result
+                log.exception("unexpected error in step %s", job.step)
+                error = Transient(f"worker error in step {job.step}: {exc!r}")
+            step = job.step or "prepare"
+            await self.screenshot(ON_FAILURE)
+        finally:
+            if self._adapter is not None:
+                await close_adapter(self._adapter)
+        now = self._clock.now()
+        span.set_status(Status(StatusCode.ERROR, error.message))
+        span.set_attribute("postroom.error_class", types_pb2.ErrorClass.Name(error.error_class))
+        if isinstance(error, RateLimited):
+            span.set_attribute("postroom.retry_after_s", max(0.0, error.retry_at - now))
+            span.set_attribute("postroom.quota_cap", error.quota_cap)
+        return job.failure(error, step=step, now=now)
+
+    async def _report(self, span: Span, result: wg.JobResult) -> None:
+        job = self._job
+        span.set_attribute("postroom.outcome", "succeeded" if result.success else "failed")
+        async with self._step("report", closing_log=False):
+            outcome = "success" if result.success else f"failure: {result.error_message}"
+            # Logged before the result: the coordinator refuses a job's messages after it.
+            await self._log("report", INFO, f"reporting {outcome}")
+            job.result = result
+            job.last_state_msg = wg.WorkerMessage(result=result)
+            self._runner.set_phase(job, JobPhase.REPORTED)
+            await self._runner.emit(job.last_state_msg)
+
+    # ---- JobHooks -------------------------------------------------------------------------
+
+    def step(self, name: str) -> AbstractAsyncContextManager[StepNote]:
+        return self._step(name)
+
+    async def confirmation(self) -> None:
+        job = self._job
+        await self._log("await_confirm", INFO, "waiting for an operator to confirm")
+        job.last_state_msg = job.awaiting_confirm()
+        self._runner.set_phase(job, JobPhase.AWAITING_CONFIRM)
+        await self._runner.emit(job.last_state_msg)
+        await job.confirmed.wait()
+
+    async def commit_permit(self) -> None:
+        job = self._job
+        job.last_state_msg = job.commit_request()
+        self._runner.set_phase(job, JobPhase.AWAITING_PERMIT)
+        await self._runner.emit(job.last_state_msg)
+        await job.permit.wait()
+        if not job.permit_granted:
+            raise LeaseLost(f"commit permit denied: {job.deny_reason or 'no reason given'}")
+
+    def begin_commit(self) -> None:
+        job = self._job
+        if not self._runner.holds(job):
+            raise LeaseLost("the job is no longer held")
+        left = job.deadline - self._clock.now()
+        if left <= self._runner.lease_margin_s():
+            raise LeaseLost(f"lease has {left:.1f}s left: too close to its deadline to commit")
+        self._runner.set_phase(job, JobPhase.COMMITTING)
+
+    async def screenshot(self, label: str) -> None:
+        """Take and send a proof screenshot; never fails the job."""
+        if self._adapter is None:
+            return
+        try:
+            async with self._step("screenshot") as note:
+                data = await self._adapter.screenshot(label)
+                limit = self._runner.max_asset_bytes()
+                if data is None:
+                    note.message = f"{label}: none available"
+                elif limit and len(data) > limit:
+                    note.message = f"{label}: {len(data)} bytes is over the {limit}-byte limit"
+                else:
+                    upload = Upload.of(label, data)
+                    self._job.uploads[upload.upload_id] = upload
+                    await self._runner.send_upload(self._job, upload)
+                    note.message = f"{label}: {len(data)} bytes"
+        except Exception:
+            log.warning("%s screenshot failed", label, exc_info=True)
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _step(self, name: str, *, closing_log: bool = True) -> AsyncIterator[StepNote]:
+        """A step: its span, its duration metric, and a closing log line (or the failure)."""
+        self._job.step = name
+        platform = self._job.spec.platform
+        note = StepNote()
+        started = time.perf_counter()
+        attributes = {STEP_ATTRIBUTE: name, "postroom.platform": platform}
+        with self._tracer.start_as_current_span(SPAN_WORKER_STEP, attributes=attributes) as span:
+            try:
+                yield note
+            except AdapterError as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.message))
+                await self._log(name, ERROR, f"{type(exc).__name__}: {exc.message}")
+                raise
+            except LeaseLost as exc:
+                await self._log(name, WARNING, str(exc))
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                if self._metrics is not None:
+                    self._metrics.observe_step(platform, name, elapsed)
+            if closing_log:
+                await self._log(name, INFO, f"{note.message or 'done'} ({elapsed * 1000:.0f} ms)")
+
+    async def _log(self, step: str, level: types_pb2.LogLevel.ValueType, message: str) -> None:
+        py_level = {ERROR: logging.ERROR, WARNING: logging.WARNING}.get(level, logging.INFO)
+        log.log(py_level, "%s: %s", step, message)
+        await self._runner.emit(self._job.log(step, level, message, self._clock.now()))
+
+
+async def close_adapter(adapter: PlatformAdapter) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(_ADAPTER_CLOSE_TIMEOUT_S):
+        try:
+            await adapter.close()
+        except Exception:
+            log.warning("closing an adapter failed", exc_info=True)

@@ -1,0 +1,102 @@
+"""The order of adapter calls for one job attempt, and nothing else: where each wait and check
+of the lease protocol sits relative to the irreversible call. The runner supplies the waits and
+checks through `JobHooks` (it owns the job's state and the stream); this module owns the order.
+
+    [verify] -> prepare -> [before_confirm screenshot -> confirmation] -> commit permit
+      -> begin_commit (lease check) -> commit -> after_publish screenshot
+    commit says Duplicate -> verify: found = success (found_existing), else the Duplicate stands
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+
+from worker.adapters.base import AFTER_PUBLISH, BEFORE_CONFIRM, JobSpec, PlatformAdapter, Published
+from worker.errors import Duplicate
+
+
+class StepNote:
+    """What a step says about itself in its closing log line."""
+
+    def __init__(self) -> None:
+        self.message = ""
+
+
+class JobHooks(Protocol):
+    def step(self, name: str) -> AbstractAsyncContextManager[StepNote]:
+        """Span, duration metric and log lines around one step."""
+        ...
+
+    async def screenshot(self, label: str) -> None:
+        """Take and send a proof screenshot; never raises."""
+        ...
+
+    async def confirmation(self) -> None:
+        """Say AwaitingConfirm and wait for the operator's ConfirmJob."""
+        ...
+
+    async def commit_permit(self) -> None:
+        """Send CommitRequest and wait for the grant; raises LeaseLost when denied."""
+        ...
+
+    def begin_commit(self) -> None:
+        """Last check before the irreversible call (no await follows it before the call);
+        raises LeaseLost when the lease is gone or too close to its deadline."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    published: Published
+    found_existing: bool
+
+
+async def publish(spec: JobSpec, adapter: PlatformAdapter, hooks: JobHooks) -> Outcome:
+    """Run one attempt; raises the adapter's `AdapterError`, or `LeaseLost` to abandon."""
+    if spec.verify_first:
+        async with hooks.step("verify") as note:
+            found = await adapter.verify(spec)
+            note.message = (
+                f"found {found.post_id} {found.url}: not posting again"
+                if found
+                else "no earlier post found"
+            )
+        if found is not None:
+            return Outcome(found, found_existing=True)
+    async with hooks.step("prepare") as note:
+        prepared = await adapter.prepare(spec)
+        note.message = prepared.summary or "prepared"
+    if spec.require_confirm:
+        await hooks.screenshot(BEFORE_CONFIRM)
+        async with hooks.step("await_confirm") as note:
+            await hooks.confirmation()
+            note.message = "confirmed by an operator"
+    async with hooks.step("commit_permit") as note:
+        await hooks.commit_permit()
+        note.message = "commit permit granted"
+    try:
+        async with hooks.step("commit") as note:
+            hooks.begin_commit()
+            # Once started, the call runs to its end (bounded by the adapter's own timeout):
+            # cancelling it half-way would only make the outcome unknown, not undo it.
+            with anyio.CancelScope(shield=True):
+                published = await adapter.commit(spec, prepared)
+            note.message = f"published {published.post_id} {published.url}"
+    except Duplicate as dup:
+        async with hooks.step("verify") as note:
+            found = await adapter.verify(spec)
+            note.message = (
+                f"the platform's duplicate is {found.post_id} {found.url}"
+                if found
+                else "the platform says duplicate, but no matching post was found"
+            )
+        if found is None:
+            dup.failed_step = "commit"
+            raise
+        return Outcome(found, found_existing=True)
+    await hooks.screenshot(AFTER_PUBLISH)
+    return Outcome(published, found_existing=False)
