@@ -151,6 +151,9 @@ class LeaseCore:
         self._summary_round: dict[str, int] = {}
         self._round_started: dict[str, float] = {}
         self._dirty_posts: set[str] = set()
+        # job -> (epoch, device) of the run last granted a commit permit: only that device may
+        # report a late success for that epoch (a forged epoch from another stream is refused).
+        self._committed_by: dict[str, tuple[int, str]] = {}
 
     # ---- loading and adding work ---------------------------------------------------------
 
@@ -162,6 +165,8 @@ class LeaseCore:
             self.post_jobs.setdefault(post.id, set())
         for job in jobs:
             self.track(job)
+            if job.committed_epoch and job.committed_epoch == job.lease_epoch:
+                self._committed_by[job.id] = (job.committed_epoch, job.device_id)
             if job.status in LEASED_STATUSES:
                 run = Run(
                     id=self._new_id("r"),
@@ -418,6 +423,7 @@ class LeaseCore:
             )
             return fx
         job.committed_epoch = epoch
+        self._committed_by[job_id] = (epoch, lease.run.device_id)
         job.verify_first = False  # this run verified (or did not need to) before asking
         lease.run.committed = True
         self.gates.lease_committed(job.target, job.id, now)
@@ -465,11 +471,14 @@ class LeaseCore:
             answer(True, "already succeeded")  # completing a SUCCEEDED job is a no-op
             return fx
         # A success from the epoch that held the commit permit is the truth about the platform,
-        # even if that lease was lost meanwhile: take it rather than post again.
+        # even if that lease was lost meanwhile: take it rather than post again. Only from the
+        # device that was granted that permit, never epoch 0 (no permit) or another stream.
+        session = self.sessions.get(session_id)
         late_success = (
             lease is None
             and r.success
-            and r.lease_epoch == job.committed_epoch
+            and session is not None
+            and self._committed_by.get(job.id) == (r.lease_epoch, session.device_id)
             and job.status not in TERMINAL_JOB_STATUSES
         )
         if lease is None and not late_success:
@@ -1091,6 +1100,7 @@ class LeaseCore:
         for job_id in self.post_jobs.pop(post_id, set()):
             self.jobs.pop(job_id, None)
             self.force_gate.discard(job_id)
+            self._committed_by.pop(job_id, None)
         self._results_since_summary.pop(post_id, None)
         self._summary_round.pop(post_id, None)
         self._round_started.pop(post_id, None)
