@@ -28,7 +28,7 @@ from opentelemetry.trace import Span, Tracer
 
 from coordinator.clock import Clock
 from coordinator.convert import job_pb, step_log_pb
-from coordinator.domain import JobStatus, Target
+from coordinator.domain import LEASED_STATUSES, JobStatus, Target
 from coordinator.errors import CoordinatorError
 from coordinator.gates import GateBook, Quota
 from coordinator.leasing.core import LeaseConfig, LeaseCore
@@ -132,7 +132,11 @@ class Coordinator:
         post_ids = sorted({j.post_id for j in active})
         posts = [await self.store.get_post(pid) for pid in post_ids]
         jobs = [j for pid in post_ids for j in await self.store.jobs_for_post(pid)]
-        self.core.load(posts, jobs, now)
+        runs = {}
+        for job in jobs:
+            if job.status in LEASED_STATUSES and (job_runs := await self.store.get_runs(job.id)):
+                runs[job.id] = job_runs[-1]
+        self.core.load(posts, jobs, now, runs)
         self.core.gates.load(await self.store.list_gates())
         for target, quota in self._quota_targets(jobs):
             since = now - quota.window_s

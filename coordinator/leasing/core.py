@@ -16,7 +16,7 @@ Invariants it keeps:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from coordinator.domain import (
@@ -157,9 +157,17 @@ class LeaseCore:
 
     # ---- loading and adding work ---------------------------------------------------------
 
-    def load(self, posts: Iterable[Post], jobs: Iterable[Job], now: float) -> None:
+    def load(
+        self,
+        posts: Iterable[Post],
+        jobs: Iterable[Job],
+        now: float,
+        runs: Mapping[str, Run] | None = None,
+    ) -> None:
         """Start-up: take over the open posts and their jobs. Leases of the previous process stay
-        valid for restart_grace_s so their workers can reconnect and resume them by epoch."""
+        valid for restart_grace_s so their workers can reconnect and resume them by epoch.
+        `runs` (job id -> its latest stored run) lets a resumed lease go on with the run the
+        previous process started, instead of leaving that one "running" forever."""
         for post in posts:
             self.posts[post.id] = post
             self.post_jobs.setdefault(post.id, set())
@@ -177,6 +185,9 @@ class LeaseCore:
                     started_at=now,
                     committed=job.committed_epoch == job.lease_epoch,
                 )
+                prev = (runs or {}).get(job.id)
+                if prev is not None and prev.lease_epoch == job.lease_epoch:
+                    run.id, run.started_at = prev.id, prev.started_at
                 deadline = max(job.lease_expires_at or 0.0, now + self.config.restart_grace_s)
                 self.leases[job.id] = Lease(job.id, job.lease_epoch, None, deadline, run)
                 self.gates.lease_started(job.target, job.id)
