@@ -33,6 +33,7 @@ from coordinator.leasing.core import (
 from coordinator.logs import configure_logging
 from coordinator.metrics import CoordinatorMetrics, serve_metrics
 from coordinator.publishing import PublishingService
+from coordinator.reflection import enable_reflection
 from coordinator.retry import RetryPolicies, RetryPolicy
 from coordinator.store import open_store
 from coordinator.tracing import exporters_from_env, make_tracer_provider
@@ -232,7 +233,7 @@ async def serve(opts: ServerOptions) -> None:
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(service_names, server)
+    enable_reflection(service_names, server)
     port = server.add_insecure_port(opts.listen)
     if port == 0:
         raise SystemExit(f"postroom coordinator: cannot listen on {opts.listen}")
