@@ -284,15 +284,16 @@ class PublishingService(pub_grpc.PublishingServicer):
                 job = await self.store.get_job(job_id)
             except NotFound:
                 self.co.unwatch(job_id, send)
+                recv.close()
                 raise
         except CoordinatorError as exc:
             await context.abort(exc.status_code, str(exc))
             return
         try:
-            yield pub.JobEvent(job=job_pb(job))
-            if job.status in TERMINAL_JOB_STATUSES:
-                return
-            async with recv:
+            async with recv:  # closed on every way out (else a ResourceWarning at GC)
+                yield pub.JobEvent(job=job_pb(job))
+                if job.status in TERMINAL_JOB_STATUSES:
+                    return
                 async for event in recv:
                     yield event
                     if event.HasField("job") and job_status_from_pb(event.job.status) in (
