@@ -111,7 +111,9 @@ class JobTask:
                 await close_adapter(self._adapter)
         now = self._clock.now()
         span.set_status(Status(StatusCode.ERROR, error.message))
-        span.set_attribute("postroom.error_class", types_pb2.ErrorClass.Name(error.error_class))
+        # "RATE_LIMITED", as design.md and the coordinator's attempt span spell it.
+        error_class = types_pb2.ErrorClass.Name(error.error_class).removeprefix("ERROR_CLASS_")
+        span.set_attribute("postroom.error_class", error_class)
         if isinstance(error, RateLimited):
             span.set_attribute("postroom.retry_after_s", max(0.0, error.retry_at - now))
             span.set_attribute("postroom.quota_cap", error.quota_cap)
