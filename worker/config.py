@@ -85,6 +85,8 @@ class WorkerConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     metrics_listen: str = DEFAULT_METRICS_LISTEN
     sandbox_url: str | None = None
+    # Publish nowhere (benchmarks, dry runs): every platform gets the no-op adapter.
+    noop: bool = False
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     log_format: LogFormat = DEFAULT_LOG_FORMAT
     log_level: str = DEFAULT_LOG_LEVEL

@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from worker.adapters.base import AdapterRegistry
+from worker.adapters.noop import noop_factory
 from worker.adapters.sandbox import sandbox_factory
 from worker.clock import Clock, SystemClock
 from worker.config import (
@@ -70,6 +71,11 @@ def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
     p.add_argument(
         "--sandbox-url", metavar="URL", help="route every platform to this sandbox server"
     )
+    p.add_argument(
+        "--noop",
+        action="store_true",
+        help="publish nowhere: every commit succeeds at once (benchmarks, dry runs)",
+    )
     p.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
     p.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
     p.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -87,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         concurrency=args.concurrency,
         metrics_listen=args.metrics_listen,
         sandbox_url=args.sandbox_url,
+        noop=args.noop,
         request_timeout_s=args.request_timeout_s,
         drain_timeout_s=args.drain_timeout_s,
         log_format=args.log_format,
@@ -98,7 +105,9 @@ def build_adapters(
     config: WorkerConfig, *, clock: Clock, metrics: WorkerMetrics | None
 ) -> AdapterRegistry:
     """Every platform of the command line -> its adapter. Only the sandbox adapter exists so
-    far, so --sandbox-url is required and serves every platform."""
+    far, so --sandbox-url is required and serves every platform (unless --noop)."""
+    if config.noop:
+        return AdapterRegistry({platform: noop_factory() for platform in config.platforms})
     if not config.sandbox_url:
         raise ValueError("--sandbox-url is required: the sandbox adapter is the only one so far")
     factory = sandbox_factory(
