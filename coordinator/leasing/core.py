@@ -717,6 +717,7 @@ class LeaseCore:
     def dispatch(self, now: float) -> Effects:
         """Hand due jobs to sessions with free slots, one per session per round (fairness)."""
         fx = Effects()
+        self._dispatch_forced(fx, now)
         hungry = [s for s in self.sessions.values() if s.free_slots > 0]
         while hungry:
             still: list[Session] = []
@@ -737,6 +738,24 @@ class LeaseCore:
                     still.append(session)
             hungry = still
         return fx
+
+    def _dispatch_forced(self, fx: Effects, now: float) -> None:
+        """Jobs an operator retried with --force go first, through a closed gate (the queue
+        would pick by gate and not_before, so another job of the target could jump in)."""
+        for job_id in sorted(self.force_gate):
+            job = self.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                self.force_gate.discard(job_id)
+                continue
+            if job.not_before > now or self._held(job):
+                continue
+            session = next(
+                (s for s in self.sessions.values() if s.free_slots > 0 and s.serves(job.target)),
+                None,
+            )
+            if session is not None:
+                self.force_gate.discard(job_id)
+                self._assign(fx, session, job, now)
 
     def _gate_open_at(self, target: Target, now: float) -> float:
         return self.gates.open_at(target, now)
