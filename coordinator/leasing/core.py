@@ -528,12 +528,11 @@ class LeaseCore:
             error_class = _error_class(r.error_class)
             committed = run is not None and run.committed
             if committed and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED):
-                # The platform may have the post: the next attempt must look before posting,
-                # and there must be a next attempt (failing now could hide a published post).
+                # The platform may have the post: the next attempt, if any, looks before posting
+                # (an operator's retry of the FAILED job too). No attempt beyond max_attempts: a
+                # rerun posts again after its look, so extending here retried forever.
                 job.verify_first = True
                 error_class = ErrorClass.TRANSIENT
-                if job.counted_attempts >= job.max_attempts:
-                    job.max_attempts = job.counted_attempts + 1
             failure = Failure(
                 error_class,
                 r.error_message,
