@@ -506,23 +506,23 @@ class LeaseCore:
             job.result_post_id, job.result_url = r.platform_post_id, r.url
             job.last_error_class, job.last_error = None, ""
             job.verify_first = False
-            self._finish_attempt(fx, job, JobStatus.SUCCEEDED, "succeeded", now)
-            details = {
+            details: dict[str, object] = {
                 "target": str(job.target),
                 "attempt": job.attempt,
                 "post_id": r.platform_post_id,
                 "url": r.url,
                 "found_existing": r.found_existing,
             }
-            fx.batch.audits.append(
-                AuditEvent(
-                    "JOB_SUCCEEDED",
-                    job.id,
-                    self._actor(session_id),
-                    now,
-                    details,
-                    r.execution_time_ms,
-                )
+            # One JOB_SUCCEEDED entry per success: the transition's, with the result in it.
+            self._finish_attempt(
+                fx,
+                job,
+                JobStatus.SUCCEEDED,
+                "succeeded",
+                now,
+                actor=self._actor(session_id),
+                details=details,
+                execution_time_ms=r.execution_time_ms,
             )
         else:
             error_class = _error_class(r.error_class)
@@ -846,6 +846,7 @@ class LeaseCore:
         actor: str = SYSTEM,
         action: str = "",
         details: dict[str, object] | None = None,
+        execution_time_ms: int = 0,
     ) -> None:
         """One checked transition: table check, compare-and-set write, audit."""
         old = job.status
@@ -859,6 +860,7 @@ class LeaseCore:
                 actor,
                 now,
                 {"from": old.value, "to": new.value, **(details or {})},
+                execution_time_ms,
             )
         )
 
@@ -885,9 +887,19 @@ class LeaseCore:
         error_class: str = "",
         retry_reason: str = "",
         retry_at: float = 0.0,
+        execution_time_ms: int = 0,
     ) -> None:
         lease = self._end_lease(job)
-        self._move(fx, job, new, now, actor=actor, action=action, details=details)
+        self._move(
+            fx,
+            job,
+            new,
+            now,
+            actor=actor,
+            action=action,
+            details=details,
+            execution_time_ms=execution_time_ms,
+        )
         if lease is not None:
             lease.run.ended_at, lease.run.outcome = now, outcome
             fx.batch.runs.append(_run_row(lease.run))
