@@ -34,6 +34,8 @@ LEASE_PHASES: tuple[LeasePhase, ...] = ("claimed", "running", "committed")
 PERMIT_RESULTS: tuple[str, ...] = ("granted", "denied")
 DEVICE_KINDS: tuple[str, ...] = ("api", "browser")
 JOB_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "needs_login", "cancelled")
+# coordinator/retry.py's reasons. Born at 0, the first retry of a reason shows in `rate()`.
+RETRY_REASONS: tuple[str, ...] = ("rate_limited", "transient", "lease_lost")
 
 # Job durations run from a fast API call to a slow browser session (the lease bound is ~30 min).
 JOB_DURATION_BUCKETS_S: tuple[float, ...] = (
@@ -149,6 +151,8 @@ class CoordinatorMetrics:
             self.job_attempts.labels(platform=platform)
             for outcome in JOB_OUTCOMES:
                 self.jobs.labels(platform=platform, outcome=outcome)
+            for reason in RETRY_REASONS:
+                self.retries_scheduled.labels(platform=platform, reason=reason)
 
     def job_attempt_started(self, platform: str) -> None:
         self.job_attempts.labels(platform=platform).inc()

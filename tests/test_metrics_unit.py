@@ -112,6 +112,9 @@ def test_series_alerts_depend_on_exist_at_zero_from_start(
         assert value(registry, "postroom_devices_online", kind=kind) == 0
     assert value(registry, "postroom_jobs_total", platform="mastodon", outcome="succeeded") == 0
     assert value(registry, "postroom_job_attempts_total", platform="mastodon") == 0
+    retries = "postroom_retries_scheduled_total"
+    for reason in ("rate_limited", "transient", "lease_lost"):
+        assert value(registry, retries, platform="mastodon", reason=reason) == 0
 
 
 def test_job_finished_counts_the_outcome_and_times_it(
