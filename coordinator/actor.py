@@ -372,6 +372,9 @@ class Coordinator:
                         attempt_span.add_event("gate_closed", {"until": sig.until})
                     if self.metrics:
                         self.metrics.rate_limit_hit(platform, account)
+                        # Now, not at the next gauge refresh (up to 5 s away): a gate closed
+                        # for a short Retry-After would otherwise never read 1.
+                        self.metrics.set_gate(platform, account, True)
                 case Dispatched(latency_s=latency):
                     if self.metrics:
                         self.metrics.dispatch_latency(latency)
