@@ -154,6 +154,9 @@ class LeaseCore:
         # job -> (epoch, device) of the run last granted a commit permit: only that device may
         # report a late success for that epoch (a forged epoch from another stream is refused).
         self._committed_by: dict[str, tuple[int, str]] = {}
+        # When dispatch() last ran: a job due by then and still queued waits for a free slot (an
+        # event), not for the timer, which would otherwise spin on its past due time.
+        self._dispatched_at = float("-inf")
 
     # ---- loading and adding work ---------------------------------------------------------
 
@@ -240,7 +243,11 @@ class LeaseCore:
         fx = Effects()
         for other in [s for s in self.sessions.values() if s.device_id == device_id]:
             # A device has one stream; a new Hello means the old one is dead.
-            fx.extend(self.session_lost(other.id, now, reason="superseded by a new stream"))
+            fx.extend(
+                self.session_lost(
+                    other.id, now, reason="superseded by a new stream", redispatch=False
+                )
+            )
             fx.close_sessions.append(other.id)
         session = Session(session_id, device_id, kind, capabilities, max(1, slots), now)
         self.sessions[session_id] = session
@@ -313,7 +320,9 @@ class LeaseCore:
             session.last_heartbeat = max(session.last_heartbeat, now)
         return Effects()
 
-    def session_lost(self, session_id: str, now: float, *, reason: str) -> Effects:
+    def session_lost(
+        self, session_id: str, now: float, *, reason: str, redispatch: bool = True
+    ) -> Effects:
         """The stream ended (EOF, error, heartbeat silence, superseded). Leases before their
         commit permit are recovered at once; committed ones wait for their deadline (the worker
         may reconnect and report), then are rerun with verify_first."""
@@ -339,6 +348,8 @@ class LeaseCore:
                 {"reason": reason, "held": sorted(session.jobs)},
             )
         )
+        if redispatch:  # jobs recovered above go to another worker at once, not at the next tick
+            fx.extend(self.dispatch(now))
         return fx
 
     # ---- per-job messages from a worker --------------------------------------------------
@@ -672,7 +683,10 @@ class LeaseCore:
         fx = Effects()
         ttl = self.config.lease_ttl_s
         for session in [s for s in self.sessions.values() if now - s.last_heartbeat > ttl]:
-            fx.extend(self.session_lost(session.id, now, reason=f"no heartbeat for {ttl:g}s"))
+            lost = self.session_lost(
+                session.id, now, reason=f"no heartbeat for {ttl:g}s", redispatch=False
+            )
+            fx.extend(lost)
             fx.close_sessions.append(session.id)
         for job_id, lease in list(self.leases.items()):
             job = self.jobs[job_id]
@@ -699,7 +713,7 @@ class LeaseCore:
 
     def next_wakeup(self) -> float | None:
         times: list[float] = []
-        due = self.queue.next_due(self.jobs, self._open_at_any, self._held)
+        due = self.queue.next_due(self.jobs, self._open_at_any, self._held, self._dispatched_at)
         if due is not None:
             times.append(due)
         for lease in self.leases.values():
@@ -716,6 +730,7 @@ class LeaseCore:
     def dispatch(self, now: float) -> Effects:
         """Hand due jobs to sessions with free slots, one per session per round (fairness)."""
         fx = Effects()
+        self._dispatched_at = now
         self._dispatch_forced(fx, now)
         hungry = [s for s in self.sessions.values() if s.free_slots > 0]
         while hungry:

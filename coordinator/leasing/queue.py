@@ -78,15 +78,22 @@ class ReadyQueue:
         return jobs[job_id]
 
     def next_due(
-        self, jobs: dict[str, Job], open_at: Callable[[Target], float], held: Callable[[Job], bool]
+        self,
+        jobs: dict[str, Job],
+        open_at: Callable[[Target], float],
+        held: Callable[[Job], bool],
+        after: float = float("-inf"),
     ) -> float | None:
-        """Earliest instant a queued job becomes dispatchable (for the actor's timer)."""
+        """Earliest instant after `after` a queued job becomes dispatchable (for the actor's
+        timer); targets whose first job was already due by `after` wait for a free slot."""
         soonest: float | None = None
         for target in list(self._heaps):
             top = self._clean_top(target, jobs, held)
             if top is None:
                 continue
             at = max(top[0], open_at(target))
+            if at <= after:
+                continue
             if soonest is None or at < soonest:
                 soonest = at
         return soonest
