@@ -122,7 +122,8 @@ class Worker:
 
     async def _connect_loop(self) -> None:
         attempt = 0
-        async with grpc.aio.insecure_channel(self.config.coordinator) as channel:
+        channel = grpc.aio.insecure_channel(self.config.coordinator)
+        try:
             stub = wg_grpc.WorkerGatewayStub(channel)
             while not self._drained():
                 started = self.sessions_started
@@ -137,6 +138,10 @@ class Worker:
                 attempt += 1
                 with anyio.move_on_after(delay):  # a stop() during the wait re-checks at once
                     await self._stopping.wait()
+        finally:
+            # Shielded: a channel left open when the loop ends makes grpc call into a closed loop.
+            with anyio.CancelScope(shield=True):
+                await channel.close(None)
 
     async def _session(self, stub: wg_grpc.WorkerGatewayAsyncStub) -> None:
         call: Call = stub.Connect(None)
@@ -156,6 +161,8 @@ class Worker:
                     tg.cancel_scope.cancel()  # closed after our goodbye: stop the helpers
         finally:
             self.runner.detach()
+            stream.outbox.close()
+            stream.inbox.close()
             if self._metrics is not None:
                 self._metrics.set_connected(False)
             call.cancel()
