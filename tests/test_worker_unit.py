@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Tracer
+from prometheus_client import CollectorRegistry
 
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
@@ -20,8 +23,10 @@ from worker.clock import FakeClock
 from worker.config import BackoffPolicy, Capability, WorkerConfig
 from worker.errors import AdapterError, Duplicate, RateLimited
 from worker.jobs import JobPhase
+from worker.metrics import WorkerMetrics
 from worker.runtime import JobRunner
 from worker.session import SessionState
+from worker.tracing import make_tracer_provider
 
 pytestmark = pytest.mark.anyio
 
@@ -153,18 +158,16 @@ class Rig:
         return [str(m.WhichOneof("msg")) for m in (self.seen if msgs is None else msgs)]
 
     async def assign(self, job_id: str = "j1", epoch: int = 1, **fields: object) -> wg.Assign:
-        a = wg.Assign(
-            job_id=job_id,
-            lease_epoch=epoch,
-            attempt=1,
-            max_attempts=3,
-            lease_deadline_unix_ms=int((self.clock.now() + TTL_S) * 1000),
-            platform="sandbox",
-            account="acme",
-            text="hello",
-            platform_key=f"key-{job_id}",
-            **fields,  # type: ignore[arg-type]
-        )
+        defaults: dict[str, object] = {
+            "attempt": 1,
+            "max_attempts": 3,
+            "lease_deadline_unix_ms": int((self.clock.now() + TTL_S) * 1000),
+            "platform": "sandbox",
+            "account": "acme",
+            "text": "hello",
+            "platform_key": f"key-{job_id}",
+        }
+        a = wg.Assign(job_id=job_id, lease_epoch=epoch, **{**defaults, **fields})  # type: ignore[arg-type]
         await self.deliver(wg.CoordinatorMessage(assign=a))
         return a
 
@@ -178,11 +181,20 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(*, slots: int = 2) -> AsyncIterator[Rig]:
+async def rig(
+    *, slots: int = 2, metrics: WorkerMetrics | None = None, tracer: Tracer | None = None
+) -> AsyncIterator[Rig]:
     clock = FakeClock(T0)
     platform = FakePlatform()
     adapters = AdapterRegistry({"sandbox": lambda name: FakeAdapter(platform)})
-    runner = JobRunner(adapters=adapters, clock=clock, slots=slots, lease_ttl_s=TTL_S)
+    runner = JobRunner(
+        adapters=adapters,
+        clock=clock,
+        slots=slots,
+        lease_ttl_s=TTL_S,
+        metrics=metrics,
+        tracer=tracer,
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(runner.run)
         r = Rig(runner, clock, platform)
@@ -453,6 +465,37 @@ async def test_duplicate_that_verification_cannot_find_fails_as_duplicate() -> N
         assert not result.success
         assert result.error_class == pb.ERROR_CLASS_DUPLICATE
         assert result.failed_step == "commit"
+
+
+# ---- observability -------------------------------------------------------------------------
+
+
+async def test_a_run_is_one_span_under_the_coordinators_trace_with_step_children() -> None:
+    exporter = InMemorySpanExporter()
+    provider = make_tracer_provider(exporter=exporter)
+    registry = CollectorRegistry()
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    async with rig(metrics=WorkerMetrics(registry), tracer=provider.get_tracer("test")) as r:
+        r.platform.commit_error = RateLimited("slow", retry_at=T0 + 30, quota_cap=True)
+        await r.assign(traceparent=f"00-{trace_id}-{parent_id}-01", attempt=2)
+        await r.expect("commit_request")
+        await r.grant()
+        await r.expect("result")
+    spans = exporter.get_finished_spans()
+    [run] = [s for s in spans if s.name == "postroom.worker.run"]
+    assert format(run.context.trace_id, "032x") == trace_id
+    assert run.parent is not None and format(run.parent.span_id, "016x") == parent_id
+    attrs = dict(run.attributes or {})
+    assert (attrs["postroom.platform"], attrs["postroom.account"]) == ("sandbox", "acme")
+    assert attrs["postroom.attempt"] == 2
+    assert attrs["postroom.error_class"] == "RATE_LIMITED"
+    assert (attrs["postroom.retry_after_s"], attrs["postroom.quota_cap"]) == (30.0, True)
+    steps = [s for s in spans if s.name == "postroom.worker.step"]
+    names = [dict(s.attributes or {})["postroom.step"] for s in steps]
+    assert {"prepare", "commit_permit", "commit", "screenshot", "report"} <= set(names)
+    assert all(s.parent is not None and s.parent.span_id == run.context.span_id for s in steps)
+    labels = {"platform": "sandbox", "step": "commit"}
+    assert registry.get_sample_value("postroom_worker_step_duration_seconds_count", labels) == 1
 
 
 # ---- slots ----------------------------------------------------------------------------------

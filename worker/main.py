@@ -128,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         config = config_from_args(args)
-        if not config.sandbox_url:
-            raise ValueError("--sandbox-url is required: the sandbox adapter is the only one")
+        if not config.sandbox_url and not config.noop:
+            raise ValueError("--sandbox-url (or --noop) is required: the sandbox adapter is "
+                             "the only one so far")  # fmt: skip
         configure_logging(fmt=config.log_format, level=config.log_level)
         # One line per HTTP request drowns the step logs, which already say what was sent.
         logging.getLogger("httpx").setLevel(logging.WARNING)
