@@ -16,6 +16,7 @@ Invariants it keeps:
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -157,6 +158,9 @@ class LeaseCore:
         # When dispatch() last ran: a job due by then and still queued waits for a free slot (an
         # event), not for the timer, which would otherwise spin on its past due time.
         self._dispatched_at = float("-inf")
+        # (last_heartbeat, session id) per heartbeat, a min-heap cleaned lazily: its first live
+        # entry is the oldest session's, so next_wakeup() is O(log n), not O(sessions), per call.
+        self._beats: list[tuple[float, str]] = []
 
     # ---- loading and adding work ---------------------------------------------------------
 
@@ -251,6 +255,7 @@ class LeaseCore:
             fx.close_sessions.append(other.id)
         session = Session(session_id, device_id, kind, capabilities, max(1, slots), now)
         self.sessions[session_id] = session
+        heapq.heappush(self._beats, (now, session_id))
         resumed: list[wg.HeldJob] = []
         for job_id, epoch in held:
             lease = self.leases.get(job_id)
@@ -304,6 +309,7 @@ class LeaseCore:
         if session is None:
             return fx
         session.last_heartbeat = now
+        heapq.heappush(self._beats, (now, session_id))
         deadline = now + self.config.lease_ttl_s
         for job_id in session.jobs:
             self.leases[job_id].deadline = deadline
@@ -318,6 +324,7 @@ class LeaseCore:
         if session is not None:
             session.draining = True
             session.last_heartbeat = max(session.last_heartbeat, now)
+            heapq.heappush(self._beats, (session.last_heartbeat, session_id))
         return Effects()
 
     def session_lost(
@@ -719,10 +726,22 @@ class LeaseCore:
         for lease in self.leases.values():
             if lease.session_id is None:
                 times.append(lease.deadline + self.config.expiry_margin_s + 0.001)
-        if self.sessions:
-            oldest = min(s.last_heartbeat for s in self.sessions.values())
+        oldest = self._oldest_heartbeat()
+        if oldest is not None:
             times.append(oldest + self.config.lease_ttl_s + 0.001)
         return min(times) if times else None
+
+    def _oldest_heartbeat(self) -> float | None:
+        """min(last_heartbeat) over the sessions: drops entries of closed sessions and beats
+        that a later one replaced until the first entry is a session's current one."""
+        beats = self._beats
+        while beats:
+            at, session_id = beats[0]
+            session = self.sessions.get(session_id)
+            if session is not None and session.last_heartbeat == at:
+                return at
+            heapq.heappop(beats)
+        return None
 
     def _open_at_any(self, target: Target) -> float:
         return self.gates.open_at(target, float("-inf"))
