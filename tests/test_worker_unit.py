@@ -95,7 +95,7 @@ class Rig:
 
     async def connect(self, resumed: list[wg.HeldJob] | None = None) -> None:
         self._out, self._in = anyio.create_memory_object_stream[wg.WorkerMessage](1000)
-        self.state = SessionState(last_heard=self.clock.now())
+        self.state = SessionState(started_at=self.clock.now(), last_heard=self.clock.now())
         welcome = wg.Welcome(
             session_id="s1",
             heartbeat_interval_ms=5000,
@@ -122,7 +122,9 @@ class Rig:
         for command in commands:
             if isinstance(command, session.Welcomed):
                 assert self._out is not None
-                await self.runner.attach(self._out, self.state.limits, resumed=command.resumed)
+                await self.runner.attach(
+                    self._out, self.state.limits, resumed=command.resumed, deadline=command.deadline
+                )
             elif isinstance(command, session.Ignored | session.Violation):
                 raise AssertionError(command)
             elif not isinstance(command, session.CheckLogin | session.CoordinatorLeaving):
@@ -410,6 +412,19 @@ async def test_jobs_not_resumed_are_abandoned_silently() -> None:
         await r.until(lambda: "close" in r.platform.calls)
         assert r.drain() == []
         assert r.platform.commits == 0
+
+
+async def test_resumed_jobs_hold_a_ttl_from_the_reconnect() -> None:
+    async with rig() as r:
+        await r.assign()
+        await r.expect("commit_request")
+        r.disconnect()
+        r.clock.advance(10)  # 2 s before the old deadline's margin
+        await r.connect(resumed=r.runner.held_jobs())
+        r.clock.advance(10)  # no heartbeat answered yet, still within the new lease
+        assert r.runner.phase("j1") is JobPhase.AWAITING_PERMIT
+        await r.grant()
+        assert (await r.expect("result")).result.success
 
 
 async def test_pending_commit_request_is_repeated_after_resume() -> None:

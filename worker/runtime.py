@@ -119,6 +119,7 @@ class JobRunner:
         limits: StreamLimits,
         *,
         resumed: Iterable[wg.HeldJob],
+        deadline: float = 0.0,
     ) -> None:
         """A session began: abandon the jobs the coordinator did not keep, repeat what it may have
         missed of the others (unacknowledged screenshots, then the last state-changing message:
@@ -127,6 +128,8 @@ class JobRunner:
         for job in list(self._jobs.values()):
             if (job.job_id, job.epoch) not in kept:
                 self.abandon(job, "not resumed by the coordinator")
+            else:
+                job.deadline = max(job.deadline, deadline)
         link = _Link(outbox, limits)
         self._link = link
         repeat: list[wg.WorkerMessage] = []

@@ -42,6 +42,7 @@ class SessionState:
     limits: StreamLimits = field(default_factory=StreamLimits)
     next_seq: int = 1
     pending: tuple[tuple[int, float], ...] = ()  # (seq, sent at) of unanswered heartbeats
+    started_at: float = 0.0  # when the stream opened (just before Hello was sent)
     last_heard: float = 0.0  # when the coordinator last sent anything
     leaving: str = ""  # set once either side said Goodbye: take no new jobs on this session
 
@@ -52,6 +53,9 @@ class SessionState:
 @dataclass(frozen=True, slots=True)
 class Welcomed:
     resumed: tuple[wg.HeldJob, ...]
+    # The coordinator re-leased the resumed jobs for a TTL after our Hello reached it, so they
+    # hold at least until TTL after we sent it.
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +257,7 @@ def _welcome(state: SessionState, w: wg.Welcome) -> tuple[SessionState, list[Com
         lease_ttl_s=(w.lease_ttl_ms / 1000.0) or state.lease_ttl_s,
         limits=StreamLimits(max_chunk_bytes=w.max_chunk_bytes, max_asset_bytes=w.max_asset_bytes),
     )
-    return state, [Welcomed(tuple(w.resumed))]
+    return state, [Welcomed(tuple(w.resumed), state.started_at + state.lease_ttl_s)]
 
 
 def _assign(state: SessionState, a: wg.Assign, now: float) -> tuple[SessionState, list[Command]]:

@@ -46,7 +46,7 @@ class _Stream:
         self.outbox, self.inbox = anyio.create_memory_object_stream[wg.WorkerMessage](
             DEFAULT_OUTBOX_MESSAGES
         )
-        self.state = SessionState(last_heard=now)
+        self.state = SessionState(started_at=now, last_heard=now)
         self.error: SessionError | None = None
         self.closing = False  # we half-closed on purpose: EOF is the expected answer
 
@@ -122,22 +122,33 @@ class Worker:
 
     async def _connect_loop(self) -> None:
         attempt = 0
-        channel = grpc.aio.insecure_channel(self.config.coordinator)
-        try:
-            stub = wg_grpc.WorkerGatewayStub(channel)
-            while not self._drained():
-                started = self.sessions_started
-                try:
-                    await self._session(stub)
-                    return
-                except StreamBroken as exc:
-                    log.warning("stream to %s lost: %s", self.config.coordinator, exc)
+        while not self._drained():
+            started = self.sessions_started
+            try:
+                await self._session_on_new_channel()
+                return
+            except StreamBroken as exc:
                 if self.sessions_started > started:
                     attempt = 0  # it had worked: start the backoff over
-                delay = self.config.reconnect.delay_s(attempt, self._jitter())
-                attempt += 1
-                with anyio.move_on_after(delay):  # a stop() during the wait re-checks at once
-                    await self._stopping.wait()
+                # Say it when it starts, then now and again: a long outage is one story.
+                level = logging.WARNING if attempt % 20 == 0 else logging.DEBUG
+                log.log(
+                    level, "stream to %s: %s (attempt %d)", self.config.coordinator, exc, attempt
+                )
+            delay = self.config.reconnect.delay_s(attempt, self._jitter())
+            attempt += 1
+            with anyio.move_on_after(delay):
+                if self._stopping.is_set():
+                    await self.runner.wait_idle()  # nothing left to deliver: done
+                else:
+                    await self._stopping.wait()  # re-check at once
+
+    async def _session_on_new_channel(self) -> None:
+        # A fresh channel per attempt, so that our backoff decides when to dial again; a reused
+        # channel adds its own reconnect backoff (growing towards 120 s) after failures.
+        channel = grpc.aio.insecure_channel(self.config.coordinator)
+        try:
+            await self._session(wg_grpc.WorkerGatewayStub(channel))
         finally:
             # Shielded: a channel left open when the loop ends makes grpc call into a closed loop.
             with anyio.CancelScope(shield=True):
@@ -210,8 +221,8 @@ class Worker:
         stream.state, commands = session.on_message(stream.state, msg, self._clock.now())
         for command in commands:
             match command:
-                case session.Welcomed(resumed=resumed):
-                    await self._welcomed(stream, tg, resumed)
+                case session.Welcomed(resumed=resumed, deadline=deadline):
+                    await self._welcomed(stream, tg, resumed, deadline)
                 case session.CheckLogin():
                     tg.start_soon(self._check_login, stream, command)
                 case session.CoordinatorLeaving(reason=reason):
@@ -224,12 +235,12 @@ class Worker:
                     self.runner.apply(command)
 
     async def _welcomed(
-        self, stream: _Stream, tg: TaskGroup, resumed: tuple[wg.HeldJob, ...]
+        self, stream: _Stream, tg: TaskGroup, resumed: tuple[wg.HeldJob, ...], deadline: float
     ) -> None:
         state = stream.state
         self.session_id = state.session_id
         self.runner.set_lease_ttl(state.lease_ttl_s)
-        await self.runner.attach(stream.outbox, state.limits, resumed=resumed)
+        await self.runner.attach(stream.outbox, state.limits, resumed=resumed, deadline=deadline)
         self.sessions_started += 1
         if self._metrics is not None:
             self._metrics.set_connected(True)
