@@ -72,12 +72,12 @@ class FakeSession:
     def send(self, **fields: Any) -> None:
         self.outbox.put_nowait(wg.CoordinatorMessage(**fields))
 
-    def welcome(self, resumed: list[wg.HeldJob] | None = None) -> None:
+    def welcome(self, resumed: list[wg.HeldJob] | None = None, *, ttl_ms: int = TTL_MS) -> None:
         self.send(
             welcome=wg.Welcome(
                 session_id=f"s-{id(self)}",
-                heartbeat_interval_ms=HEARTBEAT_MS,
-                lease_ttl_ms=TTL_MS,
+                heartbeat_interval_ms=min(HEARTBEAT_MS, ttl_ms // 3),
+                lease_ttl_ms=ttl_ms,
                 resumed=resumed or [],
                 max_chunk_bytes=1024,
                 max_asset_bytes=1 << 20,
@@ -356,6 +356,19 @@ async def test_reconnects_and_resumes_held_jobs() -> None:
         s3.send(result_ack=wg.ResultAck(job_id="keep", lease_epoch=3, accepted=True))
         await wait_for(lambda: w.runner.held_jobs() == [])
         assert len(platform.posts) == 1
+
+
+async def test_a_silent_coordinator_is_left_after_one_ttl() -> None:
+    async with fake_coordinator() as (address, fake), running_worker(address, Platform()) as w:
+        s1 = await fake.next_session()
+        s1.auto_ack_heartbeats = False  # hung: the TCP connection is fine, nobody answers
+        s1.welcome(ttl_ms=600)
+        started = time.monotonic()
+        s2 = await fake.next_session()
+        assert time.monotonic() - started >= 0.6
+        s2.welcome()
+        await s2.next("heartbeat")
+        assert w.sessions_started == 2
 
 
 async def test_coordinator_goodbye_keeps_jobs_and_takes_no_new_ones() -> None:

@@ -20,7 +20,7 @@ from postroom.v1 import worker_gateway_pb2 as wg
 from worker import session
 from worker.adapters.base import AdapterRegistry, JobSpec, Prepared, Published
 from worker.clock import FakeClock
-from worker.config import BackoffPolicy, Capability, WorkerConfig
+from worker.config import BackoffPolicy, Capability, WorkerConfig, lease_margin_s
 from worker.errors import AdapterError, Duplicate, RateLimited
 from worker.jobs import JobPhase
 from worker.metrics import WorkerMetrics
@@ -588,6 +588,10 @@ def test_silence_for_a_ttl_means_the_stream_is_dead() -> None:
     state, _ = session.on_message(SessionState(), wg.CoordinatorMessage(welcome=welcome), T0)
     assert not session.is_silent(state, T0 + 3)
     assert session.is_silent(state, T0 + 3.1)
+
+
+def test_lease_margin_is_1s_or_a_fifth_of_the_ttl_but_at_most_half() -> None:
+    assert [lease_margin_s(ttl) for ttl in (15.0, 3.0, 30.0, 1.0)] == [3.0, 1.0, 6.0, 0.5]
 
 
 def test_reconnect_backoff_doubles_from_200ms_up_to_5s_with_jitter() -> None:

@@ -29,9 +29,11 @@ DEFAULT_RECONNECT_MAX_S = 5.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 DEFAULT_LEASE_TTL_S = 15.0
 DEFAULT_WELCOME_TIMEOUT_S = 10.0
-# A job stops by itself this long before an unrenewed lease deadline: max(1 s, 20 % of the TTL).
+# A job stops by itself this long before an unrenewed lease deadline: max(1 s, 20 % of the TTL),
+# but never more than half the TTL (a very short TTL would otherwise stop every job at once).
 DEFAULT_LEASE_MARGIN_MIN_S = 1.0
 DEFAULT_LEASE_MARGIN_TTL_FRACTION = 0.2
+DEFAULT_LEASE_MARGIN_MAX_TTL_FRACTION = 0.5
 # After our half-close, how long to wait for the coordinator to end the stream.
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
 DEFAULT_LOGIN_CHECK_TIMEOUT_S = 30.0
@@ -123,4 +125,5 @@ def split_host_port(text: str) -> tuple[str, int]:
 
 def lease_margin_s(lease_ttl_s: float) -> float:
     """How long before an unrenewed deadline a job stops by itself."""
-    return max(DEFAULT_LEASE_MARGIN_MIN_S, DEFAULT_LEASE_MARGIN_TTL_FRACTION * lease_ttl_s)
+    margin = max(DEFAULT_LEASE_MARGIN_MIN_S, DEFAULT_LEASE_MARGIN_TTL_FRACTION * lease_ttl_s)
+    return min(margin, DEFAULT_LEASE_MARGIN_MAX_TTL_FRACTION * lease_ttl_s)

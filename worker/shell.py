@@ -11,6 +11,7 @@ drain timeout), half-closes the stream and returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -188,7 +189,7 @@ class Worker:
             await stream.call.done_writing()
         except grpc.aio.AioRpcError as exc:
             stream.fail(_translate(exc, stream.state), tg)
-        except (grpc.aio.UsageError, RuntimeError) as exc:  # written after the call ended
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:  # after the call ended
             stream.fail(StreamBroken(f"write failed: {exc!r}"), tg)
 
     async def _read(self, stream: _Stream, tg: TaskGroup) -> None:
@@ -266,7 +267,12 @@ class Worker:
                 stream.fail(StreamBroken(f"nothing from the coordinator for {ttl:.1f}s"), tg)
                 return
             stream.state, msg = session.heartbeat(stream.state, self.runner.held_jobs(), now)
-            if not await _send(stream, msg):
+            try:
+                # Never wait here: a clogged outbox must not stop the silence check above.
+                stream.outbox.send_nowait(msg)
+            except anyio.WouldBlock:
+                log.warning("outbox full: heartbeat %d skipped", msg.heartbeat.seq)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
 
     async def _drain(self, stream: _Stream) -> None:
