@@ -169,8 +169,8 @@ class JobRunner:
                 for held in self._jobs.values():
                     held.deadline = max(held.deadline, deadline)
                 self._wake()
-            case cmd.AnswerPermit(job_id, epoch, granted, reason, deadline):
-                self._answer_permit(job_id, epoch, granted, reason, deadline)
+            case cmd.AnswerPermit(job_id, epoch, granted, reason):
+                self._answer_permit(job_id, epoch, granted, reason)
             case cmd.Confirm(job_id, epoch):
                 if (job := self._current(job_id, epoch)) is not None:
                     job.confirmed.set()
@@ -204,15 +204,13 @@ class JobRunner:
         self._tg.start_soon(task.run, self._limiter, name=f"job {job.job_id}")
         self._wake()
 
-    def _answer_permit(
-        self, job_id: str, epoch: int, granted: bool, reason: str, deadline: float
-    ) -> None:
+    def _answer_permit(self, job_id: str, epoch: int, granted: bool, reason: str) -> None:
         job = self._current(job_id, epoch)
         if job is None or job.phase is not JobPhase.AWAITING_PERMIT or job.permit.is_set():
             return  # stale, or the answer to a repeated CommitRequest
         job.permit_granted, job.deny_reason, job.committed = granted, reason, granted
-        if deadline > 0:
-            job.deadline = max(job.deadline, deadline)
+        # The grant's lease deadline is not taken: it is the coordinator's clock, and our own
+        # estimate from the heartbeats it answered is never later than the true one.
         job.permit.set()
         self._wake()
 
