@@ -186,7 +186,8 @@ def post_pb(post: Post, jobs: Sequence[Job] = ()) -> pb.Post:
             latest[job.target] = job
     current = [latest[t] for t in post.targets if t in latest]
     warnings = post_warnings(current) if jobs else []
-    if post.status is PostStatus.PENDING_APPROVAL and post.approved_hash:
+    if post.status is PostStatus.PENDING_APPROVAL and jobs:
+        # It was scheduled before: an edit took its approval away and holds its jobs.
         warnings.append("edited after approval: approve again, then schedule")
     return pb.Post(
         id=post.id,

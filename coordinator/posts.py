@@ -274,7 +274,7 @@ async def cancel(
     _write(fx, post, old)
     _audit(fx, "POST_CANCELLED", post, actor, now, reason=reason)
     jobs = await _post_jobs(store, core, post_id)
-    core.add_post_jobs(dataclasses.replace(post), [], now)
+    fx.extend(core.add_post_jobs(dataclasses.replace(post), [], now))
     # Leased jobs last: cancelling one frees a worker slot, and the dispatch that follows must
     # not hand that worker a sibling of this post that is about to be cancelled.
     for job in sorted(jobs, key=lambda j: j.id in core.leases):

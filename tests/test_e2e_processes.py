@@ -227,6 +227,12 @@ def test_sigterm_drains_a_worker_in_flight_jobs_finish_none_lost(
         ),
     )
     worker.signal(15)  # SIGTERM: goodbye, finish what it holds, take nothing new
+
+    def draining() -> bool:  # the coordinator has heard the goodbye: no free slots offered
+        devices = {d.id: d for d in client.list_devices().devices}
+        return devices["drain-w1"].free_slots == 0
+
+    wait_until("the coordinator to see drain-w1 draining", draining)
     second = cluster.publish(client, "arrives while draining", ["sandbox:drain"])
     second_job = only_job(client, second)
     client.confirm_job(job.id, actor="test")

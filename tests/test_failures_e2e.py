@@ -434,13 +434,22 @@ def test_server_errors_retry_with_backoff_up_to_max_attempts(
     wait_until("FAILED", lambda: post_in(client, failing, pb.POST_STATUS_FAILED))
     job = jobs_by_account(client, failing)[always]
     assert job.status == pb.JOB_STATUS_FAILED
-    assert job.attempt == 3
-    assert len(job.runs) == 3
-    for run in job.runs:
+    # Three attempts to publish, each answered 500 after the commit permit (the post might
+    # exist), then one verify-only look that found no post: only then is it FAILED.
+    assert job.attempt == 4
+    assert len(job.runs) == 4
+    for run in job.runs[:3]:
         assert run.error_class == pb.ERROR_CLASS_TRANSIENT
         assert "HTTP 500: upstream exploded" in run.error
-    assert "3 attempts failed" in job.last_error
-    assert job.verify_first  # the last 500 may hide a post: any retry looks first
+        assert run.committed
+    assert not job.runs[3].committed
+    assert "a final look found no post" in job.last_error
+    assert "HTTP 500: upstream exploded" in job.last_error
+    assert not job.verify_first  # verified: nothing is left in doubt
+    leases = client.list_audit_events(
+        pub.ListAuditEventsRequest(subject_id=job.id, action="JOB_LEASED")
+    ).events
+    assert ['"verify_only": true' in e.details_json for e in leases] == [False] * 3 + [True]
     assert sandbox_count(admin, always) == 0
 
     wait_until("PUBLISHED", published(client, flaky))
@@ -597,13 +606,15 @@ def test_job_retry_runs_a_failed_job_again_now(
     wait_until("FAILED", lambda: post_in(client, post_id, pb.POST_STATUS_FAILED))
     job_id = client.get_post(post_id).target_states[0].job_id
     shown = cli(cluster, capsys, "job", "show", job_id)
-    assert "FAILED" in shown and "1 attempts failed" in shown
+    # The 502 came after the commit permit, so a verify-only look ran before FAILED.
+    assert "FAILED" in shown and "a final look found no post" in shown
 
     cli(cluster, capsys, "job", "retry", job_id)
     job = wait_until("SUCCEEDED", lambda: job_in(client, job_id, pb.JOB_STATUS_SUCCEEDED))
-    assert job.attempt == 2 and [r.outcome for r in job.runs] == ["failed", "succeeded"]
-    # The 502 came after the commit permit: the operator's retry looked before posting.
-    assert leases(client, job_id)[1].details["verify_first"] is True
+    assert [r.outcome for r in job.runs] == ["retry", "failed", "succeeded"]
+    assert leases(client, job_id)[1].details["verify_only"] is True
+    # The look proved the post absent: the operator's retry posts without looking again.
+    assert leases(client, job_id)[2].details["verify_first"] is False
     assert client.get_post(post_id).status == pb.POST_STATUS_PUBLISHED
     assert sandbox_count(admin, account) == 1
 

@@ -7,6 +7,7 @@ WorkerError
 │   ├── AuthRequired                        AUTH_REQUIRED   401/403, expired token, login wall
 │   ├── InvalidContent                      INVALID_CONTENT 400/422, policy, too long (terminal)
 │   ├── Transient                           TRANSIENT       5xx, timeouts, network errors
+│   │   └── NotFoundOnVerify                                a verify-only attempt found nothing
 │   ├── UiChanged(step, selector)           UI_CHANGED      a selector was not found
 │   └── Duplicate(existing_id)              DUPLICATE       the platform already has this post
 ├── LeaseLost                    the job's lease ran out or was refused: abandon, report nothing
@@ -72,6 +73,10 @@ class InvalidContent(AdapterError):
 
 class Transient(AdapterError):
     error_class = types_pb2.ERROR_CLASS_TRANSIENT
+
+
+class NotFoundOnVerify(Transient):
+    """A verify-only attempt found no earlier post; it publishes nothing by design."""
 
 
 class UiChanged(AdapterError):

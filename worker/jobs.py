@@ -15,7 +15,7 @@ from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker.adapters.base import JobSpec, Published
 from worker.config import DEFAULT_MAX_CHUNK_BYTES
-from worker.errors import AdapterError, RateLimited, UiChanged
+from worker.errors import AdapterError, NotFoundOnVerify, RateLimited, UiChanged
 
 PNG = "image/png"
 
@@ -133,6 +133,8 @@ class RunningJob:
             result.quota_cap = exc.quota_cap
         if isinstance(exc, UiChanged):
             result.selector = exc.selector
+        if isinstance(exc, NotFoundOnVerify):
+            result.verified_absent = True
         return result
 
     def _elapsed_ms(self, now: float) -> int:
@@ -149,7 +151,8 @@ def spec_from_assign(a: wg.Assign) -> JobSpec:
         content_hash=a.content_hash,
         platform_key=a.platform_key,
         attempt=a.attempt,
-        verify_first=a.verify_first,
+        verify_first=a.verify_first or a.verify_only,
+        verify_only=a.verify_only,
         require_confirm=a.require_confirm,
         post_id=a.post_id,
     )

@@ -2,7 +2,8 @@
 of the lease protocol sits relative to the irreversible call. The runner supplies the waits and
 checks through `JobHooks` (it owns the job's state and the stream); this module owns the order.
 
-    [verify] -> prepare -> [before_confirm screenshot -> confirmation] -> commit permit
+    [verify (verify_only: and stop there)] -> prepare -> [before_confirm screenshot ->
+      confirmation] -> commit permit
       -> begin_commit (lease check) -> commit -> after_publish screenshot
     commit says Duplicate -> verify: found = success (found_existing), else the Duplicate stands
 """
@@ -16,7 +17,7 @@ from typing import Protocol
 import anyio
 
 from worker.adapters.base import AFTER_PUBLISH, BEFORE_CONFIRM, JobSpec, PlatformAdapter, Published
-from worker.errors import Duplicate
+from worker.errors import Duplicate, NotFoundOnVerify
 
 
 class StepNote:
@@ -67,6 +68,9 @@ async def publish(spec: JobSpec, adapter: PlatformAdapter, hooks: JobHooks) -> O
             )
         if found is not None:
             return Outcome(found, found_existing=True)
+        if spec.verify_only:
+            # The coordinator's attempts are used up; posting now could post a second time.
+            raise NotFoundOnVerify("verify-only attempt: no earlier post found; not publishing")
     async with hooks.step("prepare") as note:
         prepared = await adapter.prepare(spec)
         note.message = prepared.summary or "prepared"

@@ -123,6 +123,7 @@ class Lease:
     deadline: float
     run: Run
     confirmed: bool = False
+    verify_only: bool = False  # this attempt may look for the post, never publish it
 
 
 class LeaseCore:
@@ -431,6 +432,8 @@ class LeaseCore:
             reason = "session is closed"
         elif job.status not in (JobStatus.CLAIMED, JobStatus.RUNNING):
             reason = f"job is {job.status.value}"
+        elif lease.verify_only:
+            reason = "this attempt may only look for the post (its attempts are used up)"
         elif job.require_confirm and not lease.confirmed:
             reason = "job requires an operator's confirmation first"
         elif self._held(job):
@@ -545,10 +548,17 @@ class LeaseCore:
         else:
             error_class = _error_class(r.error_class)
             committed = run is not None and run.committed
-            if committed and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED):
-                # The platform may have the post: the next attempt, if any, looks before posting
-                # (an operator's retry of the FAILED job too). No attempt beyond max_attempts: a
-                # rerun posts again after its look, so extending here retried forever.
+            verified_absent = r.verified_absent and current is not None and current.verify_only
+            if verified_absent:
+                # It looked and the post is not there: the job failed for good, nothing hidden.
+                job.verify_first = False
+                r.error_message = (
+                    f"a final look found no post on the platform (before it: {job.last_error})"
+                )
+            elif committed and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED):
+                # The platform may have the post: the next attempt looks before posting. Once
+                # max_attempts are used up, the next attempts only look (verify_only): a job
+                # whose post exists must not end FAILED, and nothing is posted past the limit.
                 job.verify_first = True
                 error_class = ErrorClass.TRANSIENT
             failure = Failure(
@@ -795,6 +805,8 @@ class LeaseCore:
 
     def _assign(self, fx: Effects, session: Session, job: Job, now: float) -> None:
         old_epoch = job.lease_epoch
+        # Its attempts are used up, but an earlier one may have published: only look.
+        verify_only = job.verify_first and job.counted_attempts >= job.max_attempts
         check_job(job.id, job.status, JobStatus.CLAIMED)
         job.status = JobStatus.CLAIMED
         job.lease_epoch += 1
@@ -811,7 +823,9 @@ class LeaseCore:
             lease_epoch=job.lease_epoch,
             started_at=now,
         )
-        self.leases[job.id] = Lease(job.id, job.lease_epoch, session.id, deadline, run)
+        self.leases[job.id] = Lease(
+            job.id, job.lease_epoch, session.id, deadline, run, verify_only=verify_only
+        )
         session.jobs.add(job.id)
         self.gates.lease_started(job.target, job.id)
         fx.batch.job_writes.append(
@@ -829,6 +843,7 @@ class LeaseCore:
                     "epoch": job.lease_epoch,
                     "attempt": job.attempt,
                     "verify_first": job.verify_first,
+                    "verify_only": verify_only,
                 },
             )
         )
@@ -848,7 +863,8 @@ class LeaseCore:
             media=list(job.media),
             content_hash=job.content_hash,
             platform_key=job.platform_key,
-            verify_first=job.verify_first,
+            verify_first=job.verify_first or verify_only,
+            verify_only=verify_only,
             require_confirm=job.require_confirm,
             idempotency_key=job.idempotency_key,
         )
@@ -962,6 +978,10 @@ class LeaseCore:
     ) -> None:
         policy = self.retry.for_platform(job.platform)
         decision = decide(failure, job, policy, now, self._rand())
+        if isinstance(decision, Fail) and self._may_verify_again(job, failure.error_class):
+            decision = RetryAt(
+                now + policy.backoff_s(job.counted_attempts, self._rand()), "transient"
+            )
         job.last_error_class, job.last_error = failure.error_class, failure.message
         actor = self._actor(session_id)
         base = {
@@ -1035,6 +1055,17 @@ class LeaseCore:
                     device.logins[job.target] = (LoginState.NEEDS_LOGIN, now, failure.message)
                     fx.batch.devices.append(dataclasses.replace(device, logins=dict(device.logins)))
 
+    @staticmethod
+    def _may_verify_again(job: Job, error_class: ErrorClass) -> bool:
+        """A job in doubt (an attempt may have published) gets verify-only attempts past its
+        max_attempts, up to as many again: failing it while its post exists would hide a post,
+        and a verify-only attempt never posts."""
+        return (
+            job.verify_first
+            and error_class is ErrorClass.TRANSIENT
+            and job.counted_attempts < 2 * job.max_attempts
+        )
+
     def _recover(self, job_id: str, now: float, *, reason: str) -> Effects:
         """A lease ended without a result: count the attempt, verify first if it had committed."""
         fx = Effects()
@@ -1057,15 +1088,10 @@ class LeaseCore:
             "attempt": job.attempt,
         }
         if committed:
-            # In doubt: the platform may have the post. Always give it a verifying attempt, even
-            # past max_attempts, because verification is safe and failing it would hide a post.
-            job.verify_first = True
-            job.not_before = now
-            if job.counted_attempts >= job.max_attempts:
-                job.max_attempts = job.counted_attempts + 1
-            decision: RetryAt | Fail | NeedsLogin = RetryAt(now, "lease_lost")
-        else:
-            decision = decide_lease_lost(job, now)
+            job.verify_first = True  # in doubt: the platform may have the post
+        decision: RetryAt | Fail | NeedsLogin = decide_lease_lost(job, now)
+        if isinstance(decision, Fail) and self._may_verify_again(job, ErrorClass.TRANSIENT):
+            decision = RetryAt(now, "lease_lost")  # past max_attempts it only looks
         job.last_error_class = ErrorClass.TRANSIENT
         job.last_error = f"lease lost ({reason})"
         if isinstance(decision, RetryAt):

@@ -351,6 +351,7 @@ class Assign(_message.Message):
     VERIFY_FIRST_FIELD_NUMBER: _builtins.int
     REQUIRE_CONFIRM_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    VERIFY_ONLY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     lease_epoch: _builtins.int
     """Fencing token; every message about this job must carry it."""
@@ -372,6 +373,10 @@ class Assign(_message.Message):
     require_confirm: _builtins.bool
     """Stop before the irreversible step and send AwaitingConfirm; continue on ConfirmJob."""
     idempotency_key: _builtins.str
+    verify_only: _builtins.bool
+    """Only look for the post; never publish. Sent when an earlier attempt may have published but
+    the attempts are used up: report success (found_existing) if found, else a failure.
+    """
     @_builtins.property
     def media(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -393,10 +398,11 @@ class Assign(_message.Message):
         verify_first: _builtins.bool = ...,
         require_confirm: _builtins.bool = ...,
         idempotency_key: _builtins.str = ...,
+        verify_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "attempt", b"attempt", "content_hash", b"content_hash", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "lease_deadline_unix_ms", b"lease_deadline_unix_ms", "lease_epoch", b"lease_epoch", "max_attempts", b"max_attempts", "media", b"media", "platform", b"platform", "platform_key", b"platform_key", "post_id", b"post_id", "require_confirm", b"require_confirm", "text", b"text", "traceparent", b"traceparent", "verify_first", b"verify_first"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "attempt", b"attempt", "content_hash", b"content_hash", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "lease_deadline_unix_ms", b"lease_deadline_unix_ms", "lease_epoch", b"lease_epoch", "max_attempts", b"max_attempts", "media", b"media", "platform", b"platform", "platform_key", b"platform_key", "post_id", b"post_id", "require_confirm", b"require_confirm", "text", b"text", "traceparent", b"traceparent", "verify_first", b"verify_first", "verify_only", b"verify_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -741,6 +747,7 @@ class JobResult(_message.Message):
     FOUND_EXISTING_FIELD_NUMBER: _builtins.int
     EXECUTION_TIME_MS_FIELD_NUMBER: _builtins.int
     HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    VERIFIED_ABSENT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     lease_epoch: _builtins.int
     success: _builtins.bool
@@ -761,6 +768,8 @@ class JobResult(_message.Message):
     execution_time_ms: _builtins.int
     http_status: _builtins.int
     """HTTP status the platform answered, when there was one."""
+    verified_absent: _builtins.bool
+    """A verify_only attempt looked and found no post: the post surely does not exist."""
     def __init__(
         self,
         *,
@@ -778,10 +787,11 @@ class JobResult(_message.Message):
         found_existing: _builtins.bool = ...,
         execution_time_ms: _builtins.int = ...,
         http_status: _builtins.int = ...,
+        verified_absent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_class", b"error_class", "error_message", b"error_message", "execution_time_ms", b"execution_time_ms", "failed_step", b"failed_step", "found_existing", b"found_existing", "http_status", b"http_status", "job_id", b"job_id", "lease_epoch", b"lease_epoch", "platform_post_id", b"platform_post_id", "quota_cap", b"quota_cap", "retry_at_unix_ms", b"retry_at_unix_ms", "selector", b"selector", "success", b"success", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_class", b"error_class", "error_message", b"error_message", "execution_time_ms", b"execution_time_ms", "failed_step", b"failed_step", "found_existing", b"found_existing", "http_status", b"http_status", "job_id", b"job_id", "lease_epoch", b"lease_epoch", "platform_post_id", b"platform_post_id", "quota_cap", b"quota_cap", "retry_at_unix_ms", b"retry_at_unix_ms", "selector", b"selector", "success", b"success", "url", b"url", "verified_absent", b"verified_absent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

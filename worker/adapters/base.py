@@ -44,6 +44,8 @@ class JobSpec:
     platform_key: str = ""
     attempt: int = 1
     verify_first: bool = False
+    # Look for the post only; never publish (the coordinator's attempts are used up).
+    verify_only: bool = False
     require_confirm: bool = False
     post_id: str = ""
 
