@@ -179,7 +179,9 @@ def parse_args(argv: list[str]) -> ServerOptions:
         heartbeat_interval_s=a.heartbeat_interval,
         lease_ttl_s=ttl,
         restart_grace_s=ttl,
-        commit_min_left_s=min(2.0, ttl / 3),
+        # At least the worker's own margin (max(1 s, 20 % of the TTL)) plus a little: a permit
+        # granted with less left would be abandoned by the worker, wasting an attempt.
+        commit_min_left_s=min(ttl / 2, max(1.0, 0.2 * ttl) + 0.5),
         claim_timeout_s=a.claim_timeout,
         run_timeout_s=a.run_timeout,
     )
