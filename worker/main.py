@@ -40,7 +40,7 @@ from worker.errors import SessionRefused
 from worker.logs import configure_logging
 from worker.metrics import WorkerMetrics, serve_metrics
 from worker.shell import Worker
-from worker.tracing import make_tracer_provider
+from worker.tracing import exporters_from_env, make_tracer_provider
 
 log = logging.getLogger("postroom.worker")
 
@@ -152,12 +152,18 @@ async def _run(config: WorkerConfig) -> int:
     host, port = split_host_port(config.metrics_listen)
     server = serve_metrics(registry, host, port)
     provider = make_tracer_provider("postroom-worker")
+    interceptors = []
+    if exporters_from_env():  # tracing asked for: the gRPC stream gets a client span too
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        interceptors = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
     worker = Worker(
         config=config,
         adapters=build_adapters(config, clock=clock, metrics=metrics),
         clock=clock,
         metrics=metrics,
         tracer=provider.get_tracer("postroom.worker"),
+        interceptors=interceptors,
     )
     forced: list[bool] = []
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 import grpc
@@ -67,8 +67,10 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         tracer: Tracer | None = None,
         jitter: Callable[[], float] = random.random,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self.config = config
+        self._interceptors = list(interceptors)  # e.g. OpenTelemetry's, when tracing is on
         self._clock = clock or SystemClock()
         self._metrics = metrics
         self._jitter = jitter
@@ -147,7 +149,9 @@ class Worker:
     async def _session_on_new_channel(self) -> None:
         # A fresh channel per attempt, so that our backoff decides when to dial again; a reused
         # channel adds its own reconnect backoff (growing towards 120 s) after failures.
-        channel = grpc.aio.insecure_channel(self.config.coordinator)
+        channel = grpc.aio.insecure_channel(
+            self.config.coordinator, interceptors=self._interceptors or None
+        )
         try:
             await self._session(wg_grpc.WorkerGatewayStub(channel))
         finally:
