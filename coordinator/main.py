@@ -34,7 +34,7 @@ from coordinator.logs import configure_logging
 from coordinator.metrics import CoordinatorMetrics, serve_metrics
 from coordinator.publishing import PublishingService
 from coordinator.reflection import enable_reflection
-from coordinator.retry import RetryPolicies, RetryPolicy
+from coordinator.retry import RetryPolicies, RetryPolicy, parse_policy
 from coordinator.store import open_store
 from coordinator.tracing import exporters_from_env, make_tracer_provider
 from postroom.v1 import publishing_pb2, worker_gateway_pb2
@@ -144,6 +144,14 @@ def parse_args(argv: list[str]) -> ServerOptions:
         help="longest transient-retry delay",
     )
     p.add_argument(
+        "--retry-policy",
+        action="append",
+        default=[],
+        metavar="PLATFORM:KEY=VALUE,...",
+        help="per-platform retries: initial, factor, max (seconds), jitter (0-1), rate_limited "
+        "(cap), e.g. x:initial=30,max=900",
+    )
+    p.add_argument(
         "--quota",
         action="append",
         default=[],
@@ -185,9 +193,17 @@ def parse_args(argv: list[str]) -> ServerOptions:
         claim_timeout_s=a.claim_timeout,
         run_timeout_s=a.run_timeout,
     )
-    retry = RetryPolicies(
-        default=RetryPolicy(initial_interval_s=a.retry_initial, max_interval_s=a.retry_max)
-    )
+    default_policy = RetryPolicy(initial_interval_s=a.retry_initial, max_interval_s=a.retry_max)
+    per_platform: dict[str, RetryPolicy] = {}
+    for spec in a.retry_policy:
+        try:
+            platform, policy = parse_policy(spec, default_policy)
+        except ValueError as exc:
+            p.error(str(exc))
+        if platform not in KNOWN_PLATFORMS:
+            p.error(f"--retry-policy {spec!r}: unknown platform {platform!r}")
+        per_platform[platform] = policy
+    retry = RetryPolicies(default=default_policy, per_platform=per_platform)
     return ServerOptions(
         listen=a.listen,
         db=a.db,

@@ -6,6 +6,7 @@ no I/O, so the whole decision table is unit-tested (tests/test_retry_unit.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -44,6 +45,37 @@ class RetryPolicies:
 
     def for_platform(self, platform: str) -> RetryPolicy:
         return self.per_platform.get(platform, self.default)
+
+
+_POLICY_KEYS = {
+    "initial": "initial_interval_s",
+    "factor": "backoff_factor",
+    "max": "max_interval_s",
+    "jitter": "jitter_fraction",
+    "rate_limited": "max_rate_limited",
+}
+
+
+def parse_policy(spec: str, base: RetryPolicy) -> tuple[str, RetryPolicy]:
+    """`PLATFORM:initial=S,factor=F,max=S,jitter=J,rate_limited=N` (any subset) over `base`."""
+    platform, sep, body = spec.partition(":")
+    if not sep or not platform or not body:
+        raise ValueError(f"retry policy {spec!r}: expected PLATFORM:initial=5,max=300,...")
+    changes: dict[str, float | int] = {}
+    for item in body.split(","):
+        key, eq, value = item.partition("=")
+        name = _POLICY_KEYS.get(key.strip())
+        if not eq or name is None:
+            keys = ", ".join(_POLICY_KEYS)
+            raise ValueError(f"retry policy {spec!r}: {key!r} is not one of {keys}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"retry policy {spec!r}: {key}={value!r} is not a number") from None
+        if number < 0 or (name == "jitter_fraction" and number > 1):
+            raise ValueError(f"retry policy {spec!r}: {key}={value} is out of range")
+        changes[name] = int(number) if name == "max_rate_limited" else number
+    return platform, dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

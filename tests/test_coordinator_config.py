@@ -1,0 +1,50 @@
+"""The coordinator's command line: parsed once, bad values refused with a message that says why."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.main import parse_args
+from coordinator.retry import RetryPolicy
+
+
+def test_defaults_follow_the_design() -> None:
+    opts = parse_args([])
+    lease = opts.coordinator.lease
+    assert opts.listen == "127.0.0.1:50051" and opts.metrics_listen == "127.0.0.1:9464"
+    assert opts.db == "sqlite:///postroom.db"
+    assert lease.heartbeat_interval_s == 5 and lease.lease_ttl_s == 15  # TTL = 3 heartbeats
+    assert lease.claim_timeout_s == 300 and lease.run_timeout_s == 600
+    # A permit is granted only with more time left than the worker keeps as its margin (3 s).
+    assert lease.commit_min_left_s > 3
+
+
+def test_retry_policy_per_platform_overrides_only_what_it_names() -> None:
+    opts = parse_args(["--retry-initial", "2", "--retry-policy", "x:initial=30,max=900,jitter=0"])
+    policies = opts.coordinator.retry
+    assert policies.for_platform("sandbox") == RetryPolicy(initial_interval_s=2)
+    x = policies.for_platform("x")
+    assert (x.initial_interval_s, x.max_interval_s, x.jitter_fraction) == (30, 900, 0)
+    assert x.backoff_factor == RetryPolicy().backoff_factor
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--retry-policy", "x:speed=3"], "'speed' is not one of"),
+        (["--retry-policy", "x:initial=soon"], "is not a number"),
+        (["--retry-policy", "myspace:initial=3"], "unknown platform"),
+        (["--retry-policy", "x:jitter=2"], "out of range"),
+        (["--quota", "sandbox=two/3600"], "expected PLATFORM[:ACCOUNT]=N/SECONDS"),
+        (["--lease-ttl", "1", "--heartbeat-interval", "2"], "longer than --heartbeat-interval"),
+        (["--listen", "nowhere"], "expected HOST:PORT"),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(
+    args: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(args)
+    assert exited.value.code not in (0, None)
+    captured = capsys.readouterr()
+    assert complaint in captured.err + str(exited.value.code)
