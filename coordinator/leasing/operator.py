@@ -1,0 +1,131 @@
+"""The operators' commands on jobs, gates and logins, as the lease core carries them out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from coordinator.domain import (
+    TERMINAL_JOB_STATUSES,
+    AuditEvent,
+    JobStatus,
+    LoginState,
+    Target,
+)
+from coordinator.errors import FailedPrecondition
+from coordinator.leasing.effects import (
+    Effects,
+)
+from coordinator.leasing.outcomes import AttemptOutcomes
+from postroom.v1 import worker_gateway_pb2 as wg
+
+SYSTEM = "system"
+
+
+class OperatorActions(AttemptOutcomes):
+    def confirm(self, job_id: str, actor: str, now: float) -> Effects:
+        fx = Effects()
+        job = self._job(job_id)
+        lease = self.leases.get(job_id)
+        if job.status is not JobStatus.AWAITING_CONFIRM or lease is None:
+            raise FailedPrecondition(
+                f"job {job_id} is {job.status.value}; only AWAITING_CONFIRM jobs can be confirmed"
+            )
+        lease.confirmed = True
+        self._move(fx, job, JobStatus.RUNNING, now, actor=actor, action="JOB_CONFIRMED")
+        if lease.session_id is not None:
+            msg = wg.ConfirmJob(job_id=job_id, lease_epoch=lease.epoch)
+            fx.send(lease.session_id, wg.CoordinatorMessage(confirm=msg))
+        return fx
+
+    def cancel(self, job_id: str, actor: str, reason: str, now: float) -> Effects:
+        fx = Effects()
+        job = self._job(job_id)
+        if job.status in TERMINAL_JOB_STATUSES:
+            raise FailedPrecondition(f"job {job_id} is already {job.status.value}")
+        lease = self.leases.get(job_id)
+        if lease is not None and lease.run.committed:
+            raise FailedPrecondition(
+                f"job {job_id} is publishing right now (commit permit granted); wait for its result"
+            )
+        if lease is not None and lease.session_id is not None:
+            msg = wg.CancelJob(job_id=job_id, lease_epoch=lease.epoch, reason=reason)
+            fx.send(lease.session_id, wg.CoordinatorMessage(cancel=msg))
+        job.last_error = reason or job.last_error
+        self._finish_attempt(fx, job, JobStatus.CANCELLED, "cancelled", now, actor=actor)
+        fx.extend(self.dispatch(now))
+        return fx
+
+    def retry_now(self, job_id: str, actor: str, force: bool, now: float) -> Effects:
+        fx = Effects()
+        job = self._job(job_id)
+        if job.status not in (JobStatus.FAILED, JobStatus.NEEDS_LOGIN, JobStatus.QUEUED):
+            raise FailedPrecondition(
+                f"job {job_id} is {job.status.value}; only FAILED, NEEDS_LOGIN or waiting QUEUED "
+                "jobs can be retried"
+            )
+        if job.counted_attempts >= job.max_attempts:
+            job.max_attempts = job.counted_attempts + 1  # the operator grants one more attempt
+        job.not_before = now
+        if force:
+            self.force_gate.add(job_id)
+        if job.status is JobStatus.QUEUED:  # waiting for a retry: just move its time
+            self._write(fx, job, {JobStatus.QUEUED}, job.lease_epoch, now)
+            fx.batch.audits.append(
+                AuditEvent("JOB_RETRY_NOW", job.id, actor, now, {"force": force})
+            )
+        else:
+            self._move(
+                fx,
+                job,
+                JobStatus.QUEUED,
+                now,
+                actor=actor,
+                action="JOB_RETRY_NOW",
+                details={"force": force},
+            )
+        self.queue.push(job)
+        fx.extend(self.dispatch(now))
+        return fx
+
+    def login_checked(
+        self,
+        device_id: str,
+        target: Target,
+        state: LoginState,
+        message: str,
+        actor: str,
+        now: float,
+    ) -> tuple[Effects, list[str]]:
+        fx = Effects()
+        device = self.devices.get(device_id)
+        if device is not None:
+            device.logins[target] = (state, now, message)
+            fx.batch.devices.append(dataclasses.replace(device, logins=dict(device.logins)))
+        fx.batch.audits.append(
+            AuditEvent(
+                "LOGIN_CHECKED",
+                device_id,
+                actor,
+                now,
+                {"target": str(target), "state": state.value, "message": message},
+            )
+        )
+        requeued: list[str] = []
+        if state is LoginState.LOGGED_IN:
+            for job in list(self.jobs.values()):
+                if job.status is JobStatus.NEEDS_LOGIN and job.target == target:
+                    job.not_before = now
+                    self._move(
+                        fx, job, JobStatus.QUEUED, now, actor=actor, action="JOB_LOGIN_RESTORED"
+                    )
+                    self.queue.push(job)
+                    requeued.append(job.id)
+            fx.extend(self.dispatch(now))
+        return fx, requeued
+
+    def reopen_gate(self, target: Target, actor: str, now: float) -> Effects:
+        fx = Effects()
+        fx.batch.gates.append(self.gates.reopen(target))
+        fx.batch.audits.append(AuditEvent("GATE_REOPENED", str(target), actor, now, {}))
+        fx.extend(self.dispatch(now))
+        return fx

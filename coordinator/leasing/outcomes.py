@@ -1,0 +1,338 @@
+"""How attempts end: a worker's result, a retry decision, a lost lease (recovery)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from coordinator.domain import (
+    TERMINAL_JOB_STATUSES,
+    AuditEvent,
+    ErrorClass,
+    Job,
+    JobStatus,
+    LoginState,
+)
+from coordinator.leasing.base import CoreBase, run_row
+from coordinator.leasing.effects import (
+    AttemptEnded,
+    Effects,
+    LeaseExpired,
+    RateLimitHit,
+)
+from coordinator.retry import (
+    Fail,
+    Failure,
+    NeedsLogin,
+    RetryAt,
+    decide,
+    decide_lease_lost,
+)
+from postroom.v1 import types_pb2
+from postroom.v1 import worker_gateway_pb2 as wg
+
+SYSTEM = "system"
+
+
+class AttemptOutcomes(CoreBase):
+    def result(self, session_id: str, r: wg.JobResult, now: float) -> Effects:
+        fx = Effects()
+        job = self.jobs.get(r.job_id)
+        lease = self._lease_of(session_id, r.job_id, r.lease_epoch)
+
+        def answer(accepted: bool, reason: str = "") -> None:
+            ack = wg.ResultAck(
+                job_id=r.job_id, lease_epoch=r.lease_epoch, accepted=accepted, reason=reason
+            )
+            fx.send(session_id, wg.CoordinatorMessage(result_ack=ack))
+
+        if job is None:
+            answer(False, f"job {r.job_id} is not leased to you (unknown or finished)")
+            return fx
+        if job.status is JobStatus.SUCCEEDED:
+            answer(True, "already succeeded")  # completing a SUCCEEDED job is a no-op
+            return fx
+        # A success from the epoch that held the commit permit is the truth about the platform,
+        # even if that lease was lost meanwhile: take it rather than post again. Only from the
+        # device that was granted that permit, never epoch 0 (no permit) or another stream.
+        session = self.sessions.get(session_id)
+        late_success = (
+            lease is None
+            and r.success
+            and session is not None
+            and self._committed_by.get(job.id) == (r.lease_epoch, session.device_id)
+            and job.status not in TERMINAL_JOB_STATUSES
+        )
+        if lease is None and not late_success:
+            answer(False, self._stale_reason(r.job_id, r.lease_epoch))
+            return fx
+        current = self.leases.get(job.id)
+        if late_success and current is not None and current.session_id is not None:
+            cancel = wg.CancelJob(
+                job_id=job.id, lease_epoch=current.epoch, reason="an earlier attempt published it"
+            )
+            fx.send(current.session_id, wg.CoordinatorMessage(cancel=cancel))
+        run = current.run if current is not None else None
+        if r.success:
+            job.result_post_id, job.result_url = r.platform_post_id, r.url
+            job.last_error_class, job.last_error = None, ""
+            job.verify_first = False
+            details: dict[str, object] = {
+                "target": str(job.target),
+                "attempt": job.attempt,
+                "post_id": r.platform_post_id,
+                "url": r.url,
+                "found_existing": r.found_existing,
+            }
+            # One JOB_SUCCEEDED entry per success: the transition's, with the result in it.
+            self._finish_attempt(
+                fx,
+                job,
+                JobStatus.SUCCEEDED,
+                "succeeded",
+                now,
+                actor=self._actor(session_id),
+                details=details,
+                execution_time_ms=r.execution_time_ms,
+            )
+        else:
+            error_class = _error_class(r.error_class)
+            committed = run is not None and run.committed
+            verified_absent = r.verified_absent and current is not None and current.verify_only
+            if verified_absent:
+                # It looked and the post is not there: the job failed for good, nothing hidden.
+                job.verify_first = False
+                r.error_message = (
+                    f"a final look found no post on the platform (before it: {job.last_error})"
+                )
+            elif committed and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED):
+                # The platform may have the post: the next attempt looks before posting. Once
+                # max_attempts are used up, the next attempts only look (verify_only): a job
+                # whose post exists must not end FAILED, and nothing is posted past the limit.
+                job.verify_first = True
+                error_class = ErrorClass.TRANSIENT
+            failure = Failure(
+                error_class,
+                r.error_message,
+                r.retry_at_unix_ms / 1000 if r.retry_at_unix_ms else None,
+                r.quota_cap,
+            )
+            if run is not None:
+                run.error_class, run.error, run.failed_step = (
+                    error_class,
+                    r.error_message,
+                    (r.failed_step + (f" ({r.selector})" if r.selector else "")),
+                )
+            self._fail_attempt(fx, job, failure, now, session_id, r.execution_time_ms)
+        answer(True)
+        fx.extend(self.dispatch(now))
+        return fx
+
+    def _finish_attempt(
+        self,
+        fx: Effects,
+        job: Job,
+        new: JobStatus,
+        outcome: str,
+        now: float,
+        *,
+        actor: str = SYSTEM,
+        action: str = "",
+        details: dict[str, object] | None = None,
+        error_class: str = "",
+        retry_reason: str = "",
+        retry_at: float = 0.0,
+        execution_time_ms: int = 0,
+    ) -> None:
+        lease = self._end_lease(job)
+        self._move(
+            fx,
+            job,
+            new,
+            now,
+            actor=actor,
+            action=action,
+            details=details,
+            execution_time_ms=execution_time_ms,
+        )
+        if lease is not None:
+            lease.run.ended_at, lease.run.outcome = now, outcome
+            fx.batch.runs.append(run_row(lease.run))
+            fx.signals.append(
+                AttemptEnded(
+                    dataclasses.replace(job),
+                    outcome,
+                    now - lease.run.started_at,
+                    error_class,
+                    retry_reason,
+                    retry_at,
+                )
+            )
+            self.book.record_result(dataclasses.replace(job))
+
+    def _fail_attempt(
+        self,
+        fx: Effects,
+        job: Job,
+        failure: Failure,
+        now: float,
+        session_id: str | None,
+        execution_time_ms: int = 0,
+    ) -> None:
+        policy = self.retry.for_platform(job.platform)
+        decision = decide(failure, job, policy, now, self._rand())
+        if isinstance(decision, Fail) and self._may_verify_again(job, failure.error_class):
+            decision = RetryAt(
+                now + policy.backoff_s(job.counted_attempts, self._rand()), "transient"
+            )
+        job.last_error_class, job.last_error = failure.error_class, failure.message
+        actor = self._actor(session_id)
+        base = {
+            "target": str(job.target),
+            "attempt": job.attempt,
+            "error_class": failure.error_class.value,
+            "error": failure.message,
+            "execution_time_ms": execution_time_ms,
+        }
+        match decision:
+            case RetryAt(at=at, reason=reason):
+                if failure.error_class is ErrorClass.RATE_LIMITED:
+                    job.rate_limited_count += 1
+                    rec = self.gates.close(job.target, at, _gate_reason(failure))
+                    fx.batch.gates.append(rec)
+                    fx.signals.append(RateLimitHit(job.platform, job.account, job.id, at))
+                    fx.batch.audits.append(
+                        AuditEvent(
+                            "GATE_CLOSED",
+                            str(job.target),
+                            actor,
+                            now,
+                            {"until": at, "reason": rec.reason},
+                        )
+                    )
+                job.not_before = at
+                self._finish_attempt(
+                    fx,
+                    job,
+                    JobStatus.QUEUED,
+                    "retry",
+                    now,
+                    actor=actor,
+                    action="JOB_RETRY_SCHEDULED",
+                    details={**base, "retry_at": at, "reason": reason},
+                    error_class=failure.error_class.value,
+                    retry_reason=reason,
+                    retry_at=at,
+                )
+                self.queue.push(job)
+            case Fail(reason=reason):
+                job.last_error = (
+                    reason if failure.error_class is ErrorClass.TRANSIENT else (failure.message)
+                )
+                self._finish_attempt(
+                    fx,
+                    job,
+                    JobStatus.FAILED,
+                    "failed",
+                    now,
+                    actor=actor,
+                    action="JOB_FAILED",
+                    details=base,
+                    error_class=failure.error_class.value,
+                )
+            case NeedsLogin():
+                device_id = job.device_id
+                self._finish_attempt(
+                    fx,
+                    job,
+                    JobStatus.NEEDS_LOGIN,
+                    "needs_login",
+                    now,
+                    actor=actor,
+                    action="JOB_NEEDS_LOGIN",
+                    details=base,
+                    error_class=failure.error_class.value,
+                )
+                device = self.devices.get(device_id)
+                if device is not None:
+                    device.logins[job.target] = (LoginState.NEEDS_LOGIN, now, failure.message)
+                    fx.batch.devices.append(dataclasses.replace(device, logins=dict(device.logins)))
+
+    @staticmethod
+    def _may_verify_again(job: Job, error_class: ErrorClass) -> bool:
+        """A job in doubt (an attempt may have published) gets verify-only attempts past its
+        max_attempts, up to as many again: failing it while its post exists would hide a post,
+        and a verify-only attempt never posts."""
+        return (
+            job.verify_first
+            and error_class is ErrorClass.TRANSIENT
+            and job.counted_attempts < 2 * job.max_attempts
+        )
+
+    def _recover(self, job_id: str, now: float, *, reason: str) -> Effects:
+        """A lease ended without a result: count the attempt, verify first if it had committed."""
+        fx = Effects()
+        job = self.jobs[job_id]
+        lease = self.leases.get(job_id)
+        if lease is None:
+            return fx
+        committed = lease.run.committed
+        phase = (
+            "committed"
+            if committed
+            else ("claimed" if job.status is JobStatus.CLAIMED else "running")
+        )
+        fx.signals.append(LeaseExpired(phase))
+        details: dict[str, object] = {
+            "reason": reason,
+            "phase": phase,
+            "epoch": lease.epoch,
+            "device": job.device_id,
+            "attempt": job.attempt,
+        }
+        if committed:
+            job.verify_first = True  # in doubt: the platform may have the post
+        decision: RetryAt | Fail | NeedsLogin = decide_lease_lost(job, now)
+        if isinstance(decision, Fail) and self._may_verify_again(job, ErrorClass.TRANSIENT):
+            decision = RetryAt(now, "lease_lost")  # past max_attempts it only looks
+        job.last_error_class = ErrorClass.TRANSIENT
+        job.last_error = f"lease lost ({reason})"
+        if isinstance(decision, RetryAt):
+            job.not_before = decision.at
+            self._finish_attempt(
+                fx,
+                job,
+                JobStatus.QUEUED,
+                "lease_lost",
+                now,
+                action="JOB_STUCK_RECOVERY",
+                details={**details, "next": "QUEUED"},
+                error_class="TRANSIENT",
+                retry_reason="lease_lost",
+                retry_at=decision.at,
+            )
+            self.queue.push(job)
+        else:
+            self._finish_attempt(
+                fx,
+                job,
+                JobStatus.FAILED,
+                "lease_lost",
+                now,
+                action="JOB_STUCK_RECOVERY",
+                details={**details, "next": "FAILED"},
+                error_class="TRANSIENT",
+            )
+        return fx
+
+
+def _error_class(value: int) -> ErrorClass:
+    name = types_pb2.ErrorClass.Name(value).removeprefix("ERROR_CLASS_")  # type: ignore[arg-type]
+    try:
+        return ErrorClass(name)
+    except ValueError:
+        return ErrorClass.TRANSIENT  # unspecified: treat as retryable, the safe default
+
+
+def _gate_reason(failure: Failure) -> str:
+    kind = "quota cap" if failure.quota_cap else "429 rate limited"
+    return f"{kind}: {failure.message}" if failure.message else kind
