@@ -32,6 +32,7 @@ from coordinator.leasing.core import LeaseConfig, LeaseCore
 from coordinator.leasing.effects import Effects
 from coordinator.retry import RetryPolicies
 from coordinator.store.base import WriteBatch
+from coordinator.transitions import job_can, post_can
 from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 
@@ -40,7 +41,8 @@ SANDBOX_ANY = (Target("sandbox", "*"),)
 
 
 class CasMiss(AssertionError):
-    """A batch wrote over a row that had moved: the core lost track of what it owns."""
+    """A batch wrote over a row that had moved (the core lost track of what it owns), or moved a
+    row in a way the transition tables do not allow."""
 
 
 class Ids:
@@ -135,11 +137,15 @@ class ModelStore:
                     f"job {jw.job.id}: stored {stored.status.value}@{stored.lease_epoch}, write "
                     f"expected {sorted(s.value for s in jw.expected_statuses)}@{jw.expected_epoch}"
                 )
+            if jw.job.status is not stored.status and not job_can(stored.status, jw.job.status):
+                raise CasMiss(f"job {jw.job.id}: {stored.status} -> {jw.job.status} is not allowed")
             self.jobs[jw.job.id] = dataclasses.replace(jw.job)
         for pw in batch.post_writes:
             stored_post = self.posts.get(pw.post.id)
             if stored_post is None or stored_post.status not in pw.expected_statuses:
                 raise CasMiss(f"post {pw.post.id} moved under a write")
+            if not post_can(stored_post.status, pw.post.status):
+                raise CasMiss(f"post {pw.post.id}: {stored_post.status} -> {pw.post.status}")
             self.posts[pw.post.id] = dataclasses.replace(pw.post)
         for rec in batch.gates:
             self.gates[rec.target] = rec
