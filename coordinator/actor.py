@@ -18,6 +18,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -428,11 +429,22 @@ class Coordinator:
             self._armed_at = math.inf
             if self._stopping:
                 return
+            ticked = anyio.Event()
             try:
-                await self._send.send(_Event(self.core.tick))
+                await self._send.send(_Event(partial(self._tick, ticked)))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
+            # Until the actor has run this tick, next_wakeup() still sees the due job it is for:
+            # re-arming now would fire at once and flood the mailbox with ticks that delay the
+            # real work behind them.
+            await ticked.wait()
             await self._refresh_gauges()
+
+    def _tick(self, ticked: anyio.Event, now: float) -> Effects:
+        try:
+            return self.core.tick(now)
+        finally:
+            ticked.set()
 
     async def _sleep_or_rearm(self, deadline: float) -> None:
         """Sleep until the deadline, or less if a new, earlier deadline appears meanwhile."""
