@@ -320,6 +320,7 @@ class Coordinator:
         self._rearm()
 
     def _observe(self, fx: Effects, now: float) -> None:
+        assigns: dict[str, wg.CoordinatorMessage] | None = None
         for sig in fx.signals:
             match sig:
                 case AttemptStarted(job=job):
@@ -337,7 +338,10 @@ class Coordinator:
                     if job.id in self._spans:
                         self._spans.pop(job.id).end()
                     self._spans[job.id] = span
-                    self._stamp_traceparent(fx, job.id, inject_traceparent(span.get_span_context()))
+                    if assigns is None:
+                        assigns = _latest_assigns(fx)
+                    if (assign := assigns.get(job.id)) is not None:
+                        assign.assign.traceparent = inject_traceparent(span.get_span_context())
                     if self.metrics:
                         self.metrics.job_attempt_started(job.platform)
                 case AttemptEnded(job=job, outcome=outcome, duration_s=duration):
@@ -379,12 +383,6 @@ class Coordinator:
                 case Dispatched(latency_s=latency):
                     if self.metrics:
                         self.metrics.dispatch_latency(latency)
-
-    def _stamp_traceparent(self, fx: Effects, job_id: str, traceparent: str) -> None:
-        for _, msg in reversed(fx.messages):
-            if msg.WhichOneof("msg") == "assign" and msg.assign.job_id == job_id:
-                msg.assign.traceparent = traceparent
-                return
 
     def _notify_watchers(self, fx: Effects) -> None:
         if not self._watchers:
@@ -481,6 +479,12 @@ class Coordinator:
         for target in waiting | self._needs_login_seen:
             self.metrics.set_needs_login(target.platform, target.account, target in waiting)
         self._needs_login_seen = waiting
+
+
+def _latest_assigns(fx: Effects) -> dict[str, wg.CoordinatorMessage]:
+    """job id -> its last Assign among the batch's messages: one pass for the whole batch, where
+    a backward search per started attempt made a batch of n leases cost O(n^2)."""
+    return {m.assign.job_id: m for _, m in fx.messages if m.WhichOneof("msg") == "assign"}
 
 
 def _new_id(prefix: str) -> str:

@@ -122,8 +122,9 @@ class CoreBase(abc.ABC):
         self, fx: Effects, job: Job, expected: Iterable[JobStatus], epoch: int, now: float
     ) -> None:
         job.updated_at = now
-        fx.batch.job_writes.append(JobWrite(dataclasses.replace(job), frozenset(expected), epoch))
-        fx.changed_jobs[job.id] = dataclasses.replace(job)
+        snapshot = dataclasses.replace(job)  # read-only from here: one copy serves both
+        fx.batch.job_writes.append(JobWrite(snapshot, frozenset(expected), epoch))
+        fx.changed_jobs[job.id] = snapshot
         self.book.touch(job.post_id)
 
     def _move(

@@ -484,9 +484,8 @@ class LeaseCore(OperatorActions):
         )
         session.jobs.add(job.id)
         self.gates.lease_started(job.target, job.id)
-        fx.batch.job_writes.append(
-            JobWrite(dataclasses.replace(job), frozenset({JobStatus.QUEUED}), old_epoch)
-        )
+        snapshot = dataclasses.replace(job)  # read-only from here: one copy serves all three
+        fx.batch.job_writes.append(JobWrite(snapshot, frozenset({JobStatus.QUEUED}), old_epoch))
         fx.batch.runs.append(run_row(run))
         fx.batch.audits.append(
             AuditEvent(
@@ -503,7 +502,7 @@ class LeaseCore(OperatorActions):
                 },
             )
         )
-        fx.changed_jobs[job.id] = dataclasses.replace(job)
+        fx.changed_jobs[job.id] = snapshot
         self.book.touch(job.post_id)
         self.book.round_started(job.post_id, now)
         assign = wg.Assign(
@@ -525,7 +524,7 @@ class LeaseCore(OperatorActions):
             idempotency_key=job.idempotency_key,
         )
         fx.send(session.id, wg.CoordinatorMessage(assign=assign))
-        fx.signals.append(AttemptStarted(dataclasses.replace(job), session.id))
+        fx.signals.append(AttemptStarted(snapshot, session.id))
         fx.signals.append(Dispatched(max(0.0, now - job.not_before)))
 
     # ---- posts ---------------------------------------------------------------------------
