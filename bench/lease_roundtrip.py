@@ -142,6 +142,7 @@ async def run_worker(address: str, n: int, slots: int) -> float:
         version="bench",
     )
     done = 0
+    held: dict[str, int] = {}  # job id -> lease epoch, reported in heartbeats
     heartbeat: asyncio.Task[None] | None = None
     async with grpc.aio.insecure_channel(address) as channel:
         stub = worker_gateway_pb2_grpc.WorkerGatewayStub(channel)
@@ -153,6 +154,7 @@ async def run_worker(address: str, n: int, slots: int) -> float:
                 kind = msg.WhichOneof("msg")
                 if kind == "assign":
                     job, epoch = msg.assign.job_id, msg.assign.lease_epoch
+                    held[job] = epoch
                     outbox.put_nowait(
                         wg.WorkerMessage(ack=wg.AssignAck(job_id=job, lease_epoch=epoch))
                     )
@@ -169,6 +171,7 @@ async def run_worker(address: str, n: int, slots: int) -> float:
                     )
                     outbox.put_nowait(wg.WorkerMessage(result=result))
                 elif kind == "result_ack":
+                    held.pop(msg.result_ack.job_id, None)
                     if not msg.result_ack.accepted:
                         raise RuntimeError(f"result refused: {msg.result_ack}")
                     done += 1
@@ -179,7 +182,7 @@ async def run_worker(address: str, n: int, slots: int) -> float:
                         return elapsed
                 elif kind == "welcome":
                     interval = msg.welcome.heartbeat_interval_ms / 1000
-                    heartbeat = asyncio.create_task(_heartbeats(outbox, interval))
+                    heartbeat = asyncio.create_task(_heartbeats(outbox, interval, held))
                 elif kind in ("commit_deny", "drop", "cancel"):
                     raise RuntimeError(f"unexpected {kind}: {msg}")
         finally:
@@ -189,12 +192,16 @@ async def run_worker(address: str, n: int, slots: int) -> float:
     raise RuntimeError(f"stream ended after {done} of {n} round trips")
 
 
-async def _heartbeats(outbox: asyncio.Queue[wg.WorkerMessage | None], interval_s: float) -> None:
+async def _heartbeats(
+    outbox: asyncio.Queue[wg.WorkerMessage | None], interval_s: float, held: dict[str, int]
+) -> None:
+    """Heartbeats that report what is held, as a real worker's do."""
     seq = 0
     while True:
         await asyncio.sleep(interval_s)
         seq += 1
-        outbox.put_nowait(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=seq)))
+        active = [wg.HeldJob(job_id=j, lease_epoch=e) for j, e in held.items()]
+        outbox.put_nowait(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=seq, active=active)))
 
 
 # ---- entry point ----------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class LeanSession:
         self.ended = asyncio.Event()
         self.end_status = ""
         self.heartbeats = 0
+        self.held: dict[str, int] = {}  # job id -> lease epoch
         self._outq: asyncio.Queue[wg.WorkerMessage | None] = asyncio.Queue()
         self._welcomed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -122,6 +123,7 @@ class LeanSession:
                 if msg.HasField("welcome"):
                     self.welcome = msg.welcome
                     self._welcomed.set()
+                self._track(msg)
                 if self.on_message is not None:
                     self.on_message(self, msg, at)
             self.end_status = "EOF"
@@ -132,13 +134,26 @@ class LeanSession:
         finally:
             self.ended.set()
 
+    def _track(self, msg: wg.CoordinatorMessage) -> None:
+        """What this session holds, reported in heartbeats as a real worker does (the
+        coordinator recovers a lease its holder no longer reports)."""
+        kind = msg.WhichOneof("msg")
+        if kind == "assign":
+            self.held[msg.assign.job_id] = msg.assign.lease_epoch
+        elif kind in ("result_ack", "drop", "cancel"):
+            ref = getattr(msg, kind)
+            if self.held.get(ref.job_id) == ref.lease_epoch:
+                del self.held[ref.job_id]
+
     async def _beat(self) -> None:
         assert self.welcome is not None
         interval = self.welcome.heartbeat_interval_ms / 1000
         await asyncio.sleep(interval * self.heartbeat_phase)
         while not self.ended.is_set():
             self.heartbeats += 1
-            self.send(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=self.heartbeats)))
+            active = [wg.HeldJob(job_id=j, lease_epoch=e) for j, e in self.held.items()]
+            beat = wg.Heartbeat(seq=self.heartbeats, active=active)
+            self.send(wg.WorkerMessage(heartbeat=beat))
             await asyncio.sleep(interval)
 
     async def close(self, *, goodbye: bool = True) -> None:

@@ -143,7 +143,8 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             async for msg in messages:
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":
-                    await post(partial(core.heartbeat, session_id, msg.heartbeat.seq))
+                    held = [(h.job_id, h.lease_epoch) for h in msg.heartbeat.active]
+                    await post(partial(core.heartbeat, session_id, msg.heartbeat.seq, active=held))
                 elif kind == "ack":
                     await post(partial(core.ack, session_id, msg.ack.job_id, msg.ack.lease_epoch))
                 elif kind == "log":

@@ -68,6 +68,7 @@ class ScriptedWorker:
         self._end_code: grpc.StatusCode | None = None
         self._end_details = ""
         self._seq = 0
+        self.held: dict[str, int] = {}  # job id -> lease epoch
         self._channel: grpc.aio.Channel | None = None
         self._call: Call | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -100,6 +101,7 @@ class ScriptedWorker:
                     break
                 self.received.append(msg)
                 self._inbox.append(msg)
+                self._track(msg)
                 self._wake()
         except grpc.aio.AioRpcError as exc:
             self._end_code, self._end_details = exc.code(), exc.details() or ""
@@ -108,6 +110,18 @@ class ScriptedWorker:
         finally:
             self._ended = True
             self._wake()
+
+    def _track(self, msg: wg.CoordinatorMessage) -> None:
+        """What this worker holds, reported in every heartbeat (as the real worker does)."""
+        kind = msg.WhichOneof("msg")
+        if kind == "assign":
+            self.held[msg.assign.job_id] = msg.assign.lease_epoch
+        elif kind == "welcome":
+            self.held.update({h.job_id: h.lease_epoch for h in msg.welcome.resumed})
+        elif kind in ("result_ack", "drop", "cancel"):
+            ref = getattr(msg, kind)
+            if self.held.get(ref.job_id) == ref.lease_epoch:
+                del self.held[ref.job_id]
 
     def _wake(self) -> None:
         self._arrived.set()
@@ -220,7 +234,8 @@ class ScriptedWorker:
     async def heartbeat(self) -> wg.HeartbeatAck:
         self._seq += 1
         seq = self._seq
-        await self.send(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=seq)))
+        active = [wg.HeldJob(job_id=j, lease_epoch=e) for j, e in sorted(self.held.items())]
+        await self.send(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=seq, active=active)))
         msg = await self.take(["heartbeat_ack"], where=lambda m: m.heartbeat_ack.seq == seq)
         return msg.heartbeat_ack
 

@@ -153,6 +153,7 @@ class LeaseCore(OperatorActions):
             ):
                 lease.session_id = session_id
                 lease.deadline = now + self.config.lease_ttl_s
+                lease.granted_at = now
                 session.jobs.add(job_id)
                 resumed.append(
                     wg.HeldJob(job_id=job_id, lease_epoch=epoch, committed=lease.run.committed)
@@ -187,19 +188,51 @@ class LeaseCore(OperatorActions):
         fx.extend(self.dispatch(now))
         return fx
 
-    def heartbeat(self, session_id: str, seq: int, now: float) -> Effects:
+    def heartbeat(
+        self,
+        session_id: str,
+        seq: int,
+        now: float,
+        active: Iterable[tuple[str, int]] | None = None,
+    ) -> Effects:
+        """Renew every lease of the stream. `active` is what the worker says it holds: a lease
+        it no longer holds (it abandoned the job silently, e.g. its own deadline passed while the
+        coordinator was away) must not be kept alive by its heartbeats — it is recovered."""
         fx = Effects()
         session = self.sessions.get(session_id)
         if session is None:
             return fx
         session.last_heartbeat = now
         heapq.heappush(self._beats, (now, session_id))
+        if active is not None:
+            fx.extend(self._reconcile(session, set(active), now))
         deadline = now + self.config.lease_ttl_s
         for job_id in session.jobs:
             self.leases[job_id].deadline = deadline
         self.devices[session.device_id].last_seen_at = now
         ack = wg.HeartbeatAck(seq=seq, lease_deadline_unix_ms=int(deadline * 1000))
         fx.send(session_id, wg.CoordinatorMessage(heartbeat_ack=ack))
+        return fx
+
+    def _reconcile(self, session: Session, held: set[tuple[str, int]], now: float) -> Effects:
+        fx = Effects()
+        # An Assign may still be on its way to the worker: judge only leases older than two
+        # heartbeat intervals.
+        settled_before = now - 2 * self.config.heartbeat_interval_s
+        recovered = False
+        for job_id in sorted(session.jobs):
+            lease = self.leases[job_id]
+            if (job_id, lease.epoch) in held or lease.granted_at > settled_before:
+                continue
+            session.jobs.discard(job_id)
+            if lease.run.committed:
+                # It may have published: no rerun before its deadline, then a verifying one.
+                lease.session_id = None
+            else:
+                fx.extend(self._recover(job_id, now, reason="the worker no longer holds it"))
+                recovered = True
+        if recovered:  # the freed job goes out again at once, not at the next tick
+            fx.extend(self.dispatch(now))
         return fx
 
     def goodbye(self, session_id: str, now: float) -> Effects:
@@ -480,7 +513,13 @@ class LeaseCore(OperatorActions):
             started_at=now,
         )
         self.leases[job.id] = Lease(
-            job.id, job.lease_epoch, session.id, deadline, run, verify_only=verify_only
+            job.id,
+            job.lease_epoch,
+            session.id,
+            deadline,
+            run,
+            verify_only=verify_only,
+            granted_at=now,
         )
         session.jobs.add(job.id)
         self.gates.lease_started(job.target, job.id)

@@ -64,4 +64,7 @@ class Lease:
     deadline: float
     run: Run
     confirmed: bool = False
+    # When this session got (or resumed) the lease; a heartbeat that omits the job is believed
+    # only once the Assign has surely arrived.
+    granted_at: float = 0.0
     verify_only: bool = False  # this attempt may look for the post, never publish it
