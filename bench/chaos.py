@@ -270,8 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chaos-seconds", type=float, default=60.0)
     p.add_argument("--drain-timeout", type=float, default=180.0)
     p.add_argument("--out", type=Path, default=Path("bench/chaos-results.json"))
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the database and every process's log here (default: a temp dir)",
+    )
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="postroom-chaos-") as tmp:
+        if a.workdir is not None:
+            a.workdir.mkdir(parents=True, exist_ok=True)
         report = soak(
             posts=a.posts,
             workers=a.workers,
@@ -279,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             chaos_s=a.chaos_seconds,
             drain_timeout_s=a.drain_timeout,
-            workdir=Path(tmp),
+            workdir=a.workdir or Path(tmp),
         )
     rows = asdict(report)
     violations = rows.pop("violations")
