@@ -44,7 +44,9 @@ def one_run(workdir: Path, seconds: float) -> dict[str, Any]:
             started = time.monotonic()
             ids = await pubr.approved_posts(n, ["sandbox:dispatch"], text="dispatch")
             prep_s = time.monotonic() - started
-            t0 = time.time() + 1.0 + 2 * prep_s / 3
+            # One SchedulePost per post where preparing took three calls; the margin is generous
+            # because a busy machine slows scheduling more than it slowed preparing.
+            t0 = time.time() + 2.0 + prep_s
             due = {pid: t0 + i / RATE_PER_S for i, pid in enumerate(ids)}
             await pubr.schedule(ids, lambda i: due[ids[i]])
             slack = t0 - time.time()
@@ -88,6 +90,9 @@ def run(ctx: Context) -> list[Figure]:
     p99 = Figure("2", "dispatch_p99", "dispatch latency p99", "ms", "<=", TARGET_P99_MS, decimals=2)
     for r in range(ctx.runs):
         res = one_run(ctx.workdir(f"dispatch-{r}"), seconds)
+        if res["schedule_slack_s"] < 0:  # scheduling ran into the window: that run is void
+            say(f"  item 2 run {r + 1}: scheduling overlapped the window; running it again")
+            res = one_run(ctx.workdir(f"dispatch-{r}-again"), seconds)
         say(
             f"  item 2 run {r + 1}: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, "
             f"max {res['max_ms']} ms ({res['assigned']}/{res['jobs']} assigned)"
