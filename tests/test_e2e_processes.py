@@ -252,6 +252,33 @@ def test_sigterm_drains_a_worker_in_flight_jobs_finish_none_lost(
     cluster.workers["drain-w2"].stop()
 
 
+def test_coordinator_sigterm_drains_exits_zero_and_workers_come_back(
+    cluster: LocalCluster, admin: SandboxAdmin
+) -> None:
+    cluster.start_worker("term-w1", platforms=["sandbox:term"])
+    cluster.wait_online(["term-w1"])
+    with cluster.client() as client:
+        before = cluster.publish(client, "before the restart", ["sandbox:term"])
+        wait_until(
+            "the first post",
+            lambda: job_in(client, only_job(client, before).id, pb.JOB_STATUS_SUCCEEDED),
+        )
+    assert cluster.coordinator is not None
+    assert cluster.coordinator.stop() == 0  # SIGTERM: goodbye to workers, commit, exit 0
+
+    cluster.start_coordinator()  # same database, same port
+    cluster.wait_online(["term-w1"])  # the worker reconnected by itself
+    with cluster.client() as client:
+        assert client.get_post(before).status == pb.POST_STATUS_PUBLISHED  # nothing lost
+        after = cluster.publish(client, "after the restart", ["sandbox:term"])
+        wait_until(
+            "the second post",
+            lambda: job_in(client, only_job(client, after).id, pb.JOB_STATUS_SUCCEEDED),
+        )
+    assert len(admin.posts(account="term")) == 2
+    cluster.workers["term-w1"].stop()
+
+
 @pytest.mark.timeout(240)
 def test_make_demo_exits_zero() -> None:
     done = subprocess.run(
