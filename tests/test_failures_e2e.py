@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from polling import wait_until
 
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
@@ -38,7 +39,6 @@ RETRY_AFTER_S = 3.0
 SHORT_RETRY_AFTER_S = 2.0  # where nothing has to be seen during the wait
 SWEEP_INTERVAL_S = 1.0  # the coordinator's safety-net sweep (coordinator/actor.py)
 POLL_S = 0.05
-WAIT_S = 30.0
 # Audit `at` is a Timestamp made from the same float clock; allow its nanosecond truncation.
 CLOCK_SLACK_S = 0.001
 
@@ -82,18 +82,6 @@ def admin(cluster: LocalCluster) -> Iterator[SandboxAdmin]:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
-    """Poll `probe` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(POLL_S)
 
 
 def assert_holds(what: str, check: Callable[[], bool], duration_s: float) -> None:
