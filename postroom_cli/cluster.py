@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -120,10 +120,10 @@ class LocalCluster:
 
     # ---- children ------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> Child:
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Child:
         self._launches += 1
         log_path = self.workdir / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.config.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.config.env, **(env or {})}
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 argv,
@@ -194,9 +194,19 @@ class LocalCluster:
         platforms: Iterable[str] = ("sandbox",),
         concurrency: int = 4,
         extra: Sequence[str] = (),
+        accounts: Path | None = None,
+        media_dirs: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Child:
-        if not self.coordinator_address or not self.sandbox_url:
+        """A worker serving sandbox `platforms` and/or the real accounts of an `accounts` file
+        (their credential references resolved from `env`)."""
+        platforms = list(platforms)
+        if not self.coordinator_address or (platforms and not self.sandbox_url):
             raise ClusterError("start the sandbox and the coordinator before workers")
+        sources = [f"--sandbox-url={self.sandbox_url}"] if platforms else []
+        if accounts is not None:
+            sources.append(f"--accounts={accounts}")
+        sources += [f"--media-dir={folder}" for folder in media_dirs]
         argv = [
             self.config.python,
             "-m",
@@ -211,13 +221,12 @@ class LocalCluster:
             str(concurrency),
             "--metrics-listen",
             "127.0.0.1:0",
-            "--sandbox-url",
-            self.sandbox_url,
+            *sources,
             *[arg for p in platforms for arg in ("--platform", p)],
             *self.config.worker_args,
             *extra,
         ]
-        child = self._spawn(device_id, argv)
+        child = self._spawn(device_id, argv, env)
         self.workers[device_id] = child
         return child
 

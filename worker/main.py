@@ -1,8 +1,13 @@
 """`postroom worker ...`: parse the command line once, wire the worker up, run it until SIGTERM.
 
     postroom worker --coordinator HOST:PORT --device-id ID [--token T] --kind api|browser
-        --platform P[:ACCOUNT] ... --concurrency N --metrics-listen HOST:PORT --sandbox-url URL
+        [--accounts FILE] [--media-dir DIR ...] [--platform P[:ACCOUNT] ... --sandbox-url URL]
+        --concurrency N --metrics-listen HOST:PORT
         [--request-timeout-s 10] [--drain-timeout-s 60] [--log-format text|json]
+
+`--accounts` names the real accounts this worker publishes to (worker/accounts.py: TOML with
+credentials as env:/file: references); `--platform` names sandbox platforms served by
+`--sandbox-url`. A worker may have both.
 
 Prints `worker ID ready (coordinator HOST:PORT) metrics http://HOST:PORT/metrics` on stdout once
 the first Welcome arrives. Exit status: 0 after a drain (SIGTERM/SIGINT; a second signal stops at
@@ -17,11 +22,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
+from worker.accounts import AccountConfig, AccountsError, load_accounts
 from worker.adapters.base import AdapterRegistry
 from worker.adapters.noop import noop_factory
 from worker.adapters.sandbox import sandbox_factory
@@ -38,7 +45,10 @@ from worker.config import (
 )
 from worker.errors import SessionRefused
 from worker.logs import configure_logging
+from worker.media import MediaLoader
 from worker.metrics import WorkerMetrics, serve_metrics
+from worker.platforms.base import AccountHost, PlatformContext
+from worker.redact import RedactingFilter, Redactor
 from worker.shell import Worker
 from worker.tracing import exporters_from_env, make_tracer_provider
 
@@ -60,11 +70,30 @@ def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
     )
     p.add_argument("--kind", choices=("api", "browser"), default="api")
     p.add_argument(
+        "--accounts",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of real platform accounts and their credential references",
+    )
+    p.add_argument(
+        "--media-dir",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="folder that media file names in posts are looked up in; repeatable",
+    )
+    p.add_argument(
+        "--allow-inline-credentials",
+        action="store_true",
+        help="accept credential values written into the accounts file (local test servers only)",
+    )
+    p.add_argument(
         "--platform",
         action="append",
-        required=True,
+        default=[],
         metavar="PLATFORM[:ACCOUNT]",
-        help="a platform (any account) or platform:account this worker serves; repeatable",
+        help="a sandbox platform (any account) or platform:account to serve; repeatable",
     )
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N")
     p.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN, metavar="HOST:PORT")
@@ -83,13 +112,27 @@ def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+def config_from_args(
+    args: argparse.Namespace, accounts: tuple[AccountConfig, ...] = ()
+) -> WorkerConfig:
+    sandboxed = tuple(dict.fromkeys(Capability.parse(p) for p in args.platform))
+    real = {a.platform for a in accounts}
+    for cap in sandboxed:
+        if cap.platform in real:
+            raise ValueError(
+                f"--platform {cap.platform} is also in --accounts; a platform is served either "
+                "by its real accounts or by the sandbox, not both"
+            )
+    if sandboxed and not (args.sandbox_url or args.noop):
+        raise ValueError(
+            "--platform needs --sandbox-url (or --noop); real accounts go in --accounts"
+        )
     return WorkerConfig(
         coordinator=args.coordinator,
         device_id=args.device_id,
         token=args.token,
         kind=args.kind,
-        capabilities=tuple(dict.fromkeys(Capability.parse(p) for p in args.platform)),
+        capabilities=sandboxed + tuple(Capability(a.platform, a.account) for a in accounts),
         concurrency=args.concurrency,
         metrics_listen=args.metrics_listen,
         sandbox_url=args.sandbox_url,
@@ -102,21 +145,34 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 
 
 def build_adapters(
-    config: WorkerConfig, *, clock: Clock, metrics: WorkerMetrics | None
+    config: WorkerConfig,
+    *,
+    clock: Clock,
+    metrics: WorkerMetrics | None,
+    host: AccountHost | None = None,
 ) -> AdapterRegistry:
-    """Every platform of the command line -> its adapter. Only the sandbox adapter exists so
-    far, so --sandbox-url is required and serves every platform (unless --noop)."""
+    """Every platform this worker serves -> its adapter: the real accounts' platforms through
+    the account host, the rest through the sandbox (or nowhere, with --noop)."""
     if config.noop:
         return AdapterRegistry({platform: noop_factory() for platform in config.platforms})
-    if not config.sandbox_url:
-        raise ValueError("--sandbox-url is required: the sandbox adapter is the only one so far")
-    factory = sandbox_factory(
-        base_url=config.sandbox_url,
-        clock=clock,
-        timeout_s=config.request_timeout_s,
-        observe=metrics.platform_request if metrics is not None else _count_nothing,
-    )
-    return AdapterRegistry({platform: factory for platform in config.platforms})
+    registry = AdapterRegistry()
+    real = set(host.platforms()) if host is not None else set()
+    if host is not None:
+        for platform in host.platforms():
+            registry.register(platform, host.factory())
+    sandboxed = [p for p in config.platforms if p not in real]
+    if sandboxed:
+        if not config.sandbox_url:
+            raise ValueError(f"--sandbox-url is required for {', '.join(sandboxed)}")
+        factory = sandbox_factory(
+            base_url=config.sandbox_url,
+            clock=clock,
+            timeout_s=config.request_timeout_s,
+            observe=metrics.platform_request if metrics is not None else _count_nothing,
+        )
+        for platform in sandboxed:
+            registry.register(platform, factory)
+    return registry
 
 
 def _count_nothing(platform: str, status: int | str) -> None:
@@ -126,29 +182,54 @@ def _count_nothing(platform: str, status: int | str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    redactor = Redactor()
     try:
-        config = config_from_args(args)
-        if not config.sandbox_url and not config.noop:
-            raise ValueError("--sandbox-url (or --noop) is required: the sandbox adapter is "
-                             "the only one so far")  # fmt: skip
-        configure_logging(fmt=config.log_format, level=config.log_level)
+        accounts: tuple[AccountConfig, ...] = ()
+        if args.accounts is not None:
+            accounts = load_accounts(
+                args.accounts, redactor=redactor, allow_inline=args.allow_inline_credentials
+            )
+        if not accounts and not args.platform:
+            raise ValueError("nothing to serve: give --accounts FILE and/or --platform")
+        config = config_from_args(args, accounts)
+        handler = configure_logging(fmt=config.log_format, level=config.log_level)
+        handler.addFilter(RedactingFilter(redactor))
         # One line per HTTP request drowns the step logs, which already say what was sent.
         logging.getLogger("httpx").setLevel(logging.WARNING)
     except ValueError as exc:
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {redactor(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return anyio.run(_run, config)
+        return anyio.run(_run, config, accounts, tuple(args.media_dir), redactor)
     except SessionRefused as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
-async def _run(config: WorkerConfig) -> int:
+async def _run(
+    config: WorkerConfig,
+    accounts: tuple[AccountConfig, ...],
+    media_dirs: tuple[Path, ...],
+    redactor: Redactor,
+) -> int:
     clock = SystemClock()
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
+    account_host: AccountHost | None = None
+    if accounts:
+        context = PlatformContext(
+            clock=clock,
+            media=MediaLoader(media_dirs=media_dirs, timeout_s=config.request_timeout_s),
+            redactor=redactor,
+            observe=metrics.platform_request,
+            timeout_s=config.request_timeout_s,
+        )
+        try:
+            account_host = AccountHost(accounts, context)
+        except AccountsError as exc:
+            print(f"postroom worker: error: {redactor(str(exc))}", file=sys.stderr)
+            return EXIT_USAGE
     host, port = split_host_port(config.metrics_listen)
     server = serve_metrics(registry, host, port)
     provider = make_tracer_provider("postroom-worker")
@@ -159,7 +240,7 @@ async def _run(config: WorkerConfig) -> int:
         interceptors = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
     worker = Worker(
         config=config,
-        adapters=build_adapters(config, clock=clock, metrics=metrics),
+        adapters=build_adapters(config, clock=clock, metrics=metrics, host=account_host),
         clock=clock,
         metrics=metrics,
         tracer=provider.get_tracer("postroom.worker"),
@@ -177,6 +258,8 @@ async def _run(config: WorkerConfig) -> int:
     finally:
         with anyio.CancelScope(shield=True):
             await server.aclose()
+            if account_host is not None:
+                await account_host.aclose()
         provider.shutdown()
     log.info("worker %s stopped", config.device_id)
     return EXIT_FORCED if forced else EXIT_OK

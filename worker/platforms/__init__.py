@@ -1,0 +1,1 @@
+"""Real platform clients (one module per platform) on the shared machinery of `base`."""
