@@ -37,6 +37,7 @@ from sandbox.faults import (
     fault_reply,
     parse_fault_spec,
 )
+from sandbox.standins import standin_mounts
 
 MAX_TEXT_CHARS = 500
 
@@ -450,6 +451,7 @@ def create_app(*, clock: Clock = time.time) -> Starlette:
             Route("/admin/stats", api.stats, methods=["GET"]),
             Route("/admin/reset", api.reset, methods=["POST"]),
             Route("/healthz", api.healthz, methods=["GET"]),
+            *standin_mounts(clock=clock),
         ]
     )
     app.state.sandbox = state
