@@ -48,9 +48,11 @@ def post_warnings(jobs: Sequence[Job]) -> list[str]:
         )
     for j in live:
         if j.status is JobStatus.NEEDS_LOGIN:
+            # The device that met the login wall holds the account's session or profile.
+            device = j.device_id or "DEVICE"
             warnings.append(
-                f"{j.platform}:{j.account} needs a login: log in on the device, then run "
-                f"`postroom device check-login DEVICE --platform {j.platform} "
+                f"{j.platform}:{j.account} needs a login: log in on {device}, then run "
+                f"`postroom device check-login {device} --platform {j.platform} "
                 f"--account {j.account}`"
             )
         elif j.status is JobStatus.FAILED:

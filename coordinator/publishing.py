@@ -282,6 +282,9 @@ class PublishingService(pub_grpc.PublishingServicer):
             send, recv = self.co.watch(job_id)  # subscribe first: no change slips between
             try:
                 job = await self.store.get_job(job_id)
+                # The first event carries the runs with the step logs written so far, so a
+                # watcher that attaches mid-run sees the whole story (it drops repeats).
+                runs = await self.store.get_runs(job_id)
             except NotFound:
                 self.co.unwatch(job_id, send)
                 recv.close()
@@ -291,7 +294,7 @@ class PublishingService(pub_grpc.PublishingServicer):
             return
         try:
             async with recv:  # closed on every way out (else a ResourceWarning at GC)
-                yield pub.JobEvent(job=job_pb(job))
+                yield pub.JobEvent(job=job_pb(job, runs))
                 if job.status in TERMINAL_JOB_STATUSES:
                     return
                 async for event in recv:

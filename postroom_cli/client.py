@@ -21,15 +21,31 @@ DEFAULT_TIMEOUT_S = 10.0
 _Resp = TypeVar("_Resp")
 
 
+# Exit codes of every command: done; failed; usage (argparse); a person must act first.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NEEDS_PERSON = 3
+
+
 class CliError(Exception):
     """The one error the CLI reports: `error: CODE: message` on stderr, exit code 1."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class NeedsPerson(CliError):
+    """Nothing more happens by itself (a login wall, say): exit code 3, with what to do."""
+
+    exit_code = EXIT_NEEDS_PERSON
+
+    def __init__(self, message: str, code: str = "NEEDS_LOGIN") -> None:
+        super().__init__(code, message)
 
 
 def translate(exc: grpc.RpcError, *, target: str, timeout_s: float | None) -> CliError:

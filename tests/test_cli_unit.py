@@ -68,6 +68,7 @@ class FakePublishing(publishing_pb2_grpc.PublishingServicer):
         self.audit_page_size = 2
         self.device = t.Device()
         self.gates = pb.ListRateLimitsResponse()
+        self.login_state: t.LoginState.ValueType = t.LOGIN_STATE_LOGGED_IN
 
     def requests(self, method: str) -> list[Message]:
         return [request for name, request in self.calls if name == method]
@@ -161,8 +162,9 @@ class FakePublishing(publishing_pb2_grpc.PublishingServicer):
         self, request: pb.CheckLoginRequest, context: grpc.ServicerContext
     ) -> pb.CheckLoginResponse:
         self._record("CheckLogin", request, context)
-        badge = t.LoginBadge(state=t.LOGIN_STATE_LOGGED_IN, message="profile page ok")
-        return pb.CheckLoginResponse(badge=badge, requeued_job_ids=["j-7", "j-8"])
+        badge = t.LoginBadge(state=self.login_state, message="profile page ok")
+        requeued = ["j-7", "j-8"] if self.login_state == t.LOGIN_STATE_LOGGED_IN else []
+        return pb.CheckLoginResponse(badge=badge, requeued_job_ids=requeued)
 
     def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: grpc.ServicerContext
@@ -425,6 +427,34 @@ def test_job_watch_exits_1_on_failure_and_streams_json_lines(
     assert events[3]["log"]["log"]["message"] == "sending the post"
 
 
+def test_job_watch_shows_earlier_logs_first_once_each_and_exits_3_on_needs_login(
+    fake: FakePublishing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def entry(message: str, second: int) -> t.StepLog:
+        return t.StepLog(step="prepare", level=t.LOG_LEVEL_INFO, message=message, at=ts(second))
+
+    attached = make_job(t.JOB_STATUS_RUNNING, device_id="d-9")
+    earlier = t.Run(id="r-1", attempt=1, device_id="d-9")
+    earlier.logs.extend([entry("uploaded media", T0), entry("built request", T0 + 1)])
+    attached.runs.append(earlier)
+    fake.events = [
+        pb.JobEvent(job=attached),
+        # Written while the watch attached: it comes again as a live event.
+        pb.JobEvent(
+            log=pb.StepLogEvent(run_id="r-1", attempt=1, log=entry("built request", T0 + 1))
+        ),
+        pb.JobEvent(log=pb.StepLogEvent(run_id="r-1", attempt=1, log=entry("posting", T0 + 2))),
+        pb.JobEvent(job=make_job(t.JOB_STATUS_NEEDS_LOGIN)),
+    ]
+    assert run(fake, "job", "watch", "j-1") == 3
+    out, err = capsys.readouterr()
+    messages = [line.split(": ", 1)[1] for line in out.splitlines() if "prepare: " in line]
+    assert messages == ["uploaded media", "built request", "posting"]
+    assert "NEEDS_LOGIN" in out.splitlines()[-1]
+    assert "needs a login on x:acme" in err
+    assert "postroom device check-login d-9 --platform x --account acme" in err
+
+
 def test_job_watch_that_ends_early_is_an_error(
     fake: FakePublishing, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -495,6 +525,17 @@ def test_check_login_prints_the_badge_and_requeued_jobs(
     out = capsys.readouterr().out
     assert "x:acme on d-1: LOGGED_IN (profile page ok)" in out
     assert "requeued: j-7, j-8" in out
+
+
+def test_check_login_that_finds_no_login_exits_3_and_says_what_to_do(
+    fake: FakePublishing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.login_state = t.LOGIN_STATE_NEEDS_LOGIN
+    assert run(fake, "device", "check-login", "d-1", "--platform", "x", "--account", "acme") == 3
+    out = capsys.readouterr().out
+    assert "no jobs requeued" in out and "log x:acme in on d-1" in out
+    fake.login_state = t.LOGIN_STATE_UNKNOWN  # the check itself could not run
+    assert run(fake, "device", "check-login", "d-1", "--platform", "x", "--account", "acme") == 1
 
 
 def _audit_event(seq: int, details: str) -> t.AuditEvent:

@@ -102,13 +102,16 @@ def rfc3339_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def cli(cluster: LocalCluster, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """`postroom --coordinator ADDR ARGS...` in this process; its stdout (exit code must be 0)."""
+def cli(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str], *args: str, expect: int = 0
+) -> str:
+    """`postroom --coordinator ADDR ARGS...` in this process; its stdout and stderr (the exit
+    code must be `expect`)."""
     capsys.readouterr()
     code = postroom(["--coordinator", cluster.coordinator_address, *args])
     out, err = capsys.readouterr()
-    assert code == 0, f"postroom {' '.join(args)} exited {code}: {err}"
-    return out
+    assert code == expect, f"postroom {' '.join(args)} exited {code}: {err}"
+    return out + err
 
 
 @dataclass(frozen=True)
@@ -345,8 +348,13 @@ def test_auth_required_waits_for_a_login_check(
         3 * SWEEP_INTERVAL_S,
     )
 
-    # Still logged out at the platform: the check says so and requeues nothing.
-    out = cli(cluster, capsys, *check_login)
+    # `job watch` ends at once (exit 3) and says where to log in and what to run then.
+    out = cli(cluster, capsys, "job", "watch", job_id, expect=3)
+    assert f"log the account in on {dev}, then run: postroom device check-login {dev}" in out
+    assert f"{dev}, then run `postroom device check-login {dev}" in post.warnings[0]
+
+    # Still logged out at the platform: the check says so (exit 3) and requeues nothing.
+    out = cli(cluster, capsys, *check_login, expect=3)
     assert "NEEDS_LOGIN" in out and "no jobs requeued" in out
     assert client.get_job(job_id).status == pb.JOB_STATUS_NEEDS_LOGIN
 

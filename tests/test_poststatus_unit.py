@@ -70,10 +70,12 @@ def test_any_failed_job_fails_the_post_and_says_why() -> None:
 
 def test_a_login_wall_keeps_the_post_scheduled_with_a_warning_naming_the_account() -> None:
     jobs = [job("acme", S.NEEDS_LOGIN, platform="x", error=ErrorClass.AUTH_REQUIRED)]
+    jobs[0].device_id = "w-7"  # the device that met the login wall
     assert derive_post_status(jobs) is PostStatus.SCHEDULED
     (warning,) = post_warnings(jobs)
     assert warning.startswith("x:acme needs a login")
-    assert "postroom device check-login DEVICE --platform x --account acme" in warning
+    assert "log in on w-7, then run" in warning
+    assert "postroom device check-login w-7 --platform x --account acme" in warning
     # The same beside a published target: still waiting on that account.
     assert derive_post_status([*jobs, job("b", S.SUCCEEDED)]) is PostStatus.SCHEDULED
 

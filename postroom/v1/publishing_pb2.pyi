@@ -396,7 +396,10 @@ class JobEvent(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> _types_pb2.Job:
-        """The job as it is now (sent first and after every status change)."""
+        """The job as it is now: sent first (with its runs and the step logs written so far, so a
+        watcher attaching mid-run sees them; a log may then arrive again as a `log` event), and
+        after every status change (without runs).
+        """
 
     @_builtins.property
     def log(self) -> Global___StepLogEvent:

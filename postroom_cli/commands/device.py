@@ -7,6 +7,8 @@ import argparse
 from rich.text import Text
 
 from postroom.v1 import publishing_pb2 as pb
+from postroom.v1 import types_pb2 as t
+from postroom_cli.client import EXIT_FAILED, EXIT_NEEDS_PERSON, EXIT_OK
 from postroom_cli.commands import Context, Subparsers, add_group, add_leaf
 from postroom_cli.render import devices_table, login_state, message_dict, styled
 
@@ -21,7 +23,8 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         "check-login",
         _check_login,
         common,
-        "ask a device to check a login; on success its waiting jobs are requeued",
+        "ask a device to check a login; on success its waiting jobs are requeued "
+        "(exit 3 while the account is still logged out, 1 if the check could not run)",
     )
     p.add_argument("device_id", metavar="DEVICE")
     p.add_argument("--platform", required=True)
@@ -42,9 +45,14 @@ def _check_login(args: argparse.Namespace, ctx: Context) -> int:
         device_id=args.device_id, platform=args.platform, account=args.account, actor=ctx.actor
     )
     response = ctx.client.check_login(request)
+    # Logged out: a person must log in (3). Unknown: the check itself did not complete (1).
+    code = {
+        t.LOGIN_STATE_LOGGED_IN: EXIT_OK,
+        t.LOGIN_STATE_NEEDS_LOGIN: EXIT_NEEDS_PERSON,
+    }.get(response.badge.state, EXIT_FAILED)
     if ctx.out.json_mode:
         ctx.out.json(message_dict(response))
-        return 0
+        return code
     badge = response.badge
     line = Text.assemble(
         f"{args.platform}:{args.account} on {args.device_id}: ", styled(login_state(badge.state))
@@ -54,4 +62,9 @@ def _check_login(args: argparse.Namespace, ctx: Context) -> int:
     ctx.out.show(line)
     requeued = ", ".join(response.requeued_job_ids)
     ctx.out.show(f"requeued: {requeued}" if requeued else "no jobs requeued")
-    return 0
+    if code == EXIT_NEEDS_PERSON:
+        ctx.out.show(
+            f"still not logged in: log {args.platform}:{args.account} in on {args.device_id} "
+            "(browser workers: postroom browser-login), then check again"
+        )
+    return code

@@ -7,9 +7,11 @@ import hashlib
 import re
 from pathlib import Path
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from postroom.v1 import publishing_pb2 as pb
 from postroom.v1 import types_pb2 as t
-from postroom_cli.client import CliError
+from postroom_cli.client import EXIT_FAILED, EXIT_OK, CliError, NeedsPerson
 from postroom_cli.commands import (
     Context,
     Subparsers,
@@ -47,7 +49,12 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("job_id", metavar="JOB_ID")
 
     p = add_leaf(
-        sub, "watch", _watch, common, "follow a job live; exit 0 if it succeeds, 1 if it does not"
+        sub,
+        "watch",
+        _watch,
+        common,
+        "follow a job live (its step logs so far first); exit 0 when it succeeds, 1 when it "
+        "fails or is cancelled, 3 when it needs a login",
     )
     p.add_argument("job_id", metavar="JOB_ID")
 
@@ -122,26 +129,57 @@ def _confirm(args: argparse.Namespace, ctx: Context) -> int:
 
 def _watch(args: argparse.Namespace, ctx: Context) -> int:
     last: t.Job | None = None
+    device = ""  # the device of the latest run: where a login would have to happen
+    shown: set[tuple[str, str, int, str]] = set()  # (run, step, time, message) already printed
+
+    def show_log(event: pb.StepLogEvent) -> None:
+        key = (event.run_id, event.log.step, _ms(event.log.at), event.log.message)
+        if key not in shown:
+            shown.add(key)
+            ctx.out.show(log_line(event))
+
     for event in ctx.client.watch_job(args.job_id):
         kind = event.WhichOneof("event")
         if ctx.out.json_mode:
             ctx.out.json_line(event)
         elif kind == "log":
-            ctx.out.show(log_line(event.log))
-        elif kind == "job" and (last is None or event.job.status != last.status):
-            # The server also resends the job on lease/attempt changes; only status is news.
-            ctx.out.show(job_change_line(event.job))
+            show_log(event.log)
+        elif kind == "job":
+            # The first event holds the runs so far: their logs come before anything live.
+            for run in event.job.runs:
+                for line in run.logs:
+                    show_log(pb.StepLogEvent(run_id=run.id, attempt=run.attempt, log=line))
+            if last is None or event.job.status != last.status:
+                # The server also resends the job on lease/attempt changes; only status is news.
+                ctx.out.show(job_change_line(event.job))
         if kind == "job":
             last = event.job
+            device = last.device_id or (last.runs[-1].device_id if last.runs else "") or device
+            if last.status == t.JOB_STATUS_NEEDS_LOGIN:
+                # No automatic retry follows: a person must log in first.
+                raise NeedsPerson(needs_login_advice(last, device))
     if last is not None and last.status == t.JOB_STATUS_SUCCEEDED:
-        return 0
+        return EXIT_OK
     if last is not None and last.status in (t.JOB_STATUS_FAILED, t.JOB_STATUS_CANCELLED):
-        return 1
+        return EXIT_FAILED
     state = job_status(last.status) if last is not None else "unknown"
     raise CliError(
         "INCOMPLETE",
         f"the coordinator ended the watch while job {args.job_id} was {state}; watch it again",
     )
+
+
+def needs_login_advice(job: t.Job, device: str) -> str:
+    device = device or "DEVICE"
+    return (
+        f"job {job.id} needs a login on {job.platform}:{job.account}: log the account in on "
+        f"{device}, then run: postroom device check-login {device} "
+        f"--platform {job.platform} --account {job.account}"
+    )
+
+
+def _ms(stamp: Timestamp) -> int:
+    return stamp.seconds * 1000 + stamp.nanos // 1_000_000
 
 
 def _screenshot(args: argparse.Namespace, ctx: Context) -> int:
