@@ -380,6 +380,9 @@ def test_heartbeat_silence_past_the_ttl_kills_the_session_and_recovers(h: Harnes
     assert (b.job_id, b.lease_epoch) == (job_id, a.lease_epoch + 1)
     (lost,) = h.store.actions("DEVICE_DISCONNECTED", "A")
     assert "no heartbeat" in str(lost.details["reason"])
+    # Last seen is when A was last heard from (its Hello), not when it was declared dead.
+    assert h.store.devices["A"].last_seen_at == T0
+    assert h.core.devices["B"].last_seen_at == T0 + TTL - 1  # heartbeats are not written
 
 
 def test_a_job_claimed_but_never_started_is_recovered(h: Harness) -> None:

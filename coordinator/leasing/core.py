@@ -261,7 +261,9 @@ class LeaseCore(OperatorActions):
                 fx.extend(self._recover(job_id, now, reason=f"stream lost: {reason}"))
         device = self.devices.get(session.device_id)
         if device is not None:
-            device.last_seen_at = now
+            # "Last seen" is when the device was last heard from, not when we gave up on it: a
+            # hung device is declared dead a whole TTL after its last heartbeat.
+            device.last_seen_at = max(device.last_seen_at, session.last_heartbeat)
             fx.batch.devices.append(dataclasses.replace(device, logins=dict(device.logins)))
         fx.batch.audits.append(
             AuditEvent(
