@@ -564,7 +564,9 @@ class Job(_message.Message):
     account: _builtins.str
     status: Global___JobStatus.ValueType
     idempotency_key: _builtins.str
-    """"{post_id}:{platform}:{scheduled_at}"; unique, scheduling upserts on it."""
+    """"{post_id}:{platform}/{account}:{scheduled_at}" (scheduled_at as RFC 3339 UTC, e.g.
+    "p-1a2b:mastodon/acme:2026-11-24T18:00:00Z"); unique, scheduling upserts on it.
+    """
     platform_key: _builtins.str
     """The key sent to the platform, derived from (post, platform, account, content hash)."""
     content_hash: _builtins.str
