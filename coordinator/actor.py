@@ -343,6 +343,7 @@ class Coordinator:
                     if (assign := assigns.get(job.id)) is not None:
                         assign.assign.traceparent = inject_traceparent(span.get_span_context())
                     if self.metrics:
+                        self.metrics.account_known(job.platform, job.account)
                         self.metrics.job_attempt_started(job.platform)
                 case AttemptEnded(job=job, outcome=outcome, duration_s=duration):
                     ended = self._spans.pop(job.id, None)
@@ -471,6 +472,10 @@ class Coordinator:
         online: dict[str, int] = {"api": 0, "browser": 0}
         for session in self.core.sessions.values():
             online[session.kind.value] = online.get(session.kind.value, 0) + 1
+            for target in session.capabilities:
+                self.metrics.account_known(target.platform, target.account)
+        for job in self.core.jobs.values():
+            self.metrics.account_known(job.platform, job.account)
         for kind, n in online.items():
             self.metrics.set_devices_online(kind, n)
         for view in self.core.gates.views(now):

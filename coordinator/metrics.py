@@ -140,6 +140,7 @@ class CoordinatorMetrics:
         )
         self._job_counts = _JobCountsCollector()
         r.register(self._job_counts)
+        self._accounts_seen: set[tuple[str, str]] = set()
 
         for phase in LEASE_PHASES:
             self.lease_expirations.labels(phase=phase)
@@ -153,6 +154,16 @@ class CoordinatorMetrics:
                 self.jobs.labels(platform=platform, outcome=outcome)
             for reason in RETRY_REASONS:
                 self.retries_scheduled.labels(platform=platform, reason=reason)
+
+    def account_known(self, platform: str, account: str) -> None:
+        """Create the per-account series at 0 as soon as the account is known (a worker serves
+        it, a job targets it), so the first rate-limit hit is an increase, not a birth at 1."""
+        if account in ("", "*") or (platform, account) in self._accounts_seen:
+            return
+        self._accounts_seen.add((platform, account))
+        self.rate_limit_hits.labels(platform=platform, account=account)
+        self.rate_limit_gate_closed.labels(platform=platform, account=account)
+        self.needs_login_accounts.labels(platform=platform, account=account)
 
     def job_attempt_started(self, platform: str) -> None:
         self.job_attempts.labels(platform=platform).inc()

@@ -117,6 +117,33 @@ def test_series_alerts_depend_on_exist_at_zero_from_start(
         assert value(registry, retries, platform="mastodon", reason=reason) == 0
 
 
+def test_per_account_and_per_status_series_exist_at_zero_once_known(
+    registry: CollectorRegistry, cm: CoordinatorMetrics
+) -> None:
+    hits = "postroom_rate_limit_hits_total"
+    assert value(registry, hits, platform="mastodon", account="acme") is None
+    cm.account_known("mastodon", "acme")
+    cm.account_known("mastodon", "*")  # "any account" is not an account
+    assert value(registry, hits, platform="mastodon", account="acme") == 0
+    assert (
+        value(registry, "postroom_rate_limit_gate_closed", platform="mastodon", account="acme") == 0
+    )
+    assert (
+        value(registry, "postroom_needs_login_accounts", platform="mastodon", account="acme") == 0
+    )
+    assert value(registry, hits, platform="mastodon", account="*") is None
+    cm.rate_limit_hit("mastodon", "acme")
+    cm.account_known("mastodon", "acme")  # later sightings never reset the count
+    assert value(registry, hits, platform="mastodon", account="acme") == 1
+
+    wm = WorkerMetrics(CollectorRegistry(), platforms=["mastodon"])
+    requests = "postroom_worker_platform_requests_total"
+    for status in ("429", "401", "503", "timeout"):
+        assert (
+            wm.registry.get_sample_value(requests, {"platform": "mastodon", "status": status}) == 0
+        )
+
+
 def test_job_finished_counts_the_outcome_and_times_it(
     registry: CollectorRegistry, cm: CoordinatorMetrics
 ) -> None:

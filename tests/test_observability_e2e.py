@@ -196,7 +196,13 @@ def test_prometheus_sees_injected_faults_and_every_panel_has_data(tmp_path: Path
     ):
         cluster.start_sandbox()
         cluster.start_coordinator()
-        cluster.start_worker("obs-w1", extra=["--metrics-listen", f"127.0.0.1:{worker_port}"])
+        # The worker names obs-rl explicitly (as real accounts always are): from then on its
+        # per-account series exist at 0, so the first 429 moves the panels.
+        cluster.start_worker(
+            "obs-w1",
+            platforms=("sandbox", "sandbox:obs-rl"),
+            extra=["--metrics-listen", f"127.0.0.1:{worker_port}"],
+        )
         cluster.wait_online(["obs-w1"])
         admin = stack.enter_context(SandboxAdmin(cluster.sandbox_url))
         targets = {
@@ -220,6 +226,18 @@ def test_prometheus_sees_injected_faults_and_every_panel_has_data(tmp_path: Path
                 EVENTS_TIMEOUT_S,
             )
             assert job_of(client, warmup).status == pb.JOB_STATUS_SUCCEEDED
+
+            # Before any fault, the series a first fault increments are scraped at 0.
+            born_at_zero = [
+                'postroom_rate_limit_hits_total{platform="sandbox",account="obs-rl"} == 0',
+                'postroom_rate_limit_gate_closed{platform="sandbox",account="obs-rl"} == 0',
+                'postroom_worker_platform_requests_total{platform="sandbox",status="429"} == 0',
+            ]
+            wait_until(
+                "the rate-limit series at 0 before the first 429",
+                lambda: all(prom.values(expr) == [0.0] for expr in born_at_zero),
+                EVENTS_TIMEOUT_S,
+            )
 
             # Faults: one 429 (with Retry-After), one 500, one 401, each on its own account.
             admin.inject(
@@ -246,6 +264,9 @@ def test_prometheus_sees_injected_faults_and_every_panel_has_data(tmp_path: Path
                 'postroom_worker_platform_requests_total{platform="sandbox",status="429"} >= 1',
                 'postroom_worker_platform_requests_total{platform="sandbox",status="500"} >= 1',
                 'postroom_worker_platform_requests_total{platform="sandbox",status="401"} >= 1',
+                # The rate-limit panels move on the account's very first 429.
+                'postroom:rate_limit_hits:rate5m{platform="sandbox",account="obs-rl"} > 0',
+                'postroom:worker_platform_requests:rate5m{platform="sandbox",status="429"} > 0',
                 # The retry panel moves: the first retry of a reason shows in its rate.
                 'postroom:retries_scheduled:rate5m{platform="sandbox",reason="rate_limited"} > 0',
                 'postroom:retries_scheduled:rate5m{platform="sandbox",reason="transient"} > 0',

@@ -215,7 +215,7 @@ async def _run(
 ) -> int:
     clock = SystemClock()
     registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+    metrics = WorkerMetrics(registry, platforms=config.platforms)
     account_host: AccountHost | None = None
     if accounts:
         context = PlatformContext(

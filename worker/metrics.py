@@ -29,12 +29,18 @@ STEP_DURATION_BUCKETS_S: tuple[float, ...] = (
 )  # fmt: skip
 
 RequestFailure = Literal["timeout", "error"]
+# Answers a platform commonly gives; their series exist at 0 from start-up for every platform
+# served, so the first 429 (or 401, or timeout) shows in `rate()` instead of being born at 1.
+COMMON_REQUEST_STATUSES: tuple[str, ...] = (
+    "200", "201", "202", "400", "401", "403", "404", "409", "422", "429",
+    "500", "502", "503", "504", "timeout", "error",
+)  # fmt: skip
 
 
 class WorkerMetrics:
     """Every worker metric, registered on `registry`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, platforms: Iterable[str] = ()) -> None:
         self.registry = registry
         r = registry
         self.step_duration = Histogram(
@@ -58,6 +64,9 @@ class WorkerMetrics:
             "1 while the stream to the coordinator is up.",
             registry=r,
         )
+        for platform in platforms:
+            for status in COMMON_REQUEST_STATUSES:
+                self.platform_requests.labels(platform=platform, status=status)
 
     def observe_step(self, platform: str, step: str, seconds: float) -> None:
         self.step_duration.labels(platform=platform, step=step).observe(seconds)
