@@ -19,7 +19,11 @@ KNOWN_PLATFORMS: frozenset[str] = frozenset(
     {"sandbox", "x", "instagram", "facebook", "linkedin", "mastodon", "bluesky"}
 )
 DEFAULT_MAX_ATTEMPTS = 3
+# The sandbox's text limit (content_rules.py has each real platform's own).
 MAX_TEXT_CHARS = 10_000
+# No post is longer, whatever its targets or --text-limit say (Facebook's 63,206 fits; a request
+# stays far under the gRPC message limit).
+MAX_ANY_TEXT_CHARS = 100_000
 
 
 class PostStatus(enum.StrEnum):

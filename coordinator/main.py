@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import anyio
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.assets import AssetStore
 from coordinator.clock import SystemClock
+from coordinator.content_rules import TextLimits, parse_text_limit
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.gates import Quota, parse_quota
 from coordinator.gateway import WorkerGatewayService
@@ -68,6 +70,7 @@ class ServerOptions:
     log_format: Literal["text", "json"]
     log_level: str
     coordinator: CoordinatorConfig
+    text_limits: TextLimits = field(default_factory=TextLimits)
 
 
 def split_host_port(value: str, flag: str) -> tuple[str, int]:
@@ -159,6 +162,14 @@ def parse_args(argv: list[str]) -> ServerOptions:
         help="close the gate before a platform limit, e.g. sandbox=2/3600",
     )
     p.add_argument(
+        "--text-limit",
+        action="append",
+        default=[],
+        metavar="PLATFORM[:ACCOUNT]=N",
+        help="a platform's (or one account's) text limit instead of the platform default, e.g. "
+        "mastodon=1000 or mastodon:big-instance=5000 (repeatable)",
+    )
+    p.add_argument(
         "--ready-file",
         type=Path,
         default=None,
@@ -178,6 +189,13 @@ def parse_args(argv: list[str]) -> ServerOptions:
         if key.split(":")[0] not in KNOWN_PLATFORMS:
             p.error(f"--quota {spec!r}: unknown platform")
         quotas[key] = quota
+    text_limits: dict[str, int] = {}
+    for spec in a.text_limit:
+        try:
+            key, limit = parse_text_limit(spec)
+        except ValueError as exc:
+            p.error(str(exc))
+        text_limits[key] = limit
     if a.heartbeat_interval <= 0:
         p.error("--heartbeat-interval must be positive")
     ttl = a.lease_ttl if a.lease_ttl is not None else 3 * a.heartbeat_interval
@@ -215,6 +233,7 @@ def parse_args(argv: list[str]) -> ServerOptions:
         coordinator=CoordinatorConfig(
             lease=lease, retry=retry, quotas=quotas, worker_token=a.worker_token
         ),
+        text_limits=TextLimits(MappingProxyType(text_limits)),
     )
 
 
@@ -241,7 +260,8 @@ async def serve(opts: ServerOptions) -> None:
 
         interceptors.append(aio_server_interceptor(tracer_provider=provider))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=interceptors)
-    pub_grpc.add_PublishingServicer_to_server(PublishingService(coordinator, assets), server)
+    publishing = PublishingService(coordinator, assets, text_limits=opts.text_limits)
+    pub_grpc.add_PublishingServicer_to_server(publishing, server)
     wg_grpc.add_WorkerGatewayServicer_to_server(WorkerGatewayService(coordinator, assets), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

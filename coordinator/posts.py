@@ -10,7 +10,7 @@ SUCCEEDED job is never published again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from coordinator.domain import (
     LEASED_STATUSES,
@@ -102,7 +102,10 @@ async def update(
     scheduled_at: float | None,
     actor: str,
     now: float,
+    check: Callable[[Post], Awaitable[None]] | None = None,
 ) -> tuple[Effects, Post]:
+    """Edit a post. `check` sees the post as it will be after the edit (a copy: raising from it
+    leaves the post as it was)."""
     fx = Effects()
     post = await _load(store, core, post_id)
     if post.status not in EDITABLE_CONTENT_STATUSES:
@@ -123,6 +126,8 @@ async def update(
     if scheduled_at is not None and scheduled_at != post.scheduled_at:
         post.scheduled_at = scheduled_at
         changed.append("scheduled_at")
+    if check is not None:
+        await check(post)
     post.content_hash = content_hash(post.text, post.media)
     post.updated_at = now
     if ("text" in changed or "media" in changed or "targets" in changed) and (

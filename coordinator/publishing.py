@@ -1,5 +1,6 @@
 """`postroom.v1.Publishing`: the operators' API. Validates requests (INVALID_ARGUMENT with a message
-that says what to fix), reads from the store, and sends every change through the actor."""
+that says what to fix; a post's content against each target platform's rules, content_rules.py),
+reads from the store, and sends every change through the actor."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import grpc
 
-from coordinator import posts
+from coordinator import content_rules, posts
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore, sniff_content_type
 from coordinator.convert import (
@@ -29,9 +30,10 @@ from coordinator.convert import (
 )
 from coordinator.domain import (
     KNOWN_PLATFORMS,
-    MAX_TEXT_CHARS,
+    MAX_ANY_TEXT_CHARS,
     TERMINAL_JOB_STATUSES,
     Job,
+    Post,
     Target,
 )
 from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
@@ -84,8 +86,11 @@ def parse_time(value: str, field_name: str) -> float:
 def validate_text(text: str) -> str:
     if not text.strip():
         raise InvalidArgument("text is empty: a post needs some text")
-    if len(text) > MAX_TEXT_CHARS:
-        raise InvalidArgument(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    if len(text) > MAX_ANY_TEXT_CHARS:
+        # Per-platform limits are content_rules' job; this bounds what any post may be.
+        raise InvalidArgument(
+            f"text is {len(text)} characters; no post may be longer than {MAX_ANY_TEXT_CHARS}"
+        )
     return text
 
 
@@ -130,11 +135,28 @@ def page(page_size: int, token: str, default: int, maximum: int) -> tuple[int, i
 
 
 class PublishingService(pub_grpc.PublishingServicer):
-    def __init__(self, coordinator: Coordinator, assets: AssetStore) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        assets: AssetStore,
+        *,
+        text_limits: content_rules.TextLimits | None = None,
+    ) -> None:
         self.co = coordinator
         self.store = coordinator.store
         self.core = coordinator.core
         self.assets = assets
+        self.text_limits = text_limits or content_rules.TextLimits()
+
+    async def _check_content(
+        self, text: str, media: Sequence[str], targets: Sequence[Target]
+    ) -> None:
+        # In a thread: X's weighted count of a long text takes a while (~40 ms per 10,000
+        # characters), and the event loop keeps serving workers' streams meanwhile.
+        await anyio.to_thread.run_sync(content_rules.check, text, media, targets, self.text_limits)
+
+    async def _check_post(self, post: Post) -> None:
+        await self._check_content(post.text, post.media, post.targets)
 
     async def _post_reply(self, post_id: str) -> pb.Post:
         post = await self.store.get_post(post_id)
@@ -149,6 +171,7 @@ class PublishingService(pub_grpc.PublishingServicer):
         when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
         if not 0 <= request.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise InvalidArgument(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+        await self._check_content(text, list(request.media), targets)
         post_id = f"p-{uuid.uuid4().hex[:12]}"
 
         async def run(now: float) -> tuple[Effects, Any]:
@@ -202,6 +225,13 @@ class PublishingService(pub_grpc.PublishingServicer):
                 scheduled_at=when,
                 actor=actor_name(request.actor),
                 now=now,
+                # The post as it will be (current content merged with the edit) must still meet
+                # every target's rules; a schedule-only edit of an older post is not re-judged.
+                check=(
+                    self._check_post
+                    if text is not None or media is not None or targets is not None
+                    else None
+                ),
             )
         )
         return await self._post_reply(post_id)

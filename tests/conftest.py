@@ -34,6 +34,7 @@ from scripted_worker import ScriptedWorker
 from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.assets import AssetStore
 from coordinator.clock import FakeClock, SystemClock
+from coordinator.content_rules import TextLimits
 from coordinator.gateway import WorkerGatewayService
 from coordinator.leasing.core import LeaseConfig
 from coordinator.main import GRPC_SERVER_OPTIONS
@@ -80,12 +81,14 @@ async def coordinator_server(
     lease_ttl_s: float = TTL_S,
     restart_grace_s: float = 3.0,
     worker_token: str = "",
+    text_limits: TextLimits | None = None,
 ) -> AsyncIterator[InProcess]:
     """Run the coordinator as `coordinator.main.serve` wires it, on 127.0.0.1 port 0.
 
     With `fake_clock` (the default) the coordinator's time is a FakeClock that only moves on
     `clock.advance(s)`, so heartbeats are never missed unless a test advances time. Assets go to
-    `tmp_path / "assets"`. The server and the actor are stopped on exit.
+    `tmp_path / "assets"`. `text_limits` are what `--text-limit` flags would give (e.g. from
+    `coordinator.main.parse_args([...]).text_limits`). The server and the actor are stopped on exit.
     """
     store = open_store(db)
     await store.open()
@@ -103,7 +106,7 @@ async def coordinator_server(
     assets = AssetStore(tmp_path / "assets")
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
     publishing_pb2_grpc.add_PublishingServicer_to_server(
-        PublishingService(coordinator, assets), server
+        PublishingService(coordinator, assets, text_limits=text_limits), server
     )
     worker_gateway_pb2_grpc.add_WorkerGatewayServicer_to_server(
         WorkerGatewayService(coordinator, assets), server

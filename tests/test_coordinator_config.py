@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from coordinator.domain import Target
 from coordinator.main import parse_args
 from coordinator.retry import RetryPolicy
 
@@ -28,6 +29,17 @@ def test_retry_policy_per_platform_overrides_only_what_it_names() -> None:
     assert x.backoff_factor == RetryPolicy().backoff_factor
 
 
+def test_text_limits_per_platform_and_account_the_account_winning() -> None:
+    opts = parse_args(
+        ["--text-limit", "mastodon=1000", "--text-limit", "Mastodon:big-instance=5000"]
+    )
+    limits = opts.text_limits
+    assert limits.for_target(Target("mastodon", "small")) == (1000, True)
+    assert limits.for_target(Target("mastodon", "big-instance")) == (5000, True)
+    assert limits.for_target(Target("x", "acme")) == (280, False)  # the platform's default
+    assert parse_args([]).text_limits.for_target(Target("mastodon", "small")) == (500, False)
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
@@ -36,6 +48,10 @@ def test_retry_policy_per_platform_overrides_only_what_it_names() -> None:
         (["--retry-policy", "myspace:initial=3"], "unknown platform"),
         (["--retry-policy", "x:jitter=2"], "out of range"),
         (["--quota", "sandbox=two/3600"], "expected PLATFORM[:ACCOUNT]=N/SECONDS"),
+        (["--text-limit", "mastodon"], "expected PLATFORM[:ACCOUNT]=N"),
+        (["--text-limit", "myspace=500"], "unknown platform 'myspace'"),
+        (["--text-limit", "mastodon=lots"], "is not a whole number"),
+        (["--text-limit", "mastodon=0"], "between 1 and 100000"),
         (["--lease-ttl", "1", "--heartbeat-interval", "2"], "longer than --heartbeat-interval"),
         (["--listen", "nowhere"], "expected HOST:PORT"),
     ],
