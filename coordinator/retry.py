@@ -123,7 +123,9 @@ def decide(failure: Failure, job: Job, policy: RetryPolicy, now: float, rand: fl
             return Fail(failure.message or failure.error_class.value.lower())
         case ErrorClass.TRANSIENT:
             if job.counted_attempts >= job.max_attempts:
-                return Fail(f"{job.counted_attempts} attempts failed; last: {failure.message}")
+                # Verify-only looks past the maximum are not publishing attempts: never "4 of 3".
+                attempts = min(job.counted_attempts, job.max_attempts)
+                return Fail(f"{attempts} attempts failed; last: {failure.message}")
             return RetryAt(now + policy.backoff_s(job.counted_attempts, rand), "transient")
 
 

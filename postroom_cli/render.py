@@ -239,12 +239,29 @@ def jobs_table(jobs: Sequence[t.Job]) -> Table:
             job.post_id,
             f"{job.platform}:{job.account}",
             styled(job_status(job.status)),
-            f"{job.attempt}/{job.max_attempts}",
+            fmt_attempt(job),
             fmt_time(job.not_before) if job.status == t.JOB_STATUS_QUEUED else EMPTY,
             job.device_id or EMPTY,
             fmt_error(job.last_error_class, job.last_error, limit=60),
         )
     return table
+
+
+def fmt_attempt(job: t.Job) -> str:
+    """`2/3`, `2/3 (+1 rate-limited)`, or `verify-only look 1 after 3/3 attempts`: attempts
+    past the maximum only look for a post that may exist; they are never shown as 4/3."""
+    rate_limited = job.rate_limited_count
+    counted = job.attempt - rate_limited
+    if job.max_attempts and counted > job.max_attempts:
+        text = (
+            f"verify-only look {counted - job.max_attempts} after "
+            f"{job.max_attempts}/{job.max_attempts} attempts"
+        )
+    else:
+        text = f"{counted}/{job.max_attempts}" if job.max_attempts else str(counted)
+    if rate_limited:  # those do not use up max_attempts, so say so
+        text += f" (+{rate_limited} rate-limited)"
+    return text
 
 
 def job_view(job: t.Job) -> Group:
@@ -257,9 +274,7 @@ def job_view(job: t.Job) -> Group:
         lease = f"none (last ran on {job.device_id}, epoch {job.lease_epoch})"
     waiting = job.status == t.JOB_STATUS_QUEUED
     result = " ".join(x for x in (job.result_post_id, job.result_url) if x) or EMPTY
-    attempt = f"{job.attempt}/{job.max_attempts}"
-    if job.rate_limited_count:  # those do not use up max_attempts, so say so
-        attempt += f" (+{job.rate_limited_count} rate-limited)"
+    attempt = fmt_attempt(job)
     rows: list[tuple[str, str | Text]] = [
         ("job", job.id),
         ("post", job.post_id),
@@ -313,7 +328,7 @@ def _run_parts(run: t.Run) -> list[RenderableType]:
 
 def job_change_line(job: t.Job) -> Text:
     """One line of `job watch` for a status change."""
-    extra = f"attempt {job.attempt}/{job.max_attempts}"
+    extra = f"attempt {fmt_attempt(job)}"
     if job.device_id:
         extra += f", device {job.device_id}"
     if is_set(job.not_before) and job.status == t.JOB_STATUS_QUEUED:

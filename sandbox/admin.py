@@ -21,6 +21,7 @@ FaultKindName = Literal[
     "auth",
     "invalid",
     "server_error",
+    "upstream_error",
     "hang",
     "duplicate",
     "accept_then_fail",

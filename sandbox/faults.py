@@ -33,7 +33,10 @@ class FaultKind(StrEnum):
     RATE_LIMIT = "rate_limit"
     AUTH = "auth"
     INVALID = "invalid"
+    # 5xx with the sandbox's documented "not processed" body (`"created": false`).
     SERVER_ERROR = "server_error"
+    # 5xx from a gateway in front of the platform: whether the post was made is unknown.
+    UPSTREAM_ERROR = "upstream_error"
     HANG = "hang"
     DUPLICATE = "duplicate"
     ACCEPT_THEN_FAIL = "accept_then_fail"
@@ -103,7 +106,9 @@ def parse_fault_spec(data: object) -> FaultSpec:
         raise FaultSpecError(f"unknown fault field(s) {unknown}; known: {sorted(_FIELDS)}")
     if "kind" not in data:
         raise FaultSpecError(f"'kind' is required: one of {[k.value for k in FaultKind]}")
-    status = _int(data, "status", DEFAULT_SERVER_ERROR_STATUS)
+    # A gateway's failure is a 502 unless said otherwise; the platform's own a 500.
+    default_status = 502 if data.get("kind") == FaultKind.UPSTREAM_ERROR else 500
+    status = _int(data, "status", default_status)
     if not 500 <= status <= 599:
         raise FaultSpecError(f"'status' must be a 5xx code, got {status}")
     count = _int(data, "count", DEFAULT_COUNT)
@@ -234,8 +239,13 @@ def fault_reply(spec: FaultSpec, *, now: float, existing_id: str | None = None) 
             message = spec.message or "content rejected by platform policy"
             return Reply(400, {"error": "invalid_content", "message": message}, {})
         case FaultKind.SERVER_ERROR:
+            # The sandbox's documented "not processed" answer: nothing was created.
             message = spec.message or "internal server error"
-            return Reply(spec.status, {"error": "server_error", "message": message}, {})
+            body = {"error": "server_error", "message": message, "created": False}
+            return Reply(spec.status, body, {})
+        case FaultKind.UPSTREAM_ERROR:
+            message = spec.message or "bad gateway"
+            return Reply(spec.status, {"error": "upstream_error", "message": message}, {})
         case FaultKind.HANG:
             message = spec.message or "upstream timed out"
             return Reply(504, {"error": "timeout", "message": message}, {})

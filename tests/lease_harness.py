@@ -292,6 +292,7 @@ class Harness:
         *,
         message: str = "boom",
         retry_at: float | None = None,
+        not_created: bool = False,
     ) -> Effects:
         return self.result(
             sid,
@@ -302,6 +303,7 @@ class Harness:
                 error_class=error_class,
                 error_message=message,
                 retry_at_unix_ms=int(retry_at * 1000) if retry_at is not None else 0,
+                not_created=not_created,
             ),
         )
 

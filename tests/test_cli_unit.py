@@ -22,7 +22,7 @@ from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as t
 from postroom_cli import main as cli_main
 from postroom_cli.main import main
-from postroom_cli.render import enum_label, fmt_time
+from postroom_cli.render import enum_label, fmt_attempt, fmt_time
 
 T0 = 1_795_543_205  # 2026-11-24 18:00:05Z
 
@@ -453,6 +453,16 @@ def test_job_watch_shows_earlier_logs_first_once_each_and_exits_3_on_needs_login
     assert "NEEDS_LOGIN" in out.splitlines()[-1]
     assert "needs a login on x:acme" in err
     assert "postroom device check-login d-9 --platform x --account acme" in err
+
+
+def test_attempts_past_the_maximum_show_as_verify_only_looks() -> None:
+    assert fmt_attempt(make_job(attempt=2, max_attempts=3)) == "2/3"
+    assert fmt_attempt(make_job(attempt=4, max_attempts=3, rate_limited_count=2)) == (
+        "2/3 (+2 rate-limited)"
+    )
+    assert fmt_attempt(make_job(attempt=4, max_attempts=3)) == (
+        "verify-only look 1 after 3/3 attempts"
+    )
 
 
 def test_job_watch_that_ends_early_is_an_error(

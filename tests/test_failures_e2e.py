@@ -25,6 +25,7 @@ from postroom.v1 import types_pb2 as pb
 from postroom_cli.client import PublishingClient
 from postroom_cli.cluster import ClusterConfig, LocalCluster
 from postroom_cli.main import main as postroom
+from postroom_cli.render import fmt_attempt
 from sandbox.admin import RetryAfterFormatName, SandboxAdmin
 
 T = TypeVar("T")
@@ -421,32 +422,43 @@ def test_invalid_content_fails_until_edited_and_only_the_unpublished_target_reru
 def test_server_errors_retry_with_backoff_up_to_max_attempts(
     cluster: LocalCluster, client: PublishingClient, admin: SandboxAdmin
 ) -> None:
-    always, once = "5xx-always", "5xx-once"
+    always, once, unknown = "5xx-always", "5xx-once", "5xx-unknown"
     admin.inject("server_error", account=always, count=3, message="upstream exploded")
     admin.inject("server_error", account=once, count=1, status=503)
+    admin.inject("upstream_error", account=unknown, count=3, message="gateway lost it")
     failing = cluster.publish(client, "three 500s", [f"sandbox:{always}"], max_attempts=3)
     flaky = cluster.publish(client, "one 503", [f"sandbox:{once}"])
+    doubtful = cluster.publish(client, "three 502s", [f"sandbox:{unknown}"], max_attempts=3)
 
     wait_until("FAILED", lambda: post_in(client, failing, pb.POST_STATUS_FAILED))
     job = jobs_by_account(client, failing)[always]
     assert job.status == pb.JOB_STATUS_FAILED
-    # Three attempts to publish, each answered 500 after the commit permit (the post might
-    # exist), then one verify-only look that found no post: only then is it FAILED.
-    assert job.attempt == 4
-    assert len(job.runs) == 4
-    for run in job.runs[:3]:
+    # Three 500s whose body says nothing was created: plain transient failures, nothing in
+    # doubt, so no look after them and no attempt beyond the third.
+    assert job.attempt == 3 and len(job.runs) == 3
+    for run in job.runs:
         assert run.error_class == pb.ERROR_CLASS_TRANSIENT
         assert "HTTP 500: upstream exploded" in run.error
-        assert run.committed
-    assert not job.runs[3].committed
+    assert not job.verify_first
+    assert fmt_attempt(job) == "3/3"
+    assert sandbox_count(admin, always) == 0
+
+    # A gateway's 502 says nothing about the post: each leaves it in doubt, and after three
+    # the job gets one verify-only look (shown as that, not as "attempt 4/3") before FAILED.
+    wait_until("FAILED", lambda: post_in(client, doubtful, pb.POST_STATUS_FAILED))
+    job = jobs_by_account(client, doubtful)[unknown]
+    assert job.attempt == 4 and len(job.runs) == 4
+    assert all(run.committed for run in job.runs[:3]) and not job.runs[3].committed
     assert "a final look found no post" in job.last_error
-    assert "HTTP 500: upstream exploded" in job.last_error
+    assert "HTTP 502: gateway lost it" in job.last_error
+    assert job.last_error.startswith("3 attempts failed")
     assert not job.verify_first  # verified: nothing is left in doubt
+    assert fmt_attempt(job) == "verify-only look 1 after 3/3 attempts"
     leases = client.list_audit_events(
         pub.ListAuditEventsRequest(subject_id=job.id, action="JOB_LEASED")
     ).events
     assert ['"verify_only": true' in e.details_json for e in leases] == [False] * 3 + [True]
-    assert sandbox_count(admin, always) == 0
+    assert sandbox_count(admin, unknown) == 0
 
     wait_until("PUBLISHED", published(client, flaky))
     job = jobs_by_account(client, flaky)[once]
@@ -597,7 +609,7 @@ def test_job_retry_runs_a_failed_job_again_now(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     account = "retry-acct"
-    admin.inject("server_error", account=account, status=502)
+    admin.inject("upstream_error", account=account, status=502)
     post_id = cluster.publish(client, "one attempt only", [f"sandbox:{account}"], max_attempts=1)
     wait_until("FAILED", lambda: post_in(client, post_id, pb.POST_STATUS_FAILED))
     job_id = client.get_post(post_id).target_states[0].job_id

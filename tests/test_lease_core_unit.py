@@ -667,6 +667,31 @@ def test_transient_failures_until_max_attempts_fail_the_job_and_the_post(h: Harn
     assert post_status(h, "p1") is PostStatus.FAILED
 
 
+@pytest.mark.parametrize("not_created", [False, True])
+def test_a_failure_after_the_permit_is_in_doubt_unless_the_platform_said_not_created(
+    h: Harness, not_created: bool
+) -> None:
+    (job_id,) = publish(h, "p1")
+    a = one_assign(h.open("s1"))
+    h.ack("s1", job_id, a.lease_epoch)
+    h.commit("s1", job_id, a.lease_epoch)
+    h.failure(
+        "s1",
+        job_id,
+        a.lease_epoch,
+        pb.ERROR_CLASS_TRANSIENT,
+        message="503",
+        not_created=not_created,
+    )
+    h.settle()
+    # "Not created" (a documented error body) is a plain retry; anything else may have posted.
+    assert h.job(job_id).verify_first is (not not_created)
+    h.now = h.job(job_id).not_before
+    h.heartbeat("s1")
+    b = one_assign(h.tick())
+    assert b.verify_first is (not not_created)
+
+
 def test_a_result_for_an_already_succeeded_job_is_an_accepted_no_op(h: Harness) -> None:
     j1, _ = publish(h, "p1", ACME, OTHER)  # the other job keeps the post open
     a = next(x for x in assigns(h.open("s1", slots=2)) if x.job_id == j1)

@@ -83,7 +83,8 @@ def expected(error_class: ErrorClass, counted: int, rate_limited: int) -> Decisi
             return NeedsLogin("it broke")
         case ErrorClass.TRANSIENT:
             if counted >= MAX_ATTEMPTS:
-                return Fail(f"{counted} attempts failed; last: it broke")
+                # A verify-only look past the maximum is not counted as a publishing attempt.
+                return Fail(f"{MAX_ATTEMPTS} attempts failed; last: it broke")
             return RetryAt(NOW + expected_backoff(counted, 0.5), "transient")
         case _:  # INVALID_CONTENT, UI_CHANGED, DUPLICATE: terminal
             return Fail("it broke")

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
+import httpx
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,9 +20,10 @@ from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker import session
 from worker.adapters.base import AdapterRegistry, JobSpec, Prepared, Published
+from worker.adapters.http import error_for
 from worker.clock import FakeClock
 from worker.config import BackoffPolicy, Capability, WorkerConfig, lease_margin_s
-from worker.errors import AdapterError, Duplicate, RateLimited
+from worker.errors import AdapterError, Duplicate, RateLimited, Transient
 from worker.jobs import JobPhase
 from worker.metrics import WorkerMetrics
 from worker.runtime import JobRunner
@@ -457,6 +459,28 @@ async def test_rate_limit_is_reported_with_its_retry_time() -> None:
         assert (result.http_status, result.failed_step) == (429, "commit")
         labels = {m.screenshot.label for m in r.seen if m.WhichOneof("msg") == "screenshot"}
         assert labels == {"on_failure"}
+
+
+@pytest.mark.parametrize(
+    ("body", "not_created"),
+    [
+        ({"error": "server_error", "message": "busy", "created": False}, True),
+        ({"error": "upstream_error", "message": "bad gateway"}, False),
+    ],
+)
+async def test_a_5xx_that_says_nothing_was_created_is_reported_as_such(
+    body: dict[str, object], not_created: bool
+) -> None:
+    error = error_for(httpx.Response(503, json=body), platform="sandbox", now=T0)
+    assert isinstance(error, Transient) and error.not_created is not_created
+    async with rig() as r:
+        r.platform.commit_error = error
+        await r.assign()
+        await r.expect("commit_request")
+        await r.grant()
+        result = (await r.expect("result")).result
+        assert result.error_class == pb.ERROR_CLASS_TRANSIENT
+        assert result.not_created is not_created
 
 
 async def test_duplicate_that_verification_finds_is_a_success() -> None:

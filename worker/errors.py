@@ -72,7 +72,16 @@ class InvalidContent(AdapterError):
 
 
 class Transient(AdapterError):
+    """`not_created`: the platform's answer says nothing was made (a documented "not
+    processed" error body), so a failure after the commit permit leaves nothing in doubt."""
+
     error_class = types_pb2.ERROR_CLASS_TRANSIENT
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, not_created: bool = False
+    ) -> None:
+        super().__init__(message, http_status=http_status)
+        self.not_created = not_created
 
 
 class NotFoundOnVerify(Transient):

@@ -15,7 +15,7 @@ from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker.adapters.base import JobSpec, Published
 from worker.config import DEFAULT_MAX_CHUNK_BYTES
-from worker.errors import AdapterError, NotFoundOnVerify, RateLimited, UiChanged
+from worker.errors import AdapterError, NotFoundOnVerify, RateLimited, Transient, UiChanged
 
 PNG = "image/png"
 
@@ -135,6 +135,8 @@ class RunningJob:
             result.selector = exc.selector
         if isinstance(exc, NotFoundOnVerify):
             result.verified_absent = True
+        elif isinstance(exc, Transient) and exc.not_created:
+            result.not_created = True
         return result
 
     def _elapsed_ms(self, now: float) -> int:

@@ -104,7 +104,11 @@ class AttemptOutcomes(CoreBase):
                 r.error_message = (
                     f"a final look found no post on the platform (before it: {job.last_error})"
                 )
-            elif committed and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED):
+            elif (
+                committed
+                and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED)
+                and not r.not_created
+            ):
                 # The platform may have the post: the next attempt looks before posting. Once
                 # max_attempts are used up, the next attempts only look (verify_only): a job
                 # whose post exists must not end FAILED, and nothing is posted past the limit.

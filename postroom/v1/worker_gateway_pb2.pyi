@@ -748,6 +748,7 @@ class JobResult(_message.Message):
     EXECUTION_TIME_MS_FIELD_NUMBER: _builtins.int
     HTTP_STATUS_FIELD_NUMBER: _builtins.int
     VERIFIED_ABSENT_FIELD_NUMBER: _builtins.int
+    NOT_CREATED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     lease_epoch: _builtins.int
     success: _builtins.bool
@@ -770,6 +771,11 @@ class JobResult(_message.Message):
     """HTTP status the platform answered, when there was one."""
     verified_absent: _builtins.bool
     """A verify_only attempt looked and found no post: the post surely does not exist."""
+    not_created: _builtins.bool
+    """The platform's answer says it created nothing (e.g. a 503 whose documented error body
+    means "not processed"): a failure after the commit permit is then not in doubt, and the
+    next attempt need not look before posting.
+    """
     def __init__(
         self,
         *,
@@ -788,10 +794,11 @@ class JobResult(_message.Message):
         execution_time_ms: _builtins.int = ...,
         http_status: _builtins.int = ...,
         verified_absent: _builtins.bool = ...,
+        not_created: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_class", b"error_class", "error_message", b"error_message", "execution_time_ms", b"execution_time_ms", "failed_step", b"failed_step", "found_existing", b"found_existing", "http_status", b"http_status", "job_id", b"job_id", "lease_epoch", b"lease_epoch", "platform_post_id", b"platform_post_id", "quota_cap", b"quota_cap", "retry_at_unix_ms", b"retry_at_unix_ms", "selector", b"selector", "success", b"success", "url", b"url", "verified_absent", b"verified_absent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_class", b"error_class", "error_message", b"error_message", "execution_time_ms", b"execution_time_ms", "failed_step", b"failed_step", "found_existing", b"found_existing", "http_status", b"http_status", "job_id", b"job_id", "lease_epoch", b"lease_epoch", "not_created", b"not_created", "platform_post_id", b"platform_post_id", "quota_cap", b"quota_cap", "retry_at_unix_ms", b"retry_at_unix_ms", "selector", b"selector", "success", b"success", "url", b"url", "verified_absent", b"verified_absent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

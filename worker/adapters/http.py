@@ -84,6 +84,7 @@ def error_for(
             message, existing_id=existing if isinstance(existing, str) else None, http_status=status
         )
     if status == 408 or status >= 500:
-        return Transient(message, http_status=status)
+        # The sandbox documents `"created": false` on a 5xx as "nothing was made".
+        return Transient(message, http_status=status, not_created=body.get("created") is False)
     # 400, 422 and the other 4xx: the request itself is wrong; retrying the same cannot help.
     return InvalidContent(message, http_status=status)
