@@ -5,6 +5,7 @@ answer for it, or pass a request on and then hang: the faults those servers cann
         proxy.url                                   # give this to the worker as base_url
         proxy.add(Rule("POST", r"createRecord$", reply=Reply(503, {...})))
         proxy.add(Rule("POST", r"/statuses$", forward_then_hang=True))   # posted, no answer
+        proxy.add(Rule("POST", r"/statuses$", after_forward=Reply(502)))  # posted, answer lost
         proxy.requests("POST", r"createSession$")   # what the worker sent, in order
 
 It runs uvicorn on 127.0.0.1, port chosen by the OS, in a thread of the test process, and stops
@@ -51,6 +52,8 @@ class Rule:
     path: str  # a regular expression searched in the request's path
     reply: Reply | None = None
     forward_then_hang: bool = False
+    # Forward, then answer this instead of the platform's answer (the answer was lost).
+    after_forward: Reply | None = None
     count: int | None = 1
     fired: int = 0
 
@@ -126,14 +129,14 @@ class FaultProxy:
             if rule is not None:
                 rule.fired += 1
         if rule is not None and rule.reply is not None:
-            content = b"" if rule.reply.json is None else json.dumps(rule.reply.json).encode()
-            headers = {"content-type": "application/json", **rule.reply.headers}
-            return Response(content, status_code=rule.reply.status, headers=headers)
+            return _answer(rule.reply)
         upstream = await self._forward(request, body)
         if rule is not None and rule.forward_then_hang:
             self._hanging += 1
             await self._release.wait()
             return Response(b"", status_code=502)
+        if rule is not None and rule.after_forward is not None:
+            return _answer(rule.after_forward)
         return upstream
 
     async def _forward(self, request: Request, body: bytes) -> Response:
@@ -166,6 +169,12 @@ class FaultProxy:
             self._loop.call_soon_threadsafe(self._release.set)
         self._thread.join(READY_TIMEOUT_S)
         self._sock.close()
+
+
+def _answer(reply: Reply) -> Response:
+    content = b"" if reply.json is None else json.dumps(reply.json).encode()
+    headers = {"content-type": "application/json", **reply.headers}
+    return Response(content, status_code=reply.status, headers=headers)
 
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

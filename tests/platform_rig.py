@@ -221,7 +221,11 @@ class PlatformRig:
         self.cluster.workers[device].kill()
         self.start_worker(rescuer)
         job = self.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED, timeout_s)
-        assert job.verify_first, "the retry after a lost permit must look before posting"
+        # The job's verify_first is cleared by the success; the rescuer's run shows it looked.
+        rescue = job.runs[-1]
+        assert rescue.device_id == rescuer and any(line.step == "verify" for line in rescue.logs), (
+            f"the retry after a lost permit must look before posting:\n{self.step_logs(job)}"
+        )
         return job
 
     def captured_output(self) -> str:
