@@ -12,7 +12,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--python_out=$(1) --mypy_out=$(1) --grpc_python_out=$(1) --mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: all install system-deps proto check-proto lint typecheck test test-fast demo bench chaos clean
+.PHONY: all install system-deps pds proto check-proto lint typecheck test test-fast demo bench chaos clean
 
 all: lint typecheck test
 
@@ -34,6 +34,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) system-deps
 
+# The Bluesky reference PDS the Bluesky tests run (tests/pds): node_modules installed once per
+# package-lock.json into the user's cache, outside the repo, so fresh clones reuse it
+# (tests/pds_server.py finds it by the same rule). better-sqlite3 builds from source against the
+# machine's Node headers. No npm: the Bluesky PDS tests skip.
+PDS_LOCK := tests/pds/package-lock.json
+PDS_CACHE = $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/postroom/pds-$(shell sha256sum $(PDS_LOCK) | cut -c1-16)
+
+pds:
+	@if [ -f "$(PDS_CACHE)/.installed" ]; then exit 0; fi; \
+	if ! command -v npm >/dev/null; then echo "npm not found: the Bluesky PDS tests will skip"; exit 0; fi; \
+	echo "installing the Bluesky PDS for the tests into $(PDS_CACHE)"; \
+	rm -rf "$(PDS_CACHE).tmp" && mkdir -p "$(PDS_CACHE).tmp" && \
+	cp tests/pds/package.json $(PDS_LOCK) "$(PDS_CACHE).tmp/" && \
+	(cd "$(PDS_CACHE).tmp" && npm_config_nodedir=$${npm_config_nodedir:-/usr} \
+	  npm ci --no-audit --no-fund --loglevel=error </dev/null) && \
+	touch "$(PDS_CACHE).tmp/.installed" && rm -rf "$(PDS_CACHE)" && mv "$(PDS_CACHE).tmp" "$(PDS_CACHE)"
+
 proto: $(STAMP)
 	$(call PROTOC,.)
 
@@ -50,7 +67,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy coordinator worker sandbox postroom_cli bench tests
 
-test: install check-proto
+test: install check-proto pds
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 demo: install
