@@ -97,6 +97,11 @@ class GateBook:
             at = max(at, gate.commits[0] + quota.window_s if gate.commits else float("inf"))
         return at
 
+    def closed_until(self, target: Target) -> float:
+        """Until when a rate-limit answer closed the gate (0: it did not). Quotas aside."""
+        gate = self._gates.get(target)
+        return gate.closed_until if gate is not None else 0.0
+
     def is_open(self, target: Target, now: float) -> bool:
         return self.open_at(target, now) <= now
 

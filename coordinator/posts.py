@@ -230,7 +230,9 @@ async def schedule(
             if same_key.status is JobStatus.CANCELLED:
                 skipped.append(str(target))
                 continue
-            _refresh_content(same_key, post, target, when, now)
+            _refresh_content(
+                same_key, post, target, max(when, core.gates.closed_until(target)), now
+            )
             _rewrite(fx, same_key, JobStatus.QUEUED, now)
             touched.append(same_key)
             continue
@@ -248,7 +250,8 @@ async def schedule(
             scheduled_at=when,
             created_at=now,
             updated_at=now,
-            not_before=when,
+            # A closed gate holds it back until it opens: show that as its next try.
+            not_before=max(when, core.gates.closed_until(target)),
             max_attempts=post.max_attempts,
             require_confirm=post.require_confirm,
         )

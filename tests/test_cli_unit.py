@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -453,6 +454,22 @@ def test_job_watch_shows_earlier_logs_first_once_each_and_exits_3_on_needs_login
     assert "NEEDS_LOGIN" in out.splitlines()[-1]
     assert "needs a login on x:acme" in err
     assert "postroom device check-login d-9 --platform x --account acme" in err
+
+
+def test_a_plain_retry_behind_a_closed_gate_says_when_and_mentions_force(
+    fake: FakePublishing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opens = int(time.time()) + 600
+    fake.job = make_job(t.JOB_STATUS_QUEUED)
+    fake.job.not_before.seconds = opens
+    assert run(fake, "job", "retry", "j-1") == 0
+    out = capsys.readouterr().out
+    assert f"next try {fmt_time(ts(opens))}" in out
+    assert "rate-limit gate of x:acme opens; add --force" in out
+    fake.job = make_job(t.JOB_STATUS_QUEUED)
+    fake.job.not_before.seconds = int(time.time())
+    assert run(fake, "job", "retry", "j-1", "--force") == 0
+    assert "--force" not in capsys.readouterr().out
 
 
 def test_attempts_past_the_maximum_show_as_verify_only_looks() -> None:

@@ -10,6 +10,7 @@ lease's `at` against the `retry_at` its JOB_RETRY_SCHEDULED entry promised.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -536,6 +537,8 @@ def test_a_gate_closed_by_one_429_holds_back_every_worker(
     second_job = client.get_post(second_post).target_states[0].job_id
 
     retry_at = retry_scheduled(client, first_job).details["retry_at"]
+    # Scheduled while the gate is closed: its next try is the gate's opening, not "now".
+    assert client.get_job(second_job).not_before.ToSeconds() >= math.floor(retry_at)
     gates = cli(cluster, capsys, "ratelimit", "list", "--closed")
     free_slots = [device(client, d).free_slots for d in WORKERS]
     second_status = client.get_job(second_job).status

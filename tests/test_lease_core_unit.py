@@ -551,6 +551,28 @@ def test_restart_remembers_a_granted_permit(h: Harness) -> None:
 # ---- rate limits and quotas ----------------------------------------------------------------
 
 
+def test_a_closed_gate_is_every_waiting_jobs_next_try_and_a_plain_retry_waits_for_it(
+    h: Harness,
+) -> None:
+    (limited,) = publish(h, "p1", ACME)
+    (queued,) = publish(h, "p2", ACME)
+    (other,) = publish(h, "p3", OTHER)
+    a = one_assign(h.open("s1", slots=1))  # one slot: p2 and p3 wait
+    assert a.job_id == limited
+    before = h.now
+    retry_at = h.now + 120
+    h.failure("s1", limited, a.lease_epoch, pb.ERROR_CLASS_RATE_LIMITED, retry_at=retry_at)
+    h.settle()
+    # The account's waiting job shows when it can really run; another account's is untouched.
+    assert (h.job(queued).status, h.job(queued).not_before) == (JobStatus.QUEUED, retry_at)
+    assert h.job(other).not_before == before
+    h.advance(10)
+    h.run(h.core.retry_now(queued, "user:op", False, h.now))
+    assert h.job(queued).not_before == retry_at  # a plain retry still waits for the gate
+    h.run(h.core.retry_now(queued, "user:op", True, h.now))
+    assert h.job(queued).not_before == h.now  # --force: now, through the gate
+
+
 def test_a_rate_limit_closes_the_gate_for_every_worker_until_retry_at(h: Harness) -> None:
     (limited,) = publish(h, "p1", ACME)
     (waiting,) = publish(h, "p2", ACME)

@@ -65,9 +65,12 @@ class OperatorActions(AttemptOutcomes):
             )
         if job.counted_attempts >= job.max_attempts:
             job.max_attempts = job.counted_attempts + 1  # the operator grants one more attempt
-        job.not_before = now
         if force:
+            job.not_before = now
             self.force_gate.add(job_id)
+        else:
+            # Without --force it waits for its account's gate like any other job: say so.
+            job.not_before = max(now, self.gates.closed_until(job.target))
         if job.status is JobStatus.QUEUED:  # waiting for a retry: just move its time
             self._write(fx, job, {JobStatus.QUEUED}, job.lease_epoch, now)
             fx.batch.audits.append(

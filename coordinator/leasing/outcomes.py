@@ -173,6 +173,21 @@ class AttemptOutcomes(CoreBase):
             )
             self.book.record_result(dataclasses.replace(job))
 
+    def _hold_queued_behind_gate(self, fx: Effects, failed: Job, now: float) -> None:
+        """The gate of `failed`'s account just closed: the account's other waiting jobs show
+        (and keep) a next try no earlier than its opening, as that is when they will run."""
+        until = self.gates.closed_until(failed.target)
+        for job in self.jobs.values():
+            if (
+                job is not failed
+                and job.status is JobStatus.QUEUED
+                and job.target == failed.target
+                and job.not_before < until
+            ):
+                job.not_before = until
+                self._write(fx, job, {JobStatus.QUEUED}, job.lease_epoch, now)
+                self.queue.push(job)  # the ready queue is ordered by not_before
+
     def _fail_attempt(
         self,
         fx: Effects,
@@ -213,7 +228,9 @@ class AttemptOutcomes(CoreBase):
                             {"until": at, "reason": rec.reason},
                         )
                     )
-                job.not_before = at
+                    self._hold_queued_behind_gate(fx, job, now)
+                # Never a next try before the account's gate opens: it would not happen then.
+                job.not_before = max(at, self.gates.closed_until(job.target))
                 self._finish_attempt(
                     fx,
                     job,

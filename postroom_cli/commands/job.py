@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import time
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,6 +24,7 @@ from postroom_cli.commands import (
 )
 from postroom_cli.render import (
     fmt_size,
+    fmt_time,
     job_change_line,
     job_status,
     job_view,
@@ -118,7 +120,15 @@ def _cancel(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _retry(args: argparse.Namespace, ctx: Context) -> int:
-    _show_status(ctx, ctx.client.retry_job(args.job_id, actor=ctx.actor, force=args.force))
+    job = ctx.client.retry_job(args.job_id, actor=ctx.actor, force=args.force)
+    _show_status(ctx, job)
+    waits = job.status == t.JOB_STATUS_QUEUED and job.not_before.ToSeconds() > time.time() + 1
+    if waits and not ctx.out.json_mode:
+        # Without --force a retry still waits for the account's rate-limit gate.
+        ctx.out.show(
+            f"next try {fmt_time(job.not_before)}, when the rate-limit gate of "
+            f"{job.platform}:{job.account} opens; add --force to try now, through the gate"
+        )
     return 0
 
 
