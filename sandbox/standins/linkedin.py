@@ -47,6 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox.standins.linkedin_admin import Admin
 from sandbox.standins.linkedin_model import (
     ACCESS_TOKEN_TTL_S,
     MAX_COMMENTARY_CHARS,
@@ -55,7 +56,6 @@ from sandbox.standins.linkedin_model import (
     REFRESH_TOKEN_TTL_S,
     VERSION_RE,
     Clock,
-    FaultError,
     Image,
     Kind,
     LinkedInState,
@@ -68,7 +68,6 @@ from sandbox.standins.linkedin_model import (
     error,
     fault_reply,
     oauth_error,
-    parse_fault,
     render,
     unprocessable,
 )
@@ -395,71 +394,11 @@ class _Api:
         finally:
             self.state.hanging -= 1
 
-    # ---- admin ----------------------------------------------------------------------------
-
-    async def add_tokens(self, request: Request) -> Response:
-        data = await request.json()
-        member, token = data.get("member"), data.get("access_token")
-        orgs = data.get("organizations", [])
-        if not isinstance(member, str) or not isinstance(token, str) or not token:
-            return JSONResponse({"error": "member and access_token are required"}, 400)
-        known = self.state.members.get(member)
-        self.state.members[member] = Member(
-            urn=member, organizations=tuple(orgs) or (known.organizations if known else ())
-        )
-        self.state.access_tokens[token] = member
-        self.state.expired.discard(token)
-        refresh, client_id = data.get("refresh_token"), data.get("client_id")
-        if isinstance(client_id, str):
-            self.state.clients[client_id] = str(data.get("client_secret", ""))
-        if isinstance(refresh, str) and isinstance(client_id, str):
-            self.state.refresh_tokens[refresh] = (member, client_id)
-        return JSONResponse({"member": member}, status_code=201)
-
-    async def list_tokens(self, request: Request) -> Response:
-        member = request.query_params.get("member", "")
-        return JSONResponse({"member": member, "issued": self.state.issued.get(member, [])})
-
-    async def add_fault(self, request: Request) -> Response:
-        try:
-            fault = parse_fault(await request.json())
-        except (ValueError, FaultError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        self.state.faults.append((fault, [fault.count]))
-        return JSONResponse({"kind": fault.kind.value, "count": fault.count}, status_code=201)
-
-    async def list_faults(self, request: Request) -> Response:
-        faults = [
-            {"kind": f.kind.value, "op": f.op.value, "member": f.member, "remaining": left[0]}
-            for f, left in self.state.faults
-        ]
-        return JSONResponse({"faults": faults})
-
-    async def clear_faults(self, request: Request) -> Response:
-        cleared = len(self.state.faults)
-        self.state.faults.clear()
-        return JSONResponse({"cleared": cleared})
-
-    async def admin_posts(self, request: Request) -> Response:
-        author = request.query_params.get("author")
-        posts = [p.admin_json() for p in self.state.posts if author in (None, p.author)]
-        return JSONResponse({"posts": posts, "count": len(posts)})
-
-    async def stats(self, request: Request) -> Response:
-        return JSONResponse(
-            {
-                "requests": dict(self.state.requests),
-                "by_member": {m: dict(c) for m, c in self.state.member_requests.items()},
-                "posts": len(self.state.posts),
-                "hanging": self.state.hanging,
-            }
-        )
-
 
 def create_app(*, clock: Clock = time.time) -> Starlette:
     """A fresh LinkedIn stand-in; `clock` gives Unix seconds."""
     state = LinkedInState(clock=clock)
-    api = _Api(state)
+    api, admin = _Api(state), Admin(state)
     routes: list[tuple[str, _Handler, str]] = [
         ("/rest/posts", api.create_post, "POST"),
         ("/rest/posts", api.find_posts, "GET"),
@@ -468,13 +407,13 @@ def create_app(*, clock: Clock = time.time) -> Starlette:
         ("/rest/images/{urn}", api.get_image, "GET"),
         ("/dms-uploads/{image_id}/uploaded-image/0", api.upload, "PUT"),
         ("/oauth/v2/accessToken", api.access_token, "POST"),
-        ("/_standin/tokens", api.add_tokens, "POST"),
-        ("/_standin/tokens", api.list_tokens, "GET"),
-        ("/_standin/faults", api.add_fault, "POST"),
-        ("/_standin/faults", api.list_faults, "GET"),
-        ("/_standin/faults", api.clear_faults, "DELETE"),
-        ("/_standin/posts", api.admin_posts, "GET"),
-        ("/_standin/stats", api.stats, "GET"),
+        ("/_standin/tokens", admin.add_tokens, "POST"),
+        ("/_standin/tokens", admin.list_tokens, "GET"),
+        ("/_standin/faults", admin.add_fault, "POST"),
+        ("/_standin/faults", admin.list_faults, "GET"),
+        ("/_standin/faults", admin.clear_faults, "DELETE"),
+        ("/_standin/posts", admin.admin_posts, "GET"),
+        ("/_standin/stats", admin.stats, "GET"),
     ]
     app = Starlette(routes=[Route(path, fn, methods=[m]) for path, fn, m in routes])
     app.state.linkedin = state

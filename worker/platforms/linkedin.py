@@ -27,7 +27,7 @@ otherwise.
 Account options: `author` (urn:li:person:… or urn:li:organization:…, required),
 `linkedin_version` (default `DEFAULT_LINKEDIN_VERSION`), `oauth_url`, `verify_window_s`.
 Credentials: `access_token`; optionally `refresh_token` with `client_id` and `client_secret`
-(refreshed on a 401, one refresh at a time, the new token stored with `Secret.rotate`).
+(refreshed on a 401, one refresh at a time: worker/platforms/linkedin_auth.py).
 """
 
 from __future__ import annotations
@@ -39,10 +39,9 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import anyio
 import httpx
 
-from worker.accounts import AccountConfig, AccountsError, Secret
+from worker.accounts import AccountConfig, AccountsError
 from worker.adapters import ratelimit
 from worker.adapters.base import JobSpec, Prepared, Published
 from worker.clock import sleep_for
@@ -56,6 +55,7 @@ from worker.errors import (
 )
 from worker.media import MediaFile
 from worker.platforms.base import PlatformClient, PlatformContext, Transcript, json_of
+from worker.platforms.linkedin_auth import Tokens
 from worker.platforms.linkedin_text import to_little, to_plain
 
 DEFAULT_BASE_URL = "https://api.linkedin.com"
@@ -105,20 +105,7 @@ class LinkedInClient(PlatformClient):
             )
         self.oauth_url = account.str_option("oauth_url", DEFAULT_OAUTH_URL)
         self.verify_window_s = account.int_option("verify_window_s", DEFAULT_VERIFY_WINDOW_S)
-        self._token = account.secret("access_token")
-        self._refresh_token = account.optional_secret("refresh_token")
-        self._client_id = account.optional_secret("client_id")
-        self._client_secret = account.optional_secret("client_secret")
-        if self._refresh_token is not None and (
-            self._client_id is None or self._client_secret is None
-        ):
-            raise AccountsError(
-                f"account {label}: refresh_token needs client_id and client_secret too "
-                "(the app's credentials from the LinkedIn developer portal)"
-            )
-        self._refresh_lock = anyio.Lock()
-        # The access token a refresh was refused for: no point asking again until it changes.
-        self._refused_for: str | None = None
+        self.tokens = Tokens(account, ctx.redactor, oauth_url=self.oauth_url)
         # job key -> the URN LinkedIn named when it refused this job's post as a duplicate.
         self._duplicates: OrderedDict[str, str] = OrderedDict()
 
@@ -361,7 +348,7 @@ class LinkedInClient(PlatformClient):
         """One call with the current token; on a 401, refresh once and call again (a 401 means
         LinkedIn did nothing). `ok=()` returns any answer unchecked."""
         for attempt in (1, 2):
-            token = self._token.reveal()
+            token = self.tokens.access
             request = self.http.build_request(
                 method,
                 url,
@@ -370,7 +357,11 @@ class LinkedInClient(PlatformClient):
                 headers={**self._headers(token, versioned=versioned), **(headers or {})},
             )
             response = await self.send(t, request)
-            if response.status_code == 401 and attempt == 1 and await self._refresh(t, token):
+            if (
+                response.status_code == 401
+                and attempt == 1
+                and await self.tokens.refresh(token, t, self)
+            ):
                 continue
             break
         return self.check(response, *ok) if ok else response
@@ -381,55 +372,6 @@ class LinkedInClient(PlatformClient):
             headers["linkedin-version"] = self.version
             headers["x-restli-protocol-version"] = RESTLI_PROTOCOL_VERSION
         return headers
-
-    async def _refresh(self, t: Transcript, stale: str) -> bool:
-        """A new access token in place of `stale`: True when there is one (refreshed here or
-        by a job that got there first), False when this account cannot refresh. Raises
-        AuthRequired when LinkedIn refuses the refresh token."""
-        refresh, client_id, client_secret = (
-            self._refresh_token,
-            self._client_id,
-            self._client_secret,
-        )
-        if refresh is None or client_id is None or client_secret is None:
-            return False
-        async with self._refresh_lock:
-            if self._token.reveal() != stale:
-                return True
-            if self._refused_for == stale:
-                raise AuthRequired("linkedin: the refresh token was refused; log in again")
-            t.note("access token refused (401): refreshing it")
-            form = {
-                "grant_type": "refresh_token",
-                "refresh_token": refresh.reveal(),
-                "client_id": client_id.reveal(),
-                "client_secret": client_secret.reveal(),
-            }
-            request = self.http.build_request("POST", self.oauth_url, data=form)
-            response = await self.send(t, request, sensitive=True)
-            body = json_of(response)
-            token = body.get("access_token")
-            if response.status_code != 200 or not isinstance(token, str) or not token:
-                if response.status_code >= 500:
-                    raise Transient(f"linkedin: token refresh failed: HTTP {response.status_code}")
-                self._refused_for = stale
-                reason = body.get("error_description") or body.get("error") or "refused"
-                raise AuthRequired(
-                    f"linkedin: refreshing the access token failed: HTTP "
-                    f"{response.status_code} {reason}; log in again",
-                    http_status=401,
-                )
-            _rotate(self._token, token, self.ctx)
-            new_refresh = body.get("refresh_token")
-            if isinstance(new_refresh, str) and new_refresh and new_refresh != refresh.reveal():
-                _rotate(refresh, new_refresh, self.ctx)
-            t.note("access token refreshed")
-            return True
-
-
-def _rotate(secret: Secret, value: str, ctx: PlatformContext) -> None:
-    ctx.redactor.add(value)  # before anything can print it
-    secret.rotate(value)
 
 
 def _is_duplicate(body: Mapping[str, object], message: str) -> bool:
