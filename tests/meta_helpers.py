@@ -1,0 +1,155 @@
+"""Helpers for the Meta (Facebook, Instagram) tests: the stand-in's admin API, a real server for
+an app in a thread, accounts for the rig, and a tiny real JPEG (Instagram takes nothing else).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+from platform_rig import Account
+from polling import wait_until
+from starlette.applications import Starlette
+
+from postroom.v1 import publishing_pb2 as pub
+from postroom_cli.client import PublishingClient
+
+READY_TIMEOUT_S = 10.0
+
+
+def tiny_jpeg() -> bytes:
+    """A real baseline JPEG: 8x8 mid-grey, one block whose DC difference is 0 (Huffman code `0`)
+    followed by end-of-block (code `0`); both tables hold a single 1-bit code."""
+    segments = [
+        b"\xff\xd8",  # SOI
+        b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00",
+        b"\xff\xdb" + struct.pack(">H", 67) + b"\x00" + b"\x01" * 64,  # DQT 0: all ones
+        b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 8, 8, 1) + b"\x01\x11\x00",  # SOF0 8x8 grey
+        b"\xff\xc4" + struct.pack(">H", 20) + b"\x00" + b"\x01" + b"\x00" * 15 + b"\x00",  # DC 0
+        b"\xff\xc4" + struct.pack(">H", 20) + b"\x10" + b"\x01" + b"\x00" * 15 + b"\x00",  # AC 0
+        b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00" + b"\x00\x3f\x00",  # SOS
+        b"\x3f",  # DC "0", EOB "0", padded with ones
+        b"\xff\xd9",  # EOI
+    ]
+    return b"".join(segments)
+
+
+class MetaAdmin:
+    """The stand-in's `/_standin` admin API, at `{sandbox}/meta`."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=10.0)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _ok(self, response: httpx.Response) -> Any:
+        assert response.is_success, f"{response.request.url}: {response.status_code} {response.text}"
+        return response.json()
+
+    def page(self, page_id: str, token: str, **extra: Any) -> None:
+        self._ok(self.http.put(f"/_standin/pages/{page_id}", json={"access_token": token, **extra}))
+
+    def ig_user(self, user_id: str, token: str, **extra: Any) -> None:
+        body = {"access_token": token, **extra}
+        self._ok(self.http.put(f"/_standin/ig_users/{user_id}", json=body))
+
+    def fault(self, **spec: Any) -> str:
+        fault_id: str = self._ok(self.http.post("/_standin/faults", json=spec))["id"]
+        return fault_id
+
+    def fired(self, fault_id: str) -> dict[str, Any]:
+        fired = self._ok(self.http.get("/_standin/faults"))["fired"]
+        return next(f for f in fired if f["id"] == fault_id)
+
+    def posts(self, target: str) -> list[dict[str, Any]]:
+        posts: list[dict[str, Any]] = self._ok(
+            self.http.get("/_standin/posts", params={"target": target})
+        )["posts"]
+        return posts
+
+    def containers(self, target: str) -> list[dict[str, Any]]:
+        containers: list[dict[str, Any]] = self._ok(
+            self.http.get("/_standin/containers", params={"target": target})
+        )["containers"]
+        return containers
+
+    def host(self, name: str, data: bytes) -> str:
+        """Put an image where Instagram can fetch it; its public URL."""
+        self._ok(self.http.put(f"/_standin/media/{name}", content=data))
+        return f"{self.base_url}/_standin/media/{name}"
+
+
+@contextmanager
+def served(app: Starlette) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 (port chosen by the OS) in a thread; its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(READY_TIMEOUT_S)
+        sock.close()
+
+
+def facebook_account(
+    name: str, base_url: str, page_id: str, token: str, **options: str | int | bool
+) -> Account:
+    return Account(
+        "facebook",
+        name,
+        base_url,
+        {"page_access_token": token},
+        {"page_id": page_id, "api_version": "v21.0", **options},
+    )
+
+
+def instagram_account(
+    name: str, base_url: str, user_id: str, token: str, **options: str | int | bool
+) -> Account:
+    return Account(
+        "instagram",
+        name,
+        base_url,
+        {"access_token": token},
+        {"ig_user_id": user_id, "api_version": "v21.0", "container_poll_s": "0.05", **options},
+    )
+
+
+def audit_details(client: PublishingClient, job_id: str, action: str) -> list[dict[str, Any]]:
+    events = client.list_audit_events(
+        pub.ListAuditEventsRequest(subject_id=job_id, action=action, page_size=1000)
+    ).events
+    return [json.loads(e.details_json or "{}") for e in events]
+
+
+def wait_for_posts(admin: MetaAdmin, target: str, count: int) -> list[dict[str, Any]]:
+    return wait_until(
+        f"{count} post(s) on {target}",
+        lambda: (posts := admin.posts(target)) if len(posts) >= count else None,
+    )
+
+
+def step_log(job: Any) -> str:
+    return "\n".join(f"#{r.attempt} {line.step}: {line.message}" for r in job.runs for line in r.logs)
+
+
