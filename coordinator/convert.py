@@ -189,6 +189,20 @@ def post_pb(post: Post, jobs: Sequence[Job] = ()) -> pb.Post:
     if post.status is PostStatus.PENDING_APPROVAL and jobs:
         # It was scheduled before: an edit took its approval away and holds its jobs.
         warnings.append("edited after approval: approve again, then schedule")
+    published = [j for j in current if j.status is JobStatus.SUCCEEDED]
+    for job in published:
+        where = f"{job.platform}:{job.account}" + (f" ({job.result_url})" if job.result_url else "")
+        if post.status is PostStatus.CANCELLED:
+            # Cancelling stops what has not run; it cannot unpublish what already went out.
+            warnings.append(
+                f"cancelled, but already published on {where}: delete it there if it must go"
+            )
+        elif job.content_hash != post.content_hash:
+            # A published target is never published again, so an edit does not reach it.
+            warnings.append(
+                f"{where} shows an earlier version: it was published before the last edit "
+                "and is never published again; edit or delete it on the platform"
+            )
     return pb.Post(
         id=post.id,
         text=post.text,

@@ -331,3 +331,24 @@ credentials = {{ access_token = "{SECRET}" }}
     assert "nothing to serve" in capsys.readouterr().err
     assert worker_main([*base, "--platform", "sandbox"]) == 2
     assert "--platform needs --sandbox-url" in capsys.readouterr().err
+
+
+def test_transcript_records_uploads_by_size_and_masks_auth() -> None:
+    redactor = Redactor()
+    redactor.add(SECRET)
+    transcript = Transcript(redactor)
+    request = httpx.Request(
+        "POST",
+        "https://platform.test/upload?kind=image",
+        files={"file": ("pic.png", render_card("t", ["x"]), "image/png")},
+        headers={"Authorization": f"Bearer {SECRET}", "Idempotency-Key": "pr-1"},
+    )
+    transcript.request(request, sensitive=False)
+    assert transcript.lines[0] == "POST /upload?kind=image"
+    assert "> authorization: [redacted]" in transcript.lines
+    assert "> idempotency-key: pr-1" in transcript.lines
+    assert (
+        transcript.lines[-1].startswith("> (multipart/form-data")
+        and "bytes)" in transcript.lines[-1]
+    )
+    assert all(SECRET not in line for line in transcript.lines)

@@ -415,6 +415,9 @@ def test_invalid_content_fails_until_edited_and_only_the_unpublished_target_reru
     assert [p["text"] for p in admin.posts(platform="sandbox", account=bad)] == ["see example.org"]
     scheduled = audits(client, post_id, "POST_SCHEDULED")[-1]  # the reschedule
     assert scheduled.details["skipped"] == [f"sandbox:{ok}"]
+    # The operator is told that the published target still shows the text before the edit.
+    (stale,) = client.get_post(post_id).warnings
+    assert stale.startswith(f"sandbox:{ok}") and "shows an earlier version" in stale
 
 
 # ---- 5. 5xx: backoff up to max_attempts -------------------------------------------------------
@@ -660,7 +663,10 @@ def test_cancelling_a_waiting_job_or_a_post_stops_its_pending_jobs(
     dropped_job = target_states(client.get_post(post_id))[dropped].job_id
 
     assert "CANCELLED" in cli(cluster, capsys, "job", "cancel", lone_job)
-    assert "CANCELLED" in cli(cluster, capsys, "post", "cancel", post_id)
+    cancelled = cli(cluster, capsys, "post", "cancel", post_id)
+    # It says which target is already live: cancelling cannot take that back.
+    assert "CANCELLED" in cancelled
+    assert f"already published on sandbox:{kept}" in " ".join(cancelled.split())
     assert client.get_job(lone_job).status == pb.JOB_STATUS_CANCELLED
     post = client.get_post(post_id)
     assert post.status == pb.POST_STATUS_CANCELLED

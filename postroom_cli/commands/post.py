@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rich.text import Text
+
 from postroom.v1 import publishing_pb2 as pb
 from postroom.v1 import types_pb2 as t
 from postroom_cli.client import CliError
@@ -173,7 +175,11 @@ def _schedule(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _cancel(args: argparse.Namespace, ctx: Context) -> int:
-    _show_status(ctx, ctx.client.cancel_post(args.post_id, actor=ctx.actor, reason=args.reason))
+    post = ctx.client.cancel_post(args.post_id, actor=ctx.actor, reason=args.reason)
+    _show_status(ctx, post)
+    if not ctx.out.json_mode:
+        for warning in post.warnings:  # e.g. the targets that are already live
+            ctx.out.show(Text(f"warning: {warning}", style="yellow"))
     return 0
 
 

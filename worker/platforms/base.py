@@ -85,12 +85,18 @@ class Transcript:
                 self.note(f"> {name}: {REDACTED}")
             elif name.startswith(("idempotency", "x-restli", "linkedin-version")):
                 self.note(f"> {name}: {value}")
+        try:
+            content = request.content
+        except httpx.RequestNotRead:  # a streamed body (multipart uploads): only its size
+            size = request.headers.get("content-length", "?")
+            self.note(f"> ({request.headers.get('content-type', 'body')}, {size} bytes)")
+            return
         if sensitive:
             self.note("> (body not recorded: it holds credentials)")
         elif request.headers.get("content-type", "").startswith("application/json"):
-            self.note(f"> {_clip(request.content)}")
-        elif request.content:
-            self.note(f"> ({len(request.content)} bytes)")
+            self.note(f"> {_clip(content)}")
+        elif content:
+            self.note(f"> ({len(content)} bytes)")
 
     def response(self, response: httpx.Response, *, sensitive: bool) -> None:
         self.ok = response.is_success
