@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,7 +53,9 @@ class MetaAdmin:
         self.http.close()
 
     def _ok(self, response: httpx.Response) -> Any:
-        assert response.is_success, f"{response.request.url}: {response.status_code} {response.text}"
+        assert response.is_success, (
+            f"{response.request.url}: {response.status_code} {response.text}"
+        )
         return response.json()
 
     def page(self, page_id: str, token: str, **extra: Any) -> None:
@@ -143,13 +145,14 @@ def audit_details(client: PublishingClient, job_id: str, action: str) -> list[di
 
 
 def wait_for_posts(admin: MetaAdmin, target: str, count: int) -> list[dict[str, Any]]:
-    return wait_until(
-        f"{count} post(s) on {target}",
-        lambda: (posts := admin.posts(target)) if len(posts) >= count else None,
-    )
+    def enough() -> list[dict[str, Any]] | None:
+        posts = admin.posts(target)
+        return posts if len(posts) >= count else None
+
+    return wait_until(f"{count} post(s) on {target}", enough)
 
 
 def step_log(job: Any) -> str:
-    return "\n".join(f"#{r.attempt} {line.step}: {line.message}" for r in job.runs for line in r.logs)
-
-
+    return "\n".join(
+        f"#{r.attempt} {line.step}: {line.message}" for r in job.runs for line in r.logs
+    )

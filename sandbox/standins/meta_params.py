@@ -21,8 +21,9 @@ def _names(text: str) -> frozenset[str]:
 
 # Every Graph call: the token (also as a header), the app secret proof, fields, output flags.
 UNIVERSAL = _names("access_token appsecret_proof fields format locale method pretty")
-# Reading an edge: Graph's cursor- and time-based paging.
-PAGING = _names("limit after before since until")
+# Reading an edge: Graph's cursor- and time-based paging, and `summary` (the SDK's Cursor
+# always asks for it).
+PAGING = _names("limit after before since until summary")
 
 PAGE_FEED_POST = _names(
     """
@@ -81,8 +82,14 @@ IG_MEDIA_GET = _names("since until")
 IG_PUBLISHING_LIMIT_GET = _names("since")
 IG_USER_GET = _names("adgroup_id")
 IG_CONTAINER_GET: frozenset[str] = frozenset()
-# Nodes the SDK reads with `api_get` and no parameters of their own (posts, photos, media).
-NODE_GET: frozenset[str] = frozenset()
+POST_GET = _names("primary_fb_page_id primary_ig_user_id")
+PHOTO_GET: frozenset[str] = frozenset()
+IG_MEDIA_NODE_GET = _names(
+    """
+    ad_account_id boostable_media_callsite business_id primary_fb_page_id primary_ig_user_id
+    secondary_fb_page_id secondary_ig_user_id
+    """
+)
 
 # (method, what the path names) -> the endpoint's own parameters, and whether it is an edge read.
 ENDPOINTS: dict[tuple[str, str], tuple[frozenset[str], bool]] = {
@@ -97,9 +104,9 @@ ENDPOINTS: dict[tuple[str, str], tuple[frozenset[str], bool]] = {
     ("GET", "ig_user/content_publishing_limit"): (IG_PUBLISHING_LIMIT_GET, True),
     ("GET", "ig_user"): (IG_USER_GET, False),
     ("GET", "container"): (IG_CONTAINER_GET, False),
-    ("GET", "post"): (NODE_GET, False),
-    ("GET", "photo"): (NODE_GET, False),
-    ("GET", "media"): (NODE_GET, False),
+    ("GET", "post"): (POST_GET, False),
+    ("GET", "photo"): (PHOTO_GET, False),
+    ("GET", "media"): (IG_MEDIA_NODE_GET, False),
 }
 
 
