@@ -11,9 +11,9 @@ X's 403 "duplicate content", counts rate-limit windows and sends X's `x-rate-lim
 24-hour headers, and records every tweet it accepts.
 
 Admin, under `/_standin`: `POST accounts` {username, access_token, refresh_token, client_id,
-client_secret?, token_ttl_s?, tweets_per_day?}; `GET accounts/{username}` (its current
-tokens); `POST accounts/{username}/expire` / `revoke`; `POST|GET|DELETE faults` (see
-x_faults.Fault); `GET tweets?username=`; `GET stats`.
+client_secret?, token_ttl_s?, tweets_per_day?, requests_per_window?}; `GET accounts/{username}`
+(its current tokens); `POST accounts/{username}/expire` / `revoke`; `POST|GET|DELETE faults`
+(see x_faults.Fault); `GET tweets?username=`; `GET stats`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -236,6 +237,12 @@ async def _hang(request: Request, seconds: float) -> None:
             pass
 
 
+async def _http_problem(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer X's problem JSON too, never a bare text page."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    return send(problem(status))
+
+
 def create_app(*, clock: Clock = time.time) -> Starlette:
     """A fresh X stand-in with no accounts; `clock` gives Unix seconds."""
     state = XState(clock=clock)
@@ -243,6 +250,7 @@ def create_app(*, clock: Clock = time.time) -> Starlette:
     tweets, media = TweetsApi(state, gate), MediaApi(state, gate)
     tokens, admin = TokenApi(state), AdminApi(state)
     app = Starlette(
+        exception_handlers={404: _http_problem, 405: _http_problem},
         routes=[
             Route("/2/tweets", tweets.create, methods=["POST"]),
             Route("/2/users/me", tweets.me, methods=["GET"]),
@@ -261,7 +269,7 @@ def create_app(*, clock: Clock = time.time) -> Starlette:
             Route("/_standin/faults", admin.clear_faults, methods=["DELETE"]),
             Route("/_standin/tweets", admin.tweets, methods=["GET"]),
             Route("/_standin/stats", admin.stats, methods=["GET"]),
-        ]
+        ],
     )
     app.state.x = state
     return app

@@ -55,7 +55,7 @@ class Gate:
             state.count(f"fault:{fault.kind.value}")
             if fault.kind is FaultKind.EXPIRED_TOKEN:
                 account.access_expires_at = state.clock()
-        rate = state.rate(account.username, op)
+        rate = state.rate(account, op)
         if fault is None and rate.remaining < 0:
             return send(problem(429), rate_limit_headers(Window(rate.limit, 0, rate.reset)))
         if fault is None or fault.kind in (

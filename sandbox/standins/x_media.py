@@ -108,17 +108,17 @@ class MediaApi:
         if not isinstance(body, dict) or set(body) - _INIT_FIELDS:
             return send(invalid_request("$: only media_type, total_bytes, media_category, ..."))
         media_type, total = body.get("media_type"), body.get("total_bytes")
-        if media_type not in MEDIA_TYPES:
+        if not isinstance(media_type, str) or media_type not in MEDIA_TYPES:
             return send(invalid_request("$.media_type: is missing or not a supported type."))
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             return send(invalid_request("$.total_bytes: is missing or not a size in bytes."))
-        category = body.get("media_category") or _default_category(str(media_type))
-        if category not in CATEGORIES:
+        category = body.get("media_category") or _default_category(media_type)
+        if not isinstance(category, str) or category not in CATEGORIES:
             return send(invalid_request("$.media_category: is not a media category."))
-        limit = MEDIA_LIMITS.get(str(category), max(MEDIA_LIMITS.values()))
+        limit = MEDIA_LIMITS.get(category, max(MEDIA_LIMITS.values()))
         if total > limit:
             return send(invalid_request(f"File size exceeds {limit} bytes."))
-        upload = self.state.new_upload(account, str(media_type), str(category), total)
+        upload = self.state.new_upload(account, media_type, category, total)
         data = {"id": upload.id, "media_key": upload.media_key, "expires_after_secs": 86_400}
         return ok({"data": data})
 

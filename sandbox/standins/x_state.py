@@ -99,6 +99,7 @@ class Account:
     access_expires_at: float | None  # None: never (until a refresh sets a lifetime)
     token_ttl_s: float = DEFAULT_TOKEN_TTL_S
     tweets_per_day: int = DEFAULT_USER_TWEETS_PER_DAY
+    requests_per_window: int | None = None  # overrides RATE_LIMITS for every endpoint
 
     def public_json(self) -> dict[str, Any]:
         return {"id": self.user_id, "name": self.username.title(), "username": self.username}
@@ -214,8 +215,9 @@ class XState:
             self._windows[key] = (start, used)
         return Window(limit, limit - used, start + length_s)
 
-    def rate(self, username: str, op: Op, *, use: bool = True) -> Window:
-        return self._window((username, op.value), RATE_LIMITS[op], RATE_WINDOW_S, use=use)
+    def rate(self, account: Account, op: Op, *, use: bool = True) -> Window:
+        limit = account.requests_per_window or RATE_LIMITS[op]
+        return self._window((account.username, op.value), limit, RATE_WINDOW_S, use=use)
 
     def user_day(self, account: Account, *, use: bool = False) -> Window:
         key = (account.username, "day")

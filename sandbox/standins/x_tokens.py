@@ -78,6 +78,10 @@ class TokenApi:
         return ok(self.state.refresh(account), headers={"cache-control": "no-store"})
 
 
+def _positive(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _basic_ok(request: Request, account: Account) -> bool:
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
@@ -113,6 +117,7 @@ class AdminApi:
             access_expires_at=None,
             token_ttl_s=float(body.get("token_ttl_s", DEFAULT_TOKEN_TTL_S)),
             tweets_per_day=int(body.get("tweets_per_day", DEFAULT_USER_TWEETS_PER_DAY)),
+            requests_per_window=_positive(body.get("requests_per_window")),
         )
         self.state.add_account(account)
         return ok(account.public_json(), 201)
