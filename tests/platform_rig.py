@@ -46,7 +46,8 @@ class Account:
     platform: str
     account: str
     base_url: str
-    credentials: Mapping[str, str]  # name -> value (passed through the environment)
+    # name -> value (passed through the environment), or "file:PATH" (written as that reference)
+    credentials: Mapping[str, str]
     options: Mapping[str, str | int | bool] = field(default_factory=dict)
 
 
@@ -68,6 +69,9 @@ def accounts_toml(accounts: Sequence[Account]) -> tuple[str, dict[str, str]]:
         lines += [f"{key} = {_toml_value(value)}" for key, value in a.options.items()]
         lines.append("[account.credentials]")
         for key, value in a.credentials.items():
+            if value.startswith("file:"):  # a file reference stays one (rotated tokens land there)
+                lines.append(f"{key} = {_toml_value(value)}")
+                continue
             var = f"POSTROOM_TEST_{n}_{key.upper()}"
             env[var] = value
             lines.append(f'{key} = "env:{var}"')
