@@ -24,6 +24,7 @@ from coordinator.assets import AssetStore
 from coordinator.clock import SystemClock
 from coordinator.content_rules import TextLimits, parse_text_limit
 from coordinator.domain import KNOWN_PLATFORMS
+from coordinator.errors import CoordinatorError
 from coordinator.gates import Quota, parse_quota
 from coordinator.gateway import WorkerGatewayService
 from coordinator.leasing.core import (
@@ -57,7 +58,14 @@ GRPC_SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_receive_message_length", 1024 * 1024),
+    # gRPC sets SO_REUSEPORT by default, so a second coordinator on the same port would start
+    # and share the traffic: refuse the port instead.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+class StartupError(Exception):
+    """The coordinator cannot start; the message says what to change (no traceback)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +246,11 @@ def parse_args(argv: list[str]) -> ServerOptions:
 
 
 async def serve(opts: ServerOptions) -> None:
-    store = open_store(opts.db)
-    await store.open()
+    try:
+        store = open_store(opts.db)
+        await store.open()
+    except CoordinatorError as exc:  # a bad URL, a database that cannot be opened
+        raise StartupError(f"--db {opts.db}: {exc}") from exc
     registry = CollectorRegistry()
     metrics = CoordinatorMetrics(registry, platforms=sorted(KNOWN_PLATFORMS))
     provider = make_tracer_provider("postroom-coordinator")
@@ -272,11 +283,25 @@ async def serve(opts: ServerOptions) -> None:
         reflection.SERVICE_NAME,
     )
     enable_reflection(service_names, server)
-    port = server.add_insecure_port(opts.listen)
+    try:
+        port = server.add_insecure_port(opts.listen)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
-        raise SystemExit(f"postroom coordinator: cannot listen on {opts.listen}")
+        await store.close()
+        raise StartupError(
+            f"cannot listen on {opts.listen} (--listen): the port is in use or the address is "
+            "not this machine's; stop the other process or choose another port"
+        )
     mhost, mport = split_host_port(opts.metrics_listen, "--metrics-listen")
-    metrics_server = serve_metrics(registry, mhost, mport)
+    try:
+        metrics_server = serve_metrics(registry, mhost, mport)
+    except OSError as exc:
+        await store.close()
+        raise StartupError(
+            f"cannot serve metrics on {opts.metrics_listen} (--metrics-listen): "
+            f"{exc.strerror or exc}; choose another port (127.0.0.1:0 picks a free one)"
+        ) from exc
     await server.start()
     for name in ("", *service_names[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -311,10 +336,17 @@ async def serve(opts: ServerOptions) -> None:
     log.info("coordinator stopped")
 
 
+EXIT_STARTUP = 2
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(fmt=opts.log_format, level=opts.log_level)
-    anyio.run(serve, opts)
+    try:
+        anyio.run(serve, opts)
+    except StartupError as exc:
+        print(f"postroom coordinator: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     return 0
 
 

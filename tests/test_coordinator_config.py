@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from conftest import REPO_ROOT, coordinator_process
 
 from coordinator.domain import Target
 from coordinator.main import parse_args
@@ -64,3 +70,40 @@ def test_bad_values_are_refused_with_a_reason(
     assert exited.value.code not in (0, None)
     captured = capsys.readouterr()
     assert complaint in captured.err + str(exited.value.code)
+
+
+# ---- start-up failures, as a user starting the command sees them ------------------------------
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable, "-m", "coordinator.main", "--db", f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "--assets", str(tmp_path / "assets"), "--listen", "127.0.0.1:0",
+        "--metrics-listen", "127.0.0.1:0", *args,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+
+
+def test_an_unsupported_database_url_is_a_one_line_error(tmp_path: Path) -> None:
+    done = _start(tmp_path, "--db", "mysql://db.example/postroom")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "error: --db mysql://db.example/postroom" in done.stderr
+
+
+def test_ports_in_use_are_one_line_errors(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _start(tmp_path, "--metrics-listen", f"127.0.0.1:{port}")
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"cannot serve metrics on 127.0.0.1:{port} (--metrics-listen)" in done.stderr
+    # A second coordinator on a running one's gRPC port must not start beside it.
+    (tmp_path / "first").mkdir()
+    with coordinator_process(tmp_path / "first") as first:
+        done = _start(tmp_path / "second", "--listen", first.address)
+        assert done.returncode == 2, done.stderr
+        assert f"cannot listen on {first.address} (--listen)" in done.stderr
+        assert "Traceback" not in done.stderr
