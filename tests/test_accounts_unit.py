@@ -4,6 +4,7 @@ host: what a user configuring a real account runs into."""
 from __future__ import annotations
 
 import io
+import socket
 import logging
 import stat
 from pathlib import Path
@@ -352,3 +353,16 @@ def test_transcript_records_uploads_by_size_and_masks_auth() -> None:
         and "bytes)" in transcript.lines[-1]
     )
     assert all(SECRET not in line for line in transcript.lines)
+
+
+def test_worker_metrics_port_in_use_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["--coordinator", "127.0.0.1:1", "--device-id", "w", "--platform", "sandbox"]
+        argv += ["--sandbox-url", "http://127.0.0.1:1", "--metrics-listen", f"127.0.0.1:{port}"]
+        assert worker_main(argv) == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port} (--metrics-listen)" in capsys.readouterr().err

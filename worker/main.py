@@ -231,7 +231,17 @@ async def _run(
             print(f"postroom worker: error: {redactor(str(exc))}", file=sys.stderr)
             return EXIT_USAGE
     host, port = split_host_port(config.metrics_listen)
-    server = serve_metrics(registry, host, port)
+    try:
+        server = serve_metrics(registry, host, port)
+    except OSError as exc:
+        print(
+            f"postroom worker: error: cannot serve metrics on {config.metrics_listen} "
+            f"(--metrics-listen): {exc.strerror or exc}; 127.0.0.1:0 picks a free port",
+            file=sys.stderr,
+        )
+        if account_host is not None:
+            await account_host.aclose()
+        return EXIT_USAGE
     provider = make_tracer_provider("postroom-worker")
     interceptors = []
     if exporters_from_env():  # tracing asked for: the gRPC stream gets a client span too
