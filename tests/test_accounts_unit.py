@@ -4,8 +4,8 @@ host: what a user configuring a real account runs into."""
 from __future__ import annotations
 
 import io
-import socket
 import logging
+import socket
 import stat
 from pathlib import Path
 from typing import ClassVar
