@@ -5,8 +5,9 @@
 //
 // --modules is the node_modules folder installed from this folder's package-lock.json (kept
 // outside the repo; see `make pds`). The PDS data (SQLite, blobs) lives under --data. When both
-// servers listen, FILE gets {"url", "plc", "pid"} as JSON (written whole, then renamed, so a
-// reader never sees half of it). SIGTERM/SIGINT stop both servers and exit 0.
+// servers listen, FILE gets {"url", "plc", "pid", "adminPassword"} as JSON (written whole, then
+// renamed, so a reader never sees half of it). The admin password (random per start) lets a
+// test take an account down. SIGTERM/SIGINT stop both servers and exit 0.
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -83,7 +84,10 @@ await pds.start()
 
 const url = `http://${HOST}:${port}`
 const tmp = `${args.ready}.tmp`
-writeFileSync(tmp, JSON.stringify({ url, plc: plcUrl, pid: process.pid }))
+writeFileSync(
+  tmp,
+  JSON.stringify({ url, plc: plcUrl, pid: process.pid, adminPassword: env.adminPassword }),
+)
 renameSync(tmp, args.ready)
 
 let stopping = false

@@ -1,0 +1,201 @@
+"""The Bluesky reference PDS (and an in-memory PLC) as a process on 127.0.0.1, for the Bluesky
+adapter's tests. `make pds` installs its node_modules into the user's cache; this module finds
+them by the same rule (`pds_modules()`), starts tests/pds/run.mjs, and stops it by its PID.
+
+    with PdsServer(workdir, rate_limits=True) as pds:
+        pds.url                                           # the PDS (base_url)
+        alice = pds.create_account("alice.test", "pw")    # -> PdsAccount(did, handle, ...)
+        pds.create_app_password(alice)                    # "xxxx-xxxx-xxxx-xxxx"
+        pds.list_records(alice.did)                       # app.bsky.feed.post records
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import pytest
+from polling import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PDS_DIR = REPO_ROOT / "tests" / "pds"
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+POST_COLLECTION = "app.bsky.feed.post"
+
+
+def pds_modules() -> Path:
+    """Where `make pds` put node_modules for the current package-lock.json."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256((PDS_DIR / "package-lock.json").read_bytes()).hexdigest()[:16]
+    return cache / "postroom" / f"pds-{digest}" / "node_modules"
+
+
+def require_pds() -> Path:
+    """The node_modules folder, or skip: the PDS is not installed (`make pds` installs it)."""
+    modules = pds_modules()
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the Bluesky PDS tests need it (make pds)")
+    if not (modules.parent / ".installed").exists():
+        pytest.skip(f"the Bluesky PDS is not installed in {modules.parent}: run `make pds`")
+    return modules
+
+
+@dataclass(frozen=True)
+class PdsAccount:
+    did: str
+    handle: str
+    email: str
+    password: str
+    access_jwt: str
+
+
+class PdsServer:
+    def __init__(self, workdir: Path, *, rate_limits: bool = False) -> None:
+        self.workdir = workdir
+        self.rate_limits = rate_limits
+        self.url = ""
+        self.admin_password = ""
+        self.log_path = workdir / "pds.out"  # not *.log: the platform rig greps those
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._http = httpx.Client(timeout=10.0)
+
+    # ---- process -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        modules = require_pds()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ready = self.workdir / "ready.json"
+        ready.unlink(missing_ok=True)
+        argv = [
+            "node", str(PDS_DIR / "run.mjs"), "--modules", str(modules),
+            "--data", str(self.workdir / "data"), "--ready", str(ready),
+        ]  # fmt: skip
+        if self.rate_limits:
+            argv.append("--rate-limits")
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+        def started() -> dict[str, Any] | None:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the PDS exited {self._proc.returncode}: {self._log_tail()}")
+            if not ready.exists():
+                return None
+            info: dict[str, Any] = json.loads(ready.read_text())
+            return info
+
+        info = wait_until("the PDS to be ready", started, READY_TIMEOUT_S)
+        self.url = str(info["url"])
+        self.admin_password = str(info["adminPassword"])
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(STOP_TIMEOUT_S)
+        self._http.close()
+
+    def _log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+
+    def __enter__(self) -> PdsServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ---- the PDS's own API, as a client would call it --------------------------------------
+
+    def xrpc(self, method: str, nsid: str, **kwargs: Any) -> httpx.Response:
+        return self._http.request(method, f"{self.url}/xrpc/{nsid}", **kwargs)
+
+    def create_account(self, handle: str, password: str, *, email: str = "") -> PdsAccount:
+        email = email or f"{handle.split('.')[0]}@example.com"
+        answer = self.xrpc(
+            "POST",
+            "com.atproto.server.createAccount",
+            json={"handle": handle, "email": email, "password": password},
+        )
+        if answer.is_error:
+            raise RuntimeError(f"createAccount {handle}: {answer.status_code} {answer.text}")
+        body = answer.json()
+        return PdsAccount(body["did"], body["handle"], email, password, body["accessJwt"])
+
+    def create_app_password(self, account: PdsAccount, name: str = "postroom") -> str:
+        answer = self.xrpc(
+            "POST",
+            "com.atproto.server.createAppPassword",
+            json={"name": name},
+            headers={"Authorization": f"Bearer {account.access_jwt}"},
+        )
+        answer.raise_for_status()
+        password: str = answer.json()["password"]
+        return password
+
+    def take_down(self, account: PdsAccount) -> None:
+        """What a moderator's takedown does to the account (com.atproto.admin)."""
+        answer = self.xrpc(
+            "POST",
+            "com.atproto.admin.updateSubjectStatus",
+            json={
+                "subject": {"$type": "com.atproto.admin.defs#repoRef", "did": account.did},
+                "takedown": {"applied": True, "ref": "postroom-test"},
+            },
+            auth=("admin", self.admin_password),
+        )
+        answer.raise_for_status()
+
+    def list_records(self, did: str, collection: str = POST_COLLECTION) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            params = {"repo": did, "collection": collection, "limit": "100"}
+            if cursor:
+                params["cursor"] = cursor
+            answer = self.xrpc("GET", "com.atproto.repo.listRecords", params=params)
+            answer.raise_for_status()
+            page = answer.json()
+            records += page["records"]
+            cursor = page.get("cursor", "")
+            if not cursor or not page["records"]:
+                return records
+
+    def get_record(self, uri: str) -> dict[str, Any] | None:
+        """The record at an at:// URI, or None when the PDS has none there."""
+        did, collection, rkey = uri.removeprefix("at://").split("/")
+        answer = self.xrpc(
+            "GET",
+            "com.atproto.repo.getRecord",
+            params={"repo": did, "collection": collection, "rkey": rkey},
+        )
+        if answer.status_code == 400 and answer.json().get("error") == "RecordNotFound":
+            return None
+        answer.raise_for_status()
+        record: dict[str, Any] = answer.json()
+        return record
+
+    def blob(self, did: str, cid: str) -> bytes:
+        answer = self.xrpc("GET", "com.atproto.sync.getBlob", params={"did": did, "cid": cid})
+        answer.raise_for_status()
+        return answer.content
