@@ -112,7 +112,15 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
                     ]
                     ok = _follow(client, post_ids, console, args.timeout)
                     if ok:
-                        _summary(client, admin, post_ids, cluster, console, started)
+                        _summary(
+                            client,
+                            admin,
+                            post_ids,
+                            cluster,
+                            console,
+                            started,
+                            keep_running=args.keep_running,
+                        )
                 if not ok:
                     console.print("[red]not everything was published in time[/]")
                     children = [cluster.sandbox, cluster.coordinator, *cluster.workers.values()]
@@ -181,6 +189,8 @@ def _summary(
     cluster: LocalCluster,
     console: Console,
     started: float,
+    *,
+    keep_running: bool,
 ) -> None:
     jobs = [j for pid in post_ids for j in client.list_jobs(pub.ListJobsRequest(post_id=pid)).jobs]
     attempts = sum(j.attempt for j in jobs)
@@ -197,7 +207,10 @@ def _summary(
             f"attempt {job.attempt}: {job.result_url}"
         )
     console.print(f"  the sandbox accepted {len(accepted)} posts; duplicates: {len(duplicates)}")
-    console.print(f"  metrics were at {cluster.metrics_url}")
+    console.print(f"  metrics at {cluster.metrics_url}")
+    example = retried[0].id if retried else (jobs[0].id if jobs else "JOB_ID")
     console.print(
-        "  try: postroom --coordinator ADDRESS job show JOB_ID   (run with --keep-running)"
+        f"  try: postroom --coordinator {cluster.coordinator_address} job show {example}"
+        + ("" if keep_running else "   (while it runs: postroom demo --keep-running)"),
+        markup=False,
     )
