@@ -9,17 +9,20 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
-from platform_rig import Account
+from platform_rig import Account, PlatformRig
 from polling import wait_until
 from starlette.applications import Starlette
 
 from postroom.v1 import publishing_pb2 as pub
+from postroom.v1 import types_pb2 as pb
 from postroom_cli.client import PublishingClient
 
 READY_TIMEOUT_S = 10.0
@@ -152,7 +155,47 @@ def wait_for_posts(admin: MetaAdmin, target: str, count: int) -> list[dict[str, 
     return wait_until(f"{count} post(s) on {target}", enough)
 
 
-def step_log(job: Any) -> str:
-    return "\n".join(
-        f"#{r.attempt} {line.step}: {line.message}" for r in job.runs for line in r.logs
-    )
+@dataclass
+class MetaEnv:
+    """A sandbox process (the stand-in at `{sandbox}/meta`), a coordinator and a worker holding
+    the module's accounts: one account per test, so tests share no gate, fault or token."""
+
+    rig: PlatformRig
+    admin: MetaAdmin
+    base_url: str
+    nodes: dict[str, str]  # account name -> Page / IG user id
+
+    def gate_closed_until(self, platform: str, account: str) -> float:
+        def closed() -> float | None:
+            gate = self.rig.gate(platform, account)
+            return gate.closed_until.ToNanoseconds() / 1e9 if gate.closed else None
+
+        return wait_until(f"the {platform}:{account} gate to close", closed)
+
+
+@contextmanager
+def meta_env(
+    workdir: Path, make: Callable[[MetaAdmin, str], tuple[list[Account], dict[str, str]]]
+) -> Iterator[MetaEnv]:
+    """`make(admin, base_url)` registers the stand-in's objects and returns the accounts."""
+    rig = PlatformRig(workdir)
+    admin: MetaAdmin | None = None
+    try:
+        base_url = f"{rig.cluster.start_sandbox()}/meta"
+        admin = MetaAdmin(base_url)
+        accounts, nodes = make(admin, base_url)
+        rig.start(accounts)
+        yield MetaEnv(rig, admin, base_url, nodes)
+    finally:
+        rig.stop()
+        if admin is not None:
+            admin.close()
+
+
+def run_seconds(job: pb.Job) -> list[float]:
+    """How long each successful run of the job took, from its lease to its result."""
+    return [
+        (r.ended_at.ToNanoseconds() - r.started_at.ToNanoseconds()) / 1e9
+        for r in job.runs
+        if r.outcome == "succeeded"
+    ]
