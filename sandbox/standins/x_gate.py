@@ -45,14 +45,15 @@ class Gate:
         self, request: Request, op: Op, *, finalize: bool = False
     ) -> tuple[Account, Fault | None, Window] | Response:
         state = self.state
-        state.count(op.value)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         account = state.bearer(token.strip()) if scheme.lower() == "bearer" else None
         if account is None:
+            state.count(op.value)
             return send(problem(401))
+        state.count(op.value, account.username)
         fault = state.faults.take(account.username, op, finalize=finalize)
         if fault is not None:
-            state.count(f"fault:{fault.kind.value}")
+            state.count(f"fault:{fault.kind.value}", account.username)
             if fault.kind is FaultKind.EXPIRED_TOKEN:
                 account.access_expires_at = state.clock()
         rate = state.rate(account, op)
@@ -67,5 +68,15 @@ class Gate:
             day = (state.user_day(account), state.app_day()) if op is Op.CREATE else (None, None)
             now = state.clock()
             reply = rate_limited(fault, now=now, rate=rate, user_day=day[0], app_day=day[1])
-            return send(reply)
-        return send(fault_reply(fault), rate_limit_headers(rate))
+        else:
+            reply = fault_reply(fault)
+            reply = Reply(reply.status, reply.body, rate_limit_headers(rate))
+        state.fired.append(
+            {
+                "kind": fault.kind.value,
+                "username": account.username,
+                "status": reply.status,
+                "headers": reply.headers,
+            }
+        )
+        return send(reply)

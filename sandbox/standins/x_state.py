@@ -100,6 +100,7 @@ class Account:
     token_ttl_s: float = DEFAULT_TOKEN_TTL_S
     tweets_per_day: int = DEFAULT_USER_TWEETS_PER_DAY
     requests_per_window: int | None = None  # overrides RATE_LIMITS for every endpoint
+    issued: list[str] = field(default_factory=list)  # every token a refresh handed out
 
     def public_json(self) -> dict[str, Any]:
         return {"id": self.user_id, "name": self.username.title(), "username": self.username}
@@ -163,6 +164,9 @@ class XState:
         self.tweets: list[Tweet] = []
         self.uploads: dict[str, Upload] = {}
         self.requests: dict[str, int] = {}
+        self.by_user: dict[str, dict[str, int]] = {}
+        # Every fault answer sent: kind, username, status and headers (tests read the resets).
+        self.fired: list[dict[str, Any]] = []
         self._windows: dict[tuple[str, str], tuple[int, int]] = {}  # -> (window start, used)
         self._seq = 0
 
@@ -191,7 +195,8 @@ class XState:
         account.access_token = f"x-at-{secrets.token_urlsafe(18)}"
         account.refresh_token = f"x-rt-{secrets.token_urlsafe(18)}"
         account.access_expires_at = self.clock() + account.token_ttl_s
-        self.count("token_refresh")
+        account.issued += [account.access_token, account.refresh_token]
+        self.count("token_refresh", account.username)
         return {
             "token_type": "bearer",
             "expires_in": int(account.token_ttl_s),
@@ -200,8 +205,11 @@ class XState:
             "refresh_token": account.refresh_token,
         }
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, username: str | None = None) -> None:
         self.requests[name] = self.requests.get(name, 0) + 1
+        if username is not None:
+            mine = self.by_user.setdefault(username, {})
+            mine[name] = mine.get(name, 0) + 1
 
     # ---- rate limits -----------------------------------------------------------------------
 

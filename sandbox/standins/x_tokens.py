@@ -134,6 +134,7 @@ class AdminApi:
             "access_token": account.access_token,
             "refresh_token": account.refresh_token,
             "access_expires_at": account.access_expires_at,
+            "issued": account.issued,
         }
         return ok({**account.public_json(), **tokens})
 
@@ -164,7 +165,7 @@ class AdminApi:
         return ok(fault.to_json(), 201)
 
     async def list_faults(self, request: Request) -> Response:
-        return ok({"faults": self.state.faults.pending()})
+        return ok({"faults": self.state.faults.pending(), "fired": self.state.fired})
 
     async def clear_faults(self, request: Request) -> Response:
         return ok({"cleared": self.state.faults.clear()})
@@ -177,4 +178,10 @@ class AdminApi:
         return ok({"tweets": tweets, "count": len(tweets)})
 
     async def stats(self, request: Request) -> Response:
-        return ok({"requests": dict(self.state.requests), "tweets": len(self.state.tweets)})
+        return ok(
+            {
+                "requests": self.state.requests,
+                "by_user": self.state.by_user,
+                "tweets": len(self.state.tweets),
+            }
+        )
