@@ -151,3 +151,17 @@ def test_success_path_of_every_operation_conforms() -> None:
         media_type="application/json",
     )
     assert duplicate.status_code == 403 and "duplicate content" in duplicate.json()["detail"]
+
+
+def test_requests_without_a_valid_token_are_refused_like_x() -> None:
+    for headers in ({}, {"Authorization": "Bearer not-a-token-x-issued"}):
+        made = SCHEMA["/2/users/me"]["GET"].Case()
+        response = made.call(app=APP, headers=headers)
+        made.validate_response(response, checks=CHECKS)
+        assert response.status_code == 401
+        assert response.json() == {
+            "title": "Unauthorized",
+            "detail": "Unauthorized",
+            "type": "about:blank",
+            "status": 401,
+        }

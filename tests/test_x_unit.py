@@ -446,3 +446,18 @@ async def test_standin_429_headers_become_the_gate_instant(bench: Bench) -> None
         )
     assert caught.value.quota_cap
     assert caught.value.retry_at == pytest.approx(x_state(bench.app).clock() + 3600, abs=2)
+
+
+async def test_standin_enforces_the_users_24_hour_tweet_cap(bench: Bench) -> None:
+    creds = await bench.account("hank", tweets_per_day=1)
+    client = bench.client(creds)
+    await client.commit(
+        job("one"), await client.prepare(job("one"), Transcript(Redactor())), Transcript(Redactor())
+    )
+    t = Transcript(Redactor())
+    with pytest.raises(RateLimited) as caught:
+        await client.commit(job("two"), await client.prepare(job("two"), t), t)
+    assert caught.value.quota_cap
+    assert "< x-user-limit-24hour-remaining: 0" in t.lines
+    reset = next(line for line in t.lines if line.startswith("< x-user-limit-24hour-reset: "))
+    assert caught.value.retry_at == int(reset.rpartition(" ")[2])

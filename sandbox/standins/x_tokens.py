@@ -107,6 +107,11 @@ class AdminApi:
         if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in required):
             return ok({"error": f"give {', '.join(required)} (strings)"}, 400)
         secret = body.get("client_secret")
+        try:
+            ttl_s = float(body.get("token_ttl_s", DEFAULT_TOKEN_TTL_S))
+            per_day = int(body.get("tweets_per_day", DEFAULT_USER_TWEETS_PER_DAY))
+        except (TypeError, ValueError):
+            return ok({"error": "token_ttl_s and tweets_per_day are numbers"}, 400)
         account = Account(
             username=body["username"],
             user_id=str(body.get("user_id") or self.state.new_id()),
@@ -115,8 +120,8 @@ class AdminApi:
             access_token=body["access_token"],
             refresh_token=body["refresh_token"],
             access_expires_at=None,
-            token_ttl_s=float(body.get("token_ttl_s", DEFAULT_TOKEN_TTL_S)),
-            tweets_per_day=int(body.get("tweets_per_day", DEFAULT_USER_TWEETS_PER_DAY)),
+            token_ttl_s=ttl_s,
+            tweets_per_day=per_day,
             requests_per_window=_positive(body.get("requests_per_window")),
         )
         self.state.add_account(account)

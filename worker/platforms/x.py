@@ -310,12 +310,13 @@ class XClient(PlatformClient):
         deadline = self.clock.now() + self._processing_timeout_s
         while True:
             info = data.get("processing_info")
-            state = info.get("state") if isinstance(info, dict) else None
+            if not isinstance(info, dict):  # nothing to process (images): ready now
+                return
+            state = info.get("state")
             if state == "failed":
                 raise InvalidContent(f"x: X could not process {media.filename} ({info})")
             if state not in _PROCESSING:
                 return
-            assert isinstance(info, dict)
             wait = info.get("check_after_secs", DEFAULT_CHECK_AFTER_S)
             wait_s = float(wait) if isinstance(wait, int | float) else DEFAULT_CHECK_AFTER_S
             if self.clock.now() + wait_s > deadline:
