@@ -35,75 +35,31 @@ OPS = frozenset(
 KINDS = frozenset({"error", "accept_then_error", "accept_then_hang"})
 DEFAULT_HANG_S = 30.0
 
-# code -> (HTTP status, message, type, is_transient, subcode)
-KNOWN: dict[int, tuple[int, str, str, bool, int | None]] = {
-    1: (500, "An unknown error has occurred.", "OAuthException", True, None),
-    2: (
-        503,
-        "An unexpected error has occurred. Please retry your request later.",
-        "OAuthException",
-        True,
-        None,
-    ),
-    4: (400, "(#4) Application request limit reached", "OAuthException", True, None),
-    10: (
-        403,
-        "(#10) Application does not have permission for this action",
-        "OAuthException",
-        False,
-        None,
-    ),
-    17: (400, "(#17) User request limit reached", "OAuthException", True, None),
-    32: (400, "(#32) Page request limit reached", "OAuthException", True, None),
-    100: (400, "(#100) Invalid parameter", "OAuthException", False, None),
-    190: (400, "Error validating access token: Session has expired.", "OAuthException", False, 463),
-    200: (
-        403,
-        "(#200) If posting to a page, requires both pages_read_engagement and "
-        "pages_manage_posts permission",
-        "OAuthException",
-        False,
-        None,
-    ),
-    368: (
-        400,
-        "The action attempted has been deemed abusive or is otherwise disallowed",
-        "OAuthException",
-        False,
-        1390008,
-    ),
-    506: (400, "(#506) Duplicate status message", "OAuthException", False, None),
-    613: (
-        400,
-        "(#613) Calls to this api have exceeded the rate limit.",
-        "OAuthException",
-        True,
-        None,
-    ),
-    80001: (
-        400,
-        "(#80001) There have been too many calls to this Page account. Wait a bit and try again.",
-        "OAuthException",
-        True,
-        None,
-    ),
-    80002: (
-        400,
-        "(#80002) There have been too many calls to this Instagram account. Wait a bit "
-        "and try again.",
-        "OAuthException",
-        True,
-        None,
-    ),
-    9: (400, "Application request limit reached", "OAuthException", False, 2207042),
-    9004: (
-        400,
-        "Only photo or video can be accepted as media type.",
-        "OAuthException",
-        False,
-        2207052,
-    ),
-    9007: (400, "Media ID is not available", "OAuthException", False, 2207027),
+# code -> (HTTP status, is_transient, subcode, message); the type is always OAuthException.
+_PAGE_BUC = "There have been too many calls to this Page account. Wait a bit and try again."
+_PERMISSIONS = (
+    "If posting to a page, requires both pages_read_engagement and pages_manage_posts permission"
+)
+_ABUSIVE = "The action attempted has been deemed abusive or is otherwise disallowed"
+_IG_BUC = "There have been too many calls to this Instagram account. Wait a bit and try again."
+KNOWN: dict[int, tuple[int, bool, int | None, str]] = {
+    1: (500, True, None, "An unknown error has occurred."),
+    2: (503, True, None, "An unexpected error has occurred. Please retry your request later."),
+    4: (400, True, None, "(#4) Application request limit reached"),
+    10: (403, False, None, "(#10) Application does not have permission for this action"),
+    17: (400, True, None, "(#17) User request limit reached"),
+    32: (400, True, None, "(#32) Page request limit reached"),
+    100: (400, False, None, "(#100) Invalid parameter"),
+    190: (400, False, 463, "Error validating access token: Session has expired."),
+    200: (403, False, None, f"(#200) {_PERMISSIONS}"),
+    368: (400, False, 1390008, _ABUSIVE),
+    506: (400, False, None, "(#506) Duplicate status message"),
+    613: (400, True, None, "(#613) Calls to this api have exceeded the rate limit."),
+    80001: (400, True, None, f"(#80001) {_PAGE_BUC}"),
+    80002: (400, True, None, f"(#80002) {_IG_BUC}"),
+    9: (400, False, 2207042, "Application request limit reached"),
+    9004: (400, False, 2207052, "Only photo or video can be accepted as media type."),
+    9007: (400, False, 2207027, "Media ID is not available"),
 }
 
 
@@ -145,12 +101,12 @@ def graph_fail(
     is_transient: bool | None = None,
     headers: dict[str, str] | None = None,
 ) -> GraphFail:
-    k_status, k_message, k_type, k_transient, k_subcode = KNOWN.get(
-        code, (400, f"(#{code}) An error occurred", "OAuthException", False, None)
+    k_status, k_transient, k_subcode, k_message = KNOWN.get(
+        code, (400, False, None, f"(#{code}) An error occurred")
     )
     error: dict[str, Any] = {
         "message": message or k_message,
-        "type": type_ or k_type,
+        "type": type_ or "OAuthException",
         "code": code,
     }
     sub = subcode if subcode is not None else k_subcode
