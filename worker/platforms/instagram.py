@@ -250,7 +250,7 @@ class InstagramClient(GraphClient):
         when = datetime.fromtimestamp(free_at, UTC).isoformat(timespec="seconds")
         raise RateLimited(
             f"instagram: content publishing limit used up ({usage} of {total} per "
-            f"{duration:.0f}s); room again at {when}",
+            f"{duration or 0:.0f}s); room again at {when}",
             retry_at=free_at,
             quota_cap=True,
         )
