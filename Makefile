@@ -34,11 +34,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) system-deps
 
-# The Bluesky reference PDS the Bluesky tests run (tests/pds): node_modules installed once per
-# package-lock.json into the user's cache, outside the repo, so fresh clones reuse it
-# (tests/pds_server.py finds it by the same rule). better-sqlite3 builds from source against the
+# The Bluesky reference PDS the Bluesky tests and `postroom demo --platforms bluesky` run
+# (sandbox/pds): node_modules installed once per package-lock.json into the user's cache,
+# outside the repo, so fresh clones reuse it (sandbox/local/pds.py finds it by the same rule). better-sqlite3 builds from source against the
 # machine's Node headers. No npm: the Bluesky PDS tests skip.
-PDS_LOCK := tests/pds/package-lock.json
+PDS_LOCK := sandbox/pds/package-lock.json
 PDS_CACHE = $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/postroom/pds-$(shell sha256sum $(PDS_LOCK) | cut -c1-16)
 
 pds:
@@ -46,7 +46,7 @@ pds:
 	if ! command -v npm >/dev/null; then echo "npm not found: the Bluesky PDS tests will skip"; exit 0; fi; \
 	echo "installing the Bluesky PDS for the tests into $(PDS_CACHE)"; \
 	rm -rf "$(PDS_CACHE).tmp" && mkdir -p "$(PDS_CACHE).tmp" && \
-	cp tests/pds/package.json $(PDS_LOCK) "$(PDS_CACHE).tmp/" && \
+	cp sandbox/pds/package.json $(PDS_LOCK) "$(PDS_CACHE).tmp/" && \
 	(cd "$(PDS_CACHE).tmp" && npm_config_nodedir=$${npm_config_nodedir:-/usr} \
 	  npm ci --no-audit --no-fund --loglevel=error </dev/null) && \
 	touch "$(PDS_CACHE).tmp/.installed" && rm -rf "$(PDS_CACHE)" && mv "$(PDS_CACHE).tmp" "$(PDS_CACHE)"

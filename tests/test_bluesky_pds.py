@@ -21,11 +21,12 @@ from typing import Any
 import anyio
 import pytest
 from fault_proxy import FaultProxy, Reply, Rule
-from pds_server import PdsAccount, PdsServer, require_pds
+from local_servers import require_pds
 from platform_rig import CANARY, Account, PlatformRig
 
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
+from sandbox.local.pds import PdsAccount, PdsServer
 from worker.accounts import AccountConfig, Secret
 from worker.adapters.base import JobSpec
 from worker.adapters.png import render_card

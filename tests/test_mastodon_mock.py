@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from fault_proxy import FaultProxy, Reply, Rule, Seen
-from mastodon_server import MastodonMock
 from platform_rig import CANARY, Account, PlatformRig
 
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.cluster import ClusterConfig
+from sandbox.local.mastodon import MastodonMock
 from worker.adapters.png import render_card
 
 REQUEST_TIMEOUT_S = 5.0

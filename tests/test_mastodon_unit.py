@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mastodon_server import MastodonMock
 
+from sandbox.local.mastodon import MastodonMock
 from worker.accounts import AccountConfig, AccountsError, OptionValue, Secret
 from worker.adapters.base import JobSpec
 from worker.adapters.png import render_card

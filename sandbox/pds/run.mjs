@@ -1,5 +1,5 @@
 // The Bluesky reference PDS (@atproto/pds) and an in-memory PLC directory (@did-plc/server) on
-// 127.0.0.1, for postroom's Bluesky tests. Started and stopped by tests/pds_server.py.
+// 127.0.0.1, for postroom's Bluesky tests and demo. Started and stopped by sandbox/local/pds.py.
 //
 //   node run.mjs --modules DIR --data DIR --ready FILE [--port N] [--rate-limits]
 //

@@ -1,4 +1,4 @@
-"""mastodon-mock (PyPI) as a process on 127.0.0.1, for the Mastodon adapter's tests.
+"""mastodon-mock (PyPI) as a process on 127.0.0.1.
 
     with MastodonMock(workdir, users={"alice": "alice-token"}) as mock:
         mock.url                                          # the instance URL (base_url)
@@ -13,6 +13,7 @@ process is stopped by its PID.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -25,7 +26,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from polling import wait_until
+
+from sandbox.local import LocalServerError, wait_for
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -37,6 +39,13 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def mastodon_mock_missing() -> str | None:
+    """Why mastodon-mock cannot run here (None: it can)."""
+    if importlib.util.find_spec("mastodon_mock") is None:
+        return "mastodon-mock is not installed (pip install mastodon-mock; make install has it)"
+    return None
 
 
 def _toml_str(value: str) -> str:
@@ -56,6 +65,9 @@ class MastodonMock:
     # ---- process -------------------------------------------------------------------------
 
     def start(self) -> None:
+        missing = mastodon_mock_missing()
+        if missing is not None:
+            raise LocalServerError(missing)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -81,12 +93,12 @@ class MastodonMock:
             self._proc = subprocess.Popen(
                 argv, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
-        wait_until("mastodon-mock to answer", self._ready, READY_TIMEOUT_S)
+        wait_for("mastodon-mock to answer", self._ready, READY_TIMEOUT_S)
 
     def _ready(self) -> bool:
         assert self._proc is not None
         if self._proc.poll() is not None:
-            raise RuntimeError(
+            raise LocalServerError(
                 f"mastodon-mock exited {self._proc.returncode}:\n"
                 + self.log_path.read_text(errors="replace")[-2000:]
             )

@@ -1,6 +1,6 @@
-"""The Bluesky reference PDS (and an in-memory PLC) as a process on 127.0.0.1, for the Bluesky
-adapter's tests. `make pds` installs its node_modules into the user's cache; this module finds
-them by the same rule (`pds_modules()`), starts tests/pds/run.mjs, and stops it by its PID.
+"""The Bluesky reference PDS (and an in-memory PLC) as a process on 127.0.0.1. `make pds`
+installs its node_modules into the user's cache; this module finds them by the same rule
+(`pds_modules()`), starts sandbox/pds/run.mjs, and stops it by its PID.
 
     with PdsServer(workdir, rate_limits=True) as pds:
         pds.url                                           # the PDS (base_url)
@@ -23,11 +23,10 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-import pytest
-from polling import wait_until
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PDS_DIR = REPO_ROOT / "tests" / "pds"
+from sandbox.local import LocalServerError, wait_for
+
+PDS_DIR = Path(__file__).resolve().parent.parent / "pds"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 POST_COLLECTION = "app.bsky.feed.post"
@@ -40,14 +39,13 @@ def pds_modules() -> Path:
     return cache / "postroom" / f"pds-{digest}" / "node_modules"
 
 
-def require_pds() -> Path:
-    """The node_modules folder, or skip: the PDS is not installed (`make pds` installs it)."""
-    modules = pds_modules()
+def pds_missing() -> str | None:
+    """Why the PDS cannot run here (None: it can)."""
     if shutil.which("node") is None:
-        pytest.skip("node is not installed: the Bluesky PDS tests need it (make pds)")
-    if not (modules.parent / ".installed").exists():
-        pytest.skip(f"the Bluesky PDS is not installed in {modules.parent}: run `make pds`")
-    return modules
+        return "node is not installed (apt-get install nodejs npm, then make pds)"
+    if not (pds_modules().parent / ".installed").exists():
+        return f"the Bluesky PDS is not installed in {pds_modules().parent}: run `make pds`"
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,10 @@ class PdsServer:
     # ---- process -------------------------------------------------------------------------
 
     def start(self) -> None:
-        modules = require_pds()
+        missing = pds_missing()
+        if missing is not None:
+            raise LocalServerError(missing)
+        modules = pds_modules()
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / "ready.json"
         ready.unlink(missing_ok=True)
@@ -90,13 +91,15 @@ class PdsServer:
         def started() -> dict[str, Any] | None:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise RuntimeError(f"the PDS exited {self._proc.returncode}: {self._log_tail()}")
+                raise LocalServerError(
+                    f"the PDS exited {self._proc.returncode}: {self._log_tail()}"
+                )
             if not ready.exists():
                 return None
             info: dict[str, Any] = json.loads(ready.read_text())
             return info
 
-        info = wait_until("the PDS to be ready", started, READY_TIMEOUT_S)
+        info = wait_for("the PDS to be ready", started, READY_TIMEOUT_S)
         self.url = str(info["url"])
         self.admin_password = str(info["adminPassword"])
 
@@ -138,7 +141,7 @@ class PdsServer:
             json={"handle": handle, "email": email, "password": password},
         )
         if answer.is_error:
-            raise RuntimeError(f"createAccount {handle}: {answer.status_code} {answer.text}")
+            raise LocalServerError(f"createAccount {handle}: {answer.status_code} {answer.text}")
         body = answer.json()
         return PdsAccount(body["did"], body["handle"], email, password, body["accessJwt"])
 
