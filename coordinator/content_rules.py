@@ -19,9 +19,9 @@ Text, as each platform counts it:
 Each default can be changed per platform or per account with `--text-limit PLATFORM[:ACCOUNT]=N`
 (`TextLimits`; an account's own value wins): Mastodon instances and X Premium accounts allow more.
 
-Media, as the adapters publish them (worker/platforms/): X up to 4 images or 1 video; Mastodon up
-to 4, a video only alone; Bluesky up to 4 images; LinkedIn and Facebook 1 image; Instagram exactly
-1 JPEG image. A reference's type is judged from its file extension (.png .jpg .jpeg .gif .webp
+Media, as the adapters publish them (worker/platforms/): X up to 4 images, or 1 GIF, or 1 video;
+Mastodon up to 4, a video only alone; Bluesky up to 4 images; LinkedIn up to 20 images (a
+multi-image post); Facebook 1 image; Instagram exactly 1 JPEG image. A reference's type is judged from its file extension (.png .jpg .jpeg .gif .webp
 .mp4 .mov, after stripping a URL's query); one without a known extension passes here, and the
 worker, which sees the bytes, refuses it with INVALID_CONTENT if it is not usable. Sizes are the
 worker's check too.
@@ -214,14 +214,23 @@ class MediaRule:
     image_formats: frozenset[str] = _ALL_IMAGES
     video_formats: frozenset[str] = _ALL_VIDEOS
     needs_image: bool = False
+    alone_formats: frozenset[str] = frozenset()  # formats only taken on their own (X's GIF)
 
 
 MEDIA_RULES: Mapping[str, MediaRule] = {
-    "x": MediaRule("up to 4 images or 1 video", max_items=4, max_videos=1),
+    "x": MediaRule(
+        "up to 4 images, or 1 GIF, or 1 video",
+        max_items=4,
+        max_videos=1,
+        alone_formats=frozenset({"GIF"}),
+    ),
     "mastodon": MediaRule("up to 4 media, a video only on its own", max_items=4, max_videos=1),
     "bluesky": MediaRule("up to 4 images, no video", max_items=4),
+    # 2 to 20 images go out as LinkedIn's multi-image post.
     "linkedin": MediaRule(
-        "1 image (JPEG, PNG or GIF)", max_items=1, image_formats=frozenset({"JPEG", "PNG", "GIF"})
+        "up to 20 images (JPEG, PNG or GIF)",
+        max_items=20,
+        image_formats=frozenset({"JPEG", "PNG", "GIF"}),
     ),
     "facebook": MediaRule(
         "1 image (JPEG, PNG or GIF)", max_items=1, image_formats=frozenset({"JPEG", "PNG", "GIF"})
@@ -257,6 +266,9 @@ def _media_problems(name: str, rule: MediaRule, media: Sequence[str]) -> list[st
         out.append(f"{len(videos)} videos; {name} takes {rule.takes}: keep one")
     elif videos and len(media) > 1 and not rule.mixed and len(media) <= rule.max_items:
         out.append(f"a video with other media; {name} takes {rule.takes}: post the video alone")
+    alone = [ref for ref, k in kinds if k is not None and k[1] in rule.alone_formats]
+    if alone and len(media) > 1:
+        out.append(f"media {alone[0]!r} goes alone; {name} takes {rule.takes}: post it alone")
     for ref, kind in kinds:
         if kind is None:
             continue

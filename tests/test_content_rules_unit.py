@@ -85,7 +85,15 @@ CASES: list[tuple[str, str, list[str], list[str], tuple[str, ...] | None]] = [
     ("x: 140 family emoji ok", FAMILY * 140, [], ["x:acme"], None),
     ("x: 141 family emoji refused", FAMILY * 141, [], ["x:acme"], ("282 weighted",)),
     ("x: U+FFFE refused", "hello \ufffe", [], ["x:acme"], ("U+FFFE", "X refuses")),
-    ("x: 4 images ok", "t", ["1.png", "2.jpg", "3.gif", "4.webp"], ["x:acme"], None),
+    ("x: 4 images ok", "t", ["1.png", "2.jpg", "3.jpeg", "4.webp"], ["x:acme"], None),
+    ("x: a GIF alone ok", "t", ["loop.gif"], ["x:acme"], None),
+    (
+        "x: a GIF with other images refused",
+        "t",
+        ["loop.gif", "b.png"],
+        ["x:acme"],
+        ("'loop.gif' goes alone", "1 GIF"),
+    ),
     ("x: 1 video ok", "t", ["clip.mp4"], ["x:acme"], None),
     (
         "x: 5 images refused",
@@ -179,12 +187,13 @@ CASES: list[tuple[str, str, list[str], list[str], tuple[str, ...] | None]] = [
         ("3001 characters; LinkedIn allows 3000",),
     ),
     (
-        "linkedin: 2 images refused",
+        "linkedin: 21 images refused",
         "t",
-        ["a.png", "b.png"],
+        [f"{i}.png" for i in range(21)],
         ["linkedin:acme"],
-        ("2 media", "1 image"),
+        ("21 media", "up to 20 images"),
     ),
+    ("linkedin: 20 images ok", "t", [f"{i}.png" for i in range(20)], ["linkedin:acme"], None),
     ("linkedin: WebP refused", "t", ["a.webp"], ["linkedin:acme"], ("WebP", "GIF, JPEG, PNG only")),
     ("facebook: 63,206 ok", "a" * 63_206, [], ["facebook:page"], None),
     (
