@@ -21,9 +21,10 @@ Each default can be changed per platform or per account with `--text-limit PLATF
 
 Media, as the adapters publish them (worker/platforms/): X up to 4 images, or 1 GIF, or 1 video;
 Mastodon up to 4, a video only alone; Bluesky up to 4 images; LinkedIn up to 20 images (a
-multi-image post); Facebook 1 image; Instagram exactly 1 JPEG image. A reference's type is judged from its file extension (.png .jpg .jpeg .gif .webp
-.mp4 .mov, after stripping a URL's query); one without a known extension passes here, and the
-worker, which sees the bytes, refuses it with INVALID_CONTENT if it is not usable. Sizes are the
+multi-image post); Facebook 1 image; Instagram exactly 1 JPEG image. A reference's type is
+judged from its file extension (.png .jpg .jpeg .gif .webp .mp4 .mov, after stripping a URL's
+query); one without a known extension passes here, and the worker, which sees the bytes, refuses
+it with INVALID_CONTENT if it is not usable. Sizes are the
 worker's check too.
 
 Sources: twitter-text conformance/validate.yml (v3); docs.joinmastodon.org/user/posting and
