@@ -17,8 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from polling import wait_until
 
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
+from postroom_cli.accountsfile import AccountEntry as Account
+from postroom_cli.accountsfile import render_accounts
 from postroom_cli.client import PublishingClient
 from postroom_cli.cluster import Child, ClusterConfig, LocalCluster
 
@@ -39,44 +40,6 @@ TERMINAL = frozenset(
         pb.JOB_STATUS_CANCELLED,
     }
 )
-
-
-@dataclass(frozen=True)
-class Account:
-    platform: str
-    account: str
-    base_url: str
-    # name -> value (passed through the environment), or "file:PATH" (written as that reference)
-    credentials: Mapping[str, str]
-    options: Mapping[str, str | int | bool] = field(default_factory=dict)
-
-
-def _toml_value(value: str | int | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def accounts_toml(accounts: Sequence[Account]) -> tuple[str, dict[str, str]]:
-    """The accounts file text (env: references only) and the environment holding the values."""
-    lines: list[str] = []
-    env: dict[str, str] = {}
-    for n, a in enumerate(accounts):
-        lines += ["[[account]]", f"platform = {_toml_value(a.platform)}"]
-        lines += [f"account = {_toml_value(a.account)}", f"base_url = {_toml_value(a.base_url)}"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in a.options.items()]
-        lines.append("[account.credentials]")
-        for key, value in a.credentials.items():
-            if value.startswith("file:"):  # a file reference stays one (rotated tokens land there)
-                lines.append(f"{key} = {_toml_value(value)}")
-                continue
-            var = f"POSTROOM_TEST_{n}_{key.upper()}"
-            env[var] = value
-            lines.append(f'{key} = "env:{var}"')
-        lines.append("")
-    return "\n".join(lines), env
 
 
 class PlatformRig:
@@ -110,7 +73,7 @@ class PlatformRig:
         worker_args: Sequence[str] = (),
     ) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        text, self._env = accounts_toml(accounts)
+        text, self._env = render_accounts(accounts, env_prefix="POSTROOM_TEST")
         self._accounts_file.write_text(text)
         self.cluster.start_coordinator()
         self.client = self.cluster.client()
