@@ -25,10 +25,13 @@ from polling import wait_until
 
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
-from postroom_cli.accountsfile import AccountEntry as Account
-from postroom_cli.accountsfile import render_accounts
+from postroom_cli.accountsfile import AccountEntry, render_accounts
 from postroom_cli.client import PublishingClient
+
 from postroom_cli.cluster import Child, ClusterConfig, LocalCluster
+
+# The tests' name for an account entry.
+Account = AccountEntry
 
 # Put into credential fields by the canary tests; must never appear in anything captured.
 CANARY = "canary-5ecret-7f3a9c1e-do-not-leak"
