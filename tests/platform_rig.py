@@ -27,7 +27,6 @@ from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.accountsfile import AccountEntry, render_accounts
 from postroom_cli.client import PublishingClient
-
 from postroom_cli.cluster import Child, ClusterConfig, LocalCluster
 
 # The tests' name for an account entry.
