@@ -4,6 +4,10 @@ Starts the sandbox, the coordinator (SQLite in a temporary directory) and two AP
 separate processes, publishes posts to several sandbox accounts while the sandbox answers one
 request with 429 + Retry-After, shows live progress, and exits 0 once every post is published
 exactly once. Ctrl-C stops every child cleanly.
+
+`--platforms bluesky,mastodon` runs the same flow against real platform software started
+locally (the Bluesky reference PDS, mastodon-mock): the workers get an accounts file, Mastodon
+answers one post with its own 429, and the posts are counted on the platforms themselves.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from rich.table import Table
 
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
+from postroom_cli.accountsfile import render_accounts
 from postroom_cli.client import PublishingClient
 from postroom_cli.cluster import ClusterConfig, ClusterError, LocalCluster
-from postroom_cli.render import error_class, job_status, post_status
+from postroom_cli.demo_platforms import DEMO_ACCOUNT, REAL_PLATFORMS, LocalPlatforms, missing
+from postroom_cli.render import error_class, fmt_target, job_status, post_status
 from sandbox.admin import SandboxAdmin
+from sandbox.local import LocalServerError
 
 # The field's scenario (facebook/instagram/x, Instagram rate-limited) plus a few more posts.
 DEMO_POSTS: list[tuple[str, list[str]]] = [
@@ -45,8 +52,34 @@ DEFAULT_TIMEOUT_S = 90.0
 WORKERS = ("demo-worker-1", "demo-worker-2")
 
 
+REAL_DEMO_POSTS: list[tuple[str, list[str]]] = [
+    ("Hello from postroom 👋 https://example.org #postroom", ["bluesky:demo", "mastodon:demo"]),
+    ("Never posts twice, even when a worker dies mid-post. #reliability", ["mastodon:demo"]),
+    ("A Bluesky post with a link: https://atproto.com #atproto", ["bluesky:demo"]),
+]
+PLATFORM_CHOICES = ("sandbox", *REAL_PLATFORMS)
+
+
+def _platforms(value: str) -> list[str]:
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PLATFORM_CHOICES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown platform(s) {unknown or value!r}; choose from {', '.join(PLATFORM_CHOICES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="postroom demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--platforms",
+        type=_platforms,
+        default=["sandbox"],
+        metavar="P,P",
+        help="sandbox (default), or real software run locally: bluesky (the reference PDS, "
+        "after `make pds`), mastodon (mastodon-mock); e.g. bluesky,mastodon",
+    )
     parser.add_argument(
         "--retry-after",
         type=float,
@@ -81,65 +114,116 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
     started = time.monotonic()
+    real = [p for p in args.platforms if p in REAL_PLATFORMS]
+    problems = missing(real)
+    if problems:
+        console.print("[red]cannot run the demo on " + ", ".join(real) + ":[/]")
+        for problem in problems:
+            console.print(f"  {problem}", markup=False)
+        return 2
     cluster = LocalCluster(workdir, ClusterConfig())
     try:
-        with cluster:
+        with cluster, LocalPlatforms(workdir / "platforms", real) as platforms:
             console.print(f"[bold]postroom demo[/] in {workdir}")
-            sandbox_url = cluster.start_sandbox()
-            console.print(f"  sandbox      {sandbox_url}")
-            address = cluster.start_coordinator()
-            console.print(f"  coordinator  {address}  db {cluster.db_url}")
-            console.print(f"  metrics      {cluster.metrics_url}")
-            for device_id in WORKERS:
-                cluster.start_worker(device_id, concurrency=2)
-            cluster.wait_online(WORKERS)
-            console.print(f"  workers      {', '.join(WORKERS)} online")
-            with SandboxAdmin(sandbox_url) as admin:
-                admin.inject(
-                    "rate_limit",
-                    platform="sandbox",
-                    account=RATE_LIMITED_ACCOUNT,
-                    count=1,
-                    retry_after_seconds=args.retry_after,
-                )
-                console.print(
-                    f"  injected     one 429 (Retry-After {args.retry_after:g}s) for "
-                    f"sandbox:{RATE_LIMITED_ACCOUNT}\n"
-                )
-                with cluster.client() as client:
-                    post_ids = [
-                        cluster.publish(client, text, targets) for text, targets in DEMO_POSTS
-                    ]
-                    ok = _follow(client, post_ids, console, args.timeout)
-                    if ok:
-                        _summary(
-                            client,
-                            admin,
-                            post_ids,
-                            cluster,
-                            console,
-                            started,
-                            keep_running=args.keep_running,
-                        )
-                if not ok:
-                    console.print("[red]not everything was published in time[/]")
-                    children = [cluster.sandbox, cluster.coordinator, *cluster.workers.values()]
-                    for child in children:
-                        if child is not None:
-                            console.print(f"--- {child.name} ({child.log_path}):")
-                            console.print(child.log_tail(15), markup=False, highlight=False)
-                    return 1
-                if args.keep_running:
-                    console.print("everything is still running; press Ctrl-C to stop")
-                    while True:
-                        time.sleep(3600)
+            admin = _start(args, cluster, platforms, workdir, console)
+            posts = [*(DEMO_POSTS if "sandbox" in args.platforms else [])]
+            posts += [
+                (text, t) for text, t in REAL_DEMO_POSTS if set(t) <= set(platforms.targets())
+            ]
+            with cluster.client() as client:
+                post_ids = [cluster.publish(client, text, targets) for text, targets in posts]
+                ok = _follow(client, post_ids, console, args.timeout)
+                if ok:
+                    ok = _summary(
+                        client,
+                        admin,
+                        platforms,
+                        post_ids,
+                        cluster,
+                        console,
+                        started,
+                        keep_running=args.keep_running,
+                    )
+            if admin is not None:
+                admin.close()
+            if not ok:
+                console.print("[red]not everything was published exactly once in time[/]")
+                children = [cluster.sandbox, cluster.coordinator, *cluster.workers.values()]
+                for child in children:
+                    if child is not None:
+                        console.print(f"--- {child.name} ({child.log_path}):")
+                        console.print(child.log_tail(15), markup=False, highlight=False)
+                return 1
+            if args.keep_running:
+                console.print("everything is still running; press Ctrl-C to stop")
+                while True:
+                    time.sleep(3600)
             return 0
+    except LocalServerError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
     except KeyboardInterrupt:
         console.print("\ninterrupted: stopping workers, coordinator and sandbox")
         return 130
     except ClusterError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
+
+
+def _start(
+    args: argparse.Namespace,
+    cluster: LocalCluster,
+    platforms: LocalPlatforms,
+    workdir: Path,
+    console: Console,
+) -> SandboxAdmin | None:
+    """Everything up, one 429 injected; the sandbox's admin client when the sandbox runs."""
+    sandboxed = "sandbox" in args.platforms
+    if sandboxed:
+        console.print(f"  sandbox      {cluster.start_sandbox()}")
+    for platform, url in platforms.urls.items():
+        console.print(f"  {platform:<12} {url}  (local, account {DEMO_ACCOUNT})")
+    address = cluster.start_coordinator()
+    console.print(f"  coordinator  {address}  db {cluster.db_url}")
+    console.print(f"  metrics      {cluster.metrics_url}")
+    accounts: Path | None = None
+    env: dict[str, str] = {}
+    if platforms.accounts():
+        text, env = render_accounts(platforms.accounts())
+        accounts = workdir / "accounts.toml"
+        accounts.write_text(text)
+        console.print(f"  accounts     {accounts} (credentials in the workers' environment)")
+    for device_id in WORKERS:
+        cluster.start_worker(
+            device_id,
+            platforms=("sandbox",) if sandboxed else (),
+            concurrency=2,
+            accounts=accounts,
+            env=env,
+        )
+    cluster.wait_online(WORKERS)
+    console.print(f"  workers      {', '.join(WORKERS)} online")
+    admin = None
+    if sandboxed:
+        admin = SandboxAdmin(cluster.sandbox_url)
+        admin.inject(
+            "rate_limit",
+            platform="sandbox",
+            account=RATE_LIMITED_ACCOUNT,
+            count=1,
+            retry_after_seconds=args.retry_after,
+        )
+        console.print(
+            f"  injected     one 429 (Retry-After {args.retry_after:g}s) for "
+            f"sandbox:{RATE_LIMITED_ACCOUNT}"
+        )
+    limited = platforms.inject_rate_limit(args.retry_after)
+    if limited is not None:
+        console.print(
+            f"  injected     one 429 (X-RateLimit-Reset in {args.retry_after:g}s) for {limited}"
+        )
+    console.print()
+    return admin
 
 
 def _follow(
@@ -172,7 +256,9 @@ def _progress(posts: list[pb.Post]) -> Group:
             extra = f" (attempt {ts.attempt})" if ts.attempt > 1 else ""
             if ts.last_error and status == "QUEUED":
                 extra += f" waiting: {error_class(ts.last_error_class)}"
-            cells.append(f"{ts.target.account}={status}{extra}")
+            # Sandbox accounts are named after the platform they stand for; others need it.
+            name = ts.target.account if ts.target.platform == "sandbox" else fmt_target(ts.target)
+            cells.append(f"{name}={status}{extra}")
         table.add_row(post.id, post_status(post.status), ", ".join(cells))
     jobs = Table(title="jobs by status", title_justify="left")
     names = ["QUEUED", "CLAIMED", "RUNNING", "SUCCEEDED", "FAILED", "NEEDS_LOGIN"]
@@ -184,19 +270,19 @@ def _progress(posts: list[pb.Post]) -> Group:
 
 def _summary(
     client: PublishingClient,
-    admin: SandboxAdmin,
+    admin: SandboxAdmin | None,
+    platforms: LocalPlatforms,
     post_ids: list[str],
     cluster: LocalCluster,
     console: Console,
     started: float,
     *,
     keep_running: bool,
-) -> None:
+) -> bool:
+    """What happened, counted where the posts landed; False if any target got two posts."""
     jobs = [j for pid in post_ids for j in client.list_jobs(pub.ListJobsRequest(post_id=pid)).jobs]
     attempts = sum(j.attempt for j in jobs)
     retried = [j for j in jobs if j.attempt > 1]
-    accepted = admin.posts()
-    duplicates = admin.duplicates()
     console.print(
         f"\n[bold green]published[/] {len(post_ids)} posts to {len(jobs)} targets in "
         f"{time.monotonic() - started:.1f}s ({attempts} attempts)"
@@ -204,9 +290,25 @@ def _summary(
     for job in retried:
         console.print(
             f"  {job.platform}:{job.account} was rate limited, then published on "
-            f"attempt {job.attempt}: {job.result_url}"
+            f"attempt {job.attempt}: {job.result_url}",
+            highlight=False,
         )
-    console.print(f"  the sandbox accepted {len(accepted)} posts; duplicates: {len(duplicates)}")
+    exact = True
+    if admin is not None:
+        accepted, duplicates = admin.posts(), admin.duplicates()
+        console.print(
+            f"  the sandbox accepted {len(accepted)} posts; duplicates: {len(duplicates)}"
+        )
+        exact = not duplicates
+    expected: dict[str, int] = {}
+    for job in jobs:
+        target = f"{job.platform}:{job.account}"
+        expected[target] = expected.get(target, 0) + 1
+    for target, found in platforms.posts_on_platform().items():
+        # Counted on the platform itself: exactly one post per job, nothing twice.
+        published = expected.get(target, 0)
+        console.print(f"  {target} holds {found} posts; postroom published {published}")
+        exact = exact and found == published
     console.print(f"  metrics at {cluster.metrics_url}")
     example = retried[0].id if retried else (jobs[0].id if jobs else "JOB_ID")
     console.print(
@@ -214,3 +316,4 @@ def _summary(
         + ("" if keep_running else "   (while it runs: postroom demo --keep-running)"),
         markup=False,
     )
+    return exact

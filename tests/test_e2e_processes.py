@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from local_servers import require_pds
 from polling import wait_until
 
 from postroom.v1 import publishing_pb2 as pub
@@ -281,3 +282,36 @@ def test_make_demo_exits_zero() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "published 4 posts to 8 targets" in done.stdout
     assert "duplicates: 0" in done.stdout
+
+
+@pytest.mark.timeout(240)
+def test_demo_on_the_local_bluesky_and_mastodon_counts_one_post_per_target() -> None:
+    require_pds()
+    done = subprocess.run(
+        [sys.executable, "-m", "postroom_cli", "demo", "--platforms", "bluesky,mastodon"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    out = " ".join(done.stdout.split())  # rich wraps long lines
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "published 3 posts to 4 targets" in out
+    assert "mastodon:demo was rate limited, then published on attempt 2" in out
+    # Counted on the platforms themselves: every target exactly once.
+    assert "bluesky:demo holds 2 posts; postroom published 2" in out
+    assert "mastodon:demo holds 2 posts; postroom published 2" in out
+
+
+def test_demo_refuses_an_unknown_platform() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "postroom_cli", "demo", "--platforms", "myspace"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "unknown platform(s) ['myspace']; choose from sandbox, bluesky, mastodon" in done.stderr
