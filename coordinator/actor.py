@@ -27,7 +27,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
-from coordinator.clock import Clock
 from coordinator.convert import job_pb, step_log_pb
 from coordinator.domain import LEASED_STATUSES, JobStatus, Target
 from coordinator.errors import CoordinatorError
@@ -45,7 +44,8 @@ from coordinator.leasing.effects import (
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.retry import RetryPolicies
 from coordinator.store.base import Store
-from coordinator.tracing import inject_traceparent
+from postroom.clock import Clock
+from postroom.tracing import inject_traceparent
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import worker_gateway_pb2 as wg
 

@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.assets import AssetStore
-from coordinator.clock import SystemClock
 from coordinator.content_rules import TextLimits, parse_text_limit
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.errors import CoordinatorError
@@ -33,13 +32,16 @@ from coordinator.leasing.core import (
     DEFAULT_RUN_TIMEOUT_S,
     LeaseConfig,
 )
-from coordinator.logs import configure_logging
-from coordinator.metrics import CoordinatorMetrics, serve_metrics
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.publishing import PublishingService
 from coordinator.reflection import enable_reflection
 from coordinator.retry import RetryPolicies, RetryPolicy, parse_policy
 from coordinator.store import open_store
-from coordinator.tracing import exporters_from_env, make_tracer_provider
+from postroom.address import split_host_port
+from postroom.clock import SystemClock
+from postroom.logs import configure_logging
+from postroom.metrics_http import serve_metrics
+from postroom.tracing import exporters_from_env, make_tracer_provider
 from postroom.v1 import publishing_pb2, worker_gateway_pb2
 from postroom.v1 import publishing_pb2_grpc as pub_grpc
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
@@ -79,13 +81,6 @@ class ServerOptions:
     log_level: str
     coordinator: CoordinatorConfig
     text_limits: TextLimits = field(default_factory=TextLimits)
-
-
-def split_host_port(value: str, flag: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise SystemExit(f"postroom coordinator: {flag} {value!r}: expected HOST:PORT")
-    return host or "127.0.0.1", int(port)
 
 
 def parse_args(argv: list[str]) -> ServerOptions:
@@ -186,8 +181,11 @@ def parse_args(argv: list[str]) -> ServerOptions:
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--log-level", default=os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
-    split_host_port(a.listen, "--listen")
-    split_host_port(a.metrics_listen, "--metrics-listen")
+    for flag, value in (("--listen", a.listen), ("--metrics-listen", a.metrics_listen)):
+        try:
+            split_host_port(value)
+        except ValueError as exc:
+            p.error(f"{flag}: {exc}")
     quotas: dict[str, Quota] = {}
     for spec in a.quota:
         try:
@@ -293,7 +291,7 @@ async def serve(opts: ServerOptions) -> None:
             f"cannot listen on {opts.listen} (--listen): the port is in use or the address is "
             "not this machine's; stop the other process or choose another port"
         )
-    mhost, mport = split_host_port(opts.metrics_listen, "--metrics-listen")
+    mhost, mport = split_host_port(opts.metrics_listen)
     try:
         metrics_server = serve_metrics(registry, mhost, mport)
     except OSError as exc:

@@ -33,13 +33,13 @@ from scripted_worker import ScriptedWorker
 
 from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.assets import AssetStore
-from coordinator.clock import FakeClock, SystemClock
 from coordinator.content_rules import TextLimits
 from coordinator.gateway import WorkerGatewayService
 from coordinator.leasing.core import LeaseConfig
 from coordinator.main import GRPC_SERVER_OPTIONS
 from coordinator.publishing import PublishingService
 from coordinator.store import open_store
+from postroom.clock import FakeClock, SystemClock
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import publishing_pb2_grpc, worker_gateway_pb2_grpc
 from postroom.v1 import types_pb2 as pb

@@ -13,10 +13,10 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from postroom.clock import SystemClock
 from worker.accounts import AccountConfig, AccountsError, load_accounts
 from worker.adapters.base import JobSpec, Prepared, Published
 from worker.adapters.png import render_card
-from worker.clock import SystemClock
 from worker.errors import AdapterError, InvalidContent, Transient
 from worker.main import main as worker_main
 from worker.media import MediaLoader, sniff_content_type

@@ -24,13 +24,13 @@ from fault_proxy import FaultProxy, Reply, Rule
 from local_servers import require_pds
 from platform_rig import CANARY, Account, PlatformRig
 
+from postroom.clock import SystemClock
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from sandbox.local.pds import PdsAccount, PdsServer
 from worker.accounts import AccountConfig, Secret
 from worker.adapters.base import JobSpec
 from worker.adapters.png import render_card
-from worker.clock import SystemClock
 from worker.errors import AuthRequired, Duplicate
 from worker.media import MediaLoader
 from worker.platforms.base import PlatformContext, Transcript

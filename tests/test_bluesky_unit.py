@@ -12,10 +12,10 @@ import anyio
 import httpx
 import pytest
 
+from postroom.clock import FakeClock
 from worker.accounts import AccountConfig, AccountsError, Secret
 from worker.adapters.base import JobSpec
 from worker.adapters.png import render_card
-from worker.clock import FakeClock
 from worker.errors import AuthRequired, InvalidContent, RateLimited, Transient
 from worker.media import MediaLoader
 from worker.platforms.base import PlatformContext, Transcript

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from postroom.clock import FakeClock
 from sandbox.standins.linkedin import create_app
 from sandbox.standins.linkedin_model import render
 from worker.accounts import AccountConfig, AccountsError, Secret
 from worker.adapters.base import JobSpec
-from worker.clock import FakeClock
 from worker.errors import AuthRequired, Duplicate, InvalidContent, RateLimited, Transient
 from worker.media import MediaLoader
 from worker.platforms.base import PlatformContext, Transcript

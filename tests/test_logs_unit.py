@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-import coordinator.logs as coordinator_logs
-import worker.logs as worker_logs
+import postroom.logs as postroom_logs
 
-BOTH = pytest.mark.parametrize("logs", [coordinator_logs, worker_logs], ids=lambda m: m.__name__)
+# One module serves the coordinator and the worker (postroom/ holds the shared infrastructure).
+BOTH = pytest.mark.parametrize("logs", [postroom_logs], ids=lambda m: m.__name__)
 
 
 @pytest.fixture(autouse=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from postroom.clock import Clock, FakeClock, SystemClock
 from sandbox.local.mastodon import MastodonMock
 from worker.accounts import AccountConfig, AccountsError, OptionValue, Secret
 from worker.adapters.base import JobSpec
 from worker.adapters.png import render_card
-from worker.clock import Clock, FakeClock, SystemClock
 from worker.errors import AuthRequired, InvalidContent, RateLimited, Transient
 from worker.media import MediaLoader
 from worker.platforms.base import PlatformContext, Transcript

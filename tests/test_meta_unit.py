@@ -18,13 +18,13 @@ import httpx
 import pytest
 from meta_helpers import tiny_jpeg
 
+from postroom.clock import FakeClock
 from sandbox.standins.meta import create_app
 from sandbox.standins.meta_state import MetaState
 from worker.accounts import AccountConfig, AccountsError, OptionValue, Secret
 from worker.adapters.base import JobSpec
 from worker.adapters.png import render_card
 from worker.adapters.ratelimit import QUOTA_CAP_THRESHOLD_S
-from worker.clock import FakeClock
 from worker.errors import (
     AdapterError,
     AuthRequired,

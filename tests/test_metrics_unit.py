@@ -9,9 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.metrics import serve_metrics as serve_coordinator_metrics
+from postroom.metrics_http import serve_metrics
 from worker.metrics import WorkerMetrics
-from worker.metrics import serve_metrics as serve_worker_metrics
 
 # Exposed metric name -> (type, label names), as design.md ("Observability names") fixes them,
 # plus the gauges the dashboard and alerts need.
@@ -243,7 +242,7 @@ def test_coordinator_serves_metrics_over_http(
 ) -> None:
     cm.job_finished("x", "succeeded", 1.0)
     cm.set_job_counts({("QUEUED", "x"): 5})
-    server = serve_coordinator_metrics(registry, "127.0.0.1", 0)
+    server = serve_metrics(registry, "127.0.0.1", 0)
     try:
         assert server.port > 0
         # Prometheus asks for OpenMetrics first; the classic text format must come back, where
@@ -265,7 +264,7 @@ def test_coordinator_serves_metrics_over_http(
 
 def test_worker_serves_metrics_over_http(registry: CollectorRegistry) -> None:
     WorkerMetrics(registry).set_connected(True)
-    server = serve_worker_metrics(registry, "127.0.0.1", 0)
+    server = serve_metrics(registry, "127.0.0.1", 0)
     try:
         resp = httpx.get(server.url, timeout=5)
         assert resp.status_code == 200
@@ -276,7 +275,7 @@ def test_worker_serves_metrics_over_http(registry: CollectorRegistry) -> None:
 
 @pytest.mark.anyio
 async def test_metrics_server_closes_from_async_code(registry: CollectorRegistry) -> None:
-    server = serve_coordinator_metrics(registry, "127.0.0.1", 0)
+    server = serve_metrics(registry, "127.0.0.1", 0)
     async with httpx.AsyncClient() as client:
         assert (await client.get(server.url, timeout=5)).status_code == 200
     await server.aclose()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from postroom.clock import SystemClock
 from worker.adapters.base import JobSpec
 from worker.adapters.noop import NoopAdapter
-from worker.clock import SystemClock
 from worker.main import build_adapters, build_parser, config_from_args
 
 

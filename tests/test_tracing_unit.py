@@ -18,16 +18,21 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
-import coordinator.tracing as coordinator_tracing
-import worker.tracing as worker_tracing
-from coordinator.tracing import SPAN_JOB_ATTEMPT, inject_traceparent
-from worker.tracing import SPAN_WORKER_RUN, SPAN_WORKER_STEP, context_from_traceparent
+import postroom.tracing as tracing_module
+from postroom.tracing import (
+    SPAN_JOB_ATTEMPT,
+    SPAN_WORKER_RUN,
+    SPAN_WORKER_STEP,
+    context_from_traceparent,
+    inject_traceparent,
+)
+
+# One module serves both processes (postroom/ holds the shared infrastructure).
+coordinator_tracing = worker_tracing = tracing_module
 
 # Flags: sampled (0x01), plus "random trace id" (0x02) from recent SDKs.
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[13]$")
-BOTH = pytest.mark.parametrize(
-    "tracing", [coordinator_tracing, worker_tracing], ids=lambda m: m.__name__
-)
+BOTH = pytest.mark.parametrize("tracing", [tracing_module], ids=lambda m: m.__name__)
 
 
 def processors(provider: TracerProvider) -> tuple[SpanProcessor, ...]:

@@ -21,12 +21,12 @@ import grpc
 import httpx
 import pytest
 
+from postroom.clock import SystemClock
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 from worker.adapters.base import AdapterRegistry
 from worker.adapters.sandbox import sandbox_factory
-from worker.clock import SystemClock
 from worker.config import BackoffPolicy, Capability, WorkerConfig
 from worker.errors import SessionRefused
 from worker.shell import Worker

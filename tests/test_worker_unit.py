@@ -16,19 +16,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
+from postroom.clock import FakeClock
+from postroom.tracing import make_tracer_provider
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker import session
 from worker.adapters.base import AdapterRegistry, JobSpec, Prepared, Published
 from worker.adapters.http import error_for
-from worker.clock import FakeClock
 from worker.config import BackoffPolicy, Capability, WorkerConfig, lease_margin_s
 from worker.errors import AdapterError, Duplicate, RateLimited, Transient
 from worker.jobs import JobPhase
 from worker.metrics import WorkerMetrics
 from worker.runtime import JobRunner
 from worker.session import SessionState
-from worker.tracing import make_tracer_provider
 
 pytestmark = pytest.mark.anyio
 
@@ -511,7 +511,7 @@ async def test_duplicate_that_verification_cannot_find_fails_as_duplicate() -> N
 
 async def test_a_run_is_one_span_under_the_coordinators_trace_with_step_children() -> None:
     exporter = InMemorySpanExporter()
-    provider = make_tracer_provider(exporter=exporter)
+    provider = make_tracer_provider("postroom-worker", exporter=exporter)
     registry = CollectorRegistry()
     trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     async with rig(metrics=WorkerMetrics(registry), tracer=provider.get_tracer("test")) as r:

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from postroom.clock import FakeClock, SystemClock
 from sandbox.standins.x import create_app, x_state
 from worker.accounts import AccountConfig, Secret
 from worker.adapters.base import JobSpec
 from worker.adapters.png import render_card
-from worker.clock import FakeClock, SystemClock
 from worker.errors import AuthRequired, Duplicate, InvalidContent, RateLimited, Transient
 from worker.media import MediaFile, MediaLoader
 from worker.platforms.base import PlatformContext, Transcript

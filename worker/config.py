@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from postroom.address import split_host_port
 from postroom.v1 import types_pb2
 
 WorkerKindName = Literal["api", "browser"]
@@ -113,14 +114,6 @@ class WorkerConfig:
     @property
     def platforms(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c.platform for c in self.capabilities))
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """`host:port` (IPv6 as `[::1]:port`) -> (host, port); raises ValueError otherwise."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port_text)
 
 
 def lease_margin_s(lease_ttl_s: float) -> float:

@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING
 import anyio
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from postroom.logs import log_context
+from postroom.tracing import (
+    SPAN_WORKER_RUN,
+    SPAN_WORKER_STEP,
+    STEP_ATTRIBUTE,
+    context_from_traceparent,
+)
 from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker.adapters.base import ON_FAILURE, AdapterRegistry, PlatformAdapter
 from worker.errors import AdapterError, LeaseLost, RateLimited, Transient
 from worker.jobs import JobPhase, RunningJob, Upload
 from worker.lifecycle import StepNote, publish
-from worker.logs import log_context
 from worker.metrics import WorkerMetrics
-from worker.tracing import (
-    SPAN_WORKER_RUN,
-    SPAN_WORKER_STEP,
-    STEP_ATTRIBUTE,
-    context_from_traceparent,
-)
 
 if TYPE_CHECKING:
     from worker.runtime import JobRunner

@@ -28,11 +28,15 @@ import anyio
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
+from postroom.address import split_host_port
+from postroom.clock import Clock, SystemClock
+from postroom.logs import configure_logging
+from postroom.metrics_http import serve_metrics
+from postroom.tracing import exporters_from_env, make_tracer_provider
 from worker.accounts import AccountConfig, AccountsError, load_accounts
 from worker.adapters.base import AdapterRegistry
 from worker.adapters.noop import noop_factory
 from worker.adapters.sandbox import sandbox_factory
-from worker.clock import Clock, SystemClock
 from worker.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -41,16 +45,13 @@ from worker.config import (
     DEFAULT_REQUEST_TIMEOUT_S,
     Capability,
     WorkerConfig,
-    split_host_port,
 )
 from worker.errors import SessionRefused
-from worker.logs import configure_logging
 from worker.media import MediaLoader
-from worker.metrics import WorkerMetrics, serve_metrics
+from worker.metrics import WorkerMetrics
 from worker.platforms.base import AccountHost, PlatformContext
 from worker.redact import RedactingFilter, Redactor
 from worker.shell import Worker
-from worker.tracing import exporters_from_env, make_tracer_provider
 
 log = logging.getLogger("postroom.worker")
 

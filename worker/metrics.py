@@ -9,19 +9,12 @@ worker share nothing but the generated protocol code.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from socketserver import ThreadingMixIn
-from typing import Any, Literal
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from wsgiref.types import StartResponse, WSGIEnvironment
+from typing import Literal
 
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # A step is anything from one HTTP call to a browser page load or an upload of a large video.
 STEP_DURATION_BUCKETS_S: tuple[float, ...] = (
@@ -89,55 +82,3 @@ class WorkerMetrics:
 
     def set_connected(self, up: bool) -> None:
         self.connected.set(int(up))
-
-
-# --- /metrics over HTTP (duplicated in coordinator/metrics.py: no code is shared) ---
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes every few seconds would flood stderr."""
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsServer:
-    """A running /metrics endpoint. `port` is the bound port (useful when asked for port 0)."""
-
-    host: str
-    port: int
-    _httpd: _Server
-    _thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    async def aclose(self) -> None:
-        """`close` off the event loop: shutdown() waits for the serve loop's next poll."""
-        await asyncio.to_thread(self.close)
-
-
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
-    """Serve `registry` at http://host:port/metrics from a daemon thread; port 0 picks one."""
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    inner = make_wsgi_app(registry)
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        # Same exposition as the coordinator: the classic text format, whatever Accept says.
-        environ.pop("HTTP_ACCEPT", None)
-        body: Iterable[bytes] = inner(environ, start_response)
-        return body
-
-    httpd = make_server(host, port, app, _Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    return MetricsServer(host=host, port=int(httpd.server_port), _httpd=httpd, _thread=thread)

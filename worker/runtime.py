@@ -19,11 +19,11 @@ from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
+from postroom.clock import Clock
 from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker import session as cmd
 from worker.adapters.base import AdapterRegistry
-from worker.clock import Clock
 from worker.config import DEFAULT_LEASE_TTL_S, DEFAULT_LOGIN_CHECK_TIMEOUT_S, lease_margin_s
 from worker.errors import AdapterError, AuthRequired
 from worker.execution import JobTask, close_adapter

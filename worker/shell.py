@@ -21,12 +21,12 @@ import grpc
 from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry.trace import Tracer
 
+from postroom.clock import Clock, SystemClock, sleep_for
 from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 from worker import session
 from worker.adapters.base import AdapterRegistry
-from worker.clock import Clock, SystemClock, sleep_for
 from worker.config import DEFAULT_OUTBOX_MESSAGES, WorkerConfig
 from worker.errors import SessionError, SessionRefused, StreamBroken
 from worker.metrics import WorkerMetrics

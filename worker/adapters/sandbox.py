@@ -19,10 +19,10 @@ from urllib.parse import quote
 
 import httpx
 
+from postroom.clock import Clock
 from worker.adapters.base import AFTER_PUBLISH, ON_FAILURE, JobSpec, Prepared, Published
 from worker.adapters.http import RequestObserver, error_for, ignore_request, json_body, send
 from worker.adapters.png import Tone, render_card
-from worker.clock import Clock
 from worker.config import DEFAULT_REQUEST_TIMEOUT_S
 from worker.errors import InvalidContent, Transient
 

@@ -25,6 +25,7 @@ from typing import ClassVar, TypeVar
 
 import httpx
 
+from postroom.clock import Clock
 from worker.accounts import AccountConfig, AccountsError
 from worker.adapters.base import (
     AFTER_PUBLISH,
@@ -37,7 +38,6 @@ from worker.adapters.base import (
 )
 from worker.adapters.http import RequestObserver, RequestStatus, ignore_request, send
 from worker.adapters.png import Tone, render_card
-from worker.clock import Clock
 from worker.config import DEFAULT_REQUEST_TIMEOUT_S, Capability
 from worker.errors import AdapterError, Transient
 from worker.media import MediaLoader

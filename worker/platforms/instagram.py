@@ -46,9 +46,9 @@ from urllib.parse import quote
 
 import httpx
 
+from postroom.clock import sleep_for
 from worker.accounts import AccountConfig, AccountsError
 from worker.adapters.base import JobSpec, Prepared, Published
-from worker.clock import sleep_for
 from worker.errors import AdapterError, AuthRequired, InvalidContent, RateLimited, Transient
 from worker.platforms.base import PlatformContext, Transcript, json_of
 from worker.platforms.graph import (

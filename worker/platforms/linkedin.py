@@ -41,10 +41,10 @@ from urllib.parse import quote
 
 import httpx
 
+from postroom.clock import sleep_for
 from worker.accounts import AccountConfig, AccountsError
 from worker.adapters import ratelimit
 from worker.adapters.base import JobSpec, Prepared, Published
-from worker.clock import sleep_for
 from worker.errors import (
     AdapterError,
     AuthRequired,

@@ -1,11 +1,14 @@
-"""Tracing for the coordinator: a `TracerProvider` built from the standard OTEL_* environment, and
-the W3C `traceparent` that crosses the process boundary inside `Assign` messages.
+"""Tracing for postroom's processes: a `TracerProvider` built from the standard OTEL_* environment,
+and the W3C `traceparent` that crosses the process boundary inside `Assign` messages.
 
 The provider is returned, never installed globally: callers pass it (or a tracer from it) down.
 With no OTEL_* variables it has no span processor, so spans cost next to nothing.
 
-One trace per job attempt: the coordinator opens `SPAN_JOB_ATTEMPT` when it assigns a job and puts
-`inject_traceparent(span.get_span_context())` in the `Assign`; the worker continues that trace.
+One trace per job attempt (design.md, "Observability names"): the coordinator opens
+`SPAN_JOB_ATTEMPT` when it assigns a job and puts `inject_traceparent(span.get_span_context())` in
+the `Assign`; the worker continues that trace with `SPAN_WORKER_RUN` under
+`context_from_traceparent(assign.traceparent)`, and one `SPAN_WORKER_STEP` child per step
+(attribute `STEP_ATTRIBUTE`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 from collections.abc import Mapping
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,8 +30,10 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-DEFAULT_SERVICE_NAME = "postroom-coordinator"
 SPAN_JOB_ATTEMPT = "postroom.job.attempt"
+SPAN_WORKER_RUN = "postroom.worker.run"
+SPAN_WORKER_STEP = "postroom.worker.step"
+STEP_ATTRIBUTE = "postroom.step"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -62,7 +68,7 @@ def exporters_from_env(environ: Mapping[str, str] | None = None) -> list[SpanExp
 
 
 def make_tracer_provider(
-    service_name: str = DEFAULT_SERVICE_NAME,
+    service_name: str,
     *,
     exporter: SpanExporter | None = None,
     environ: Mapping[str, str] | None = None,
@@ -88,3 +94,11 @@ def inject_traceparent(span_context: SpanContext) -> str:
     ctx = trace.set_span_in_context(NonRecordingSpan(span_context))
     _PROPAGATOR.inject(carrier, context=ctx)
     return carrier.get("traceparent", "")
+
+
+def context_from_traceparent(tp: str) -> Context:
+    """The parent context carried by a W3C `traceparent` value. An empty or malformed value gives
+    an empty context, so the run starts a new trace rather than failing the job."""
+    if not tp:
+        return Context()
+    return _PROPAGATOR.extract({"traceparent": tp})

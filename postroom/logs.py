@@ -1,11 +1,9 @@
-"""Structured logging for the worker: one line per record on stderr, as text or JSON.
+"""Structured logging for postroom's processes: one line per record on stderr, as text or JSON.
 
 Every line carries `job_id` and `trace_id` when they are known. They come from `log_context(...)`
 (context variables, so each asyncio task sees its own), an explicit `extra={"job_id": ...}`, or,
 for `trace_id`, the current OpenTelemetry span. Fields a caller passes with `extra=` are kept: as
 keys of the JSON object, or as `key=value` after the text message.
-
-This module duplicates coordinator/logs.py on purpose: the two packages share no code.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Injected time: everything in the worker that waits or expires takes a `Clock`.
+"""Injected time: every component of the coordinator and the worker that waits or expires takes
+a `Clock`.
 
-Wall time (Unix seconds), because lease deadlines arrive from the coordinator as Unix instants.
-Tests use `FakeClock` to run lease expiry and backoff in virtual time.
+Wall time (Unix seconds): it is persisted and shown to users, and lease deadlines cross the wire
+as Unix instants. Tests use `FakeClock` to run lease expiry and backoff in virtual time.
 """
 
 from __future__ import annotations
