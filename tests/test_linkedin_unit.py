@@ -373,4 +373,4 @@ async def test_bare_429_from_linkedin_closes_until_midnight(rig: Rig) -> None:
         await client.commit(job("too many"), await client.prepare(job("too many"), t), t)
 
     assert (limited.value.retry_at, limited.value.quota_cap) == (NEXT_MIDNIGHT, True)
-    assert "quota cap until 2026-11-30 00:00:00 UTC" in limited.value.message
+    assert "quota cap until 2026-11-30T00:00:00+00:00" in limited.value.message

@@ -18,7 +18,6 @@ from worker.errors import (
     AuthRequired,
     Duplicate,
     InvalidContent,
-    RateLimited,
     Transient,
 )
 
@@ -69,13 +68,7 @@ def error_for(
     message = f"{platform}: HTTP {status}: {detail}"
     if status == 429:
         limit = ratelimit.normalise(response.headers, now=now, body=body, daily_quota=daily_quota)
-        kind = "quota cap" if limit.quota_cap else "throttled"
-        return RateLimited(
-            f"{message} ({kind} for {limit.wait_s(now):.1f}s, from {limit.source})",
-            retry_at=limit.closed_until,
-            quota_cap=limit.quota_cap,
-            http_status=status,
-        )
+        return ratelimit.rate_limited(message, limit, now=now, http_status=status)
     if status in (401, 403):
         return AuthRequired(message, http_status=status)
     if status == 409:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+from worker.errors import RateLimited
+
 # Nothing usable in the answer: the platform said "slow down" without saying how long.
 DEFAULT_FALLBACK_S = 60.0
 # Never come back sooner than this, even when a reset instant has already passed (clock skew).
@@ -155,3 +157,18 @@ def _timestamp(when: datetime) -> float:
     if when.tzinfo is None:  # platforms mean UTC when they leave the zone out
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def rate_limited(
+    message: str, limit: RateLimit, *, now: float, http_status: int | None = 429
+) -> RateLimited:
+    """The error for a rate-limited answer: `message` plus what kind of limit, until when
+    (UTC and as a wait) and which signal said so."""
+    kind = "quota cap" if limit.quota_cap else "throttled"
+    until = datetime.fromtimestamp(limit.closed_until, UTC).isoformat(timespec="seconds")
+    return RateLimited(
+        f"{message} ({kind} until {until}, in {limit.wait_s(now):.0f}s, from {limit.source})",
+        retry_at=limit.closed_until,
+        quota_cap=limit.quota_cap,
+        http_status=http_status,
+    )

@@ -47,7 +47,6 @@ from worker.errors import (
     AuthRequired,
     Duplicate,
     InvalidContent,
-    RateLimited,
     Transient,
 )
 from worker.media import MediaFile
@@ -187,13 +186,7 @@ class BlueskyClient(PlatformClient):
         if status == 429:
             now = self.clock.now()
             limit = ratelimit.normalise(response.headers, now=now, body=body)
-            kind = "quota cap" if limit.quota_cap else "throttled"
-            return RateLimited(
-                f"{message} ({kind} for {limit.wait_s(now):.0f}s, from {limit.source})",
-                retry_at=limit.closed_until,
-                quota_cap=limit.quota_cap,
-                http_status=status,
-            )
+            return ratelimit.rate_limited(message, limit, now=now, http_status=status)
         if status in (401, 403) or error in _AUTH_ERRORS:
             return AuthRequired(message, http_status=status)
         if status == 404:

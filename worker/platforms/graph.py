@@ -188,13 +188,7 @@ def graph_error_for(response: httpx.Response, *, platform: str, now: float) -> A
 
 def rate_limited(text: str, response: httpx.Response, *, now: float) -> RateLimited:
     limit = meta_rate_limit(response.headers, now=now)
-    kind = "quota cap" if limit.quota_cap else "throttled"
-    return RateLimited(
-        f"{text} ({kind} for {limit.wait_s(now):.0f}s, from {limit.source})",
-        retry_at=limit.closed_until,
-        quota_cap=limit.quota_cap,
-        http_status=response.status_code,
-    )
+    return ratelimit.rate_limited(text, limit, now=now, http_status=response.status_code)
 
 
 def _by_status(response: httpx.Response, *, platform: str, now: float) -> AdapterError:

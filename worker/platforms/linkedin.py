@@ -35,7 +35,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -50,7 +49,6 @@ from worker.errors import (
     AuthRequired,
     Duplicate,
     InvalidContent,
-    RateLimited,
     Transient,
 )
 from worker.media import MediaFile
@@ -201,13 +199,7 @@ class LinkedInClient(PlatformClient):
             limit = ratelimit.normalise(
                 response.headers, now=now, body=body, daily_quota=not has_retry_after
             )
-            kind = "quota cap" if limit.quota_cap else "throttled"
-            return RateLimited(
-                f"{message} ({kind} until {_utc(limit.closed_until)}, from {limit.source})",
-                retry_at=limit.closed_until,
-                quota_cap=limit.quota_cap,
-                http_status=status,
-            )
+            return ratelimit.rate_limited(message, limit, now=now, http_status=status)
         if status in (401, 403):
             return AuthRequired(message, http_status=status)
         if status == 422 and _is_duplicate(body, detail):
@@ -382,7 +374,3 @@ def _is_duplicate(body: Mapping[str, object], message: str) -> bool:
     return isinstance(errors, list) and any(
         isinstance(e, Mapping) and e.get("code") == "DUPLICATE_POST" for e in errors
     )
-
-
-def _utc(instant: float) -> str:
-    return datetime.fromtimestamp(instant, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

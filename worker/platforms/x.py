@@ -35,6 +35,7 @@ media_processing_timeout_s (300).
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -50,7 +51,6 @@ from worker.errors import (
     AuthRequired,
     Duplicate,
     InvalidContent,
-    RateLimited,
     Transient,
 )
 from worker.media import MediaFile
@@ -174,15 +174,10 @@ class XClient(PlatformClient):
         if status == 429:
             now = self.clock.now()
             limit = ratelimit.normalise(response.headers, now=now)
+            # X decides itself: its 15-minute windows are throttles, its 24-hour caps quotas.
             quota_cap = is_quota_cap(response.headers, limit.wait_s(now))
-            kind = "quota cap" if quota_cap else "throttled"
-            until = datetime.fromtimestamp(limit.closed_until, UTC).isoformat(timespec="seconds")
-            return RateLimited(
-                f"{message} ({kind} until {until}, from {limit.source})",
-                retry_at=limit.closed_until,
-                quota_cap=quota_cap,
-                http_status=status,
-            )
+            limit = dataclasses.replace(limit, quota_cap=quota_cap)
+            return ratelimit.rate_limited(message, limit, now=now, http_status=status)
         if status == 401:
             return AuthRequired(
                 f"{message}; the token was refused even after a refresh: authorise postroom "
