@@ -166,6 +166,19 @@ class PlatformRig:
                 return gate
         raise AssertionError(f"no gate for {platform}:{account}")
 
+    def closed_gate(self, platform: str, account: str) -> pb.RateLimitGate | None:
+        """The account's gate while it is closed, else None (a probe for wait_until)."""
+        gate = self.gate(platform, account)
+        return gate if gate.closed else None
+
+    def success_details(self, job: pb.Job) -> dict[str, Any]:
+        """The details of the job's JOB_SUCCEEDED audit entry (found_existing, post id, ...)."""
+        for event in self.audit():
+            if event["action"] == "JOB_SUCCEEDED" and event["subject"] == job.id:
+                details: dict[str, Any] = json.loads(event["details"])
+                return details
+        raise AssertionError(f"no JOB_SUCCEEDED for {job.id}")
+
     def audit(self) -> list[dict[str, Any]]:
         events = self.api.list_audit_events(pub.ListAuditEventsRequest(page_size=1000)).events
         return [

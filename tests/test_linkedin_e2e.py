@@ -8,7 +8,6 @@ reader sees).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,17 +63,6 @@ class Env:
 
     def posts(self, name: str) -> list[dict[str, Any]]:
         return self.admin.posts(author=member(name))
-
-    def closed_gate(self, name: str) -> pb.RateLimitGate | None:
-        gate = self.rig.gate("linkedin", name)
-        return gate if gate.closed else None
-
-    def succeeded(self, job: pb.Job) -> dict[str, Any]:
-        for event in self.rig.audit():
-            if event["action"] == "JOB_SUCCEEDED" and event["subject"] == job.id:
-                details: dict[str, Any] = json.loads(event["details"])
-                return details
-        raise AssertionError(f"no JOB_SUCCEEDED for {job.id}")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +167,7 @@ def test_linkedins_duplicate_answer_is_the_existing_post(env: Env) -> None:
     job = env.rig.wait_status(env.publish("duplicate", text), pb.JOB_STATUS_SUCCEEDED)
 
     assert job.result_post_id == existing
-    assert env.succeeded(job)["found_existing"] is True
+    assert env.rig.success_details(job)["found_existing"] is True
     assert [p["id"] for p in env.posts("duplicate")] == [existing]
     logs = PlatformRig.step_logs(job)
     assert f"the platform's duplicate is {existing}" in logs
@@ -229,7 +217,7 @@ def test_a_429_with_retry_after_throttles_briefly(env: Env) -> None:
     before = time.time()
 
     post_id = env.publish("throttle", "Slowly now")
-    gate = wait_until("the gate to close", lambda: env.closed_gate("throttle"))
+    gate = wait_until("the gate to close", lambda: env.rig.closed_gate("linkedin", "throttle"))
     closed_until = gate.closed_until.ToNanoseconds() / 1e9
     assert before + 2 <= closed_until <= time.time() + 2
     assert not gate.reason.startswith("quota cap")
@@ -249,7 +237,7 @@ def test_a_worker_killed_after_its_permit_is_reconciled_not_reposted(env: Env) -
 
     (post,) = env.posts("doubt")
     assert job.result_post_id == post["id"]
-    assert env.succeeded(job)["found_existing"] is True
+    assert env.rig.success_details(job)["found_existing"] is True
     assert env.admin.requests(member("doubt"))["create"] == 1  # looked, never posted again
 
 

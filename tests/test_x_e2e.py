@@ -7,7 +7,6 @@ and error, the rate-limit gate, and the tweets X holds (the stand-in's record).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -87,17 +86,6 @@ class Env:
         counts: dict[str, int] = self.x.get("/_standin/stats").json()["by_user"].get(name, {})
         return counts
 
-    def closed_gate(self, name: str) -> pb.RateLimitGate | None:
-        gate = self.rig.gate("x", name)
-        return gate if gate.closed else None
-
-    def succeeded(self, job: pb.Job) -> dict[str, Any]:
-        for event in self.rig.audit():
-            if event["action"] == "JOB_SUCCEEDED" and event["subject"] == job.id:
-                details: dict[str, Any] = json.loads(event["details"])
-                return details
-        raise AssertionError(f"no JOB_SUCCEEDED for {job.id}")
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
@@ -161,7 +149,7 @@ def test_xs_duplicate_answer_is_reconciled_to_the_existing_tweet(env: Env) -> No
     again = env.rig.wait_status(env.publish("dup", text), pb.JOB_STATUS_SUCCEEDED)
 
     assert again.result_post_id == first.result_post_id
-    assert env.succeeded(again)["found_existing"] is True
+    assert env.rig.success_details(again)["found_existing"] is True
     assert [t["id"] for t in env.tweets("dup")] == [first.result_post_id]
     assert f"the platform's duplicate is {first.result_post_id}" in PlatformRig.step_logs(again)
 
@@ -238,7 +226,7 @@ def test_a_429_throttles_until_x_rate_limit_reset(env: Env) -> None:
     env.fault("throttle", kind="throttle", reset_in_s=2)
 
     post_id = env.publish("throttle", "Slowly now")
-    gate = wait_until("the gate to close", lambda: env.closed_gate("throttle"))
+    gate = wait_until("the gate to close", lambda: env.rig.closed_gate("x", "throttle"))
 
     headers = env.fired("throttle", "throttle")
     assert headers["x-rate-limit-remaining"] == "0"
@@ -279,7 +267,7 @@ def test_a_worker_killed_after_its_permit_is_reconciled_not_reposted(env: Env) -
 
     (tweet,) = env.tweets("doubt")
     assert job.result_post_id == tweet["id"]
-    assert env.succeeded(job)["found_existing"] is True
+    assert env.rig.success_details(job)["found_existing"] is True
     counts = env.requests("doubt")
     assert counts["create"] == 1 and counts["timeline"] >= 1  # looked, never posted again
 
