@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from postroom.v1 import access_pb2 as postroom_dot_v1_dot_access__pb2
 from postroom.v1 import publishing_pb2 as postroom_dot_v1_dot_publishing__pb2
 from postroom.v1 import types_pb2 as postroom_dot_v1_dot_types__pb2
 
@@ -135,6 +136,41 @@ class PublishingStub:
                 '/postroom.v1.Publishing/ReopenRateLimit',
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.ReopenRateLimitRequest.SerializeToString,
                 response_deserializer=postroom_dot_v1_dot_types__pb2.RateLimitGate.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/postroom.v1.Publishing/WhoAmI',
+                request_serializer=postroom_dot_v1_dot_access__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_access__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/postroom.v1.Publishing/CreateToken',
+                request_serializer=postroom_dot_v1_dot_access__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_access__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/postroom.v1.Publishing/ListTokens',
+                request_serializer=postroom_dot_v1_dot_access__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_access__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/postroom.v1.Publishing/RevokeToken',
+                request_serializer=postroom_dot_v1_dot_access__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_access__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.EnrollDevice = channel.unary_unary(
+                '/postroom.v1.Publishing/EnrollDevice',
+                request_serializer=postroom_dot_v1_dot_access__pb2.EnrollDeviceRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_access__pb2.EnrollDeviceResponse.FromString,
+                _registered_method=True)
+        self.ListEnrollments = channel.unary_unary(
+                '/postroom.v1.Publishing/ListEnrollments',
+                request_serializer=postroom_dot_v1_dot_access__pb2.ListEnrollmentsRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_access__pb2.ListEnrollmentsResponse.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/postroom.v1.Publishing/RevokeDevice',
+                request_serializer=postroom_dot_v1_dot_access__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_access__pb2.DeviceEnrollment.FromString,
                 _registered_method=True)
 
 
@@ -285,6 +321,53 @@ class PublishingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Access (access.proto). Who the caller is and what role it has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Create an operator token; its secret is in the answer, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revoke operator tokens: refused from the next call on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrollDevice(self, request, context):
+        """Enroll a device for some accounts; its token is in the answer, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """Revoke a device: its session ends at once and its jobs are recovered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PublishingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -387,6 +470,41 @@ def add_PublishingServicer_to_server(servicer, server):
                     servicer.ReopenRateLimit,
                     request_deserializer=postroom_dot_v1_dot_publishing__pb2.ReopenRateLimitRequest.FromString,
                     response_serializer=postroom_dot_v1_dot_types__pb2.RateLimitGate.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=postroom_dot_v1_dot_access__pb2.WhoAmIRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_access__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=postroom_dot_v1_dot_access__pb2.CreateTokenRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_access__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=postroom_dot_v1_dot_access__pb2.ListTokensRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_access__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=postroom_dot_v1_dot_access__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_access__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'EnrollDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollDevice,
+                    request_deserializer=postroom_dot_v1_dot_access__pb2.EnrollDeviceRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_access__pb2.EnrollDeviceResponse.SerializeToString,
+            ),
+            'ListEnrollments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollments,
+                    request_deserializer=postroom_dot_v1_dot_access__pb2.ListEnrollmentsRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_access__pb2.ListEnrollmentsResponse.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=postroom_dot_v1_dot_access__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_access__pb2.DeviceEnrollment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -930,6 +1048,195 @@ class Publishing:
             '/postroom.v1.Publishing/ReopenRateLimit',
             postroom_dot_v1_dot_publishing__pb2.ReopenRateLimitRequest.SerializeToString,
             postroom_dot_v1_dot_types__pb2.RateLimitGate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/WhoAmI',
+            postroom_dot_v1_dot_access__pb2.WhoAmIRequest.SerializeToString,
+            postroom_dot_v1_dot_access__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/CreateToken',
+            postroom_dot_v1_dot_access__pb2.CreateTokenRequest.SerializeToString,
+            postroom_dot_v1_dot_access__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/ListTokens',
+            postroom_dot_v1_dot_access__pb2.ListTokensRequest.SerializeToString,
+            postroom_dot_v1_dot_access__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/RevokeToken',
+            postroom_dot_v1_dot_access__pb2.RevokeTokenRequest.SerializeToString,
+            postroom_dot_v1_dot_access__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/EnrollDevice',
+            postroom_dot_v1_dot_access__pb2.EnrollDeviceRequest.SerializeToString,
+            postroom_dot_v1_dot_access__pb2.EnrollDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/ListEnrollments',
+            postroom_dot_v1_dot_access__pb2.ListEnrollmentsRequest.SerializeToString,
+            postroom_dot_v1_dot_access__pb2.ListEnrollmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/RevokeDevice',
+            postroom_dot_v1_dot_access__pb2.RevokeDeviceRequest.SerializeToString,
+            postroom_dot_v1_dot_access__pb2.DeviceEnrollment.FromString,
             options,
             channel_credentials,
             insecure,

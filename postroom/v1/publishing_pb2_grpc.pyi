@@ -5,6 +5,7 @@ The operators' API of the postroom coordinator: posts, jobs, devices, assets, au
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from postroom.v1 import access_pb2 as _access_pb2
 from postroom.v1 import publishing_pb2 as _publishing_pb2
 from postroom.v1 import types_pb2 as _types_pb2
 import abc as _abc_1
@@ -80,6 +81,18 @@ class PublishingStub:
     """Every rate-limit gate: whether it is closed, why and until when."""
     ReopenRateLimit: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ReopenRateLimitRequest, _types_pb2.RateLimitGate]
     """Reopen a closed gate now (operator override)."""
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_access_pb2.WhoAmIRequest, _access_pb2.WhoAmIResponse]
+    """Access (access.proto). Who the caller is and what role it has."""
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_access_pb2.CreateTokenRequest, _access_pb2.CreateTokenResponse]
+    """Create an operator token; its secret is in the answer, once."""
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_access_pb2.ListTokensRequest, _access_pb2.ListTokensResponse]
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_access_pb2.RevokeTokenRequest, _access_pb2.RevokeTokenResponse]
+    """Revoke operator tokens: refused from the next call on."""
+    EnrollDevice: _grpc.UnaryUnaryMultiCallable[_access_pb2.EnrollDeviceRequest, _access_pb2.EnrollDeviceResponse]
+    """Enroll a device for some accounts; its token is in the answer, once."""
+    ListEnrollments: _grpc.UnaryUnaryMultiCallable[_access_pb2.ListEnrollmentsRequest, _access_pb2.ListEnrollmentsResponse]
+    RevokeDevice: _grpc.UnaryUnaryMultiCallable[_access_pb2.RevokeDeviceRequest, _access_pb2.DeviceEnrollment]
+    """Revoke a device: its session ends at once and its jobs are recovered."""
 
 @_typing.type_check_only
 class PublishingAsyncStub(PublishingStub):
@@ -132,6 +145,18 @@ class PublishingAsyncStub(PublishingStub):
     """Every rate-limit gate: whether it is closed, why and until when."""
     ReopenRateLimit: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ReopenRateLimitRequest, _types_pb2.RateLimitGate]  # type: ignore[assignment]
     """Reopen a closed gate now (operator override)."""
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_access_pb2.WhoAmIRequest, _access_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """Access (access.proto). Who the caller is and what role it has."""
+    CreateToken: _aio.UnaryUnaryMultiCallable[_access_pb2.CreateTokenRequest, _access_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """Create an operator token; its secret is in the answer, once."""
+    ListTokens: _aio.UnaryUnaryMultiCallable[_access_pb2.ListTokensRequest, _access_pb2.ListTokensResponse]  # type: ignore[assignment]
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_access_pb2.RevokeTokenRequest, _access_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    """Revoke operator tokens: refused from the next call on."""
+    EnrollDevice: _aio.UnaryUnaryMultiCallable[_access_pb2.EnrollDeviceRequest, _access_pb2.EnrollDeviceResponse]  # type: ignore[assignment]
+    """Enroll a device for some accounts; its token is in the answer, once."""
+    ListEnrollments: _aio.UnaryUnaryMultiCallable[_access_pb2.ListEnrollmentsRequest, _access_pb2.ListEnrollmentsResponse]  # type: ignore[assignment]
+    RevokeDevice: _aio.UnaryUnaryMultiCallable[_access_pb2.RevokeDeviceRequest, _access_pb2.DeviceEnrollment]  # type: ignore[assignment]
+    """Revoke a device: its session ends at once and its jobs are recovered."""
 
 class PublishingServicer(metaclass=_abc_1.ABCMeta):
     """Publishing is what operators, the CLI and grpcurl talk to."""
@@ -301,5 +326,59 @@ class PublishingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.RateLimitGate, _abc.Awaitable[_types_pb2.RateLimitGate]]:
         """Reopen a closed gate now (operator override)."""
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _access_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.WhoAmIResponse, _abc.Awaitable[_access_pb2.WhoAmIResponse]]:
+        """Access (access.proto). Who the caller is and what role it has."""
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _access_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.CreateTokenResponse, _abc.Awaitable[_access_pb2.CreateTokenResponse]]:
+        """Create an operator token; its secret is in the answer, once."""
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _access_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.ListTokensResponse, _abc.Awaitable[_access_pb2.ListTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _access_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.RevokeTokenResponse, _abc.Awaitable[_access_pb2.RevokeTokenResponse]]:
+        """Revoke operator tokens: refused from the next call on."""
+
+    @_abc_1.abstractmethod
+    def EnrollDevice(
+        self,
+        request: _access_pb2.EnrollDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.EnrollDeviceResponse, _abc.Awaitable[_access_pb2.EnrollDeviceResponse]]:
+        """Enroll a device for some accounts; its token is in the answer, once."""
+
+    @_abc_1.abstractmethod
+    def ListEnrollments(
+        self,
+        request: _access_pb2.ListEnrollmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.ListEnrollmentsResponse, _abc.Awaitable[_access_pb2.ListEnrollmentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeDevice(
+        self,
+        request: _access_pb2.RevokeDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.DeviceEnrollment, _abc.Awaitable[_access_pb2.DeviceEnrollment]]:
+        """Revoke a device: its session ends at once and its jobs are recovered."""
 
 def add_PublishingServicer_to_server(servicer: PublishingServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

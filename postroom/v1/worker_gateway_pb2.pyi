@@ -203,7 +203,9 @@ class Hello(_message.Message):
     device_id: _builtins.str
     """Stable identity of the worker (required)."""
     token: _builtins.str
-    """Shared secret, required when the coordinator was started with a worker token."""
+    """The device token from `postroom device enroll`, required when the coordinator authenticates
+    devices; it must be the token of the device named by device_id.
+    """
     kind: _types_pb2.WorkerKind.ValueType
     slots: _builtins.int
     """Jobs it runs at once (>= 1)."""
