@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,12 +26,19 @@ from coordinator.gates import GateView
 from coordinator.poststatus import post_warnings
 from postroom.v1 import types_pb2 as pb
 
+# What a protobuf Timestamp can hold: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_TIMESTAMP_MIN_S = -62_135_596_800
+_TIMESTAMP_MAX_S = 253_402_300_799
+
 
 def ts(value: float | None) -> Timestamp | None:
-    if not value:
+    if not value or math.isnan(value):
         return None
+    # Clamped: a time stored before the edge checked the window (or any other stray value) is
+    # shown at the edge of what a Timestamp holds rather than failing the whole answer.
+    seconds = min(max(value, _TIMESTAMP_MIN_S), _TIMESTAMP_MAX_S)
     out = Timestamp()
-    out.FromNanoseconds(int(value * 1e9))
+    out.FromNanoseconds(int(seconds * 1e9))
     return out
 
 

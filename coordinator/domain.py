@@ -226,6 +226,10 @@ def content_hash(text: str, media: Iterable[str]) -> str:
 
 
 def iso_utc(ts: float) -> str:
+    # Clamped to what datetime holds: keys and summaries never fail on a stray time (the edge
+    # refuses times outside 1970-2100; this keeps the core total for anything stored earlier).
+    if not -62_135_596_800 <= ts <= 253_402_300_799:
+        ts = -62_135_596_800 if ts < 0 else 253_402_300_799
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -4,10 +4,11 @@ reads from the store, and sends every change through the actor."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -24,13 +25,10 @@ from coordinator.convert import (
     job_status_from_pb,
     login_state_from_pb,
     post_pb,
-    post_status_from_pb,
     target_pb,
     ts,
 )
 from coordinator.domain import (
-    KNOWN_PLATFORMS,
-    MAX_ANY_TEXT_CHARS,
     TERMINAL_JOB_STATUSES,
     Job,
     Post,
@@ -39,11 +37,29 @@ from coordinator.domain import (
 from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
 from coordinator.leasing.effects import Effects
 from coordinator.store.base import JobFilter
+from coordinator.validation import (
+    actor_name,
+    check_content_hash,
+    check_filter,
+    check_media,
+    check_reason,
+    check_target,
+    check_targets,
+    check_text,
+    issue_page_token,
+    job_status_filter,
+    page_size,
+    parse_time,
+    post_status_filter,
+    read_page_token,
+    require_id,
+)
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import publishing_pb2_grpc as pub_grpc
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
 
+log = logging.getLogger("postroom.coordinator.publishing")
 R = TypeVar("R")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_ATTEMPTS_LIMIT = 20
@@ -51,12 +67,15 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 DEFAULT_AUDIT_PAGE = 1000
 MAX_AUDIT_PAGE = 10_000
+MAX_LOGIN_MESSAGE_CHARS = 1000
 
 
 def rpc(
     fn: Callable[[Any, Any, Ctx], Awaitable[R]],
 ) -> Callable[[Any, Any, Ctx], Awaitable[R]]:
-    """Translate our errors into gRPC statuses, once, at the edge."""
+    """Translate our errors into gRPC statuses, once, at the edge. Anything else is a bug: it is
+    logged with its traceback and answered INTERNAL with an id to find it by, never leaked as
+    UNKNOWN with a Python message."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: Ctx) -> R:
@@ -65,73 +84,18 @@ def rpc(
         except CoordinatorError as exc:
             await context.abort(exc.status_code, str(exc))
             raise  # abort() raises; this keeps type checkers honest
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("%s failed (incident %s)", fn.__name__, incident)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"the coordinator could not handle this request (incident {incident} in its log)",
+            )
+            raise
 
     return wrapper
-
-
-def parse_time(value: str, field_name: str) -> float:
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidArgument(
-            f"{field_name} {value!r} is not an RFC 3339 time; write e.g. 2026-11-24T18:00:00Z"
-        ) from None
-    if parsed.tzinfo is None:
-        raise InvalidArgument(
-            f"{field_name} {value!r} has no time zone; add Z (UTC) or an offset like +01:00"
-        )
-    return parsed.timestamp()
-
-
-def validate_text(text: str) -> str:
-    if not text.strip():
-        raise InvalidArgument("text is empty: a post needs some text")
-    if len(text) > MAX_ANY_TEXT_CHARS:
-        # Per-platform limits are content_rules' job; this bounds what any post may be.
-        raise InvalidArgument(
-            f"text is {len(text)} characters; no post may be longer than {MAX_ANY_TEXT_CHARS}"
-        )
-    return text
-
-
-def validate_targets(targets: Sequence[pb.Target]) -> list[Target]:
-    if not targets:
-        raise InvalidArgument("no targets: add at least one (platform, account), e.g. sandbox:acme")
-    out: list[Target] = []
-    for t in targets:
-        platform, account = t.platform.strip().lower(), t.account.strip()
-        if platform not in KNOWN_PLATFORMS:
-            raise InvalidArgument(
-                f"unknown platform {t.platform!r}; use one of {', '.join(sorted(KNOWN_PLATFORMS))}"
-            )
-        if not account or account == "*":
-            raise InvalidArgument(f"target on {platform} has no account; write {platform}:ACCOUNT")
-        target = Target(platform, account)
-        if target in out:
-            raise InvalidArgument(f"target {target} appears twice; list each target once")
-        out.append(target)
-    return out
-
-
-def require_id(value: str, name: str) -> str:
-    if not value.strip():
-        raise InvalidArgument(f"{name} is required")
-    return value.strip()
-
-
-def actor_name(value: str) -> str:
-    return f"user:{value.strip() or 'operator'}"
-
-
-def page(page_size: int, token: str, default: int, maximum: int) -> tuple[int, int]:
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
-    size = min(page_size or default, maximum)
-    try:
-        offset = int(token) if token else 0
-    except ValueError:
-        raise InvalidArgument(f"page_token {token!r} is not one this server gave out") from None
-    return size, max(0, offset)
 
 
 class PublishingService(pub_grpc.PublishingServicer):
@@ -166,24 +130,26 @@ class PublishingService(pub_grpc.PublishingServicer):
 
     @rpc
     async def CreatePost(self, request: pub.CreatePostRequest, context: Ctx) -> pb.Post:
-        text = validate_text(request.text)
-        targets = validate_targets(request.targets)
+        text = check_text(request.text)
+        targets = check_targets(request.targets)
+        media = check_media(request.media)
         when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
         if not 0 <= request.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise InvalidArgument(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
-        await self._check_content(text, list(request.media), targets)
+        actor = actor_name(request.actor)
+        await self._check_content(text, media, targets)
         post_id = f"p-{uuid.uuid4().hex[:12]}"
 
         async def run(now: float) -> tuple[Effects, Any]:
             return posts.create(
                 post_id=post_id,
                 text=text,
-                media=list(request.media),
+                media=media,
                 targets=targets,
                 scheduled_at=when,
                 max_attempts=request.max_attempts or 3,
                 require_confirm=request.require_confirm,
-                actor=actor_name(request.actor),
+                actor=actor,
                 now=now,
             )
 
@@ -196,24 +162,26 @@ class PublishingService(pub_grpc.PublishingServicer):
 
     @rpc
     async def ListPosts(self, request: pub.ListPostsRequest, context: Ctx) -> pub.ListPostsResponse:
-        size, offset = page(request.page_size, request.page_token, DEFAULT_PAGE, MAX_PAGE)
-        found = await self.store.list_posts(
-            status=post_status_from_pb(request.status), limit=size, offset=offset
-        )
-        token = str(offset + size) if len(found) == size else ""
+        status = post_status_filter(request.status)
+        size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        scope = f"posts|{status}"
+        offset = read_page_token(scope, request.page_token)
+        found = await self.store.list_posts(status=status, limit=size, offset=offset)
+        token = issue_page_token(scope, offset + size) if len(found) == size else ""
         return pub.ListPostsResponse(posts=[post_pb(p) for p in found], next_page_token=token)
 
     @rpc
     async def UpdatePost(self, request: pub.UpdatePostRequest, context: Ctx) -> pb.Post:
         post_id = require_id(request.post_id, "post_id")
-        text = validate_text(request.text) if request.HasField("text") else None
-        targets = validate_targets(request.targets) if request.targets else None
-        media = list(request.media) if (request.media or request.replace_media) else None
+        text = check_text(request.text) if request.HasField("text") else None
+        targets = check_targets(request.targets) if request.targets else None
+        media = check_media(request.media) if (request.media or request.replace_media) else None
         when = (
             parse_time(request.scheduled_at, "scheduled_at")
             if request.HasField("scheduled_at")
             else None
         )
+        actor = actor_name(request.actor)
         await self.co.call(
             lambda now: posts.update(
                 self.store,
@@ -223,7 +191,7 @@ class PublishingService(pub_grpc.PublishingServicer):
                 media=media,
                 targets=targets,
                 scheduled_at=when,
-                actor=actor_name(request.actor),
+                actor=actor,
                 now=now,
                 # The post as it will be (current content merged with the edit) must still meet
                 # every target's rules; a schedule-only edit of an older post is not re-judged.
@@ -247,7 +215,7 @@ class PublishingService(pub_grpc.PublishingServicer):
     async def ApprovePost(self, request: pub.ApprovePostRequest, context: Ctx) -> pb.Post:
         post_id = require_id(request.post_id, "post_id")
         actor = actor_name(request.actor)
-        reviewed = request.content_hash.strip()
+        reviewed = check_content_hash(request.content_hash)
         await self.co.call(
             lambda now: posts.approve(self.store, self.core, post_id, reviewed, actor, now)
         )
@@ -257,6 +225,7 @@ class PublishingService(pub_grpc.PublishingServicer):
     async def SchedulePost(self, request: pub.SchedulePostRequest, context: Ctx) -> pb.Post:
         post_id = require_id(request.post_id, "post_id")
         when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
+        actor = actor_name(request.actor)
         job_prefix = f"j-{uuid.uuid4().hex[:12]}-"
         await self.co.call(
             lambda now: posts.schedule(
@@ -265,7 +234,7 @@ class PublishingService(pub_grpc.PublishingServicer):
                 post_id=post_id,
                 scheduled_at=when,
                 new_job_id=job_prefix,
-                actor=actor_name(request.actor),
+                actor=actor,
                 now=now,
             )
         )
@@ -275,8 +244,9 @@ class PublishingService(pub_grpc.PublishingServicer):
     async def CancelPost(self, request: pub.CancelPostRequest, context: Ctx) -> pb.Post:
         post_id = require_id(request.post_id, "post_id")
         actor = actor_name(request.actor)
+        reason = check_reason(request.reason)
         await self.co.call(
-            lambda now: posts.cancel(self.store, self.core, post_id, request.reason, actor, now)
+            lambda now: posts.cancel(self.store, self.core, post_id, reason, actor, now)
         )
         return await self._post_reply(post_id)
 
@@ -292,16 +262,18 @@ class PublishingService(pub_grpc.PublishingServicer):
 
     @rpc
     async def ListJobs(self, request: pub.ListJobsRequest, context: Ctx) -> pub.ListJobsResponse:
-        size, offset = page(request.page_size, request.page_token, DEFAULT_PAGE, MAX_PAGE)
         flt = JobFilter(
-            status=job_status_from_pb(request.status),
-            platform=request.platform.strip().lower(),
-            account=request.account.strip(),
-            post_id=request.post_id.strip(),
-            device_id=request.device_id.strip(),
+            status=job_status_filter(request.status),
+            platform=check_filter(request.platform, "platform").lower(),
+            account=check_filter(request.account, "account"),
+            post_id=check_filter(request.post_id, "post_id"),
+            device_id=check_filter(request.device_id, "device_id"),
         )
+        size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        scope = f"jobs|{flt.status}|{flt.platform}|{flt.account}|{flt.post_id}|{flt.device_id}"
+        offset = read_page_token(scope, request.page_token)
         found = await self.store.list_jobs(flt, limit=size, offset=offset)
-        token = str(offset + size) if len(found) == size else ""
+        token = issue_page_token(scope, offset + size) if len(found) == size else ""
         return pub.ListJobsResponse(jobs=[job_pb(j) for j in found], next_page_token=token)
 
     async def WatchJob(
@@ -351,11 +323,12 @@ class PublishingService(pub_grpc.PublishingServicer):
     @rpc
     async def CancelJob(self, request: pub.CancelJobRequest, context: Ctx) -> pb.Job:
         job_id = require_id(request.job_id, "job_id")
+        actor = actor_name(request.actor)
+        reason = check_reason(request.reason) or "cancelled by an operator"
 
         async def run(now: float) -> tuple[Effects, None]:
             await self._ensure_loaded(job_id)
-            reason = request.reason or "cancelled by an operator"
-            return self.core.cancel(job_id, actor_name(request.actor), reason, now), None
+            return self.core.cancel(job_id, actor, reason, now), None
 
         await self.co.call(run)
         return await self._job_reply(job_id)
@@ -363,6 +336,7 @@ class PublishingService(pub_grpc.PublishingServicer):
     @rpc
     async def RetryJob(self, request: pub.RetryJobRequest, context: Ctx) -> pb.Job:
         job_id = require_id(request.job_id, "job_id")
+        actor = actor_name(request.actor)
 
         async def run(now: float) -> tuple[Effects, None]:
             job = await self._ensure_loaded(job_id)
@@ -372,7 +346,7 @@ class PublishingService(pub_grpc.PublishingServicer):
                     f"post {job.post_id} changed since this job was scheduled; approve and "
                     "schedule the post again instead"
                 )
-            fx = self.core.retry_now(job_id, actor_name(request.actor), request.force, now)
+            fx = self.core.retry_now(job_id, actor, request.force, now)
             return fx, None
 
         await self.co.call(run)
@@ -381,10 +355,11 @@ class PublishingService(pub_grpc.PublishingServicer):
     @rpc
     async def ConfirmJob(self, request: pub.ConfirmJobRequest, context: Ctx) -> pb.Job:
         job_id = require_id(request.job_id, "job_id")
+        actor = actor_name(request.actor)
 
         async def run(now: float) -> tuple[Effects, None]:
             await self._ensure_loaded(job_id)
-            return self.core.confirm(job_id, actor_name(request.actor), now), None
+            return self.core.confirm(job_id, actor, now), None
 
         await self.co.call(run)
         return await self._job_reply(job_id)
@@ -414,9 +389,8 @@ class PublishingService(pub_grpc.PublishingServicer):
         self, request: pub.CheckLoginRequest, context: Ctx
     ) -> pub.CheckLoginResponse:
         device_id = require_id(request.device_id, "device_id")
-        target = validate_targets([pb.Target(platform=request.platform, account=request.account)])[
-            0
-        ]
+        target = check_target(request.platform, request.account)
+        actor = actor_name(request.actor)
         if device_id not in self.core.devices:
             raise NotFound(f"device {device_id} has never connected")
         session = next((s for s in self.core.sessions.values() if s.device_id == device_id), None)
@@ -439,10 +413,10 @@ class PublishingService(pub_grpc.PublishingServicer):
             )
             raise AssertionError("unreachable")
         state = login_state_from_pb(result.state)
-        actor = actor_name(request.actor)
+        message = result.message[:MAX_LOGIN_MESSAGE_CHARS]
 
         async def run(now: float) -> tuple[Effects, list[str]]:
-            return self.core.login_checked(device_id, target, state, result.message, actor, now)
+            return self.core.login_checked(device_id, target, state, message, actor, now)
 
         requeued = await self.co.call(run)
         dev = self.core.devices[device_id]
@@ -480,11 +454,13 @@ class PublishingService(pub_grpc.PublishingServicer):
         self, request: pub.ListAuditEventsRequest, context: Ctx
     ) -> pub.ListAuditEventsResponse:
         since = parse_time(request.since, "since") if request.since else None
-        size, _ = page(request.page_size, "", DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
+        size = page_size(request.page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq must not be negative (0 starts at the oldest event)")
         events = await self.store.list_audit(
             since=since,
-            subject_id=request.subject_id.strip(),
-            action=request.action.strip().upper(),
+            subject_id=check_filter(request.subject_id, "subject_id"),
+            action=check_filter(request.action, "action").upper(),
             after_seq=request.after_seq,
             limit=size,
         )
@@ -508,9 +484,7 @@ class PublishingService(pub_grpc.PublishingServicer):
     async def ReopenRateLimit(
         self, request: pub.ReopenRateLimitRequest, context: Ctx
     ) -> pb.RateLimitGate:
-        target = validate_targets([pb.Target(platform=request.platform, account=request.account)])[
-            0
-        ]
+        target = check_target(request.platform, request.account)
         actor = actor_name(request.actor)
 
         async def run(now: float) -> tuple[Effects, None]:

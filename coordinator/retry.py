@@ -20,6 +20,10 @@ DEFAULT_JITTER_FRACTION = 0.2
 DEFAULT_MAX_RATE_LIMITED = 50
 # A 429 without any usable retry signal closes the gate this long.
 DEFAULT_RATE_LIMIT_S = 60.0
+# The longest a platform's retry signal may close a gate: a monthly cap (X's post limits reset
+# monthly) fits; an absurd one (2^62 ms, relayed by an honest worker) is cut to this, so the
+# result is still taken and committed rather than refused and re-sent forever.
+DEFAULT_MAX_RATE_LIMIT_S = 31 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class RetryPolicy:
     jitter_fraction: float = DEFAULT_JITTER_FRACTION
     max_rate_limited: int = DEFAULT_MAX_RATE_LIMITED
     default_rate_limit_s: float = DEFAULT_RATE_LIMIT_S
+    max_rate_limit_s: float = DEFAULT_MAX_RATE_LIMIT_S
 
     def backoff_s(self, counted_attempts: int, rand: float) -> float:
         """Delay before the next transient retry; rand in [0, 1) spreads it by ±jitter."""
@@ -114,9 +119,9 @@ def decide(failure: Failure, job: Job, policy: RetryPolicy, now: float, rand: fl
             if job.rate_limited_count + 1 > policy.max_rate_limited:
                 return Fail(f"rate limited {job.rate_limited_count + 1} times; giving up")
             at = failure.retry_at if failure.retry_at is not None else 0.0
-            if at <= now:
+            if not at > now:  # also NaN
                 at = now + policy.default_rate_limit_s
-            return RetryAt(at, "rate_limited")
+            return RetryAt(min(at, now + policy.max_rate_limit_s), "rate_limited")
         case ErrorClass.AUTH_REQUIRED:
             return NeedsLogin(failure.message or "login required")
         case ErrorClass.INVALID_CONTENT | ErrorClass.UI_CHANGED | ErrorClass.DUPLICATE:
