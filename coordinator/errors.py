@@ -8,7 +8,8 @@ CoordinatorError
 │   └── StaleLease             a message about a lease that is no longer current
 ├── ConcurrentUpdate       -> ABORTED            (a compare-and-set missed: someone else moved it)
 ├── ResourceExhausted      -> RESOURCE_EXHAUSTED (oversized chunk or asset)
-├── Unauthenticated        -> UNAUTHENTICATED
+├── Unauthenticated        -> UNAUTHENTICATED  (no credential, or an unknown or revoked one)
+├── PermissionDenied       -> PERMISSION_DENIED (a valid credential that may not do this)
 └── StoreError             -> UNAVAILABLE        (the database failed; wraps the driver error)
 """
 
@@ -58,6 +59,10 @@ class ResourceExhausted(CoordinatorError):
 
 class Unauthenticated(CoordinatorError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CoordinatorError):
+    status_code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class StoreError(CoordinatorError):

@@ -549,6 +549,14 @@ EXPECTED_COLUMNS: dict[str, str] = {
         "version TEXT!, logins TEXT!"
     ),
     "gates": "platform TEXT! PK, account TEXT! PK, closed_until REAL!, reason TEXT!, hits INTEGER!",
+    "operator_tokens": (
+        "id TEXT! PK, name TEXT!, role TEXT!, token_hash TEXT!, created_at REAL!, "
+        "created_by TEXT!, revoked_at REAL"
+    ),
+    "device_enrollments": (
+        "name TEXT! PK, accounts TEXT!, token_hash TEXT!, created_at REAL!, created_by TEXT!, "
+        "revoked_at REAL"
+    ),
 }
 # "<table> <index name, or PK/UNIQUE for the ones SQLite makes itself> (<columns>)"
 EXPECTED_INDEXES = {
@@ -568,6 +576,10 @@ EXPECTED_INDEXES = {
     "audit_events audit_events_subject_idx (subject_id)",
     "devices PK (id)",
     "gates PK (platform, account)",
+    "operator_tokens PK (id)",
+    "operator_tokens UNIQUE (token_hash)",
+    "device_enrollments PK (name)",
+    "device_enrollments UNIQUE (token_hash)",
 }
 EXPECTED_FOREIGN_KEYS = {
     "jobs.post_id -> posts.id",
@@ -612,7 +624,7 @@ async def test_migrations_produce_the_schema_once(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as db:
         applied = [v for (v,) in db.execute("SELECT version FROM schema_migrations")]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert applied == [m.version for m in load_migrations()] == [1]
+    assert applied == [m.version for m in load_migrations()] == [1, 2]
 
 
 async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from coordinator.access.records import DeviceEnrollment, OperatorToken
 from coordinator.domain import (
     AuditEvent,
     DeviceRecord,
@@ -67,6 +68,8 @@ class WriteBatch:
     audits: list[AuditEvent] = field(default_factory=list)
     devices: list[DeviceRecord] = field(default_factory=list)  # upsert by id
     gates: list[GateRecord] = field(default_factory=list)  # upsert by target
+    operator_tokens: list[OperatorToken] = field(default_factory=list)  # upsert by id
+    enrollments: list[DeviceEnrollment] = field(default_factory=list)  # upsert by name
 
     def __bool__(self) -> bool:
         return any(
@@ -81,6 +84,8 @@ class WriteBatch:
                 self.audits,
                 self.devices,
                 self.gates,
+                self.operator_tokens,
+                self.enrollments,
             )
         )
 
@@ -95,6 +100,8 @@ class WriteBatch:
         self.audits += other.audits
         self.devices += other.devices
         self.gates += other.gates
+        self.operator_tokens += other.operator_tokens
+        self.enrollments += other.enrollments
 
 
 class Store(Protocol):
@@ -154,4 +161,12 @@ class Store(Protocol):
 
     async def count_commits_since(self, platform: str, account: str, since: float) -> int:
         """Runs of that target granted a commit permit at or after `since` (rebuilds quotas)."""
+        ...
+
+    async def list_operator_tokens(self) -> list[OperatorToken]:
+        """Every operator token, revoked ones too, oldest first."""
+        ...
+
+    async def list_enrollments(self) -> list[DeviceEnrollment]:
+        """Every device enrollment, revoked ones too, by name."""
         ...

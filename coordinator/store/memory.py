@@ -10,6 +10,7 @@ a negative limit means no limit, a negative offset counts as 0.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 from anyio.lowlevel import checkpoint
 
+from coordinator.access.records import DeviceEnrollment, OperatorToken
 from coordinator.domain import (
     ACTIVE_JOB_STATUSES,
     AuditEvent,
@@ -57,6 +59,8 @@ class _State:
     audits: list[AuditEvent] = field(default_factory=list)
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
     gates: dict[Target, GateRecord] = field(default_factory=dict)
+    operator_tokens: dict[str, OperatorToken] = field(default_factory=dict)
+    enrollments: dict[str, DeviceEnrollment] = field(default_factory=dict)
 
     def fork(self) -> _State:
         # Stored values are never mutated in place, only replaced, so shallow copies suffice.
@@ -70,6 +74,8 @@ class _State:
             list(self.audits),
             dict(self.devices),
             dict(self.gates),
+            dict(self.operator_tokens),
+            dict(self.enrollments),
         )
 
 
@@ -96,6 +102,7 @@ class InMemoryStore:
             st.devices[device.id] = copy.deepcopy(device)
         for gate in batch.gates:
             st.gates[gate.target] = copy.deepcopy(gate)
+        self._write_access(st, batch)
         self._state = st
         for event, seq in zip(batch.audits, seqs, strict=True):
             event.seq = seq
@@ -148,6 +155,24 @@ class InMemoryStore:
         for run_id, shot in batch.screenshots:
             _check_parent(st.runs, run_id, "screenshot")
             st.screenshots[run_id] = (*st.screenshots.get(run_id, ()), copy.deepcopy(shot))
+
+    @staticmethod
+    def _write_access(st: _State, batch: WriteBatch) -> None:
+        # Frozen values: stored as they are. A hash is unique per table, as in SQL.
+        for token in batch.operator_tokens:
+            stored = st.operator_tokens.get(token.id)
+            if stored is not None:  # as the SQL upsert: only the revocation changes
+                token = dataclasses.replace(stored, revoked_at=token.revoked_at)
+            elif any(t.token_hash == token.token_hash for t in st.operator_tokens.values()):
+                raise StoreError(f"operator token {token.id}: its hash is taken")
+            st.operator_tokens[token.id] = token
+        for enrollment in batch.enrollments:
+            if any(
+                e.token_hash == enrollment.token_hash and e.name != enrollment.name
+                for e in st.enrollments.values()
+            ):
+                raise StoreError(f"enrollment {enrollment.name}: its hash is taken")
+            st.enrollments[enrollment.name] = enrollment
 
     @staticmethod
     def _write_audits(st: _State, events: list[AuditEvent]) -> list[int]:
@@ -258,6 +283,14 @@ class InMemoryStore:
             and jobs[r.job_id].platform == platform
             and jobs[r.job_id].account == account
         )
+
+    async def list_operator_tokens(self) -> list[OperatorToken]:
+        await checkpoint()
+        return sorted(self._state.operator_tokens.values(), key=lambda t: (t.created_at, t.id))
+
+    async def list_enrollments(self) -> list[DeviceEnrollment]:
+        await checkpoint()
+        return sorted(self._state.enrollments.values(), key=lambda e: e.name)
 
 
 def _check_parent(parents: Mapping[str, object], parent_id: str, what: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
+from coordinator.access.records import DeviceEnrollment, OperatorToken
 from coordinator.domain import (
     ACTIVE_JOB_STATUSES,
     AuditEvent,
@@ -36,7 +37,7 @@ from coordinator.domain import (
     Run,
 )
 from coordinator.errors import ConcurrentUpdate, NotFound, StoreError
-from coordinator.store import cas, rows
+from coordinator.store import access_rows, cas, rows
 from coordinator.store.base import JobFilter, WriteBatch
 from coordinator.store.migrations import apply_migrations, load_migrations, load_queries
 from coordinator.store.rows import Params
@@ -217,6 +218,12 @@ class SqliteStore:
             await self._many(
                 conn, "gates", q["upsert_gate"], [rows.gate_params(g) for g in batch.gates]
             )
+        if batch.operator_tokens:
+            params = [access_rows.operator_token_params(t) for t in batch.operator_tokens]
+            await self._many(conn, "operator_tokens", q["upsert_operator_token"], params)
+        if batch.enrollments:
+            params = [access_rows.enrollment_params(e) for e in batch.enrollments]
+            await self._many(conn, "enrollments", q["upsert_enrollment"], params)
         return seqs
 
     async def _diagnose(
@@ -356,3 +363,10 @@ class SqliteStore:
         params = {"platform": platform, "account": account, "since": since}
         found = await self._fetch("count_commits_since", params)
         return int(found[0][0])
+
+    async def list_operator_tokens(self) -> list[OperatorToken]:
+        found = await self._fetch("list_operator_tokens")
+        return [access_rows.operator_token_from_row(r) for r in found]
+
+    async def list_enrollments(self) -> list[DeviceEnrollment]:
+        return [access_rows.enrollment_from_row(r) for r in await self._fetch("list_enrollments")]

@@ -181,3 +181,23 @@ SELECT status, platform, count(*) AS n FROM jobs GROUP BY status, platform;
 SELECT count(*) FROM runs JOIN jobs ON jobs.id = runs.job_id
 WHERE jobs.platform = :platform AND jobs.account = :account
   AND runs.committed = 1 AND runs.started_at >= :since;
+
+-- name: upsert_operator_token
+INSERT INTO operator_tokens (id, name, role, token_hash, created_at, created_by, revoked_at)
+VALUES (:id, :name, :role, :token_hash, :created_at, :created_by, :revoked_at)
+ON CONFLICT (id) DO UPDATE SET revoked_at = excluded.revoked_at;
+
+-- name: list_operator_tokens
+SELECT * FROM operator_tokens ORDER BY created_at, id;
+
+-- name: upsert_enrollment
+-- Re-enrolling (rotation) replaces the token and accounts of the device's one row.
+INSERT INTO device_enrollments (name, accounts, token_hash, created_at, created_by, revoked_at)
+VALUES (:name, :accounts, :token_hash, :created_at, :created_by, :revoked_at)
+ON CONFLICT (name) DO UPDATE SET
+    accounts = excluded.accounts, token_hash = excluded.token_hash,
+    created_at = excluded.created_at, created_by = excluded.created_by,
+    revoked_at = excluded.revoked_at;
+
+-- name: list_enrollments
+SELECT * FROM device_enrollments ORDER BY name;

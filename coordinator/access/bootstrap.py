@@ -1,0 +1,79 @@
+"""The first admin token of a deployment that cannot be reached without one.
+
+`postroom coordinator --bootstrap-admin-token-file PATH`: at start-up, when the store holds no
+active admin token, make one (named `bootstrap-admin`), write its secret to PATH (mode 0600) and
+keep only its hash. When an admin token exists already, PATH is left alone, so the flag can stay
+in a service's command line; it is also the way back in after every admin token was lost
+(revoke-proof: it only acts when no active admin remains).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from coordinator.access.records import (
+    OPERATOR_PREFIX,
+    OperatorToken,
+    Role,
+    hash_secret,
+    new_secret,
+)
+from coordinator.access.registry import Credentials
+from coordinator.domain import AuditEvent
+from coordinator.store.base import Store, WriteBatch
+
+log = logging.getLogger("postroom.coordinator.access")
+BOOTSTRAP_NAME = "bootstrap-admin"
+
+
+class BootstrapError(Exception):
+    """The token file cannot be written; nothing was stored."""
+
+
+async def bootstrap_admin(store: Store, credentials: Credentials, path: Path, now: float) -> bool:
+    """Before the actor runs. True if a token was made and written to `path`."""
+    if credentials.has_active_admin():
+        log.info("an admin token exists: %s left alone", path)
+        return False
+    secret = new_secret(OPERATOR_PREFIX)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask said
+            os.write(fd, f"{secret}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BootstrapError(f"--bootstrap-admin-token-file {path}: {exc.strerror or exc}") from exc
+    token = OperatorToken(
+        id=f"t-{uuid.uuid4().hex[:12]}",
+        name=BOOTSTRAP_NAME,
+        role=Role.ADMIN,
+        token_hash=hash_secret(secret),
+        created_at=now,
+        created_by="system",
+    )
+    details = {"name": BOOTSTRAP_NAME, "role": Role.ADMIN.value, "file": str(path)}
+    try:
+        await store.apply(
+            WriteBatch(
+                operator_tokens=[token],
+                audits=[AuditEvent("TOKEN_CREATED", token.id, "system", now, details)],
+            )
+        )
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.replace(tmp, path)
+    credentials.put_token(token)
+    log.info("wrote the first admin token (%s) to %s", token.id, path)
+    return True
