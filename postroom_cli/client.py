@@ -12,6 +12,8 @@ from typing import TypeVar
 
 import grpc
 
+from postroom.tls import ClientTls, TlsError, sync_channel
+from postroom.v1 import access_pb2 as ac
 from postroom.v1 import publishing_pb2 as pb
 from postroom.v1 import publishing_pb2_grpc, types_pb2
 
@@ -57,7 +59,7 @@ def translate(exc: grpc.RpcError, *, target: str, timeout_s: float | None) -> Cl
     if code == grpc.StatusCode.UNAVAILABLE:
         message = (
             f"{message} (is the coordinator running at {target}? "
-            "set --coordinator or POSTROOM_COORDINATOR)"
+            "set --coordinator or POSTROOM_COORDINATOR; if it serves TLS, give --ca or POSTROOM_CA)"
         )
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout_s is not None:
         message = f"no answer within {timeout_s:g}s (raise --timeout)"
@@ -67,11 +69,24 @@ def translate(exc: grpc.RpcError, *, target: str, timeout_s: float | None) -> Cl
 class PublishingClient:
     """Sync client of `postroom.v1.Publishing`; use as a context manager to close the channel."""
 
-    def __init__(self, target: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str = "",
+        tls: ClientTls | None = None,
+    ) -> None:
+        """`token`: an operator token, sent as `authorization: Bearer` on every call. `tls`:
+        how to dial (default: plaintext to loopback, TLS with the system's roots elsewhere)."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        try:
+            self._channel = sync_channel(target, tls or ClientTls())
+        except TlsError as exc:
+            raise CliError("TLS", str(exc)) from exc
         self._stub = publishing_pb2_grpc.PublishingStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def __enter__(self) -> PublishingClient:
         return self
@@ -89,7 +104,7 @@ class PublishingClient:
 
     def _unary(self, call: Callable[..., _Resp], request: object) -> _Resp:
         try:
-            return call(request, timeout=self.timeout_s)
+            return call(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise translate(exc, target=self.target, timeout_s=self.timeout_s) from exc
 
@@ -99,7 +114,7 @@ class PublishingClient:
         request: object,
         timeout_s: float | None,
     ) -> Iterator[_Resp]:
-        responses = call(request, timeout=timeout_s)
+        responses = call(request, timeout=timeout_s, metadata=self._metadata)
         try:
             yield from responses
         except grpc.RpcError as exc:
@@ -189,3 +204,31 @@ class PublishingClient:
     ) -> types_pb2.RateLimitGate:
         request = pb.ReopenRateLimitRequest(platform=platform, account=account, actor=actor)
         return self._unary(self._stub.ReopenRateLimit, request)
+
+    # Access: who am I, operator tokens, device enrollments
+
+    def who_am_i(self) -> ac.WhoAmIResponse:
+        return self._unary(self._stub.WhoAmI, ac.WhoAmIRequest())
+
+    def create_token(self, name: str, role: ac.Role.ValueType) -> ac.CreateTokenResponse:
+        return self._unary(self._stub.CreateToken, ac.CreateTokenRequest(name=name, role=role))
+
+    def list_tokens(self, *, include_revoked: bool = False) -> ac.ListTokensResponse:
+        request = ac.ListTokensRequest(include_revoked=include_revoked)
+        return self._unary(self._stub.ListTokens, request)
+
+    def revoke_token(self, token: str) -> ac.RevokeTokenResponse:
+        return self._unary(self._stub.RevokeToken, ac.RevokeTokenRequest(token=token))
+
+    def enroll_device(
+        self, name: str, accounts: list[types_pb2.Target], *, rotate: bool = False
+    ) -> ac.EnrollDeviceResponse:
+        request = ac.EnrollDeviceRequest(name=name, accounts=accounts, rotate=rotate)
+        return self._unary(self._stub.EnrollDevice, request)
+
+    def list_enrollments(self, *, include_revoked: bool = False) -> ac.ListEnrollmentsResponse:
+        request = ac.ListEnrollmentsRequest(include_revoked=include_revoked)
+        return self._unary(self._stub.ListEnrollments, request)
+
+    def revoke_device(self, name: str) -> ac.DeviceEnrollment:
+        return self._unary(self._stub.RevokeDevice, ac.RevokeDeviceRequest(name=name))

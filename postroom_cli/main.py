@@ -13,8 +13,10 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import cast
 
+from postroom.tls import ClientTls
 from postroom_cli import __version__
 from postroom_cli.client import DEFAULT_COORDINATOR, DEFAULT_TIMEOUT_S, CliError, PublishingClient
 from postroom_cli.commands import (
@@ -26,7 +28,9 @@ from postroom_cli.commands import (
     job,
     post,
     ratelimit,
+    token,
 )
+from postroom_cli.credentials import operator_token
 from postroom_cli.render import Output
 
 EXIT_INTERRUPTED = 130
@@ -38,7 +42,15 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "sandbox": ("sandbox.server", "main", "run the platform stand-ins with fault injection"),
     "demo": ("postroom_cli.demo", "main", "start everything locally and publish a few posts"),
 }
-_GLOBAL_OPTIONS_WITH_VALUE = ("--coordinator", "--timeout", "--as")
+_GLOBAL_OPTIONS_WITH_VALUE = (
+    "--coordinator",
+    "--timeout",
+    "--as",
+    "--token-file",
+    "--ca",
+    "--tls-cert",
+    "--tls-key",
+)
 
 
 def _positive_seconds(value: str) -> float:
@@ -84,7 +96,42 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
         dest="actor",
         metavar="NAME",
         default=default(""),
-        help="who the audit log names (env POSTROOM_ACTOR; default your login)",
+        help="who the audit log names where the coordinator runs without tokens (env "
+        "POSTROOM_ACTOR; default your login); with a token, the token's name is used",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        default=default(None),
+        help="a file holding your operator token (else env POSTROOM_TOKEN or POSTROOM_TOKEN_FILE)",
+    )
+    group.add_argument(
+        "--ca",
+        type=Path,
+        metavar="PATH",
+        default=default(None),
+        help="CA certificate of a TLS coordinator (env POSTROOM_CA)",
+    )
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        default=default(None),
+        help="client certificate, for a coordinator that requires one (env POSTROOM_TLS_CERT)",
+    )
+    group.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="PATH",
+        default=default(None),
+        help="the client certificate's key (env POSTROOM_TLS_KEY)",
+    )
+    group.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        default=default(False),
+        help="talk plaintext to a coordinator beyond loopback (default: TLS there)",
     )
     return parser
 
@@ -98,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"postroom {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     common = _global_options(suppress=True)
-    for group in (post, job, device, audit, ratelimit):
+    for group in (post, job, device, audit, ratelimit, token):
         group.register(subparsers, common)
     for name, (_, _, help_text) in DELEGATED.items():
         # Listed for --help only: main() hands these over before argparse sees them.
@@ -170,7 +217,16 @@ def _main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
         handler: Handler = args.handler
         out = Output(json_mode=args.json)
-        with PublishingClient(args.coordinator, timeout_s=args.timeout) as client:
+        tls = ClientTls.from_env(
+            ca=args.ca,
+            cert=args.tls_cert,
+            key=args.tls_key,
+            insecure_plaintext=args.insecure_plaintext,
+        )
+        token = operator_token(args.token_file)
+        with PublishingClient(args.coordinator, timeout_s=args.timeout, token=token, tls=tls) as (
+            client
+        ):
             ctx = Context(client=client, out=out, actor=args.actor or default_actor())
             return handler(args, ctx)
     except SystemExit as exc:  # --help, --version and usage errors (argparse exits with 2)
