@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from postroom.address import split_host_port
+from postroom.tls import ClientTls
 from postroom.v1 import types_pb2
 
 WorkerKindName = Literal["api", "browser"]
@@ -83,7 +84,10 @@ class WorkerConfig:
     coordinator: str
     device_id: str
     capabilities: tuple[Capability, ...]
-    token: str = ""
+    # The device token (`postroom device enroll`), from POSTROOM_DEVICE_TOKEN or --token-file.
+    token: str = field(default="", repr=False)
+    # How to dial the coordinator: plaintext to loopback, TLS (--ca, client certificate) beyond.
+    tls: ClientTls = field(default_factory=ClientTls)
     kind: WorkerKindName = "api"
     concurrency: int = DEFAULT_CONCURRENCY
     metrics_listen: str = DEFAULT_METRICS_LISTEN

@@ -1,9 +1,13 @@
 """`postroom worker ...`: parse the command line once, wire the worker up, run it until SIGTERM.
 
-    postroom worker --coordinator HOST:PORT --device-id ID [--token T] --kind api|browser
+    postroom worker --coordinator HOST:PORT --device-id ID [--token-file PATH] --kind api|browser
+        [--ca PATH] [--tls-cert PATH --tls-key PATH]
         [--accounts FILE] [--media-dir DIR ...] [--platform P[:ACCOUNT] ... --sandbox-url URL]
         --concurrency N --metrics-listen HOST:PORT
         [--request-timeout-s 10] [--drain-timeout-s 60] [--log-format text|json]
+
+The device token (`postroom device enroll`) comes from POSTROOM_DEVICE_TOKEN or --token-file,
+never from a flag value: a command line shows in `ps`.
 
 `--accounts` names the real accounts this worker publishes to (worker/accounts.py: TOML with
 credentials as env:/file: references); `--platform` names sandbox platforms served by
@@ -32,6 +36,7 @@ from postroom.address import split_host_port
 from postroom.clock import Clock, SystemClock
 from postroom.logs import configure_logging
 from postroom.metrics_http import serve_metrics
+from postroom.tls import ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ClientTls, TlsError
 from postroom.tracing import exporters_from_env, make_tracer_provider
 from worker.accounts import AccountConfig, AccountsError, load_accounts
 from worker.adapters.base import AdapterRegistry
@@ -58,6 +63,7 @@ log = logging.getLogger("postroom.worker")
 EXIT_OK = 0
 EXIT_FORCED = 1
 EXIT_USAGE = 2
+ENV_DEVICE_TOKEN = "POSTROOM_DEVICE_TOKEN"
 
 
 def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
@@ -65,9 +71,35 @@ def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
     p.add_argument("--coordinator", required=True, metavar="HOST:PORT")
     p.add_argument("--device-id", required=True, metavar="ID", help="stable worker identity")
     p.add_argument(
-        "--token",
-        default=os.environ.get("POSTROOM_WORKER_TOKEN", ""),
-        help="the coordinator's worker token (env POSTROOM_WORKER_TOKEN)",
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help=f"a file holding this device's token (else env {ENV_DEVICE_TOKEN})",
+    )
+    # Refused with a pointer: a secret on the command line shows in `ps` and shell history.
+    p.add_argument("--token", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--ca",
+        type=Path,
+        metavar="PATH",
+        help=f"CA certificate of a TLS coordinator (env {ENV_CA})",
+    )
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help=f"this worker's certificate, for mutual TLS (env {ENV_CLIENT_CERT})",
+    )
+    p.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="PATH",
+        help=f"the certificate's key (env {ENV_CLIENT_KEY})",
+    )
+    p.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="dial a coordinator beyond loopback without TLS",
     )
     p.add_argument("--kind", choices=("api", "browser"), default="api")
     p.add_argument(
@@ -131,7 +163,13 @@ def config_from_args(
     return WorkerConfig(
         coordinator=args.coordinator,
         device_id=args.device_id,
-        token=args.token,
+        token=device_token(args),
+        tls=ClientTls.from_env(
+            ca=args.ca,
+            cert=args.tls_cert,
+            key=args.tls_key,
+            insecure_plaintext=args.insecure_plaintext,
+        ),
         kind=args.kind,
         capabilities=sandboxed + tuple(Capability(a.platform, a.account) for a in accounts),
         concurrency=args.concurrency,
@@ -143,6 +181,26 @@ def config_from_args(
         log_format=args.log_format,
         log_level=args.log_level,
     )
+
+
+def device_token(args: argparse.Namespace) -> str:
+    """--token-file, else POSTROOM_DEVICE_TOKEN; "" for a coordinator without device tokens."""
+    if args.token is not None:
+        raise ValueError(
+            f"--token is not taken (a command line shows in `ps`): put the device token in "
+            f"{ENV_DEVICE_TOKEN} or a file given with --token-file"
+        )
+    if args.token_file is None:
+        return os.environ.get(ENV_DEVICE_TOKEN, "").strip()
+    try:
+        text = args.token_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"--token-file {args.token_file}: {reason}") from None
+    token = str(text).strip()
+    if not token or "\n" in token:
+        raise ValueError(f"--token-file {args.token_file}: expected one line holding the token")
+    return token
 
 
 def build_adapters(
@@ -193,6 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not accounts and not args.platform:
             raise ValueError("nothing to serve: give --accounts FILE and/or --platform")
         config = config_from_args(args, accounts)
+        redactor.add(config.token)  # never in a log line, whatever prints it
+        try:
+            config.tls.credentials(config.coordinator)  # unreadable files: now, not per dial
+        except TlsError as exc:
+            raise ValueError(str(exc)) from None
         handler = configure_logging(fmt=config.log_format, level=config.log_level)
         handler.addFilter(RedactingFilter(redactor))
         # One line per HTTP request drowns the step logs, which already say what was sent.
