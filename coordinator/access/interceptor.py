@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -47,7 +47,13 @@ def _authorization(context: Ctx) -> str | None:
     return None
 
 
-class OperatorAuth(grpc.aio.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # not subscriptable at run time
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class OperatorAuth(_Interceptor):
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
 
