@@ -9,7 +9,6 @@ everywhere: plaintext only to and from loopback, or when asked for in so many wo
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,26 +16,15 @@ from pathlib import Path
 
 import grpc
 
+from postroom.address import is_loopback_host
+
 ENV_CA = "POSTROOM_CA"
 ENV_CLIENT_CERT = "POSTROOM_TLS_CERT"
 ENV_CLIENT_KEY = "POSTROOM_TLS_KEY"
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 class TlsError(Exception):
     """A TLS setting cannot be used; the message names the flag and what to fix."""
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 and the name localhost; an empty host or 0.0.0.0 / :: mean every
-    interface, which is not loopback."""
-    host = host.strip().removeprefix("[").removesuffix("]").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def target_host(target: str) -> str:

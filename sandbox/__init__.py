@@ -14,6 +14,9 @@ Exceptions::
 This module imports nothing so that `sandbox.admin` stays cheap to import.
 """
 
+# The admin API's bearer token, for `postroom sandbox` and SandboxAdmin (admin_auth.py).
+ENV_ADMIN_TOKEN = "POSTROOM_SANDBOX_ADMIN_TOKEN"
+
 
 class SandboxError(Exception):
     """Root of every error raised by the sandbox package."""

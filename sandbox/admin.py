@@ -6,13 +6,14 @@ that runs an in-process `serve()`: it would block the loop that has to answer it
 
 from __future__ import annotations
 
+import os
 from types import TracebackType
 from typing import Any, Literal, Self, TypedDict, cast
 from urllib.parse import quote
 
 import httpx
 
-from sandbox import SandboxError
+from sandbox import ENV_ADMIN_TOKEN, SandboxError
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
@@ -84,9 +85,21 @@ class Stats(TypedDict):
 class SandboxAdmin:
     """``SandboxAdmin("http://127.0.0.1:8787")``; use as a context manager or call `close()`."""
 
-    def __init__(self, base_url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        token: str | None = None,
+    ) -> None:
+        """`token`: the sandbox's admin token (default: env POSTROOM_SANDBOX_ADMIN_TOKEN; none
+        for a sandbox without one)."""
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout_seconds)
+        token = os.environ.get(ENV_ADMIN_TOKEN, "") if token is None else token
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=timeout_seconds, headers=headers
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -23,10 +23,12 @@ from urllib.parse import quote
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from sandbox.admin_auth import AdminToken
 from sandbox.faults import (
     FaultKind,
     FaultQueue,
@@ -429,8 +431,9 @@ class _Api:
         return PlainTextResponse("ok")
 
 
-def create_app(*, clock: Clock = time.time) -> Starlette:
-    """A fresh sandbox with empty state; `clock` gives Unix seconds (created_at, rate limits)."""
+def create_app(*, clock: Clock = time.time, admin_token: str = "") -> Starlette:
+    """A fresh sandbox with empty state; `clock` gives Unix seconds (created_at, rate limits);
+    with `admin_token`, the admin API needs it as a bearer token (admin_auth.py)."""
     state = SandboxState(clock=clock)
     api = _Api(state)
     account_path = "/api/{platform}/accounts/{account}"
@@ -452,7 +455,8 @@ def create_app(*, clock: Clock = time.time) -> Starlette:
             Route("/admin/reset", api.reset, methods=["POST"]),
             Route("/healthz", api.healthz, methods=["GET"]),
             *standin_mounts(clock=clock),
-        ]
+        ],
+        middleware=[Middleware(AdminToken, token=admin_token)] if admin_token else None,
     )
     app.state.sandbox = state
     return app

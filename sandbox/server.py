@@ -24,6 +24,8 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
+from postroom.address import is_loopback_host
+from sandbox import ENV_ADMIN_TOKEN
 from sandbox.app import Clock, create_app, sandbox_state
 
 DEFAULT_HOST = "127.0.0.1"
@@ -96,14 +98,16 @@ async def serve(
     port: int = 0,
     ready_file: Path | None = None,
     clock: Clock = time.time,
+    admin_token: str = "",
     task_status: TaskStatus[SandboxAddress] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve a fresh sandbox until cancelled; reports its `SandboxAddress` once accepting.
+    With `admin_token`, the admin API needs it (`Authorization: Bearer`).
 
     Use as ``address = await task_group.start(partial(serve, port=0))``; cancel the task group
     to stop it. Requires the asyncio backend (uvicorn does).
     """
-    app = create_app(clock=clock)
+    app = create_app(clock=clock, admin_token=admin_token)
     sock = _bind(host, port)
     config = uvicorn.Config(
         app,
@@ -143,7 +147,9 @@ class _Announce:
         print(f"sandbox listening on {value.base_url}", flush=True)
 
 
-async def _serve_until_signalled(*, host: str, port: int, ready_file: Path | None) -> None:
+async def _serve_until_signalled(
+    *, host: str, port: int, ready_file: Path | None, admin_token: str
+) -> None:
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     # A cancel scope rather than a task group, so a bind error stays a plain OSError.
@@ -151,15 +157,23 @@ async def _serve_until_signalled(*, host: str, port: int, ready_file: Path | Non
         for signum in signals:
             loop.add_signal_handler(signum, scope.cancel)
         try:
-            await serve(host=host, port=port, ready_file=ready_file, task_status=_Announce())
+            await serve(
+                host=host,
+                port=port,
+                ready_file=ready_file,
+                admin_token=admin_token,
+                task_status=_Announce(),
+            )
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
 
 
-def run_sandbox(*, host: str, port: int, ready_file: Path | None) -> None:
+def run_sandbox(*, host: str, port: int, ready_file: Path | None, admin_token: str = "") -> None:
     """Serve until SIGINT or SIGTERM, then drain and return. Raises OSError if it cannot bind."""
-    asyncio.run(_serve_until_signalled(host=host, port=port, ready_file=ready_file))
+    asyncio.run(
+        _serve_until_signalled(host=host, port=port, ready_file=ready_file, admin_token=admin_token)
+    )
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -169,6 +183,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host, int(port_text)
+
+
+def _admin_token(path: Path | None) -> str:
+    if path is None:
+        return os.environ.get(ENV_ADMIN_TOKEN, "").strip()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"--admin-token-file {path}: {reason}") from None
+    if not token:
+        raise ValueError(f"--admin-token-file {path} is empty")
+    return token
 
 
 def main(argv: list[str], *, prog: str = "postroom sandbox") -> int:
@@ -189,11 +216,32 @@ def main(argv: list[str], *, prog: str = "postroom sandbox") -> int:
         metavar="PATH",
         help="once accepting connections, write the bound port to PATH",
     )
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="PATH",
+        help=f"the admin API (/admin, _standin) then needs this file's token as a bearer token "
+        f"(else env {ENV_ADMIN_TOKEN}; required when listening beyond loopback)",
+    )
+    parser.add_argument(
+        "--insecure-no-admin-token",
+        action="store_true",
+        help="serve the admin API beyond loopback without a token",
+    )
     args = parser.parse_args(argv)
     host, port = args.listen
+    try:
+        admin_token = _admin_token(args.admin_token_file)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not admin_token and not is_loopback_host(host) and not args.insecure_no_admin_token:
+        parser.error(
+            f"--listen {host}:{port} is beyond loopback: give the admin API a token "
+            f"(--admin-token-file PATH or {ENV_ADMIN_TOKEN}), or --insecure-no-admin-token"
+        )
     logging.basicConfig(level=logging.WARNING, format="sandbox: %(levelname)s %(message)s")
     try:
-        run_sandbox(host=host, port=port, ready_file=args.ready_file)
+        run_sandbox(host=host, port=port, ready_file=args.ready_file, admin_token=admin_token)
     except OSError as exc:
         print(f"sandbox: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
