@@ -27,6 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
+from coordinator.access.registry import Credentials
 from coordinator.convert import job_pb, step_log_pb
 from coordinator.domain import LEASED_STATUSES, JobStatus, Target
 from coordinator.errors import CoordinatorError
@@ -98,8 +99,11 @@ class Coordinator:
         metrics: CoordinatorMetrics | None = None,
         tracer: Tracer | None = None,
         rand: Callable[[], float] | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.store = store
+        # Operator tokens and device enrollments: changed only inside the actor (access/).
+        self.credentials = credentials or Credentials()
         self.clock = clock
         self.config = config
         self.metrics = metrics
@@ -138,6 +142,10 @@ class Coordinator:
             if job.status in LEASED_STATUSES and (job_runs := await self.store.get_runs(job.id)):
                 runs[job.id] = job_runs[-1]
         self.core.load(posts, jobs, now, runs)
+        for token in await self.store.list_operator_tokens():
+            self.credentials.put_token(token)
+        for enrollment in await self.store.list_enrollments():
+            self.credentials.put_enrollment(enrollment)
         self.core.gates.load(await self.store.list_gates())
         for target, quota in self._quota_targets(jobs):
             since = now - quota.window_s

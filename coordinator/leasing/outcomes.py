@@ -65,6 +65,27 @@ class AttemptOutcomes(CoreBase):
         if lease is None and not late_success:
             answer(False, self._stale_reason(r.job_id, r.lease_epoch))
             return fx
+        if (
+            r.success
+            and lease is not None
+            and not lease.run.committed
+            and not (r.found_existing and (lease.verify_only or job.verify_first))
+        ):
+            # Nothing may be published without a permit, so this claims a post that was never
+            # allowed (a broken or hostile worker): refused, and the job runs again elsewhere.
+            reason = (
+                "a success counts only after a commit permit, or as a post found by a "
+                "verify_first attempt"
+            )
+            answer(False, reason)
+            self._drop(fx, session_id, job.id, r.lease_epoch, reason)
+            refused = {"epoch": r.lease_epoch, "reason": reason}
+            fx.batch.audits.append(
+                AuditEvent("JOB_RESULT_REFUSED", job.id, self._actor(session_id), now, refused)
+            )
+            fx.extend(self._recover(job.id, now, reason="success reported without a permit"))
+            fx.extend(self.dispatch(now))
+            return fx
         current = self.leases.get(job.id)
         if late_success and current is not None and current.session_id is not None:
             cancel = wg.CancelJob(
