@@ -269,8 +269,25 @@ class Harness:
         return self.run(self.core.result(sid, r, self.now))
 
     def success(
-        self, sid: str, job_id: str, epoch: int, *, found_existing: bool = False
+        self,
+        sid: str,
+        job_id: str,
+        epoch: int,
+        *,
+        found_existing: bool = False,
+        permit: bool = True,
     ) -> Effects:
+        """A worker that followed the protocol: it asked for its commit permit first (when it
+        holds the lease and publishes rather than finds). `permit=False`: it did not."""
+        lease = self.core.leases.get(job_id)
+        if (
+            permit
+            and not found_existing
+            and lease is not None
+            and (lease.session_id, lease.epoch) == (sid, epoch)
+            and not lease.run.committed
+        ):
+            self.commit(sid, job_id, epoch)
         return self.result(
             sid,
             wg.JobResult(
