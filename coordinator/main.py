@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import grpc
@@ -19,9 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from coordinator.access.bootstrap import BootstrapError, bootstrap_admin
+from coordinator.access.interceptor import OperatorAuth
+from coordinator.access.options import ExposureRefused, SecurityOptions, add_flags
+from coordinator.access.registry import Credentials
 from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.assets import AssetStore
 from coordinator.content_rules import TextLimits, parse_text_limit
+from coordinator.dblock import DatabaseInUse, DatabaseLock
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.errors import CoordinatorError
 from coordinator.gates import Quota, parse_quota
@@ -36,11 +41,12 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.publishing import PublishingService
 from coordinator.reflection import enable_reflection
 from coordinator.retry import RetryPolicies, RetryPolicy, parse_policy
-from coordinator.store import open_store
+from coordinator.store import SqliteStore, open_store
 from postroom.address import split_host_port
 from postroom.clock import SystemClock
 from postroom.logs import configure_logging
 from postroom.metrics_http import serve_metrics
+from postroom.tls import TlsError, server_credentials
 from postroom.tracing import exporters_from_env, make_tracer_provider
 from postroom.v1 import publishing_pb2, worker_gateway_pb2
 from postroom.v1 import publishing_pb2_grpc as pub_grpc
@@ -81,6 +87,7 @@ class ServerOptions:
     log_level: str
     coordinator: CoordinatorConfig
     text_limits: TextLimits = field(default_factory=TextLimits)
+    security: SecurityOptions = field(default_factory=SecurityOptions)
 
 
 def parse_args(argv: list[str]) -> ServerOptions:
@@ -101,11 +108,6 @@ def parse_args(argv: list[str]) -> ServerOptions:
         "--metrics-listen",
         default=DEFAULT_METRICS_LISTEN,
         help="Prometheus /metrics address (default %(default)s)",
-    )
-    p.add_argument(
-        "--worker-token",
-        default=os.environ.get("POSTROOM_WORKER_TOKEN", ""),
-        help="shared secret workers must present (env POSTROOM_WORKER_TOKEN)",
     )
     p.add_argument(
         "--heartbeat-interval",
@@ -180,6 +182,7 @@ def parse_args(argv: list[str]) -> ServerOptions:
     )
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--log-level", default=os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))
+    add_flags(p)
     a = p.parse_args(argv)
     for flag, value in (("--listen", a.listen), ("--metrics-listen", a.metrics_listen)):
         try:
@@ -228,6 +231,10 @@ def parse_args(argv: list[str]) -> ServerOptions:
             p.error(f"--retry-policy {spec!r}: unknown platform {platform!r}")
         per_platform[platform] = policy
     retry = RetryPolicies(default=default_policy, per_platform=per_platform)
+    try:
+        security = SecurityOptions.from_args(a, a.listen)
+    except ValueError as exc:
+        p.error(str(exc))
     return ServerOptions(
         listen=a.listen,
         db=a.db,
@@ -236,14 +243,42 @@ def parse_args(argv: list[str]) -> ServerOptions:
         ready_file=a.ready_file,
         log_format=a.log_format,
         log_level=a.log_level,
-        coordinator=CoordinatorConfig(
-            lease=lease, retry=retry, quotas=quotas, worker_token=a.worker_token
-        ),
+        coordinator=CoordinatorConfig(lease=lease, retry=retry, quotas=quotas),
         text_limits=TextLimits(MappingProxyType(text_limits)),
+        security=security,
     )
 
 
+def lock_database(db: str) -> DatabaseLock | None:
+    """One coordinator per database: taken before the store is opened (dblock.py)."""
+    try:
+        store = open_store(db)
+    except CoordinatorError as exc:  # a bad URL
+        raise StartupError(f"--db {db}: {exc}") from exc
+    if not isinstance(store, SqliteStore) or store.path == ":memory:":
+        return None
+    try:
+        return DatabaseLock.acquire(store.path)
+    except DatabaseInUse as exc:
+        raise StartupError(str(exc)) from exc
+    except OSError as exc:
+        raise StartupError(f"--db {db}: cannot lock it: {exc.strerror or exc}") from exc
+
+
 async def serve(opts: ServerOptions) -> None:
+    try:
+        opts.security.check_transport(opts.listen)
+    except ExposureRefused as exc:
+        raise StartupError(str(exc)) from exc
+    lock = lock_database(opts.db)
+    try:
+        await _serve(opts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _serve(opts: ServerOptions) -> None:
     try:
         store = open_store(opts.db)
         await store.open()
@@ -252,18 +287,39 @@ async def serve(opts: ServerOptions) -> None:
     registry = CollectorRegistry()
     metrics = CoordinatorMetrics(registry, platforms=sorted(KNOWN_PLATFORMS))
     provider = make_tracer_provider("postroom-coordinator")
+    clock = SystemClock()
     coordinator = Coordinator(
         store=store,
-        clock=SystemClock(),
+        clock=clock,
         config=opts.coordinator,
         metrics=metrics,
         tracer=provider.get_tracer("postroom.coordinator"),
+        credentials=Credentials(policy=opts.security.policy()),
     )
     await coordinator.load()
+    security = opts.security
+    try:
+        if security.bootstrap_admin_token_file is not None:
+            path = security.bootstrap_admin_token_file
+            await bootstrap_admin(store, coordinator.credentials, path, clock.now())
+        security.check_auth(opts.listen, coordinator.credentials)
+        tls = (
+            server_credentials(
+                cert=security.tls_cert, key=security.tls_key, client_ca=security.tls_client_ca
+            )
+            if security.tls_cert is not None and security.tls_key is not None
+            else None
+        )
+    except (BootstrapError, ExposureRefused, TlsError) as exc:
+        await store.close()
+        raise StartupError(str(exc)) from exc
     opts.assets.mkdir(parents=True, exist_ok=True)
     assets = AssetStore(opts.assets)
 
-    interceptors = []
+    # Every Publishing RPC: its bearer token, its least role (coordinator/access/).
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+        OperatorAuth(coordinator.credentials)
+    ]
     if exporters_from_env():  # tracing asked for: instrument the gRPC calls too
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
@@ -282,7 +338,11 @@ async def serve(opts: ServerOptions) -> None:
     )
     enable_reflection(service_names, server)
     try:
-        port = server.add_insecure_port(opts.listen)
+        port = (
+            server.add_secure_port(opts.listen, tls)
+            if tls is not None
+            else server.add_insecure_port(opts.listen)
+        )
     except RuntimeError:  # grpcio raises where older versions returned 0
         port = 0
     if port == 0:
@@ -308,6 +368,7 @@ async def serve(opts: ServerOptions) -> None:
         f"coordinator listening on {host}:{port} (metrics {metrics_server.url}, db {opts.db})",
         flush=True,
     )
+    print(security.describe(coordinator.credentials), flush=True)
     if opts.ready_file is not None:
         tmp = opts.ready_file.with_suffix(".tmp")
         tmp.write_text(f"{port} {metrics_server.port}\n")
