@@ -230,10 +230,11 @@ class PublishingService(AccessRpcs, pub_grpc.PublishingServicer):
         post_id = require_id(request.post_id, "post_id")
         actor = actor_name(request.actor)
         reviewed = check_content_hash(request.content_hash)
+        principal = current_principal()  # here: the actor runs in a task of its own
 
         async def run(now: float) -> tuple[Effects, Post]:
             # Inside the actor: no edit can slip in between the check and the approval.
-            await check_not_author(self.store, self.co.credentials, post_id, actor)
+            await check_not_author(self.store, self.co.credentials, post_id, principal)
             return await posts.approve(self.store, self.core, post_id, reviewed, actor, now)
 
         await self.co.call(run)

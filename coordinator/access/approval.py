@@ -8,8 +8,7 @@ caller typed, so the check would prove nothing. `--allow-self-approval` turns it
 
 from __future__ import annotations
 
-from coordinator.access.interceptor import current_principal
-from coordinator.access.registry import Credentials
+from coordinator.access.registry import Credentials, Principal
 from coordinator.errors import PermissionDenied
 from coordinator.store.base import Store
 
@@ -32,15 +31,15 @@ async def authors(store: Store, post_id: str) -> set[str]:
 
 
 async def check_not_author(
-    store: Store, credentials: Credentials, post_id: str, actor: str
+    store: Store, credentials: Credentials, post_id: str, principal: Principal | None
 ) -> None:
-    principal = current_principal()
+    """`principal`: the caller, taken in the RPC's task (the actor runs in its own)."""
     if principal is None or not principal.authenticated:
         return
     if credentials.policy.allow_self_approval:
         return
-    if actor in await authors(store, post_id):
+    if principal.actor in await authors(store, post_id):
         raise PermissionDenied(
-            f"{actor} created or edited post {post_id}: someone else must approve it "
+            f"{principal.actor} created or edited post {post_id}: someone else must approve it "
             "(a deployment may allow this with `postroom coordinator --allow-self-approval`)"
         )
