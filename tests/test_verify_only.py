@@ -149,6 +149,9 @@ async def test_the_worker_never_posts_on_a_verify_only_attempt() -> None:
         def begin_commit(self) -> None:
             raise AssertionError("a verify-only attempt must not commit")
 
+        def commit_refused(self) -> str | None:
+            raise AssertionError("a verify-only attempt must not commit")
+
     adapter = _Adapter()
     spec = JobSpec(
         job_id="j",

@@ -154,13 +154,21 @@ class JobTask:
             raise LeaseLost(f"commit permit denied: {job.deny_reason or 'no reason given'}")
 
     def begin_commit(self) -> None:
+        reason = self.commit_refused()
+        if reason is not None:
+            raise LeaseLost(reason)
+        self._runner.set_phase(self._job, JobPhase.COMMITTING)
+
+    def commit_refused(self) -> str | None:
+        # Asked again for every request of the commit (worker/fence.py): heartbeats keep
+        # renewing the deadline while a slow request connects; a lost lease stops it.
         job = self._job
         if not self._runner.holds(job):
-            raise LeaseLost("the job is no longer held")
+            return "the job is no longer held (its lease was lost)"
         left = job.deadline - self._clock.now()
         if left <= self._runner.lease_margin_s():
-            raise LeaseLost(f"lease has {left:.1f}s left: too close to its deadline to commit")
-        self._runner.set_phase(job, JobPhase.COMMITTING)
+            return f"lease has {left:.1f}s left: too close to its deadline to commit"
+        return None
 
     async def screenshot(self, label: str) -> None:
         """Take and send a proof screenshot; never fails the job."""

@@ -4,7 +4,8 @@ checks through `JobHooks` (it owns the job's state and the stream); this module 
 
     [verify (verify_only: and stop there)] -> prepare -> [before_confirm screenshot ->
       confirmation] -> commit permit
-      -> begin_commit (lease check) -> commit -> after_publish screenshot
+      -> begin_commit (lease check) -> commit (each request fenced: worker/fence.py)
+      -> after_publish screenshot
     commit says Duplicate -> verify: found = success (found_existing), else the Duplicate stands
 """
 
@@ -18,6 +19,7 @@ import anyio
 
 from worker.adapters.base import AFTER_PUBLISH, BEFORE_CONFIRM, JobSpec, PlatformAdapter, Published
 from worker.errors import Duplicate, NotFoundOnVerify
+from worker.fence import commit_fence
 
 
 class StepNote:
@@ -47,6 +49,11 @@ class JobHooks(Protocol):
     def begin_commit(self) -> None:
         """Last check before the irreversible call (no await follows it before the call);
         raises LeaseLost when the lease is gone or too close to its deadline."""
+        ...
+
+    def commit_refused(self) -> str | None:
+        """The same check, asked again just before each request of the commit leaves: why the
+        lease no longer allows it, or None."""
         ...
 
 
@@ -86,8 +93,10 @@ async def publish(spec: JobSpec, adapter: PlatformAdapter, hooks: JobHooks) -> O
         async with hooks.step("commit") as note:
             hooks.begin_commit()
             # Once started, the call runs to its end (bounded by the adapter's own timeout):
-            # cancelling it half-way would only make the outcome unknown, not undo it.
-            with anyio.CancelScope(shield=True):
+            # cancelling it half-way would only make the outcome unknown, not undo it. But no
+            # request of it leaves once the lease is lost: a slow connect must not carry the
+            # irreversible request past the deadline (worker/fence.py).
+            with anyio.CancelScope(shield=True), commit_fence(hooks.commit_refused):
                 published = await adapter.commit(spec, prepared)
             note.message = f"published {published.post_id} {published.url}"
     except Duplicate as dup:

@@ -2,7 +2,9 @@
 
 Every API adapter sends through `send` (which counts requests by status for the metrics and turns
 timeouts and connection errors into `Transient`) and turns a non-success answer into an exception
-with `error_for`. Nothing above this module sees an httpx exception.
+with `error_for`. Nothing above this module sees an httpx exception. Inside a commit, `send` also
+carries the commit fence (worker/fence.py): a request the lease no longer allows is never written
+and raises `LeaseLost`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from worker.errors import (
     InvalidContent,
     Transient,
 )
+from worker.fence import fenced_trace
 
 RequestStatus = int | Literal["timeout", "error"]
 # Told about every request: (platform, HTTP status or why none came back).
@@ -37,6 +40,10 @@ async def send(
     platform: str,
     observe: RequestObserver = ignore_request,
 ) -> httpx.Response:
+    # Inside a commit, the lease is checked again just before the request's first byte leaves.
+    trace = fenced_trace(f"{request.method} {request.url.path}", request.extensions.get("trace"))
+    if trace is not None:
+        request.extensions = {**request.extensions, "trace": trace}
     try:
         response = await client.send(request)
     except httpx.TimeoutException as exc:
