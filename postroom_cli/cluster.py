@@ -102,6 +102,9 @@ class ClusterConfig:
     worker_args: Sequence[str] = ()
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
+    # Where the sandbox and the coordinator listen and workers dial them (bench/partition.py puts
+    # them on a lab's hub address so workers in network namespaces reach them).
+    host: str = "127.0.0.1"
 
 
 class LocalCluster:
@@ -143,20 +146,20 @@ class LocalCluster:
             "-m",
             "sandbox",
             "--listen",
-            "127.0.0.1:0",
+            f"{self.config.host}:0",
             "--ready-file",
             str(ready),
         ]
         self.sandbox = self._spawn("sandbox", argv)
         port = wait_for_file(ready, self.sandbox)
-        self.sandbox_url = f"http://127.0.0.1:{port}"
+        self.sandbox_url = f"http://{self.config.host}:{port}"
         return self.sandbox_url
 
     def start_coordinator(self, extra: Sequence[str] = ()) -> str:
         """Start (or restart, on the same database and port) the coordinator."""
         ready = self.workdir / "coordinator.ready"
         ready.unlink(missing_ok=True)
-        listen = self.coordinator_address or "127.0.0.1:0"
+        listen = self.coordinator_address or f"{self.config.host}:0"
         c = self.config
         argv = [
             c.python,
@@ -183,7 +186,7 @@ class LocalCluster:
         ]
         self.coordinator = self._spawn("coordinator", argv)
         grpc_port, metrics_port = wait_for_file(ready, self.coordinator).split()
-        self.coordinator_address = f"127.0.0.1:{grpc_port}"
+        self.coordinator_address = f"{self.config.host}:{grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         return self.coordinator_address
 
@@ -197,9 +200,11 @@ class LocalCluster:
         accounts: Path | None = None,
         media_dirs: Sequence[Path] = (),
         env: Mapping[str, str] | None = None,
+        wrap: Sequence[str] = (),
     ) -> Child:
         """A worker serving sandbox `platforms` and/or the real accounts of an `accounts` file
-        (their credential references resolved from `env`)."""
+        (their credential references resolved from `env`). `wrap` prefixes the command, e.g.
+        `ip netns exec NS` to run it in a network namespace (it must exec, keeping the PID)."""
         platforms = list(platforms)
         if not self.coordinator_address or (platforms and not self.sandbox_url):
             raise ClusterError("start the sandbox and the coordinator before workers")
@@ -208,6 +213,7 @@ class LocalCluster:
             sources.append(f"--accounts={accounts}")
         sources += [f"--media-dir={folder}" for folder in media_dirs]
         argv = [
+            *wrap,
             self.config.python,
             "-m",
             "worker.main",

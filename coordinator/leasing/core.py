@@ -141,6 +141,7 @@ class LeaseCore(OperatorActions):
         self.sessions[session_id] = session
         heapq.heappush(self._beats, (now, session_id))
         resumed: list[wg.HeldJob] = []
+        refused: list[str] = []  # held under a lease that is over: the worker drops them
         for job_id, epoch in held:
             lease = self.leases.get(job_id)
             job = self.jobs.get(job_id)
@@ -158,6 +159,8 @@ class LeaseCore(OperatorActions):
                 resumed.append(
                     wg.HeldJob(job_id=job_id, lease_epoch=epoch, committed=lease.run.committed)
                 )
+            else:
+                refused.append(f"{job_id}@{epoch}")
         device = self.devices.get(device_id)
         logins = device.logins if device else {}
         device = DeviceRecord(device_id, kind, capabilities, session.slots, now, version, logins)
@@ -173,6 +176,7 @@ class LeaseCore(OperatorActions):
                     "kind": kind.value,
                     "slots": session.slots,
                     "resumed": [h.job_id for h in resumed],
+                    "refused": refused,
                 },
             )
         )
