@@ -21,10 +21,12 @@ from functools import partial
 import anyio
 import grpc
 
+from coordinator.access import devices
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore, sniff_content_type
 from coordinator.convert import kind_from_pb, level_from_pb
 from coordinator.domain import KNOWN_PLATFORMS, ScreenshotRecord, StepLogEntry, Target
+from coordinator.errors import CoordinatorError
 from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 
@@ -71,12 +73,28 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         if isinstance(hello, ProtocolViolation):
             await context.abort(hello.code, str(hello))
             return
+        capabilities = tuple(Target(c.platform, c.account or "*") for c in hello.capabilities)
+        credentials = self.coordinator.credentials
+        try:  # who it is (its device token), and that it may serve what it claims
+            enrollment = devices.identify(
+                credentials,
+                device_id=hello.device_id,
+                token=hello.token,
+                capabilities=capabilities,
+                context=context,
+            )
+        except CoordinatorError as exc:
+            log.warning("refused a Hello of device %r: %s", hello.device_id[:80], exc)
+            await context.abort(exc.status_code, str(exc))
+            return
         session_id = f"s-{uuid.uuid4().hex[:12]}"
         outbox = self.coordinator.open_outbox(session_id)
-        capabilities = tuple(Target(c.platform, c.account or "*") for c in hello.capabilities)
         await self.coordinator.post(
             partial(
-                self.core.open_session,
+                devices.open_checked,
+                self.core,
+                credentials,
+                enrollment,
                 session_id,
                 device_id=hello.device_id,
                 kind=kind_from_pb(hello.kind),
@@ -104,6 +122,15 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
                 )
             if state.violation is not None:
                 await context.abort(state.violation.code, str(state.violation))
+            ended = devices.end_status(
+                credentials,
+                self.core,
+                enrollment=enrollment,
+                device_id=hello.device_id,
+                session_id=session_id,
+            )
+            if ended is not None:  # revoked, a new token, or replaced by a proven twin
+                await context.abort(*ended)
 
     def _validate_hello(self, first: wg.WorkerMessage) -> wg.Hello | ProtocolViolation:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
@@ -113,13 +140,6 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         if not hello.device_id.strip():
             return ProtocolViolation(invalid, "Hello.device_id is empty: start the worker with "
                                      "--device-id NAME")  # fmt: skip
-        token = self.coordinator.config.worker_token
-        if token and hello.token != token:
-            return ProtocolViolation(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "worker token missing or wrong: pass the coordinator's --worker-token to the "
-                "worker as --token",
-            )
         if hello.slots < 1:
             return ProtocolViolation(invalid, "Hello.slots must be at least 1 (--concurrency)")
         if not hello.capabilities:

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry.trace import Tracer
 
 from postroom.clock import Clock, SystemClock, sleep_for
+from postroom.tls import aio_channel
 from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
@@ -35,7 +36,13 @@ from worker.session import SessionPhase, SessionState
 
 log = logging.getLogger("postroom.worker.session")
 
-_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# Reconnecting cannot help: a token that is wrong or revoked, accounts it may not serve, or
+# another process that proved this device's identity and took its place (ALREADY_EXISTS).
+_REFUSED = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.ALREADY_EXISTS,
+)
 Call = grpc.aio.StreamStreamCall[wg.WorkerMessage, wg.CoordinatorMessage]
 
 
@@ -149,8 +156,8 @@ class Worker:
     async def _session_on_new_channel(self) -> None:
         # A fresh channel per attempt, so that our backoff decides when to dial again; a reused
         # channel adds its own reconnect backoff (growing towards 120 s) after failures.
-        channel = grpc.aio.insecure_channel(
-            self.config.coordinator, interceptors=self._interceptors or None
+        channel = aio_channel(
+            self.config.coordinator, self.config.tls, interceptors=self._interceptors or None
         )
         try:
             await self._session(wg_grpc.WorkerGatewayStub(channel))
