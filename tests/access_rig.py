@@ -192,9 +192,11 @@ async def secure_coordinator(
     db: str = "memory://",
     heartbeat_interval_s: float = 1.0,
     lease_ttl_s: float = 3.0,
+    bootstrap: bool = True,
 ) -> AsyncIterator[Rig]:
-    """Authentication on (`policy`), a bootstrap admin token, TLS with `pki` (mutual with
-    `mutual`; the rig's own channels then present the client certificate `client`)."""
+    """Authentication on (`policy`), a bootstrap admin token (unless `bootstrap` is False: then
+    `admin_token` is empty), TLS with `pki` (mutual with `mutual`; the rig's own channels then
+    present the client certificate `client`)."""
     policy = policy or AccessPolicy(require_auth=True, bind_client_cert=mutual)
     store = open_store(db)
     await store.open()
@@ -212,9 +214,11 @@ async def secure_coordinator(
         credentials=Credentials(policy=policy),
     )
     await coordinator.load()
-    token_file = tmp_path / "admin.token"
-    await bootstrap_admin(store, coordinator.credentials, token_file, clock.now())
-    admin_token = token_file.read_text().strip()
+    admin_token = ""
+    if bootstrap:
+        token_file = tmp_path / "admin.token"
+        await bootstrap_admin(store, coordinator.credentials, token_file, clock.now())
+        admin_token = token_file.read_text().strip()
     assets = AssetStore(tmp_path / "assets")
     server = grpc.aio.server(
         options=GRPC_SERVER_OPTIONS, interceptors=[OperatorAuth(coordinator.credentials)]

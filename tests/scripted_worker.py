@@ -53,13 +53,16 @@ class ScriptedWorker:
         slots: int = 2,
         token: str = "",
         kind: pb.WorkerKind.ValueType = pb.WORKER_KIND_API,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """`token`: the device token its Hello carries; `credentials`: dial with TLS."""
         self.address = address
         self.device_id = device_id
         self.capabilities = list(capabilities)
         self.slots = slots
         self.token = token
         self.kind = kind
+        self.credentials = credentials
         self.received: list[wg.CoordinatorMessage] = []
         self.welcome: wg.Welcome | None = None
         self._inbox: list[wg.CoordinatorMessage] = []
@@ -76,7 +79,10 @@ class ScriptedWorker:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> ScriptedWorker:
-        self._channel = grpc.aio.insecure_channel(self.address)
+        if self.credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        else:
+            self._channel = grpc.aio.secure_channel(self.address, self.credentials)
         stub = worker_gateway_pb2_grpc.WorkerGatewayStub(self._channel)
         self._call = stub.Connect(None)
         self._reader = asyncio.create_task(self._read())
