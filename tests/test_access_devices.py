@@ -25,7 +25,9 @@ OTHER = ("sandbox", "other")
 REVOCATION_DEADLINE_S = 2.0
 
 
-async def refused(rig: Rig, device_id: str, token: str, caps: list[tuple[str, str]]) -> tuple:
+async def refused(
+    rig: Rig, device_id: str, token: str, caps: list[tuple[str, str]]
+) -> tuple[grpc.StatusCode | None, str]:
     """Hello, expecting the stream to be ended: (code, details)."""
     async with ScriptedWorker(rig.address, device_id, capabilities=caps, token=token) as w:
         with pytest.raises(StreamEnded) as caught:
