@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from postroom.address import is_loopback_host
+from postroom.tls import ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ClientTls
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.client import PublishingClient
+from postroom_cli.cluster_access import ClusterAccess, served_accounts
+from sandbox.admin import SandboxAdmin
 
 DEFAULT_READY_TIMEOUT_S = 30.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -103,8 +107,12 @@ class ClusterConfig:
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
     # Where the sandbox and the coordinator listen and workers dial them (bench/partition.py puts
-    # them on a lab's hub address so workers in network namespaces reach them).
+    # them on a lab's hub address so workers in network namespaces reach them). Beyond loopback
+    # the cluster says --insecure-* where it has no TLS or tokens (a lab, not a deployment).
     host: str = "127.0.0.1"
+    # Operator and device tokens, and a sandbox admin token, all made by the cluster
+    # (cluster_access.py); what `postroom demo` runs.
+    auth: bool = False
 
 
 class LocalCluster:
@@ -120,6 +128,8 @@ class LocalCluster:
         self.workers: dict[str, Child] = {}
         self.worker_metrics: dict[str, str] = {}
         self._launches = 0
+        self.access = ClusterAccess(workdir) if self.config.auth else None
+        self._exposed = not is_loopback_host(self.config.host)
 
     # ---- children ------------------------------------------------------------------------
 
@@ -150,6 +160,10 @@ class LocalCluster:
             "--ready-file",
             str(ready),
         ]
+        if self.access is not None:
+            argv += ["--admin-token-file", str(self.access.prepare_sandbox())]
+        elif self._exposed:
+            argv.append("--insecure-no-admin-token")
         self.sandbox = self._spawn("sandbox", argv)
         port = wait_for_file(ready, self.sandbox)
         self.sandbox_url = f"http://{self.config.host}:{port}"
@@ -184,6 +198,12 @@ class LocalCluster:
             *c.coordinator_args,
             *extra,
         ]
+        if self.access is not None:
+            argv += ["--bootstrap-admin-token-file", str(self.access.admin_token_file)]
+        if self._exposed and "--tls-cert" not in argv:
+            argv.append("--insecure-plaintext")
+        if self._exposed and self.access is None:
+            argv.append("--insecure-no-auth")
         self.coordinator = self._spawn("coordinator", argv)
         grpc_port, metrics_port = wait_for_file(ready, self.coordinator).split()
         self.coordinator_address = f"{self.config.host}:{grpc_port}"
@@ -232,6 +252,13 @@ class LocalCluster:
             *self.config.worker_args,
             *extra,
         ]
+        if self._exposed and not self._client_tls().wanted:
+            argv.append("--insecure-plaintext")
+        if self.access is not None:  # enrolled for what it serves; the token via its environment
+            with self.client() as client:
+                served = served_accounts(platforms, accounts)
+                token = self.access.device_token(client, device_id, served)
+            env = {**(env or {}), "POSTROOM_DEVICE_TOKEN": token}
         child = self._spawn(device_id, argv, env)
         self.workers[device_id] = child
         return child
@@ -254,8 +281,31 @@ class LocalCluster:
                 time.sleep(POLL_INTERVAL_S)
         raise ClusterError(f"workers not online after {timeout_s:g}s: {sorted(wanted - online)}")
 
-    def client(self, timeout_s: float = 10.0) -> PublishingClient:
-        return PublishingClient(self.coordinator_address, timeout_s=timeout_s)
+    def _client_tls(self) -> ClientTls:
+        """TLS as the children see it (POSTROOM_CA... in the cluster's env), for our clients."""
+        env = {**os.environ, **self.config.env}
+
+        def path(name: str) -> Path | None:
+            return Path(env[name]) if env.get(name) else None
+
+        return ClientTls(
+            ca=path(ENV_CA),
+            cert=path(ENV_CLIENT_CERT),
+            key=path(ENV_CLIENT_KEY),
+            insecure_plaintext=self._exposed and not env.get(ENV_CA),
+        )
+
+    def client(self, timeout_s: float = 10.0, *, token: str | None = None) -> PublishingClient:
+        """A client of the coordinator; with auth on it is the admin unless `token` says."""
+        if token is None:
+            token = self.access.admin_token if self.access is not None else ""
+        return PublishingClient(
+            self.coordinator_address, timeout_s=timeout_s, token=token, tls=self._client_tls()
+        )
+
+    def sandbox_admin(self) -> SandboxAdmin:
+        token = self.access.sandbox_admin_token if self.access is not None else ""
+        return SandboxAdmin(self.sandbox_url, token=token)
 
     # ---- convenience for scripts and tests -----------------------------------------------
 
@@ -273,7 +323,12 @@ class LocalCluster:
         )
         post = client.create_post(req)
         client.submit_post(post.id, actor="demo")
-        client.approve_post(post.id, actor="demo", content_hash=post.content_hash)
+        if self.access is not None:  # someone else approves (four eyes)
+            token = self.access.approver_token(client)
+            with self.client(token=token) as approver:
+                approver.approve_post(post.id, actor="demo", content_hash=post.content_hash)
+        else:
+            client.approve_post(post.id, actor="demo", content_hash=post.content_hash)
         client.schedule_post(post.id, actor="demo")
         return post.id
 

@@ -121,7 +121,9 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
         for problem in problems:
             console.print(f"  {problem}", markup=False)
         return 2
-    cluster = LocalCluster(workdir, ClusterConfig())
+    # Authentication on, as a deployment runs: the cluster makes its admin token, an approver
+    # (four eyes), enrolls each worker for its accounts and gives the sandbox an admin token.
+    cluster = LocalCluster(workdir, ClusterConfig(auth=True))
     try:
         with cluster, LocalPlatforms(workdir / "platforms", real) as platforms:
             console.print(f"[bold]postroom demo[/] in {workdir}")
@@ -186,6 +188,12 @@ def _start(
     address = cluster.start_coordinator()
     console.print(f"  coordinator  {address}  db {cluster.db_url}")
     console.print(f"  metrics      {cluster.metrics_url}")
+    if cluster.access is not None:
+        console.print(
+            f"  security     operator and device tokens required; admin token in "
+            f"{cluster.access.admin_token_file}",
+            highlight=False,
+        )
     accounts: Path | None = None
     env: dict[str, str] = {}
     if platforms.accounts():
@@ -202,10 +210,11 @@ def _start(
             env=env,
         )
     cluster.wait_online(WORKERS)
-    console.print(f"  workers      {', '.join(WORKERS)} online")
+    enrolled = " (each enrolled for its accounts)" if cluster.access is not None else ""
+    console.print(f"  workers      {', '.join(WORKERS)} online{enrolled}")
     admin = None
     if sandboxed:
-        admin = SandboxAdmin(cluster.sandbox_url)
+        admin = cluster.sandbox_admin()
         admin.inject(
             "rate_limit",
             platform="sandbox",
@@ -311,8 +320,9 @@ def _summary(
         exact = exact and found == published
     console.print(f"  metrics at {cluster.metrics_url}")
     example = retried[0].id if retried else (jobs[0].id if jobs else "JOB_ID")
+    token = f" --token-file {cluster.access.admin_token_file}" if cluster.access is not None else ""
     console.print(
-        f"  try: postroom --coordinator {cluster.coordinator_address} job show {example}"
+        f"  try: postroom --coordinator {cluster.coordinator_address}{token} job show {example}"
         + ("" if keep_running else "   (while it runs: postroom demo --keep-running)"),
         markup=False,
     )
