@@ -66,7 +66,6 @@ class CoordinatorConfig:
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     retry: RetryPolicies = field(default_factory=RetryPolicies)
     quotas: dict[str, Quota] = field(default_factory=dict)
-    worker_token: str = ""
     max_batch: int = DEFAULT_MAX_BATCH
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
     login_check_timeout_s: float = 10.0

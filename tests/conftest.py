@@ -80,7 +80,6 @@ async def coordinator_server(
     heartbeat_interval_s: float = 1.0,
     lease_ttl_s: float = TTL_S,
     restart_grace_s: float = 3.0,
-    worker_token: str = "",
     text_limits: TextLimits | None = None,
 ) -> AsyncIterator[InProcess]:
     """Run the coordinator as `coordinator.main.serve` wires it, on 127.0.0.1 port 0.
@@ -99,9 +98,7 @@ async def coordinator_server(
         restart_grace_s=restart_grace_s,
         commit_min_left_s=min(2.0, lease_ttl_s / 3),
     )
-    coordinator = Coordinator(
-        store=store, clock=clock, config=CoordinatorConfig(lease=lease, worker_token=worker_token)
-    )
+    coordinator = Coordinator(store=store, clock=clock, config=CoordinatorConfig(lease=lease))
     await coordinator.load()
     assets = AssetStore(tmp_path / "assets")
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
