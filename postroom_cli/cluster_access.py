@@ -91,3 +91,13 @@ class ClusterAccess:
         made = client.enroll_device(device_id, list(accounts), rotate=known is not None)
         self._devices[device_id] = (made.secret, wanted)
         return made.secret
+
+    def known_secrets(self) -> dict[str, str]:
+        """Every secret this cluster made or was given, by what it is (for leak checks)."""
+        found = {
+            "admin token": self.admin_token,
+            "approver token": self._approver,
+            "sandbox admin token": self.sandbox_admin_token,
+        }
+        found |= {f"device token of {d}": token for d, (token, _) in self._devices.items()}
+        return {what: secret for what, secret in found.items() if secret}

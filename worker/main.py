@@ -266,9 +266,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return anyio.run(_run, config, accounts, tuple(args.media_dir), redactor)
-    except SessionRefused as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
+    except (SessionRefused, BaseExceptionGroup) as exc:
+        # Refused (a wrong or revoked token, accounts it may not serve, replaced by a twin):
+        # one line and exit 2, also when it surfaces through the task groups.
+        refused = _refusal(exc)
+        if refused is None:
+            raise
+        print(f"{parser.prog}: {redactor(str(refused))}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _refusal(exc: BaseException) -> SessionRefused | None:
+    if isinstance(exc, SessionRefused):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _refusal(inner)) is not None:
+                return found
+    return None
 
 
 async def _run(
