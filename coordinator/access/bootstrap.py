@@ -1,10 +1,11 @@
 """The first admin token of a deployment that cannot be reached without one.
 
 `postroom coordinator --bootstrap-admin-token-file PATH`: at start-up, when the store holds no
-active admin token, make one (named `bootstrap-admin`), write its secret to PATH (mode 0600) and
-keep only its hash. When an admin token exists already, PATH is left alone, so the flag can stay
-in a service's command line; it is also the way back in after every admin token was lost
-(revoke-proof: it only acts when no active admin remains).
+active admin token or PATH does not exist, make an admin token (named `bootstrap-admin`), write
+its secret to PATH (mode 0600) and keep only its hash. Otherwise PATH is left alone, so the flag
+can stay in a service's command line. It is also the way back in when the admin tokens are lost:
+remove PATH (whoever can write the coordinator's files and restart it owns it anyway), restart,
+then revoke the lost tokens with the new one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class BootstrapError(Exception):
 
 async def bootstrap_admin(store: Store, credentials: Credentials, path: Path, now: float) -> bool:
     """Before the actor runs. True if a token was made and written to `path`."""
-    if credentials.has_active_admin():
+    # Never a symlink planted where the secret goes: the rename below replaces the link itself.
+    if credentials.has_active_admin() and path.exists():
         log.info("an admin token exists: %s left alone", path)
         return False
     secret = new_secret(OPERATOR_PREFIX)
