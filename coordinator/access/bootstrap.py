@@ -35,19 +35,14 @@ class BootstrapError(Exception):
     """The token file cannot be written; nothing was stored."""
 
 
-async def bootstrap_admin(store: Store, credentials: Credentials, path: Path, now: float) -> bool:
-    """Before the actor runs. True if a token was made and written to `path`."""
-    # Never a symlink planted where the secret goes: the rename below replaces the link itself.
-    if credentials.has_active_admin() and path.exists():
-        log.info("an admin token exists: %s left alone", path)
-        return False
-    secret = new_secret(OPERATOR_PREFIX)
+def _write_pending(path: Path, secret: str) -> Path:
+    """The secret in a temporary file beside `path`, mode 0600 whatever the umask."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)  # whatever the umask said
+            os.fchmod(fd, 0o600)
             os.write(fd, f"{secret}\n".encode())
         finally:
             os.close(fd)
@@ -55,6 +50,17 @@ async def bootstrap_admin(store: Store, credentials: Credentials, path: Path, no
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise BootstrapError(f"--bootstrap-admin-token-file {path}: {exc.strerror or exc}") from exc
+    return tmp
+
+
+async def bootstrap_admin(store: Store, credentials: Credentials, path: Path, now: float) -> bool:
+    """Before the actor runs (start-up: blocking file calls are fine). True if a token was made
+    and written to `path`."""
+    if credentials.has_active_admin() and os.path.lexists(path):  # noqa: ASYNC240
+        log.info("an admin token exists: %s left alone", path)
+        return False
+    secret = new_secret(OPERATOR_PREFIX)
+    tmp = _write_pending(path, secret)
     token = OperatorToken(
         id=f"t-{uuid.uuid4().hex[:12]}",
         name=BOOTSTRAP_NAME,
@@ -75,6 +81,8 @@ async def bootstrap_admin(store: Store, credentials: Credentials, path: Path, no
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    # Only now the file: a token nobody can read is never stored, a stored one is never lost.
+    # The rename replaces whatever was at `path`, a planted symlink included.
     os.replace(tmp, path)
     credentials.put_token(token)
     log.info("wrote the first admin token (%s) to %s", token.id, path)
