@@ -90,6 +90,13 @@ def test_beyond_loopback_a_coordinator_needs_tls_and_tokens_unless_told(tmp_path
                   env={"POSTROOM_TOKEN": token})  # fmt: skip
         assert who.returncode == 0, who.stderr
         assert who.stdout.strip() == "user:bootstrap-admin (admin)"
+        grpcurl = [str(Path(sys.executable).with_name("grpcurl")), "-cacert", str(pki.ca)]
+        method = [secure.address, "postroom.v1.Publishing/WhoAmI"]
+        bearer = ["-H", f"authorization: Bearer {token}"]
+        answer = subprocess.run([*grpcurl, *bearer, *method], capture_output=True, text=True)
+        assert answer.returncode == 0 and '"actor": "user:bootstrap-admin"' in answer.stdout
+        answer = subprocess.run([*grpcurl, *method], capture_output=True, text=True)
+        assert answer.returncode != 0 and "Unauthenticated" in answer.stderr
     finally:
         secure.stop()
 
