@@ -47,6 +47,7 @@ _GLOBAL_OPTIONS_WITH_VALUE = (
     "--timeout",
     "--as",
     "--token-file",
+    "--token",
     "--ca",
     "--tls-cert",
     "--tls-key",
@@ -106,6 +107,9 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
         default=default(None),
         help="a file holding your operator token (else env POSTROOM_TOKEN or POSTROOM_TOKEN_FILE)",
     )
+    # Refused with a pointer (a command line shows in `ps`); without it argparse would take
+    # `--token X` as an abbreviation of --token-file.
+    group.add_argument("--token", dest="token_flag", default=default(None), help=argparse.SUPPRESS)
     group.add_argument(
         "--ca",
         type=Path,
@@ -215,6 +219,11 @@ def _main(argv: list[str]) -> int:
                 parser.error(f"`{name}` takes its own options; put them after `postroom {name}`")
             return _run_delegated(name, argv[index + 1 :])
         args = parser.parse_args(argv)
+        if args.token_flag is not None:
+            parser.error(
+                "--token is not taken (a command line shows in `ps`): put the operator token in "
+                "POSTROOM_TOKEN, or in a file given with --token-file"
+            )
         handler: Handler = args.handler
         out = Output(json_mode=args.json)
         tls = ClientTls.from_env(

@@ -18,6 +18,7 @@ import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from postroom.v1 import access_pb2 as ac
 from postroom.v1 import publishing_pb2 as pb
 from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as t
@@ -70,12 +71,14 @@ class FakePublishing(publishing_pb2_grpc.PublishingServicer):
         self.device = t.Device()
         self.gates = pb.ListRateLimitsResponse()
         self.login_state: t.LoginState.ValueType = t.LOGIN_STATE_LOGGED_IN
+        self.metadata: list[dict[str, str]] = []  # each call's invocation metadata
 
     def requests(self, method: str) -> list[Message]:
         return [request for name, request in self.calls if name == method]
 
     def _record(self, method: str, request: Message, context: grpc.ServicerContext) -> None:
         self.calls.append((method, request))
+        self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
         if method in self.errors:
             context.abort(*self.errors[method])
 
@@ -187,6 +190,56 @@ class FakePublishing(publishing_pb2_grpc.PublishingServicer):
     ) -> t.RateLimitGate:
         self._record("ReopenRateLimit", request, context)
         return t.RateLimitGate(target=t.Target(platform=request.platform, account=request.account))
+
+    # Access
+
+    def WhoAmI(self, request: ac.WhoAmIRequest, context: grpc.ServicerContext) -> ac.WhoAmIResponse:
+        self._record("WhoAmI", request, context)
+        return ac.WhoAmIResponse(actor="user:alice", role=ac.ROLE_AUTHOR, authenticated=True)
+
+    def CreateToken(
+        self, request: ac.CreateTokenRequest, context: grpc.ServicerContext
+    ) -> ac.CreateTokenResponse:
+        self._record("CreateToken", request, context)
+        token = ac.OperatorToken(id="t-1", name=request.name, role=request.role)
+        return ac.CreateTokenResponse(token=token, secret="prt_SECRET")
+
+    def ListTokens(
+        self, request: ac.ListTokensRequest, context: grpc.ServicerContext
+    ) -> ac.ListTokensResponse:
+        self._record("ListTokens", request, context)
+        return ac.ListTokensResponse(
+            tokens=[ac.OperatorToken(id="t-1", name="alice", role=ac.ROLE_AUTHOR)]
+        )
+
+    def RevokeToken(
+        self, request: ac.RevokeTokenRequest, context: grpc.ServicerContext
+    ) -> ac.RevokeTokenResponse:
+        self._record("RevokeToken", request, context)
+        token = ac.OperatorToken(id="t-1", name=request.token, role=ac.ROLE_AUTHOR)
+        return ac.RevokeTokenResponse(revoked=[token])
+
+    def EnrollDevice(
+        self, request: ac.EnrollDeviceRequest, context: grpc.ServicerContext
+    ) -> ac.EnrollDeviceResponse:
+        self._record("EnrollDevice", request, context)
+        enrollment = ac.DeviceEnrollment(name=request.name, accounts=request.accounts)
+        return ac.EnrollDeviceResponse(enrollment=enrollment, secret="prd_SECRET")
+
+    def ListEnrollments(
+        self, request: ac.ListEnrollmentsRequest, context: grpc.ServicerContext
+    ) -> ac.ListEnrollmentsResponse:
+        self._record("ListEnrollments", request, context)
+        accounts = [t.Target(platform="sandbox", account="*")]
+        return ac.ListEnrollmentsResponse(
+            enrollments=[ac.DeviceEnrollment(name="api-1", accounts=accounts)]
+        )
+
+    def RevokeDevice(
+        self, request: ac.RevokeDeviceRequest, context: grpc.ServicerContext
+    ) -> ac.DeviceEnrollment:
+        self._record("RevokeDevice", request, context)
+        return ac.DeviceEnrollment(name=request.name)
 
 
 @pytest.fixture
@@ -671,3 +724,65 @@ def test_enum_names_and_times_are_human() -> None:
     assert enum_label(t.PostStatus.DESCRIPTOR, 99) == "99"
     assert fmt_time(ts()) == "2026-11-24 18:00:05Z"
     assert fmt_time(Timestamp()) == "-"
+
+
+# Access: tokens and devices
+
+
+def test_the_operator_token_comes_from_the_environment_or_a_file(
+    fake: FakePublishing,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(fake, "token", "whoami") == 0
+    assert "authorization" not in fake.metadata[-1]  # none set: none sent
+    monkeypatch.setenv("POSTROOM_TOKEN", "prt_from_env")
+    assert run(fake, "token", "whoami") == 0
+    assert fake.metadata[-1]["authorization"] == "Bearer prt_from_env"
+    token_file = tmp_path / "alice.token"
+    token_file.write_text("prt_from_file\n")
+    assert run(fake, "--token-file", str(token_file), "post", "list") == 0
+    assert fake.metadata[-1]["authorization"] == "Bearer prt_from_file"
+    assert capsys.readouterr().out.startswith("user:alice (author)")
+    # A secret on the command line is not taken (`ps` shows it).
+    assert run(fake, "--token", "prt_x", "post", "list") == 2
+
+
+def test_token_create_prints_the_secret_alone_on_stdout(
+    fake: FakePublishing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(fake, "token", "create", "--name", "alice", "--role", "author") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "prt_SECRET\n"
+    assert "shown once" in captured.err and "prt_SECRET" not in captured.err
+    [request] = fake.requests("CreateToken")
+    assert isinstance(request, ac.CreateTokenRequest)
+    assert (request.name, request.role) == ("alice", ac.ROLE_AUTHOR)
+    assert run(fake, "token", "create", "--name", "x", "--role", "boss") == 2
+
+
+def test_token_list_and_revoke(fake: FakePublishing, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "token", "list", "--all") == 0
+    assert_shows(capsys.readouterr().out, "t-1", "alice", "author")
+    [listing] = fake.requests("ListTokens")
+    assert isinstance(listing, ac.ListTokensRequest) and listing.include_revoked
+    assert run(fake, "token", "revoke", "alice") == 0
+    assert_shows(capsys.readouterr().out, "revoked t-1 (alice, author)")
+
+
+def test_device_enroll_revoke_and_enrollments(
+    fake: FakePublishing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("device", "enroll", "api-1", "--account", "sandbox:*", "--account", "x:acme")
+    assert run(fake, *argv, "--rotate") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "prd_SECRET\n" and "POSTROOM_DEVICE_TOKEN" in captured.err
+    [request] = fake.requests("EnrollDevice")
+    assert isinstance(request, ac.EnrollDeviceRequest)
+    assert [(a.platform, a.account) for a in request.accounts] == [("sandbox", "*"), ("x", "acme")]
+    assert request.rotate
+    assert run(fake, "device", "enrollments") == 0
+    assert_shows(capsys.readouterr().out, "api-1", "sandbox:*")
+    assert run(fake, "device", "revoke", "api-1") == 0
+    assert_shows(capsys.readouterr().out, "device api-1 revoked")
