@@ -290,6 +290,11 @@ class Coordinator:
                     pending.extend(item.fn(now))
                 except CoordinatorError as exc:
                     log.warning("worker event refused: %s", exc)
+                except Exception:
+                    # A bug met by one event must not stop every other: the event is dropped
+                    # (nothing of it was written) and the actor goes on. Memory it half-changed
+                    # is caught by the store's compare-and-set, which ends the process.
+                    log.exception("worker event failed and was dropped")
                 continue
             # A command reads the store: everything before it must be committed first.
             await self._flush(pending, replies)
@@ -300,6 +305,15 @@ class Coordinator:
                 item.error = exc
                 item.done.set()
                 continue
+            except Exception:
+                incident = uuid.uuid4().hex[:12]
+                log.exception("command failed and was refused (incident %s)", incident)
+                item.error = CoordinatorError(
+                    f"the coordinator could not carry out this request (incident {incident} in "
+                    "its log)"
+                )
+                item.done.set()
+                continue
             pending.extend(fx)
             item.result = result
             replies.append(item)
@@ -307,13 +321,21 @@ class Coordinator:
 
     async def _flush(self, fx: Effects, replies: list[_Call[Any]]) -> None:
         now = self.clock.now()
-        fx.extend(self.core.settle_posts(now))
+        try:
+            fx.extend(self.core.settle_posts(now))
+        except Exception:  # a post's summary is lost, not the batch nor the actor
+            log.exception("settling posts failed")
         if fx.batch:
             # Crash-only: if the store cannot commit, memory and disk disagree; the process
             # must die and reload from the database rather than send what is not durable.
             with anyio.CancelScope(shield=True):
                 await self.store.apply(fx.batch)
-        self._observe(fx, now)
+        # From here the batch is durable: what follows must reach the workers and callers, so
+        # a failure in metrics, traces or watchers is logged, never raised.
+        try:
+            self._observe(fx, now)
+        except Exception:
+            log.exception("recording metrics and traces of a batch failed")
         for sid, msg in fx.messages:
             if not self.send_now(sid, msg) and sid in self._outboxes:
                 # Outbox full: the worker does not read. Its session dies, not the coordinator.
@@ -321,7 +343,10 @@ class Coordinator:
                 self.close_outbox(sid)
         for sid in fx.close_sessions:
             self.close_outbox(sid)
-        self._notify_watchers(fx)
+        try:
+            self._notify_watchers(fx)
+        except Exception:
+            log.exception("notifying job watchers failed")
         for item in replies:
             item.done.set()
         self._rearm()
@@ -444,7 +469,10 @@ class Coordinator:
             # re-arming now would fire at once and flood the mailbox with ticks that delay the
             # real work behind them.
             await ticked.wait()
-            await self._refresh_gauges()
+            try:
+                await self._refresh_gauges()
+            except Exception:  # the gauges wait for the next tick; the timer goes on
+                log.exception("refreshing the gauges failed")
 
     def _tick(self, ticked: anyio.Event, now: float) -> Effects:
         try:

@@ -36,6 +36,7 @@ publishing (JPEG only; caption 2,200 characters, 30 hashtags, 20 @ tags).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import sys
@@ -148,16 +149,24 @@ _MENTION = re.compile(r"(?<![\w@/])@[\w.]+")
 _X_INVALID = re.compile("[\ufffe\ufeff\uffff]")
 
 
+# One post is checked for each of its targets (up to 50), and X's weighted count of a long text
+# takes ~0.4 s: each measure is computed once per text, not once per target.
+_measure = functools.lru_cache(maxsize=8)
+
+
+@_measure
 def graphemes(text: str) -> int:
     """User-perceived characters (Unicode extended grapheme clusters, UAX #29)."""
     return len(_GRAPHEME.findall(text))
 
 
+@_measure
 def x_weighted_length(text: str) -> int:
     """X's weighted length (twitter-text v3): most scripts 1, CJK and emoji 2, each URL 23."""
     return int(_parse_tweet(text, _TWITTER_TEXT_V3).weightedLength)
 
 
+@_measure
 def mastodon_length(text: str) -> int:
     """Mastodon's count: graphemes after each http(s) URL becomes 23 characters and each
     `@user@domain` mention becomes `@user` (StatusLengthValidator#countable_text)."""
@@ -177,6 +186,7 @@ def mastodon_length(text: str) -> int:
     return graphemes("".join(out))
 
 
+@_measure
 def hashtags(text: str) -> int:
     return sum(1 for m in _HASHTAG.finditer(text) if not m.group(1).isdigit())
 

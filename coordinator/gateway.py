@@ -5,36 +5,51 @@ Per stream: the handler validates Hello, registers an outbox with the actor and 
 stream that ends without Goodbye means the worker was lost (toolchain.md: a SIGKILLed peer looks
 like a clean EOF). Protocol violations end only that stream; its jobs are recovered like any lost
 session's, so a hostile worker cannot touch another worker's jobs.
+
+Every message is checked on arrival (coordinator/worker_input.py): garbage and floods end the
+stream with INVALID_ARGUMENT / RESOURCE_EXHAUSTED, odd-but-honest values are made safe and taken.
+Screenshots are written to disk chunk by chunk as they arrive (coordinator/assets.py), so memory
+per session stays at about one chunk whatever the screenshots' sizes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
 import grpc
 
+from coordinator import worker_input
 from coordinator.access import devices
 from coordinator.actor import Coordinator
-from coordinator.assets import AssetStore, sniff_content_type
-from coordinator.convert import kind_from_pb, level_from_pb
-from coordinator.domain import KNOWN_PLATFORMS, ScreenshotRecord, StepLogEntry, Target
+from coordinator.assets import AssetStore, Incoming, sniff_content_type
+from coordinator.convert import kind_from_pb
+from coordinator.domain import ScreenshotRecord, Target
 from coordinator.errors import CoordinatorError
+from coordinator.wire import Garbage
+from coordinator.worker_input import (
+    MAX_UPLOADS_PER_SESSION,
+    GatewayLimits,
+    RateLimiter,
+    Violation,
+    check_message,
+    cut,
+)
 from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 
 log = logging.getLogger("postroom.coordinator.gateway")
 
 HELLO_TIMEOUT_S = 10.0
-MAX_UPLOADS_PER_SESSION = 8
 SCREENSHOT_LABELS = frozenset({"before_confirm", "after_publish", "on_failure"})
+ProtocolViolation = Violation  # the stream broke the protocol: end it with this status
 
 
 @dataclass(slots=True)
@@ -45,20 +60,23 @@ class _Upload:
     content_type: str
     sha256: str
     total_size: int
-    data: bytearray = field(default_factory=bytearray)
-
-
-class ProtocolViolation(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    file: Incoming
 
 
 class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
-    def __init__(self, coordinator: Coordinator, assets: AssetStore) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        assets: AssetStore,
+        *,
+        limits: GatewayLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.coordinator = coordinator
         self.core = coordinator.core
         self.assets = assets
+        self.limits = limits or GatewayLimits()
+        self._monotonic = monotonic  # for message rates: wall time, whatever the lease clock
 
     async def Connect(
         self,
@@ -68,6 +86,9 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, TimeoutError):
+            return
+        if isinstance(first, Garbage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.message)
             return
         hello = self._validate_hello(first)
         if isinstance(hello, ProtocolViolation):
@@ -104,7 +125,9 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
                 version=hello.version,
             )
         )
-        state = _StreamState()
+        limits = self.limits
+        rate = RateLimiter(limits.max_messages_per_s, limits.burst_messages, self._monotonic)
+        state = _StreamState(rate)
         reader = asyncio.create_task(self._read(session_id, request_iterator, state))
         try:
             async with outbox:
@@ -115,6 +138,9 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             self.coordinator.close_outbox(session_id)
+            for upload in state.uploads.values():  # unfinished: their bytes go
+                upload.file.discard()
+            state.uploads.clear()
             reason = state.end_reason or "stream closed"
             with anyio.CancelScope(shield=True), contextlib.suppress(anyio.ClosedResourceError):
                 await self.coordinator.post(
@@ -145,123 +171,135 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         if not hello.capabilities:
             return ProtocolViolation(invalid, "Hello.capabilities is empty: pass --platform "
                                      "PLATFORM[:ACCOUNT] at least once")  # fmt: skip
-        for cap in hello.capabilities:
-            if cap.platform not in KNOWN_PLATFORMS:
-                return ProtocolViolation(
-                    invalid,
-                    f"unknown platform {cap.platform!r} in Hello.capabilities; known: "
-                    + ", ".join(sorted(KNOWN_PLATFORMS)),
-                )
+        try:
+            worker_input.check_hello(hello)
+        except Violation as exc:
+            return exc
         return hello
 
     async def _read(
         self, session_id: str, messages: AsyncIterator[wg.WorkerMessage], state: _StreamState
     ) -> None:
-        post = self.coordinator.post
-        core = self.core
         try:
             async for msg in messages:
-                kind = msg.WhichOneof("msg")
-                if kind == "heartbeat":
-                    held = [(h.job_id, h.lease_epoch) for h in msg.heartbeat.active]
-                    await post(partial(core.heartbeat, session_id, msg.heartbeat.seq, active=held))
-                elif kind == "ack":
-                    await post(partial(core.ack, session_id, msg.ack.job_id, msg.ack.lease_epoch))
-                elif kind == "log":
-                    entry = StepLogEntry(
-                        step=msg.log.step[:100],
-                        level=level_from_pb(msg.log.level),
-                        message=msg.log.message[:4000],
-                        at=msg.log.at_unix_ms / 1000 if msg.log.at_unix_ms else 0.0,
-                    )
-                    await post(
-                        partial(core.log, session_id, msg.log.job_id, msg.log.lease_epoch, entry)
-                    )
-                elif kind == "screenshot":
-                    await self._chunk(session_id, msg.screenshot, state)
-                elif kind == "commit_request":
-                    req = msg.commit_request
-                    await post(
-                        partial(core.commit_request, session_id, req.job_id, req.lease_epoch)
-                    )
-                elif kind == "awaiting_confirm":
-                    ac = msg.awaiting_confirm
-                    await post(
-                        partial(core.awaiting_confirm, session_id, ac.job_id, ac.lease_epoch)
-                    )
-                elif kind == "result":
-                    await post(partial(core.result, session_id, msg.result))
-                elif kind == "login_check":
-                    self.coordinator.login_check_answered(msg.login_check)
-                elif kind == "goodbye":
-                    state.end_reason = f"worker said goodbye: {msg.goodbye.reason or 'draining'}"
-                    await post(partial(core.goodbye, session_id))
-                elif kind == "hello":
-                    state.violation = ProtocolViolation(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "Hello may only be the first message of a stream",
-                    )
+                if isinstance(msg, Garbage):
+                    raise Violation(grpc.StatusCode.INVALID_ARGUMENT, msg.message)
+                state.rate.take()
+                if await self._message(session_id, msg, state):
                     break
             if not state.end_reason:
                 state.end_reason = "stream ended without goodbye (worker lost)"
+        except Violation as exc:
+            state.violation = exc
+            state.end_reason = f"protocol violation: {exc}"
+            log.warning("session %s ended: %s", session_id, exc)
         except (grpc.aio.AioRpcError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             state.end_reason = f"stream broke: {exc.__class__.__name__}"
+        except Exception as exc:  # a bug: this stream ends, the coordinator goes on
+            log.exception("session %s: reading its stream failed", session_id)
+            state.end_reason = f"stream reader failed: {exc.__class__.__name__}"
         finally:
             # Ending the outbox ends the response stream, and with it the handler.
             self.coordinator.close_outbox(session_id)
 
+    async def _message(self, session_id: str, msg: wg.WorkerMessage, state: _StreamState) -> bool:
+        """Hand one message to the actor; True when the stream is done (Goodbye is not: the
+        worker still reports its jobs after it)."""
+        post = self.coordinator.post
+        core = self.core
+        kind = check_message(msg)
+        if kind == "heartbeat":
+            held = [(h.job_id, h.lease_epoch) for h in msg.heartbeat.active]
+            await post(partial(core.heartbeat, session_id, msg.heartbeat.seq, active=held))
+        elif kind == "ack":
+            await post(partial(core.ack, session_id, msg.ack.job_id, msg.ack.lease_epoch))
+        elif kind == "log":
+            entry = worker_input.log_entry(msg.log, self.coordinator.clock.now())
+            await post(partial(core.log, session_id, msg.log.job_id, msg.log.lease_epoch, entry))
+        elif kind == "screenshot":
+            await self._chunk(session_id, msg.screenshot, state)
+        elif kind == "commit_request":
+            req = msg.commit_request
+            await post(partial(core.commit_request, session_id, req.job_id, req.lease_epoch))
+        elif kind == "awaiting_confirm":
+            ac = msg.awaiting_confirm
+            await post(partial(core.awaiting_confirm, session_id, ac.job_id, ac.lease_epoch))
+        elif kind == "result":
+            await post(partial(core.result, session_id, worker_input.job_result(msg.result)))
+        elif kind == "login_check":
+            answer = worker_input.login_check_result(msg.login_check)
+            self.coordinator.login_check_answered(answer)
+        elif kind == "goodbye":
+            reason = cut(msg.goodbye.reason, worker_input.MAX_SHORT_TEXT_CHARS) or "draining"
+            state.end_reason = f"worker said goodbye: {reason}"
+            await post(partial(core.goodbye, session_id))
+        elif kind == "hello":
+            raise Violation(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "Hello may only be the first message of a stream",
+            )
+        else:  # a kind newer than this coordinator: a newer worker's, harmless to skip
+            log.debug("session %s: skipped a message of unknown kind", session_id)
+        return False
+
     async def _chunk(self, session_id: str, chunk: wg.ScreenshotChunk, state: _StreamState) -> None:
         limits = self.core.config
 
-        def refuse(error: str) -> None:
-            state.uploads.pop(chunk.upload_id, None)
+        async def refuse(error: str) -> None:
+            upload = state.uploads.pop(chunk.upload_id, None)
+            if upload is not None:
+                await anyio.to_thread.run_sync(upload.file.discard)
             ack = wg.ScreenshotAck(
                 job_id=chunk.job_id, upload_id=chunk.upload_id, ok=False, error=error
             )
             self.coordinator.send_now(session_id, wg.CoordinatorMessage(screenshot_ack=ack))
 
         if len(chunk.data) > limits.max_chunk_bytes:
-            return refuse(
+            return await refuse(
                 f"RESOURCE_EXHAUSTED: chunk of {len(chunk.data)} bytes; the limit is "
                 f"{limits.max_chunk_bytes}"
             )
-        if chunk.total_size > limits.max_asset_bytes:
-            return refuse(
+        if not 0 <= chunk.total_size <= limits.max_asset_bytes:
+            return await refuse(
                 f"RESOURCE_EXHAUSTED: screenshot of {chunk.total_size} bytes; the limit is "
                 f"{limits.max_asset_bytes}"
             )
         if not self.core.lease_is_current(session_id, chunk.job_id, chunk.lease_epoch):
-            return refuse("FAILED_PRECONDITION: you do not hold this job at this epoch")
+            return await refuse("FAILED_PRECONDITION: you do not hold this job at this epoch")
         upload = state.uploads.get(chunk.upload_id)
         if upload is None:
-            if chunk.offset != 0:
-                return refuse("INVALID_ARGUMENT: the first chunk of an upload must have offset 0")
-            if len(state.uploads) >= MAX_UPLOADS_PER_SESSION:
-                return refuse("RESOURCE_EXHAUSTED: too many screenshot uploads in progress")
+            error = self._new_upload_error(chunk, state)
+            if error:
+                return await refuse(error)
             label = chunk.label if chunk.label in SCREENSHOT_LABELS else "on_failure"
-            upload = _Upload(chunk.job_id, chunk.lease_epoch, label, chunk.content_type,
-                             chunk.sha256.lower(), chunk.total_size)  # fmt: skip
+            content_type = cut(chunk.content_type, worker_input.MAX_SHORT_TEXT_CHARS)
+            incoming = await anyio.to_thread.run_sync(self.assets.begin)
+            upload = _Upload(chunk.job_id, chunk.lease_epoch, label, content_type,
+                             chunk.sha256.lower(), chunk.total_size, incoming)  # fmt: skip
             state.uploads[chunk.upload_id] = upload
-        if chunk.offset != len(upload.data):
-            return refuse(f"INVALID_ARGUMENT: chunk offset {chunk.offset}, expected "
-                          f"{len(upload.data)}")  # fmt: skip
-        upload.data += chunk.data
-        if len(upload.data) > limits.max_asset_bytes:
-            return refuse(f"RESOURCE_EXHAUSTED: screenshot over {limits.max_asset_bytes} bytes")
+        if chunk.offset != upload.file.size:
+            return await refuse(f"INVALID_ARGUMENT: chunk offset {chunk.offset}, expected "
+                                f"{upload.file.size}")  # fmt: skip
+        if upload.file.size + len(chunk.data) > upload.total_size:
+            return await refuse(f"INVALID_ARGUMENT: more bytes than the {upload.total_size} "
+                                "announced in total_size")  # fmt: skip
+        await anyio.to_thread.run_sync(upload.file.write, chunk.data)
         if not chunk.last:
             return None
-        del state.uploads[chunk.upload_id]
-        data = bytes(upload.data)
-        digest = hashlib.sha256(data).hexdigest()
+        if upload.file.size != upload.total_size:
+            return await refuse(f"INVALID_ARGUMENT: {upload.file.size} bytes, announced "
+                                f"{upload.total_size}")  # fmt: skip
+        digest = upload.file.sha256()
         if digest != upload.sha256:
-            return refuse(f"INVALID_ARGUMENT: sha256 mismatch: got {digest}, announced "
-                          f"{upload.sha256 or '(none)'}")  # fmt: skip
-        asset_id = await anyio.to_thread.run_sync(self.assets.put, data)
+            return await refuse(f"INVALID_ARGUMENT: sha256 mismatch: got {digest}, announced "
+                                f"{upload.sha256 or '(none)'}")  # fmt: skip
+        del state.uploads[chunk.upload_id]
+        asset_id = await anyio.to_thread.run_sync(upload.file.finish)
         record = ScreenshotRecord(
             asset_id=asset_id,
             label=upload.label,
-            size_bytes=len(data),
-            content_type=upload.content_type or sniff_content_type(data[:16]),
+            size_bytes=upload.file.size,
+            content_type=upload.content_type or sniff_content_type(upload.file.head),
             at=self.coordinator.clock.now(),
         )
         await self.coordinator.post(
@@ -272,9 +310,30 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         self.coordinator.send_now(session_id, wg.CoordinatorMessage(screenshot_ack=ack))
         return None
 
+    def _new_upload_error(self, chunk: wg.ScreenshotChunk, state: _StreamState) -> str:
+        if chunk.offset != 0:
+            return "INVALID_ARGUMENT: the first chunk of an upload must have offset 0"
+        if not _is_sha256(chunk.sha256):
+            return "INVALID_ARGUMENT: sha256 must be the image's sha256 in 64 hex digits"
+        if len(state.uploads) >= MAX_UPLOADS_PER_SESSION:
+            return "RESOURCE_EXHAUSTED: too many screenshot uploads in progress"
+        open_bytes = sum(u.total_size for u in state.uploads.values()) + chunk.total_size
+        limit = self.limits.max_upload_bytes_per_session
+        if open_bytes > limit:
+            return (
+                f"RESOURCE_EXHAUSTED: {open_bytes} bytes of unfinished uploads on this stream; "
+                f"at most {limit}: finish one before starting another"
+            )
+        return ""
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
 
 @dataclass(slots=True)
 class _StreamState:
+    rate: RateLimiter
     end_reason: str = ""
-    violation: ProtocolViolation | None = None
+    violation: Violation | None = None
     uploads: dict[str, _Upload] = field(default_factory=dict)

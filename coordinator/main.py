@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from coordinator import wire
 from coordinator.access.bootstrap import BootstrapError, bootstrap_admin
 from coordinator.access.interceptor import OperatorAuth
 from coordinator.access.options import ExposureRefused, SecurityOptions, add_flags
@@ -49,8 +50,6 @@ from postroom.metrics_http import serve_metrics
 from postroom.tls import TlsError, server_credentials
 from postroom.tracing import exporters_from_env, make_tracer_provider
 from postroom.v1 import publishing_pb2, worker_gateway_pb2
-from postroom.v1 import publishing_pb2_grpc as pub_grpc
-from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 
 log = logging.getLogger("postroom.coordinator")
 
@@ -326,8 +325,9 @@ async def _serve(opts: ServerOptions) -> None:
         interceptors.append(aio_server_interceptor(tracer_provider=provider))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=interceptors)
     publishing = PublishingService(coordinator, assets, text_limits=opts.text_limits)
-    pub_grpc.add_PublishingServicer_to_server(publishing, server)
-    wg_grpc.add_WorkerGatewayServicer_to_server(WorkerGatewayService(coordinator, assets), server)
+    # Not the generated add_*_to_server: requests that do not parse get INVALID_ARGUMENT.
+    wire.add_publishing(server, publishing)
+    wire.add_worker_gateway(server, WorkerGatewayService(coordinator, assets))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (

@@ -74,6 +74,7 @@ MAX_PAGE = 1000
 DEFAULT_AUDIT_PAGE = 1000
 MAX_AUDIT_PAGE = 10_000
 MAX_LOGIN_MESSAGE_CHARS = 1000
+DEFAULT_CONTENT_CHECK_THREADS = 2
 
 
 def rpc(
@@ -125,13 +126,18 @@ class PublishingService(AccessRpcs, pub_grpc.PublishingServicer):
         self.core = coordinator.core
         self.assets = assets
         self.text_limits = text_limits or content_rules.TextLimits()
+        # Checks run in threads; a few at a time, so a burst of long posts cannot take the GIL
+        # from the event loop (it serves every other RPC and every worker stream).
+        self._content_checks = anyio.CapacityLimiter(DEFAULT_CONTENT_CHECK_THREADS)
 
     async def _check_content(
         self, text: str, media: Sequence[str], targets: Sequence[Target]
     ) -> None:
         # In a thread: X's weighted count of a long text takes a while (~40 ms per 10,000
         # characters), and the event loop keeps serving workers' streams meanwhile.
-        await anyio.to_thread.run_sync(content_rules.check, text, media, targets, self.text_limits)
+        check = content_rules.check
+        limits, limiter = self.text_limits, self._content_checks
+        await anyio.to_thread.run_sync(check, text, media, targets, limits, limiter=limiter)
 
     async def _check_post(self, post: Post) -> None:
         await self._check_content(post.text, post.media, post.targets)

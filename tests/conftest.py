@@ -31,6 +31,7 @@ import grpc
 import pytest
 from scripted_worker import ScriptedWorker
 
+from coordinator import wire
 from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.assets import AssetStore
 from coordinator.content_rules import TextLimits
@@ -39,9 +40,10 @@ from coordinator.leasing.core import LeaseConfig
 from coordinator.main import GRPC_SERVER_OPTIONS
 from coordinator.publishing import PublishingService
 from coordinator.store import open_store
+from coordinator.worker_input import GatewayLimits
 from postroom.clock import FakeClock, SystemClock
 from postroom.v1 import publishing_pb2 as pub
-from postroom.v1 import publishing_pb2_grpc, worker_gateway_pb2_grpc
+from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
 
@@ -81,13 +83,15 @@ async def coordinator_server(
     lease_ttl_s: float = TTL_S,
     restart_grace_s: float = 3.0,
     text_limits: TextLimits | None = None,
+    gateway_limits: GatewayLimits | None = None,
 ) -> AsyncIterator[InProcess]:
     """Run the coordinator as `coordinator.main.serve` wires it, on 127.0.0.1 port 0.
 
     With `fake_clock` (the default) the coordinator's time is a FakeClock that only moves on
     `clock.advance(s)`, so heartbeats are never missed unless a test advances time. Assets go to
     `tmp_path / "assets"`. `text_limits` are what `--text-limit` flags would give (e.g. from
-    `coordinator.main.parse_args([...]).text_limits`). The server and the actor are stopped on exit.
+    `coordinator.main.parse_args([...]).text_limits`); `gateway_limits` the worker streams' limits
+    (message rate, unfinished upload bytes). The server and the actor are stopped on exit.
     """
     store = open_store(db)
     await store.open()
@@ -102,12 +106,9 @@ async def coordinator_server(
     await coordinator.load()
     assets = AssetStore(tmp_path / "assets")
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
-    publishing_pb2_grpc.add_PublishingServicer_to_server(
-        PublishingService(coordinator, assets, text_limits=text_limits), server
-    )
-    worker_gateway_pb2_grpc.add_WorkerGatewayServicer_to_server(
-        WorkerGatewayService(coordinator, assets), server
-    )
+    wire.add_publishing(server, PublishingService(coordinator, assets, text_limits=text_limits))
+    gateway = WorkerGatewayService(coordinator, assets, limits=gateway_limits)
+    wire.add_worker_gateway(server, gateway)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

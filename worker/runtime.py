@@ -41,6 +41,7 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger("postroom.worker.runtime")
 
 _RUNNING_PHASES = ACTIVE_PHASES - {JobPhase.WAITING_SLOT}
+MAX_ACCOUNT_CHARS = 256  # the coordinator's bound on account names
 _SEND_FAILED = (anyio.ClosedResourceError, anyio.BrokenResourceError)
 
 
@@ -253,6 +254,11 @@ class JobRunner:
     async def check_login(
         self, platform: str, account: str
     ) -> tuple[types_pb2.LoginState.ValueType, str]:
+        if len(account) > MAX_ACCOUNT_CHARS or not account.isprintable():
+            # Not an account anyone has: answered without asking the platform.
+            return types_pb2.LOGIN_STATE_UNKNOWN, (
+                f"not an account name (printable, at most {MAX_ACCOUNT_CHARS} characters)"
+            )
         try:
             adapter = self._adapters.create(platform)
         except AdapterError as exc:

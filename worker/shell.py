@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import anyio
 import grpc
@@ -36,6 +37,7 @@ from worker.session import SessionPhase, SessionState
 
 log = logging.getLogger("postroom.worker.session")
 
+T = TypeVar("T")
 # Reconnecting cannot help: a token that is wrong or revoked, accounts it may not serve, or
 # another process that proved this device's identity and took its place (ALREADY_EXISTS).
 _REFUSED = (
@@ -135,7 +137,11 @@ class Worker:
         while not self._drained():
             started = self.sessions_started
             try:
-                await self._session_on_new_channel()
+                try:
+                    await self._session_on_new_channel()
+                except asyncio.CancelledError:
+                    await _own_cancellation()
+                    raise StreamBroken("the gRPC call was cancelled under us") from None
                 return
             except StreamBroken as exc:
                 if self.sessions_started > started:
@@ -196,8 +202,10 @@ class Worker:
         try:
             async with stream.inbox:
                 async for msg in stream.inbox:
-                    await stream.call.write(msg)
-            await stream.call.done_writing()
+                    await _grpc(stream.call.write(msg))
+            await _grpc(stream.call.done_writing())
+        except StreamBroken as exc:
+            stream.fail(exc, tg)
         except grpc.aio.AioRpcError as exc:
             stream.fail(_translate(exc, stream.state), tg)
         except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:  # after the call ended
@@ -220,7 +228,7 @@ class Worker:
     async def _next(self, stream: _Stream) -> wg.CoordinatorMessage | None:
         """The next message; None at the EOF that answers our own half-close."""
         try:
-            msg = await stream.call.read()
+            msg = await _grpc(stream.call.read())
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, stream.state) from exc
         if isinstance(msg, wg.CoordinatorMessage):
@@ -244,7 +252,12 @@ class Worker:
                 case session.Violation(reason=reason):
                     raise StreamBroken(f"protocol violation by the coordinator: {reason}")
                 case _:
-                    self.runner.apply(command)
+                    try:
+                        self.runner.apply(command)
+                    except Exception:
+                        # One message the worker cannot carry out ends that request only; an
+                        # unstarted job is recovered by the coordinator (it is not heartbeated).
+                        log.exception("could not carry out %s", type(command).__name__)
 
     async def _welcomed(
         self, stream: _Stream, tg: TaskGroup, resumed: tuple[wg.HeldJob, ...], deadline: float
@@ -301,7 +314,12 @@ class Worker:
             log.warning("the coordinator did not end the stream after our goodbye")
 
     async def _check_login(self, stream: _Stream, cmd: session.CheckLogin) -> None:
-        state, message = await self.runner.check_login(cmd.platform, cmd.account)
+        try:
+            state, message = await self.runner.check_login(cmd.platform, cmd.account)
+        except Exception as exc:  # this check fails; the worker and its stream go on
+            log.exception("login check of %s:%.60s failed", cmd.platform, cmd.account)
+            state = types_pb2.LOGIN_STATE_UNKNOWN
+            message = f"the login check failed on the worker: {type(exc).__name__}"
         answer = wg.LoginCheckResult(
             request_id=cmd.request_id,
             target=types_pb2.Target(platform=cmd.platform, account=cmd.account),
@@ -309,6 +327,26 @@ class Worker:
             message=message,
         )
         await _send(stream, wg.WorkerMessage(login_check=answer))
+
+
+async def _own_cancellation() -> None:
+    """After a bare CancelledError: if one of our cancel scopes is cancelling this task, raise
+    its own cancellation (so timeouts and stop() work as written); else return.
+
+    grpc.aio re-raises the cancellation of its internal futures without anyio's mark (a call to
+    a stalled coordinator waiting for its HTTP/2 handshake, cancelled by a timeout), so anyio
+    does not recognise it and it would end the whole worker.
+    """
+    await anyio.lowlevel.checkpoint()
+
+
+async def _grpc(step: Awaitable[T]) -> T:
+    """Await a grpc.aio call step; a cancellation that is not ours becomes StreamBroken."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        await _own_cancellation()
+        raise StreamBroken("the gRPC call was cancelled under us") from None
 
 
 async def _send(stream: _Stream, msg: wg.WorkerMessage) -> bool:

@@ -368,11 +368,12 @@ class AttemptOutcomes(CoreBase):
 
 
 def _error_class(value: int) -> ErrorClass:
-    name = types_pb2.ErrorClass.Name(value).removeprefix("ERROR_CLASS_")  # type: ignore[arg-type]
     try:
-        return ErrorClass(name)
+        name = types_pb2.ErrorClass.Name(value)  # type: ignore[arg-type]
+        return ErrorClass(name.removeprefix("ERROR_CLASS_"))
     except ValueError:
-        return ErrorClass.TRANSIENT  # unspecified: treat as retryable, the safe default
+        # Unspecified, or a class newer than this coordinator: retryable, the safe default.
+        return ErrorClass.TRANSIENT
 
 
 def _gate_reason(failure: Failure) -> str:
