@@ -1,11 +1,15 @@
 """The commit fence (worker/fence.py) over real sockets: a request of a commit whose lease is
-gone is never written, however late its connection came up; outside a commit nothing changes."""
+gone is never written, however late its connection came up; outside a commit nothing changes;
+every connection closes with a reset."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -85,3 +89,19 @@ async def test_requests_outside_a_commit_are_not_fenced() -> None:
             pass
         assert (await post(p)).status_code == 201
         assert bytes(p.received).startswith(b"POST /posts")
+
+
+@pytest.mark.anyio
+async def test_connections_close_with_a_reset_so_unacknowledged_bytes_never_land_later() -> None:
+    lingers: list[tuple[int, int]] = []
+
+    async def spy(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.calcsize("ii"))
+            lingers.append(struct.unpack("ii", raw))
+
+    async with platform() as p, httpx.AsyncClient(base_url=p.url, timeout=5) as client:
+        request = client.build_request("GET", "/posts", extensions={"trace": spy})
+        assert (await send(client, request, platform="sandbox")).status_code == 201
+    assert lingers == [(1, 0)]  # set before anyone else saw the connection: on, 0 seconds

@@ -4,7 +4,8 @@ checks through `JobHooks` (it owns the job's state and the stream); this module 
 
     [verify (verify_only: and stop there)] -> prepare -> [before_confirm screenshot ->
       confirmation] -> commit permit
-      -> begin_commit (lease check) -> commit (each request fenced: worker/fence.py)
+      -> begin_commit (lease check) -> commit (each request fenced, aborted if the lease is
+         lost: worker/fence.py)
       -> after_publish screenshot
     commit says Duplicate -> verify: found = success (found_existing), else the Duplicate stands
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
-
-import anyio
 
 from worker.adapters.base import AFTER_PUBLISH, BEFORE_CONFIRM, JobSpec, PlatformAdapter, Published
 from worker.errors import Duplicate, NotFoundOnVerify
@@ -92,11 +91,12 @@ async def publish(spec: JobSpec, adapter: PlatformAdapter, hooks: JobHooks) -> O
     try:
         async with hooks.step("commit") as note:
             hooks.begin_commit()
-            # Once started, the call runs to its end (bounded by the adapter's own timeout):
-            # cancelling it half-way would only make the outcome unknown, not undo it. But no
-            # request of it leaves once the lease is lost: a slow connect must not carry the
-            # irreversible request past the deadline (worker/fence.py).
-            with anyio.CancelScope(shield=True), commit_fence(hooks.commit_refused):
+            # The call runs to its end (bounded by the adapter's timeout) unless the lease is lost
+            # first: then the job's scope aborts it and its connection closes with a reset, so a
+            # request the platform has not acknowledged never lands later; one it has is in
+            # doubt, and the next attempt looks first. And no request of it leaves once the lease
+            # is lost (a slow connect): worker/fence.py. An operator's cancel does not abort it.
+            with commit_fence(hooks.commit_refused):
                 published = await adapter.commit(spec, prepared)
             note.message = f"published {published.post_id} {published.url}"
     except Duplicate as dup:

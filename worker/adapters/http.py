@@ -2,9 +2,9 @@
 
 Every API adapter sends through `send` (which counts requests by status for the metrics and turns
 timeouts and connection errors into `Transient`) and turns a non-success answer into an exception
-with `error_for`. Nothing above this module sees an httpx exception. Inside a commit, `send` also
-carries the commit fence (worker/fence.py): a request the lease no longer allows is never written
-and raises `LeaseLost`.
+with `error_for`. Nothing above this module sees an httpx exception. `send` also makes every new
+connection close abortively and, inside a commit, carries the commit fence (worker/fence.py): a
+request the lease no longer allows is never written and raises `LeaseLost`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from worker.errors import (
     InvalidContent,
     Transient,
 )
-from worker.fence import fenced_trace
+from worker.fence import request_trace
 
 RequestStatus = int | Literal["timeout", "error"]
 # Told about every request: (platform, HTTP status or why none came back).
@@ -40,10 +40,10 @@ async def send(
     platform: str,
     observe: RequestObserver = ignore_request,
 ) -> httpx.Response:
-    # Inside a commit, the lease is checked again just before the request's first byte leaves.
-    trace = fenced_trace(f"{request.method} {request.url.path}", request.extensions.get("trace"))
-    if trace is not None:
-        request.extensions = {**request.extensions, "trace": trace}
+    # New connections close abortively; inside a commit the lease is checked again just before
+    # the request's first byte leaves (worker/fence.py).
+    trace = request_trace(f"{request.method} {request.url.path}", request.extensions.get("trace"))
+    request.extensions = {**request.extensions, "trace": trace}
     try:
         response = await client.send(request)
     except httpx.TimeoutException as exc:
