@@ -94,16 +94,22 @@ class Node:
         """Run a command inside this namespace; its stdout."""
         return _run([*self.wrap, *argv], check=check)
 
-    def cut(self, port: int | None = None, direction: Direction = "both") -> None:
+    def cut(
+        self, port: int | None = None, direction: Direction = "both", *, data_only: bool = False
+    ) -> None:
         """Drop, silently, the packets between this node and the hub (only those of `port` when
-        given): "out" loses what the node sends, "in" what it would hear, "both" both. Adds to
-        any cut already applied."""
+        given): "out" loses what the node sends, "in" what it would hear, "both" both. With
+        `data_only`, only TCP segments that carry data (PSH) are lost: connections still open,
+        and what is written on them stays in the sender's retransmission queue. Adds to any cut
+        already applied."""
         hub = self.lab.hub
+        tcp = ["-p", "tcp"] if port or data_only else []
+        psh = ["--tcp-flags", "PSH", "PSH"] if data_only else []
         rules: list[list[str]] = []
         if direction in ("both", "out"):
-            rules.append(["-d", hub, *(["-p", "tcp", "--dport", str(port)] if port else [])])
+            rules.append(["-d", hub, *tcp, *(["--dport", str(port)] if port else []), *psh])
         if direction in ("both", "in"):
-            rules.append(["-s", hub, *(["-p", "tcp", "--sport", str(port)] if port else [])])
+            rules.append(["-s", hub, *tcp, *(["--sport", str(port)] if port else []), *psh])
         for rule in rules:
             self.run("iptables", "-A", _CHAIN_CUT, *rule, "-j", "DROP")
             self.cuts.append((port, rule))

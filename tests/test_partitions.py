@@ -21,7 +21,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -183,6 +183,16 @@ def assert_no_blind_failure(j: pb.Job) -> None:
         )
 
 
+def hold_until(what: str, check: Callable[[], bool], unix_s: float) -> None:
+    """`check` stays true, polled, until the wall clock passes `unix_s` (for "this does not
+    happen")."""
+    while True:
+        assert check(), f"no longer true: {what}"
+        if time.time() > unix_s:
+            return
+        time.sleep(0.05)
+
+
 def report(scenario: str, cut_at: float, relet_at: float, extra: str = "") -> None:
     print(f"\n[partition] {scenario}: cut -> re-lease {relet_at - cut_at:.2f} s {extra}".rstrip())
 
@@ -332,6 +342,38 @@ def test_cut_after_the_permit_before_the_call_leaves_the_worker_never_sends_it_l
 
 
 @pytest.mark.timeout(90)
+def test_a_request_held_on_the_wire_when_the_lease_is_lost_never_lands_later(
+    cluster: LocalCluster, lab: NetLab, client: PublishingClient, admin: SandboxAdmin
+) -> None:
+    """A's POST connects, but its bytes are lost on the way (the kernel keeps retransmitting
+    them). Its lease is lost; B looks, finds nothing, posts. When A's path heals, its old
+    request must not arrive: the lost lease aborted the call and the connection closed with a
+    reset, discarding what the sandbox never acknowledged."""
+    with scene(cluster, lab, client, "on-the-wire") as s:
+        s.node.cut(s.sandbox_port, "out", data_only=True)
+        client.confirm_job(s.job_id, actor=OPERATOR)
+        granted = wait_until(
+            "A's commit permit",
+            lambda: audit(client, s.job_id, "JOB_COMMIT_GRANTED"),
+            30,
+            poll_s=0.01,
+        )
+        s.node.cut(s.coordinator_port)
+        cut_at = time.time()
+        relet_at, lease = leased_at(client, s.job_id, 2)
+        assert lease["device"] == s.b and lease["verify_first"]
+        confirm(client, s.job_id, 2)
+        done = wait_status(client, s.job_id, pb.JOB_STATUS_SUCCEEDED)
+        stopped_at = logged(cluster, s.a, "in doubt: its commit was under way")
+        assert stopped_at < relet_at
+        s.node.heal(s.sandbox_port)
+        # TCP would retransmit A's request 0.2, 0.6, 1.4, 3.0, 6.2 s after it was written.
+        hold_until("one post", lambda: len(posts_of(admin, s.account)) == 1, granted[0][0] + 8)
+        assert_invariants(done, posts_of(admin, s.account))
+        report("request held on the wire", cut_at, relet_at)
+
+
+@pytest.mark.timeout(90)
 def test_heal_after_the_job_moved_the_old_worker_is_refused_by_epoch_and_drops_it(
     cluster: LocalCluster, lab: NetLab, client: PublishingClient, admin: SandboxAdmin
 ) -> None:
@@ -471,15 +513,7 @@ def test_a_flapping_link_under_load_loses_nothing_and_posts_nothing_twice(
             time.sleep(0.1)
         for node in nodes.values():
             node.heal()
-        wait_until(
-            "every job finished",
-            lambda: all(
-                j.status in (pb.JOB_STATUS_SUCCEEDED, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED)
-                for j in all_jobs(client)
-            ),
-            90,
-            poll_s=0.5,
-        )
+        wait_finished(client, 90)
         jobs = all_jobs(client)
         result = SoakReport(seed=19)
         check(result, jobs, admin.posts(), all_audit_seqs(client))
@@ -505,6 +539,29 @@ def test_a_flapping_link_under_load_loses_nothing_and_posts_nothing_twice(
             child = cluster.workers.pop(name, None)
             if child is not None:
                 child.stop(STOP_TIMEOUT_S)
+
+
+TERMINAL = (pb.JOB_STATUS_SUCCEEDED, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED)
+
+
+def wait_finished(client: PublishingClient, timeout_s: float) -> None:
+    """Every job terminal; on timeout, name the unfinished ones and where they stand."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        open_jobs = [j for j in all_jobs(client) if j.status not in TERMINAL]
+        if not open_jobs:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{len(open_jobs)} job(s) unfinished after {timeout_s:g}s: "
+                + "; ".join(
+                    f"{j.id} {pb.JobStatus.Name(j.status)} epoch {j.lease_epoch} on "
+                    f"{j.device_id or '-'} attempt {j.attempt}/{j.max_attempts} runs "
+                    f"{[(r.lease_epoch, r.device_id, r.outcome, r.committed) for r in j.runs]}"
+                    for j in open_jobs[:5]
+                )
+            )
+        time.sleep(0.5)
 
 
 def _relet_delays(
