@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from coordinator.domain import KNOWN_PLATFORMS
 
-FUZZ_EXAMPLES = int(os.environ.get("POSTROOM_FUZZ_EXAMPLES", "40"))
+FUZZ_EXAMPLES = int(os.environ.get("POSTROOM_FUZZ_EXAMPLES", "100"))
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -61,7 +61,7 @@ def _enum(field: FieldDescriptor) -> st.SearchStrategy[int]:
     return st.sampled_from(known) | st.integers(-3, 300) | st.sampled_from([INT32[0], INT32[1]])
 
 
-def _integer(field: FieldDescriptor) -> st.SearchStrategy[int]:
+def _integer(field: FieldDescriptor, pools: Pools) -> st.SearchStrategy[int]:
     t = field.type
     if t in (
         FieldDescriptor.TYPE_INT64,
@@ -76,7 +76,15 @@ def _integer(field: FieldDescriptor) -> st.SearchStrategy[int]:
     else:
         lo, hi = INT32
     edges = sorted({lo, hi, 0, 1, -1 if lo < 0 else 2, 2**62 if hi >= 2**62 else hi})
-    return st.sampled_from(edges) | st.integers(min_value=max(lo, -5), max_value=min(hi, 5000))
+    out = st.sampled_from(edges) | st.integers(min_value=max(lo, -5), max_value=min(hi, 5000))
+    if field.name == "lease_epoch" and pools.epochs:
+        out = st.sampled_from(pools.epochs) | out
+    elif field.name.endswith("_unix_ms") and pools.now_ms:
+        now = pools.now_ms  # just before, at, after now: a platform's retry time, a log's
+        out = st.sampled_from([now - 1, now, now + 1_000, now + 86_400_000, 2**62]) | out
+    elif field.name in ("offset", "total_size"):
+        out = st.sampled_from([16 * 1024 * 1024, 16 * 1024 * 1024 + 1, 2**40]) | out
+    return out
 
 
 class Pools:
@@ -84,9 +92,11 @@ class Pools:
     so requests reach past the "not found" answer into the code behind it."""
 
     def __init__(self) -> None:
-        self.ids: list[str] = ["p-000000000000", "j-000000000000-0"]
+        self.ids: list[str] = ["p-000000000000", "j-000000000000-0", "0" * 64]
         self.page_tokens: list[str] = []
         self.accounts: list[str] = ["acme", "fuzz-a"]
+        self.epochs: list[int] = []
+        self.now_ms = 0
 
     def ids_strategy(self) -> st.SearchStrategy[str]:
         return st.sampled_from(self.ids) | _TEXT
@@ -172,7 +182,7 @@ def field_values(field: FieldDescriptor, pools: Pools, depth: int) -> st.SearchS
     elif t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         item = st.floats(allow_nan=True, allow_infinity=True, width=32)
     else:
-        item = _integer(field)
+        item = _integer(field, pools)
     if field.is_repeated:
         return _repeated(field, item)
     return item
@@ -211,9 +221,81 @@ def _merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {k: v for p in parts for k, v in p.items()}
 
 
+# ---- plausible: every field a value a real client could send ---------------------------------
+
+_PLAUSIBLE_TIMES = st.sampled_from(
+    ["2026-11-24T18:00:00Z", "2027-01-15T08:00:00+01:00", "2030-06-01T12:00:00Z"]
+)
+
+
+def _plausible(field: FieldDescriptor, pools: Pools, depth: int) -> st.SearchStrategy[Any]:
+    t, name = field.type, field.name
+    if t == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None
+        if field.message_type.full_name == "postroom.v1.Target":
+            item: st.SearchStrategy[Any] = st.fixed_dictionaries(
+                {
+                    "platform": st.sampled_from(["sandbox", "mastodon", "x", "linkedin"]),
+                    "account": st.sampled_from(pools.accounts),
+                }
+            )
+        elif depth > 2:
+            item = st.just({})
+        else:
+            item = plausible_dicts(field.message_type, pools, depth + 1)
+    elif t == FieldDescriptor.TYPE_STRING:
+        if name.endswith("_id") or name in ("id", "token", "name"):
+            item = st.sampled_from(pools.ids)
+        elif name in ("scheduled_at", "since"):
+            item = _PLAUSIBLE_TIMES
+        elif name == "page_token":
+            item = st.sampled_from(pools.page_tokens or [""])
+        elif name == "platform":
+            item = st.sampled_from(["sandbox", "mastodon", "x"])
+        elif name == "account":
+            item = st.sampled_from(pools.accounts)
+        elif name == "media":
+            item = st.sampled_from(["photo.png", "https://example.com/a.jpg"])
+        else:
+            item = st.sampled_from(["hello", "an operator", "a reason", "step"])
+    elif t == FieldDescriptor.TYPE_BYTES:
+        item = st.sampled_from([b"\x89PNG\r\n\x1a\n", b""])
+    elif t == FieldDescriptor.TYPE_BOOL:
+        item = st.booleans()
+    elif t == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
+        item = st.sampled_from([v.number for v in field.enum_type.values])
+    elif t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        item = st.floats(0, 100)
+    elif name == "lease_epoch" and pools.epochs:
+        item = st.sampled_from(pools.epochs)
+    else:
+        item = st.integers(0, 5)
+    if field.is_repeated:
+        return st.lists(item, min_size=1, max_size=3)
+    return item
+
+
+def plausible_dicts(descriptor: Descriptor, pools: Pools, depth: int = 0) -> st.SearchStrategy[Any]:
+    """Field values a real client could send (most fields set, none absurd)."""
+    if descriptor.full_name == "google.protobuf.Timestamp":
+        return st.fixed_dictionaries({"seconds": st.integers(1_700_000_000, 1_900_000_000)})
+    oneofs = [o for o in descriptor.oneofs if not o.name.startswith("_")]
+    in_oneof = {f.name for o in oneofs for f in o.fields}
+    fields = {
+        f.name: _plausible(f, pools, depth) for f in descriptor.fields if f.name not in in_oneof
+    }
+    base = st.fixed_dictionaries({}, optional=fields)
+    choices = [st.one_of([_one(f, _plausible(f, pools, depth)) for f in o.fields]) for o in oneofs]
+    return st.tuples(base, *choices).map(_merge)
+
+
 def messages(descriptor: Descriptor, pools: Pools) -> st.SearchStrategy[Message]:
+    """Hostile or plausible messages of `descriptor`, about half each: the plausible ones get
+    past the first check into the code behind it."""
     cls = message_factory.GetMessageClass(descriptor)
-    return dicts(descriptor, pools).map(lambda values: _build(cls, values))
+    values = dicts(descriptor, pools) | plausible_dicts(descriptor, pools)
+    return values.map(lambda v: _build(cls, v))
 
 
 def _build(cls: type[Message], values: dict[str, Any]) -> Message:
