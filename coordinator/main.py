@@ -68,6 +68,11 @@ GRPC_SERVER_OPTIONS = [
     # gRPC sets SO_REUSEPORT by default, so a second coordinator on the same port would start
     # and share the traffic: refuse the port instead.
     ("grpc.so_reuseport", 0),
+    # Memory per stream: gRPC grows a stream's receive window with its bandwidth estimate (BDP
+    # probing), and four fast 16 MiB screenshot uploads then sit ~30 MiB deep in its buffers.
+    # A fixed 1 MiB window bounds that to ~1 MiB a stream (still ~10 MB/s at 100 ms RTT).
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 1024 * 1024),
 ]
 
 
