@@ -374,6 +374,13 @@ def problems(
     return out
 
 
+def check_detached(
+    text: str, media: list[str], targets: list[Target], overrides: dict[str, int]
+) -> None:
+    """`check` in a worker process: arguments that pickle (a TextLimits may hold a proxy)."""
+    check(text, media, targets, TextLimits(overrides))
+
+
 def check(text: str, media: Sequence[str], targets: Sequence[Target], limits: TextLimits) -> None:
     """Raise InvalidArgument naming every broken rule (all targets at once), or return."""
     found = problems(text, media, targets, limits)

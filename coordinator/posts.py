@@ -206,10 +206,13 @@ async def schedule(
     if scheduled_at is not None:
         post.scheduled_at = scheduled_at
     jobs = await _post_jobs(store, core, post_id)
+    by_target: dict[Target, list[Job]] = {}
+    for job in jobs:  # one pass: a post's jobs grow with its targets and its reschedules
+        by_target.setdefault(job.target, []).append(job)
     touched: list[Job] = []
     skipped: list[str] = []
     for n, target in enumerate(post.targets):
-        mine = [j for j in jobs if j.target == target]
+        mine = by_target.get(target, [])
         if any(j.status is JobStatus.SUCCEEDED for j in mine):
             skipped.append(str(target))  # published targets are never published again
             continue

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_process
 import grpc
 
 from coordinator import content_rules, posts
@@ -75,6 +76,8 @@ DEFAULT_AUDIT_PAGE = 1000
 MAX_AUDIT_PAGE = 10_000
 MAX_LOGIN_MESSAGE_CHARS = 1000
 DEFAULT_CONTENT_CHECK_THREADS = 2
+# Texts longer than this with an X target are judged in a worker process (see _check_content).
+IN_PROCESS_CHECK_CHARS = 1_000
 
 
 def rpc(
@@ -129,12 +132,25 @@ class PublishingService(AccessRpcs, pub_grpc.PublishingServicer):
         # Checks run in threads; a few at a time, so a burst of long posts cannot take the GIL
         # from the event loop (it serves every other RPC and every worker stream).
         self._content_checks = anyio.CapacityLimiter(DEFAULT_CONTENT_CHECK_THREADS)
+        self._content_processes = anyio.CapacityLimiter(1)
 
     async def _check_content(
         self, text: str, media: Sequence[str], targets: Sequence[Target]
     ) -> None:
-        # In a thread: X's weighted count of a long text takes a while (~40 ms per 10,000
-        # characters), and the event loop keeps serving workers' streams meanwhile.
+        if len(text) > IN_PROCESS_CHECK_CHARS and any(t.platform == "x" for t in targets):
+            # X's weighted count (twitter-text, on the `re` module) holds the GIL for ~4 ms per
+            # 1,000 characters, ~0.4 s for the longest text: a thread would stall the event
+            # loop that long. A worker process (started on first use) keeps the loop free.
+            overrides = dict(self.text_limits.overrides)
+            await anyio.to_process.run_sync(
+                content_rules.check_detached,
+                text,
+                list(media),
+                list(targets),
+                overrides,
+                limiter=self._content_processes,
+            )
+            return
         check = content_rules.check
         limits, limiter = self.text_limits, self._content_checks
         await anyio.to_thread.run_sync(check, text, media, targets, limits, limiter=limiter)
@@ -202,6 +218,24 @@ class PublishingService(AccessRpcs, pub_grpc.PublishingServicer):
             else None
         )
         actor = actor_name(request.actor)
+        check = None
+        if text is not None or media is not None or targets is not None:
+            # The post as it will be (current content merged with the edit) must still meet
+            # every target's rules; a schedule-only edit of an older post is not re-judged.
+            # Judged here, outside the actor (a long text takes a while); inside, only if the
+            # post changed meanwhile.
+            current = self.core.posts.get(post_id) or await self.store.get_post(post_id)
+            merged = (
+                text if text is not None else current.text,
+                tuple(media) if media is not None else current.media,
+                tuple(targets) if targets is not None else current.targets,
+            )
+            await self._check_content(*merged)
+
+            async def check(post: Post) -> None:
+                if (post.text, post.media, post.targets) != merged:
+                    await self._check_post(post)
+
         await self.co.call(
             lambda now: posts.update(
                 self.store,
@@ -213,13 +247,7 @@ class PublishingService(AccessRpcs, pub_grpc.PublishingServicer):
                 scheduled_at=when,
                 actor=actor,
                 now=now,
-                # The post as it will be (current content merged with the edit) must still meet
-                # every target's rules; a schedule-only edit of an older post is not re-judged.
-                check=(
-                    self._check_post
-                    if text is not None or media is not None or targets is not None
-                    else None
-                ),
+                check=check,
             )
         )
         return await self._post_reply(post_id)
