@@ -9,10 +9,16 @@ label values stay consistent: status, outcome, reason and phase values are lower
 registry refuses two collectors claiming one name and the OpenMetrics exposition cannot express it,
 so the gauge is a small custom collector and `serve_metrics` always answers in the classic text
 format (0.0.4), where the two names differ.
+
+Account names come from clients (posts' targets, workers' capabilities), so the per-account
+series are bounded: the first `max_account_series` (platform, account) pairs get their own; any
+later account is counted under account="_other" (and a warning says so once). Platforms are the
+known ones only.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -20,7 +26,12 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+log = logging.getLogger("postroom.coordinator.metrics")
+
 LeasePhase = Literal["claimed", "running", "committed"]
+# Accounts with series of their own; the rest share OTHER_ACCOUNTS (module docstring).
+DEFAULT_MAX_ACCOUNT_SERIES = 1_000
+OTHER_ACCOUNTS = "_other"
 
 # Label values the coordinator is expected to use; series for them exist from start-up at 0 so
 # that `increase()` in alerts sees the first event (a counter born at 1 shows no increase).
@@ -77,8 +88,19 @@ class _JobCountsCollector:
 class CoordinatorMetrics:
     """Every coordinator metric, registered on `registry`."""
 
-    def __init__(self, registry: CollectorRegistry, *, platforms: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        platforms: Iterable[str] = (),
+        max_account_series: int = DEFAULT_MAX_ACCOUNT_SERIES,
+    ) -> None:
         self.registry = registry
+        self.max_account_series = max_account_series
+        self._overflow_said = False
+        # Accounts beyond the bound whose gate is closed / that wait on a login, per platform.
+        self._other_closed: dict[str, set[str]] = {}
+        self._other_waiting: dict[str, set[str]] = {}
         r = registry
         self.jobs = Counter(
             "postroom_jobs", "Jobs finished, by final outcome.", ["platform", "outcome"], registry=r
@@ -152,12 +174,28 @@ class CoordinatorMetrics:
     def account_known(self, platform: str, account: str) -> None:
         """Create the per-account series at 0 as soon as the account is known (a worker serves
         it, a job targets it), so the first rate-limit hit is an increase, not a birth at 1."""
-        if account in ("", "*") or (platform, account) in self._accounts_seen:
-            return
+        if account not in ("", "*"):
+            self._account(platform, account)
+
+    def _account(self, platform: str, account: str) -> str:
+        """The account label for (platform, account): its own while the bound allows."""
+        if (platform, account) in self._accounts_seen:
+            return account
+        if len(self._accounts_seen) >= self.max_account_series:
+            if not self._overflow_said:
+                self._overflow_said = True
+                log.warning(
+                    "more than %d accounts: metrics of further accounts are counted under "
+                    'account="%s"',
+                    self.max_account_series,
+                    OTHER_ACCOUNTS,
+                )
+            return OTHER_ACCOUNTS
         self._accounts_seen.add((platform, account))
         self.rate_limit_hits.labels(platform=platform, account=account)
         self.rate_limit_gate_closed.labels(platform=platform, account=account)
         self.needs_login_accounts.labels(platform=platform, account=account)
+        return account
 
     def job_attempt_started(self, platform: str) -> None:
         self.job_attempts.labels(platform=platform).inc()
@@ -171,10 +209,27 @@ class CoordinatorMetrics:
         self.retries_scheduled.labels(platform=platform, reason=reason.lower()).inc()
 
     def rate_limit_hit(self, platform: str, account: str) -> None:
+        account = self._account(platform, account)
         self.rate_limit_hits.labels(platform=platform, account=account).inc()
 
     def set_gate(self, platform: str, account: str, closed: bool) -> None:
-        self.rate_limit_gate_closed.labels(platform=platform, account=account).set(int(closed))
+        self._set_flag(self.rate_limit_gate_closed, self._other_closed, platform, account, closed)
+
+    def _set_flag(
+        self, gauge: Gauge, others: dict[str, set[str]], platform: str, account: str, on: bool
+    ) -> None:
+        """A 0/1 gauge per account; the shared "_other" series reads 1 while any of its
+        accounts is on (only those are remembered)."""
+        label = self._account(platform, account)
+        if label != OTHER_ACCOUNTS:
+            gauge.labels(platform=platform, account=label).set(int(on))
+            return
+        members = others.setdefault(platform, set())
+        if on:
+            members.add(account)
+        else:
+            members.discard(account)
+        gauge.labels(platform=platform, account=OTHER_ACCOUNTS).set(int(bool(members)))
 
     def set_job_counts(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Replace the snapshot; keys are (status, platform). Keys seen before but absent now
@@ -198,4 +253,5 @@ class CoordinatorMetrics:
         self.dispatch_latency_hist.observe(seconds)
 
     def set_needs_login(self, platform: str, account: str, waiting: bool) -> None:
-        self.needs_login_accounts.labels(platform=platform, account=account).set(int(waiting))
+        gauge, others = self.needs_login_accounts, self._other_waiting
+        self._set_flag(gauge, others, platform, account, waiting)

@@ -279,3 +279,35 @@ async def test_metrics_server_closes_from_async_code(registry: CollectorRegistry
     async with httpx.AsyncClient() as client:
         assert (await client.get(server.url, timeout=5)).status_code == 200
     await server.aclose()
+
+
+def test_accounts_past_the_bound_share_one_series_and_never_add_more() -> None:
+    """Account names come from clients: a flood of made-up accounts must not grow the metrics
+    forever. Past the bound they are counted together under account="_other"."""
+    registry = CollectorRegistry()
+    cm = CoordinatorMetrics(registry, platforms=["x"], max_account_series=3)
+    for n in range(10):
+        cm.account_known("x", f"a{n}")
+        cm.rate_limit_hit("x", f"a{n}")
+    hits = "postroom_rate_limit_hits_total"
+    assert [value(registry, hits, platform="x", account=f"a{n}") for n in range(4)] == [
+        1,
+        1,
+        1,
+        None,
+    ]
+    assert value(registry, hits, platform="x", account="_other") == 7
+    # A shared gauge reads 1 while any of its accounts is on.
+    gate = "postroom_rate_limit_gate_closed"
+    cm.set_gate("x", "a5", closed=True)
+    cm.set_gate("x", "a6", closed=False)
+    assert value(registry, gate, platform="x", account="_other") == 1
+    cm.set_gate("x", "a5", closed=False)
+    assert value(registry, gate, platform="x", account="_other") == 0
+    series = {
+        s.labels["account"]
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+        if "account" in s.labels
+    }
+    assert series == {"a0", "a1", "a2", "_other"}
