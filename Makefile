@@ -79,5 +79,13 @@ bench: install
 chaos: install
 	$(PY) -m bench.chaos --posts 1000 --workers 4 --seed $${SEED:-1}
 
+# Hostile-input tests with many more generated inputs (FUZZ_EXAMPLES per RPC and per test;
+# the suite runs 100); the inputs tried per RPC and per worker message land in fuzz-report.jsonl.
+.PHONY: fuzz
+fuzz: install
+	rm -f fuzz-report.jsonl
+	POSTROOM_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} POSTROOM_FUZZ_REPORT=fuzz-report.jsonl \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider -s tests/test_hostile_publishing.py tests/test_hostile_worker.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
