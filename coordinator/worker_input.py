@@ -36,7 +36,9 @@ DEFAULT_BURST_MESSAGES = 10_000.0
 DEFAULT_MAX_UPLOAD_BYTES_PER_SESSION = 32 * 1024 * 1024
 MAX_UPLOADS_PER_SESSION = 8
 MAX_CAPABILITIES = 1_000
-MAX_SLOTS = 1_000
+# Jobs a session holds at once: what a worker that stops reading can pile up in its outbox
+# (an Assign carries the post's text), so this bounds that session's memory too.
+MAX_SLOTS = 256
 MAX_HELD_JOBS = 10_000
 MAX_STEP_CHARS = 100
 MAX_LOG_MESSAGE_CHARS = 4_000
