@@ -308,11 +308,14 @@ def test_cut_while_the_platform_call_is_in_flight_the_next_attempt_finds_the_pos
 def test_cut_after_the_permit_before_the_call_leaves_the_worker_never_sends_it_late(
     cluster: LocalCluster, lab: NetLab, client: PublishingClient, admin: SandboxAdmin
 ) -> None:
+    """A's POST cannot even connect (its SYNs to the sandbox are lost) when its lease goes.
+    The lost lease aborts the pending call; had it connected later anyway, the commit fence
+    would have refused to write the request (worker/fence.py). B looks, finds nothing, posts;
+    A's path heals after that, and nothing more arrives."""
     with scene(cluster, lab, client, "call-not-started") as s:
-        # A's packets to the sandbox are lost: its POST cannot even connect (SYN retransmits).
         s.node.cut(s.sandbox_port)
         client.confirm_job(s.job_id, actor=OPERATOR)
-        wait_until(
+        granted = wait_until(
             "A's commit permit",
             lambda: audit(client, s.job_id, "JOB_COMMIT_GRANTED"),
             30,
@@ -322,23 +325,18 @@ def test_cut_after_the_permit_before_the_call_leaves_the_worker_never_sends_it_l
         cut_at = time.time()
         relet_at, lease = leased_at(client, s.job_id, 2)
         assert lease["device"] == s.b and lease["verify_first"]
+        stopped_at = logged(cluster, s.a, "in doubt: its commit was under way")
+        assert cut_at < stopped_at < relet_at
         confirm(client, s.job_id, 2)  # B looked, found nothing, and waits to post
         done = wait_status(client, s.job_id, pb.JOB_STATUS_SUCCEEDED)
-        # Now A's path to the sandbox heals: its SYN gets through, long after its deadline.
-        s.node.heal(s.sandbox_port)
-        refused_at = logged(cluster, s.a, "not sending POST", timeout_s=20)
-        stopped_at = logged(cluster, s.a, "lease not renewed")
-        assert stopped_at < relet_at < refused_at
-        assert len(posts_of(admin, s.account)) == 1
         verify = [log.message for log in done.runs[-1].logs if log.step == "verify"]
-        assert verify == [m for m in verify if "no earlier post found" in m] and verify
+        assert verify and all("no earlier post found" in m for m in verify), verify
+        # A's path to the sandbox heals, long after its deadline: a connect still pending would
+        # get through at the SYN retransmission 7 s after the first.
+        s.node.heal(s.sandbox_port)
+        hold_until("one post", lambda: len(posts_of(admin, s.account)) == 1, granted[0][0] + 8.5)
         assert_invariants(done, posts_of(admin, s.account))
-        report(
-            "cut after the permit, call not started",
-            cut_at,
-            relet_at,
-            f"(A refused its late POST {refused_at - cut_at:.1f} s after the cut)",
-        )
+        report("cut after the permit, call not started", cut_at, relet_at)
 
 
 @pytest.mark.timeout(90)
