@@ -12,15 +12,17 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--python_out=$(1) --mypy_out=$(1) --grpc_python_out=$(1) --mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: all install system-deps pds proto check-proto lint typecheck test test-fast demo bench chaos clean
+.PHONY: all install system-deps pds proto check-proto lint typecheck test test-fast demo bench chaos chaos-partitions clean
 
 all: lint typecheck test
 
-# System packages the tests drive for real: Prometheus/promtool and Chromium.
+# System packages the tests drive for real: Prometheus/promtool, Chromium, and iptables for the
+# network-partition tests (which make their own namespaces as root).
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v iptables >/dev/null || missing="$$missing iptables"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -76,8 +78,12 @@ demo: install
 bench: install
 	$(PY) -m bench.run --out bench/results.json
 
+# `make chaos ARGS=--partitions` (or `make chaos-partitions`) mixes network partitions in (root).
 chaos: install
-	$(PY) -m bench.chaos --posts 1000 --workers 4 --seed $${SEED:-1}
+	$(PY) -m bench.chaos --posts 1000 --workers 4 --seed $${SEED:-1} $(ARGS)
+
+chaos-partitions: install
+	$(PY) -m bench.chaos --posts 1000 --workers 4 --seed $${SEED:-1} --partitions $(ARGS)
 
 # Hostile-input tests with many more generated inputs (FUZZ_EXAMPLES per RPC and per test;
 # the suite runs 100); the inputs tried per RPC and per worker message land in fuzz-report.jsonl.

@@ -2,26 +2,32 @@
 
 Coordinator, sandbox and several workers run as processes. Posts go to several sandbox accounts
 while the sandbox injects 429s, 500s, hangs and lost answers (`accept_then_fail`), and the soak
-SIGKILLs workers, SIGSTOPs/SIGCONTs them, and SIGKILLs + restarts the coordinator. Then it lets
-everything drain and checks, from the coordinator's jobs and audit log and the sandbox's record:
-no target published twice, no job left unfinished, every SUCCEEDED job has its post at the
-sandbox and every post there has a SUCCEEDED job, and the audit log has no gap.
+SIGKILLs workers, SIGSTOPs/SIGCONTs them, and SIGKILLs + restarts the coordinator. With
+`--partitions` every worker runs in a network namespace of its own (bench/partition.py) and the
+soak also cuts workers off (both ways, or one way on the coordinator's port) and slows their
+links, while they keep running. Then it lets everything drain and checks, from the coordinator's
+jobs and audit log and the sandbox's record: no target published twice, no job left unfinished,
+every SUCCEEDED job has its post at the sandbox and every post there has a SUCCEEDED job, no job
+FAILED in doubt without looking for its post, and the audit log has no gap.
 
-    python -m bench.chaos --posts 1000 --workers 4 --seed 7
+    python -m bench.chaos --posts 1000 --workers 4 --seed 7 [--partitions]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.partition import NetLab, Node, netlab_missing
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.client import PublishingClient
@@ -42,11 +48,13 @@ class SoakReport:
     worker_kills: int = 0
     worker_pauses: int = 0
     coordinator_restarts: int = 0
+    partitions: int = 0
     duplicates: int = 0
     lost: int = 0
     succeeded_without_post: int = 0
     post_without_success: int = 0
     audit_gaps: int = 0
+    failed_without_a_look: int = 0
     drain_s: float = 0.0
     wall_s: float = 0.0
     violations: list[str] = field(default_factory=list)
@@ -78,6 +86,27 @@ def all_audit_seqs(client: PublishingClient) -> list[int]:
         if not page.next_after_seq:
             return seqs
         after = page.next_after_seq
+
+
+def failed_without_a_look(job: pb.Job) -> bool:
+    """A FAILED job (with its runs, from GetJob) that lost a lease after its commit permit and
+    never looked on the platform afterwards: it may have posted, and nobody checked."""
+    if job.status != pb.JOB_STATUS_FAILED:
+        return False
+    runs = list(job.runs)
+    for i, run in enumerate(runs):
+        if run.committed and run.outcome == "lease_lost":
+            later = runs[i + 1 :]
+            return not any(log.step == "verify" for r in later for log in r.logs)
+    return False
+
+
+def check_failures(report: SoakReport, client: PublishingClient, jobs: list[pb.Job]) -> None:
+    """Never FAILED without a look: each FAILED job is read with its runs and step logs."""
+    for job in jobs:
+        if job.status == pb.JOB_STATUS_FAILED and failed_without_a_look(client.get_job(job.id)):
+            report.failed_without_a_look += 1
+            report.violations.append(f"job {job.id} FAILED in doubt without looking for its post")
 
 
 def check(
@@ -126,6 +155,7 @@ def soak(
     drain_timeout_s: float,
     workdir: Path,
     quiet: bool = False,
+    partitions: bool = False,
 ) -> SoakReport:
     rng = random.Random(seed)
     report = SoakReport(seed=seed)
@@ -134,21 +164,32 @@ def soak(
         if not quiet:
             print(msg, flush=True)
 
-    config = ClusterConfig(
-        heartbeat_interval_s=0.5,
-        lease_ttl_s=1.5,
-        retry_initial_s=0.2,
-        coordinator_args=("--retry-max", "2"),
-        worker_args=("--request-timeout-s", "1"),
-    )
     started = time.monotonic()
     names = [f"chaos-w{i}" for i in range(workers)]
     account_names = [f"acct{i}" for i in range(accounts)]
-    with LocalCluster(workdir, config) as cluster:
+    with contextlib.ExitStack() as stack:
+        # The cluster stops before the lab goes: its workers live in the lab's namespaces.
+        lab = stack.enter_context(NetLab()) if partitions else None
+        config = ClusterConfig(
+            heartbeat_interval_s=0.5,
+            lease_ttl_s=1.5,
+            retry_initial_s=0.2,
+            coordinator_args=("--retry-max", "2"),
+            worker_args=("--request-timeout-s", "1"),
+            host=lab.hub if lab is not None else "127.0.0.1",
+        )
+        cluster = stack.enter_context(LocalCluster(workdir, config))
         cluster.start_sandbox()
         cluster.start_coordinator()
+        nodes = {name: lab.add_node(name) for name in names} if lab is not None else {}
+        cuts = _Partitions(nodes, int(cluster.coordinator_address.rsplit(":", 1)[1]))
+
+        def start(name: str) -> None:
+            node = nodes.get(name)
+            cluster.start_worker(name, concurrency=4, wrap=node.wrap if node else ())
+
         for name in names:
-            cluster.start_worker(name, concurrency=4)
+            start(name)
         cluster.wait_online(names)
         admin = SandboxAdmin(cluster.sandbox_url)
         created = 0
@@ -171,16 +212,19 @@ def soak(
                             created += 1
                 except Exception as exc:  # the coordinator may be restarting: try again later
                     say(f"  publish paused: {exc.__class__.__name__}")
+            cuts.heal_due(time.monotonic())
             if time.monotonic() >= chaos_end:
+                cuts.heal_all()
                 time.sleep(0.2)
                 continue
             _one_fault(rng, admin, account_names, report)
-            _one_disruption(rng, cluster, names, paused, report)
+            _one_disruption(rng, cluster, names, paused, report, start, cuts)
             time.sleep(rng.uniform(0.2, 0.6))
+        cuts.heal_all()
         for name, child in cluster.workers.items():
             child.resume()
             if not child.alive():
-                cluster.start_worker(name, concurrency=4)
+                start(name)
         if cluster.coordinator is None or not cluster.coordinator.alive():
             cluster.start_coordinator()
         admin.clear_faults()
@@ -192,10 +236,50 @@ def soak(
         with cluster.client(timeout_s=30) as client:
             jobs = all_jobs(client)
             seqs = all_audit_seqs(client)
-        check(report, jobs, admin.posts(), seqs)
+            check(report, jobs, admin.posts(), seqs)
+            check_failures(report, client, jobs)
         admin.close()
     report.wall_s = time.monotonic() - started
     return report
+
+
+class _Partitions:
+    """The soak's partitions: at most one at a time per worker, each healed when its time is up."""
+
+    def __init__(self, nodes: dict[str, Node], coordinator_port: int) -> None:
+        self.nodes = nodes
+        self.coordinator_port = coordinator_port
+        self.until: dict[str, float] = {}
+
+    def begin(self, rng: random.Random, name: str, now: float) -> bool:
+        """Cut `name` off (or slow its link) for a few seconds; False if it cannot be now."""
+        node = self.nodes.get(name)
+        if node is None or name in self.until:
+            return False
+        roll = rng.random()
+        if roll < 0.4:
+            node.cut()  # the whole link: coordinator and platform
+        elif roll < 0.55:
+            node.cut(self.coordinator_port, "out")  # it hears the coordinator, is not heard
+        elif roll < 0.7:
+            node.cut(self.coordinator_port, "in")  # it is heard, hears nothing back
+        else:
+            node.slow(
+                loss=rng.uniform(0.05, 0.3),
+                delay_ms=rng.choice((50, 200, 500)),
+                rate_kbit=rng.choice((32, 64, 256)),
+            )
+        self.until[name] = now + rng.uniform(1.0, 5.0)
+        return True
+
+    def heal_due(self, now: float) -> None:
+        for name, until in list(self.until.items()):
+            if now >= until:
+                self.nodes[name].heal()
+                del self.until[name]
+
+    def heal_all(self) -> None:
+        self.heal_due(float("inf"))
 
 
 def _one_fault(
@@ -222,6 +306,8 @@ def _one_disruption(
     names: list[str],
     paused: dict[str, float],
     report: SoakReport,
+    start: Callable[[str], None],
+    cuts: _Partitions,
 ) -> None:
     now = time.monotonic()
     for name, until in list(paused.items()):
@@ -234,7 +320,7 @@ def _one_disruption(
     if roll < 0.12 and child.alive() and name not in paused:
         child.kill()
         report.worker_kills += 1
-        cluster.start_worker(name, concurrency=4)
+        start(name)
     elif roll < 0.2 and child.alive() and name not in paused:
         child.pause()
         paused[name] = now + rng.uniform(1.0, 4.0)
@@ -243,6 +329,8 @@ def _one_disruption(
         cluster.coordinator.kill()
         report.coordinator_restarts += 1
         cluster.start_coordinator()
+    elif roll < 0.42 and cuts.nodes and cuts.begin(rng, name, now):
+        report.partitions += 1
 
 
 def _drain(cluster: LocalCluster, timeout_s: float) -> list[pb.Job]:
@@ -269,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chaos-seconds", type=float, default=60.0)
     p.add_argument("--drain-timeout", type=float, default=180.0)
+    p.add_argument(
+        "--partitions",
+        action="store_true",
+        help="run each worker in a network namespace and mix network partitions (cuts, "
+        "one-way cuts, slow lossy links) into the kills and pauses; needs root, ip, iptables",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/chaos-results.json"))
     p.add_argument(
         "--workdir",
@@ -277,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the database and every process's log here (default: a temp dir)",
     )
     a = p.parse_args(argv)
+    if a.partitions and (missing := netlab_missing()) is not None:
+        p.error(f"--partitions: {missing}")
     with tempfile.TemporaryDirectory(prefix="postroom-chaos-") as tmp:
         if a.workdir is not None:
             a.workdir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             chaos_s=a.chaos_seconds,
             drain_timeout_s=a.drain_timeout,
             workdir=a.workdir or Path(tmp),
+            partitions=a.partitions,
         )
     rows = asdict(report)
     violations = rows.pop("violations")

@@ -31,7 +31,14 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from polling import wait_until
 
-from bench.chaos import SoakReport, all_audit_seqs, all_jobs, check
+from bench.chaos import (
+    SoakReport,
+    all_audit_seqs,
+    all_jobs,
+    check,
+    check_failures,
+    failed_without_a_look,
+)
 from bench.partition import Direction, NetLab, Node, netlab_missing
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
@@ -173,14 +180,7 @@ def assert_invariants(j: pb.Job, posts: list[RecordedPost]) -> None:
 
 
 def assert_no_blind_failure(j: pb.Job) -> None:
-    if j.status != pb.JOB_STATUS_FAILED:
-        return
-    doubt = [i for i, r in enumerate(j.runs) if r.committed]
-    if doubt:
-        later = j.runs[doubt[0] + 1 :]
-        assert any(log.step == "verify" for r in later for log in r.logs), (
-            f"{j.id} FAILED after a run in doubt without looking on the platform"
-        )
+    assert not failed_without_a_look(j), f"{j.id} FAILED in doubt without looking for its post"
 
 
 def hold_until(what: str, check: Callable[[], bool], unix_s: float) -> None:
@@ -515,10 +515,9 @@ def test_a_flapping_link_under_load_loses_nothing_and_posts_nothing_twice(
         jobs = all_jobs(client)
         result = SoakReport(seed=19)
         check(result, jobs, admin.posts(), all_audit_seqs(client))
+        check_failures(result, client, jobs)
         assert result.violations == [], result.violations
         assert result.duplicates == 0 and result.lost == 0
-        for j in jobs:
-            assert_no_blind_failure(j)
         flapped = [j for j in jobs if j.account in accounts]
         assert created == posts_wanted and len(flapped) >= posts_wanted
         relets = _relet_delays(client, flapped, cuts)
@@ -587,3 +586,15 @@ def test_the_lab_reaches_nothing_outside_itself(lab: NetLab) -> None:
         f"{lab.hub.rsplit('.', 1)[0]}.0/24 dev {node.ns_if} proto kernel "
         f"scope link src {node.address}"
     ], routes
+
+
+def test_a_failure_counts_as_blind_only_after_an_unchecked_doubt() -> None:
+    """The invariant itself: FAILED after a lease lost past its permit needs a later look."""
+    doubt = pb.Run(lease_epoch=1, committed=True, outcome="lease_lost")
+    looked = pb.Run(lease_epoch=2, outcome="failed", logs=[pb.StepLog(step="verify")])
+    blind = pb.Run(lease_epoch=2, outcome="failed", logs=[pb.StepLog(step="commit")])
+    failed = pb.JOB_STATUS_FAILED
+    assert failed_without_a_look(pb.Job(status=failed, runs=[doubt, blind]))
+    assert not failed_without_a_look(pb.Job(status=failed, runs=[doubt, looked]))
+    assert not failed_without_a_look(pb.Job(status=failed, runs=[blind]))  # never in doubt
+    assert not failed_without_a_look(pb.Job(status=pb.JOB_STATUS_SUCCEEDED, runs=[doubt]))
