@@ -1,0 +1,46 @@
+"""The coordinator's actor outlives a bug met by one event: a worker event or an operator command
+that raises something unexpected is refused and logged, and every other event goes on. (The edge
+checks keep hostile input from getting that far; this is the net under them.)"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import coordinator_server, publish
+
+from coordinator.errors import CoordinatorError
+from coordinator.leasing.effects import Effects
+from postroom.v1 import publishing_pb2_grpc
+
+
+def _bug(now: float) -> Effects:
+    raise ZeroDivisionError("a bug in handling one event")
+
+
+@pytest.mark.anyio
+async def test_one_failing_event_or_command_is_refused_and_the_actor_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        coordinator_server(tmp_path) as env,
+        grpc.aio.insecure_channel(env.address) as channel,
+    ):
+        stub = publishing_pb2_grpc.PublishingStub(channel)
+        await env.coordinator.post(_bug)  # a worker message's event
+
+        def failing_command(now: float) -> tuple[Effects, None]:
+            raise KeyError("a bug in one command")
+
+        with pytest.raises(CoordinatorError) as refused:
+            await env.coordinator.call_sync(failing_command)
+        assert refused.value.status_code is grpc.StatusCode.INTERNAL
+        assert "incident" in str(refused.value)
+        # Everything else still works, through the same actor.
+        post = await publish(stub, text="after the bugs")
+        assert post.target_states
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("worker event failed" in r.getMessage() for r in errors)
+        assert any("command failed" in r.getMessage() for r in errors)
