@@ -184,7 +184,7 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             async for msg in messages:
                 if isinstance(msg, Garbage):
                     raise Violation(grpc.StatusCode.INVALID_ARGUMENT, msg.message)
-                state.rate.take()
+                state.rate.take(worker_input.cost(msg))
                 if await self._message(session_id, msg, state):
                     break
             if not state.end_reason:

@@ -39,7 +39,9 @@ MAX_CAPABILITIES = 1_000
 # Jobs a session holds at once: what a worker that stops reading can pile up in its outbox
 # (an Assign carries the post's text), so this bounds that session's memory too.
 MAX_SLOTS = 256
-MAX_HELD_JOBS = 10_000
+# Jobs a Hello or a Heartbeat may list: a worker holds at most its slots (and, briefly after a
+# reconnect, a few more).
+MAX_HELD_JOBS = 1_000
 MAX_STEP_CHARS = 100
 MAX_LOG_MESSAGE_CHARS = 4_000
 MAX_ERROR_MESSAGE_CHARS = 4_000
@@ -82,7 +84,8 @@ def cut(text: str, limit: int) -> str:
 
 
 class RateLimiter:
-    """A token bucket: `burst` messages at once, refilled at `rate` per second."""
+    """A token bucket: `burst` messages at once, refilled at `rate` per second. A message costs
+    more the more work it brings (`cost`): a heartbeat listing hundreds of jobs, a big chunk."""
 
     def __init__(self, rate: float, burst: float, monotonic: Callable[[], float]) -> None:
         self._rate = rate
@@ -91,17 +94,17 @@ class RateLimiter:
         self._monotonic = monotonic
         self._last = monotonic()
 
-    def take(self) -> None:
+    def take(self, cost: float = 1.0) -> None:
         now = self._monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if self._tokens < 1.0:
+        if self._tokens < cost:
             raise Violation(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"more than {self._rate:g} messages per second on one stream (bursts of "
                 f"{self._burst:g}); a worker never needs that many: slow down",
             )
-        self._tokens -= 1.0
+        self._tokens -= cost
 
 
 # ---- Hello ---------------------------------------------------------------------------------
@@ -142,6 +145,16 @@ def check_hello(hello: wg.Hello) -> None:
 
 
 # ---- per message ---------------------------------------------------------------------------
+
+
+def cost(msg: wg.WorkerMessage) -> float:
+    """What a message counts against its stream's rate (RateLimiter)."""
+    kind = msg.WhichOneof("msg")
+    if kind == "heartbeat":
+        return 1.0 + len(msg.heartbeat.active) / 32
+    if kind == "screenshot":
+        return 1.0 + len(msg.screenshot.data) / 65_536
+    return 1.0
 
 
 def check_id(value: str, name: str) -> None:

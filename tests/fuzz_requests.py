@@ -157,7 +157,7 @@ def _repeated(field: FieldDescriptor, item: st.SearchStrategy[Any]) -> st.Search
     if field.name == "media":
         return small | _many([21, 10_001], short)
     if field.name in ("active", "held_jobs"):
-        return small | _many([10_001], st.fixed_dictionaries({"job_id": short}))
+        return small | _many([1_001, 10_001], st.fixed_dictionaries({"job_id": short}))
     return small
 
 
