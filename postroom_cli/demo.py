@@ -13,11 +13,13 @@ answers one post with its own 429, and the posts are counted on the platforms th
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     console = Console()
+    # The children run in sessions of their own: SIGTERM, like Ctrl-C, must stop them through
+    # the cluster's clean shutdown, not leave them behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         return _run(args, args.workdir, console)
@@ -170,6 +175,10 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
     except ClusterError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _start(

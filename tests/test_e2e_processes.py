@@ -7,6 +7,9 @@ SIGTERM) sent by PID; every wait polls with a deadline.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -315,3 +318,55 @@ def test_demo_refuses_an_unknown_platform() -> None:
     )
     assert done.returncode == 2
     assert "unknown platform(s) ['myspace']; choose from sandbox, bluesky, mastodon" in done.stderr
+
+
+def _children_of(parent: int) -> list[int]:
+    """PIDs whose parent is `parent` (the demo's children run in sessions of their own)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+        if int(stat.rpartition(")")[2].split()[1]) == parent:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_to_a_running_demo_stops_every_child(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "postroom_cli", "demo", "--keep-running", "--workdir", str(workdir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        assert demo.stdout is not None
+        lines: list[str] = []
+        for line in demo.stdout:  # ends by itself when the demo exits
+            lines.append(line)
+            if "everything is still running" in line:
+                break
+        assert any("everything is still running" in line for line in lines), "".join(lines)
+        children = _children_of(demo.pid)
+        assert len(children) == 4  # sandbox, coordinator, two workers
+        demo.terminate()
+        assert demo.wait(60) == 130
+        # The demo waited for each child it stopped, so none is left, not even as a zombie.
+        assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in children:  # only if the demo left them behind: the test failed anyway
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if demo.stdout is not None:
+            demo.stdout.close()
