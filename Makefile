@@ -67,7 +67,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy postroom coordinator worker sandbox postroom_cli bench tests
+	$(VENV)/bin/mypy postroom coordinator worker sandbox postroom_cli postroom_vault bench tests
 
 test: install check-proto pds
 	$(VENV)/bin/pytest -q -p no:cacheprovider

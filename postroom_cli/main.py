@@ -41,6 +41,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "worker": ("worker.main", "main", "run a worker (--kind api|browser)"),
     "sandbox": ("sandbox.server", "main", "run the platform stand-ins with fault injection"),
     "demo": ("postroom_cli.demo", "main", "start everything locally and publish a few posts"),
+    "vault": ("postroom_vault.cli", "main", "Markdown vault workflow (draft, watch)"),
 }
 _GLOBAL_OPTIONS_WITH_VALUE = (
     "--coordinator",

@@ -1,0 +1,34 @@
+"""The bridge's memory per file id, in `VAULT/.postroom/posts/<id>.json` (atomic writes).
+
+This is what makes the bridge idempotent: the post id is stored before the post is approved
+and scheduled, so moving a file twice or restarting the bridge finds it and creates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from postroom_vault.document import write_atomic
+from postroom_vault.progress import Tracking
+
+
+class StateStore:
+    def __init__(self, vault: Path) -> None:
+        self.root = vault / ".postroom" / "posts"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, file_id: str) -> Path:
+        return self.root / f"{file_id}.json"
+
+    def load(self, file_id: str) -> Tracking | None:
+        try:
+            raw = json.loads(self._path(file_id).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return Tracking(**raw)
+
+    def save(self, track: Tracking) -> None:
+        data = json.dumps(asdict(track), sort_keys=True).encode("utf-8")
+        write_atomic(self._path(track.file_id), data)
