@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import threading
 import time
@@ -40,6 +41,7 @@ from postroom_vault.render import content_of, platform_label, rewrite
 from postroom_vault.state import StateStore
 
 _PERSON_STATUSES = ("retry_now", "cancelled")
+log = logging.getLogger("postroom.vault")
 
 
 class Bridge:
@@ -103,6 +105,10 @@ class Bridge:
         except CliError as exc:
             # The coordinator refused or is away: keep the file, say why, try again next pass.
             self._notes[path.stem] = f"the coordinator answered {exc.code}: {exc.message}"
+            log.warning("vault: %s: %s: %s", path.name, exc.code, exc.message)
+        except (VaultError, OSError) as exc:
+            # One file's trouble (a full disk, a permission) must not stop the others.
+            log.warning("vault: %s: %s", path.name, exc)
 
     # ---- one file -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from types import FrameType
 
@@ -130,10 +131,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def vault_accounts(vault: Path) -> list[str]:
+    """`[accounts]` of `VAULT/.postroom.toml` as NAME=WHERE specs (flags add to / override them)."""
+    path = vault / ".postroom.toml"
+    if not path.exists():
+        return []
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("accounts", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise VaultError(f"{path}: {exc}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise VaultError(f'{path}: write [accounts] with lines like facebook = "acme-page"')
+    return [f"{name}={where}" for name, where in table.items()]
+
+
 def _watch(args: argparse.Namespace) -> int:
-    accounts = dict(parse_account(spec) for spec in args.account)
+    specs = [*vault_accounts(args.vault), *args.account]
+    accounts = dict(parse_account(spec) for spec in specs)
     if not accounts:
-        raise VaultError("give --account NAME=ACCOUNT for each platform the vault posts to")
+        raise VaultError(
+            "give --account NAME=ACCOUNT for each platform the vault posts to "
+            "(or an [accounts] table in VAULT/.postroom.toml)"
+        )
     if args.rescan <= 0 or args.parallel < 1:
         raise VaultError("--rescan must be above 0 seconds and --parallel at least 1")
     config = BridgeConfig(

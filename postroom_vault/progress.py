@@ -91,6 +91,8 @@ def outcome(post: pb.Post, names: dict[tuple[str, str], str], now: float) -> Out
         status = "cancelled"
     elif results and all(r.get("success") is True for r in results):
         status = "completed"
+    elif in_flight and not any(results) and post.status == pb.POST_STATUS_SCHEDULED:
+        status = "scheduled"
     elif in_flight:
         status = "publishing"
     elif waiting:
@@ -155,7 +157,7 @@ def audit_lines(
             "action_id": file_id,
             "actor": actor,
             "platforms": list(result.platforms),
-            "status": "success" if result.status == "completed" else result.status,
+            "status": result.status,
         }
         for name, r in result.platforms.items():
             entry: dict[str, Any] = {"success": bool(r.get("success"))}

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from postroom_vault import MalformedFile, OutsideVault
+from postroom.v1 import types_pb2 as pb
+from postroom_vault import MalformedFile, OutsideVault, VaultError
 from postroom_vault import document as docs
-from postroom_vault.cli import write_draft
+from postroom_vault.cli import vault_accounts, write_draft
 from postroom_vault.config import parse_account
+from postroom_vault.progress import Tracking, audit_lines, outcome
 from postroom_vault.render import content_of, rewrite
 
 # The field document's file in Approved/ (shared/field/failed-post-example.md), verbatim.
@@ -168,3 +172,58 @@ def test_accounts_map_twitter_to_x() -> None:
     assert parse_account("twitter=acme")[1].platform == "x"
     name, target = parse_account("instagram=sandbox:ig")
     assert (name, target.platform, target.account) == ("instagram", "sandbox", "ig")
+
+
+def _state(account: str, status: int, attempt: int = 1, **fields: Any) -> pb.TargetState:
+    return pb.TargetState(
+        target=pb.Target(platform="sandbox", account=account),
+        job_id=f"j-{account}",
+        job_status=status,  # type: ignore[arg-type]
+        attempt=attempt,
+        **fields,
+    )
+
+
+def test_progress_follows_the_field_from_partial_failure_to_completed() -> None:
+    names = {("sandbox", "fb"): "facebook", ("sandbox", "ig"): "instagram"}
+    ok = _state("fb", pb.JOB_STATUS_SUCCEEDED, result_post_id="1_2", result_url="https://f/1")
+    waiting = _state(
+        "ig",
+        pb.JOB_STATUS_QUEUED,
+        last_error="Rate limit exceeded",
+        last_error_class=pb.ERROR_CLASS_RATE_LIMITED,
+        not_before=Timestamp(seconds=1_000_900),
+    )
+    post = pb.Post(status=pb.POST_STATUS_PUBLISHING, target_states=[ok, waiting])
+    track = Tracking(file_id="social_post_x", started_ms=999_000_000)
+    now = dt.datetime.fromtimestamp(1_000_000, dt.UTC)
+    first = outcome(post, names, 1_000_000)
+    assert first.status == "partial_failure" and first.round_done
+    assert first.platforms["instagram"] == {
+        "success": False,
+        "error": "Rate limit exceeded",
+        "error_code": 429,
+        "retry_after": 900,
+    }
+    assert first.next_retry_at == "1970-01-12T14:01:40Z"
+    [line] = audit_lines("social_post_x", first, track, actor="a", now=now, now_ms=1_000_000_000)
+    assert line["action_type"] == "social_media_post" and line["status"] == "partial_failure"
+    assert line["execution_time_ms"] == 1_000_000
+    assert audit_lines("social_post_x", first, track, actor="a", now=now, now_ms=0) == []
+
+    done = _state("ig", pb.JOB_STATUS_SUCCEEDED, 2, result_post_id="ABC", result_url="https://i/p")
+    post = pb.Post(status=pb.POST_STATUS_PUBLISHED, target_states=[ok, done])
+    final = outcome(post, names, 1_000_905)
+    assert final.status == "completed" and final.retry_count == 2
+    assert final.platforms["instagram"]["retry_attempt"] == 2
+    [retry] = audit_lines("social_post_x", final, track, actor="a", now=now, now_ms=0)
+    assert (retry["platform"], retry["status"], retry["post_id"]) == ("instagram", "success", "ABC")
+    assert audit_lines("social_post_x", final, track, actor="a", now=now, now_ms=0) == []
+
+
+def test_vault_config_names_accounts(tmp_path: Path) -> None:
+    (tmp_path / ".postroom.toml").write_text('[accounts]\nfacebook = "acme"\ntwitter = "acme"\n')
+    assert vault_accounts(tmp_path) == ["facebook=acme", "twitter=acme"]
+    (tmp_path / ".postroom.toml").write_text("[accounts]\nfacebook = 3\n")
+    with pytest.raises(VaultError, match=r"\[accounts\]"):
+        vault_accounts(tmp_path)
