@@ -169,16 +169,44 @@ class Bridge:
         targets, _ = self._targets(doc)
         media = self._media(doc)
         if track is None:
-            # Stored before the post exists: a crash in between leaves at most an unapproved
-            # DRAFT on the coordinator, which is never published.
+            # Stored before the post exists: after a crash in between, the next bridge adopts
+            # the DRAFT it made (below) instead of making a second one.
             track = Tracking(file_id=doc.id, started_ms=int(self.clock() * 1000))
             self.store.save(track)
-        post = self.client.create_post(
-            pub.CreatePostRequest(text=text, targets=targets, media=media, actor=self.config.actor)
-        )
-        track.post_id = post.id
+            post_id = ""
+        else:
+            post_id = self._orphan_draft(text, targets, media, track.started_ms)
+        if not post_id:
+            request = pub.CreatePostRequest(
+                text=text, targets=targets, media=media, actor=self.config.actor
+            )
+            post_id = self.client.create_post(request).id
+        track.post_id = post_id
         self.store.save(track)
         return track
+
+    def _orphan_draft(
+        self, text: str, targets: list[pb.Target], media: list[str], since_ms: int
+    ) -> str:
+        """A DRAFT this file's earlier attempt created but did not live to store, if any."""
+        wanted = sorted((t.platform, t.account) for t in targets)
+        token = ""
+        while True:
+            page = self.client.list_posts(
+                pub.ListPostsRequest(status=pb.POST_STATUS_DRAFT, page_size=1000, page_token=token)
+            )
+            for post in page.posts:
+                made_ms = post.created_at.seconds * 1000 + post.created_at.nanos // 1_000_000
+                if (
+                    post.text == text
+                    and list(post.media) == media
+                    and sorted((t.platform, t.account) for t in post.targets) == wanted
+                    and made_ms >= since_ms - 1000
+                ):
+                    return post.id
+            token = page.next_page_token
+            if not token:
+                return ""
 
     def _advance(self, track: Tracking) -> pb.Post:
         """Submit, approve and schedule as far as the post has not been yet (restart-safe)."""

@@ -32,6 +32,7 @@ from postroom_vault import document as docs
 from postroom_vault.bridge import Bridge
 from postroom_vault.cli import write_draft
 from postroom_vault.config import BridgeConfig, parse_account
+from postroom_vault.progress import Tracking
 from postroom_vault.state import StateStore
 
 FIELD_TEXT = (
@@ -396,3 +397,31 @@ def test_many_files_approved_at_once_are_all_scheduled(
     assert len(bulk) == BULK_FILES
     assert all(p.status != pb.POST_STATUS_PENDING_APPROVAL for p in bulk)
     shutil.rmtree(vault)
+
+
+def test_a_draft_created_just_before_a_crash_is_adopted_not_made_again(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    vault = tmp_path / "vault"
+    where = {"facebook": "sandbox:adopt-facebook"}
+    draft = write_draft(vault, "Made just before the crash", ["facebook"])
+    # What a bridge killed between CreatePost and storing the id leaves behind: its intent in
+    # .postroom/ and a DRAFT on the coordinator.
+    store = StateStore(vault)
+    store.save(Tracking(file_id=draft.stem, started_ms=int(time.time() * 1000)))
+    with cluster.client() as client:
+        orphan = client.create_post(
+            pub.CreatePostRequest(
+                text="Made just before the crash",
+                targets=[pb.Target(platform="sandbox", account="adopt-facebook")],
+                actor="postroom_vault",
+            )
+        )
+    with bridge_running(cluster, vault, where):
+        approve(vault, draft)
+        wait_until("done", lambda: status_is(vault / "Done" / draft.name, "completed"))
+    track = store.load(draft.stem)
+    assert track is not None and track.post_id == orphan.id
+    with cluster.client() as client:
+        posts = client.list_posts(pub.ListPostsRequest(page_size=1000)).posts
+    assert [p.text for p in posts].count("Made just before the crash") == 1
