@@ -65,6 +65,7 @@ class Bridge:
         self.store = StateStore(self.vault)
         self._audit_lock = threading.Lock()
         self._notes: dict[str, str] = {}
+        self.passes = 0  # passes started (tests wait on it instead of sleeping)
         self._pool = ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="vault")
 
     def close(self) -> None:
@@ -91,6 +92,7 @@ class Bridge:
             self.tick()
 
     def tick(self) -> None:
+        self.passes += 1
         paths = sorted(p for p in (self.vault / docs.APPROVED).iterdir() if docs.is_post_file(p))
         for future in [self._pool.submit(self._process_safely, p) for p in paths]:
             future.result()
@@ -299,7 +301,13 @@ def _updated(
 ) -> docs.Document:
     front = dict(current.front)
     apply(front, result, track, now)
-    body = rewrite(current.body, front, note=note, now=now)
+    # "retry in N minutes" counts from the attempt, so an unchanged file stays unchanged.
+    since = (
+        dt.datetime.fromtimestamp(track.last_attempt_epoch, dt.UTC)
+        if track.last_attempt_epoch
+        else now
+    )
+    body = rewrite(current.body, front, note=note, now=since)
     return docs.Document(front=front, body=body, extra_order=current.extra_order)
 
 

@@ -38,6 +38,11 @@ class Tracking:
     first_round_audited: bool = False
     audited_attempts: dict[str, int] = field(default_factory=dict)
     finished: bool = False
+    # When the platforms' results last changed: the file's `last_attempt_at`, and what
+    # `retry_after` counts from (so an unchanged post rewrites nothing on later passes).
+    signature: str = ""
+    last_attempt_at: str = ""
+    last_attempt_epoch: float = 0.0
 
 
 @dataclass(slots=True)
@@ -47,6 +52,8 @@ class Outcome:
     retry_count: int
     next_retry_at: str
     round_done: bool
+    # Per waiting platform: when its retry may run (epoch seconds).
+    retry_until: dict[str, float] = field(default_factory=dict)
 
 
 def _epoch(ts: Any) -> float:
@@ -74,6 +81,7 @@ def outcome(post: pb.Post, names: dict[tuple[str, str], str], now: float) -> Out
     """The file's view of `post`; `names` maps each target to the vault's platform name."""
     platforms: dict[str, dict[str, Any]] = {}
     waiting: list[float] = []
+    retry_until: dict[str, float] = {}
     in_flight = False
     for state in post.target_states:
         name = names.get((state.target.platform, state.target.account), state.target.platform)
@@ -83,6 +91,7 @@ def outcome(post: pb.Post, names: dict[tuple[str, str], str], now: float) -> Out
             in_flight = True
         elif result.get("success") is False and state.job_status == pb.JOB_STATUS_QUEUED:
             waiting.append(_epoch(state.not_before) if state.HasField("not_before") else now)
+            retry_until[name] = waiting[-1]
         elif result.get("success") is False and state.job_status not in _TERMINAL_BAD:
             in_flight = True  # leased again for its retry
     results = list(platforms.values())
@@ -108,12 +117,31 @@ def outcome(post: pb.Post, names: dict[tuple[str, str], str], now: float) -> Out
         retry_count=retry_count,
         next_retry_at=next_retry,
         round_done=not in_flight and bool(results),
+        retry_until=retry_until,
+    )
+
+
+def _signature(result: Outcome) -> str:
+    return repr(
+        sorted(
+            (name, r.get("success"), r.get("retry_attempt", 1), r.get("error_code"))
+            for name, r in result.platforms.items()
+        )
     )
 
 
 def apply(front: dict[str, Any], result: Outcome, track: Tracking, now: dt.datetime) -> None:
     """Write `result` into the frontmatter, in the shapes of the field's files."""
     stamp = utc_text(now)
+    signature = _signature(result)
+    if result.round_done and signature != track.signature:
+        track.signature = signature
+        track.last_attempt_at = stamp
+        track.last_attempt_epoch = now.timestamp()
+    attempt_at = track.last_attempt_epoch or now.timestamp()
+    for name, r in result.platforms.items():
+        if "retry_after" in r and name in result.retry_until:
+            r["retry_after"] = max(0, math.ceil(result.retry_until[name] - attempt_at))
     front["status"] = result.status
     front["approved_at"] = track.approved_at or front.get("approved_at") or stamp
     front["platforms"] = result.platforms
@@ -125,7 +153,7 @@ def apply(front: dict[str, Any], result: Outcome, track: Tracking, now: dt.datet
         front["completed_at"] = stamp
     elif result.status in ("partial_failure", "failed", "cancelled"):
         if result.round_done:
-            front["last_attempt_at"] = stamp
+            front["last_attempt_at"] = track.last_attempt_at or stamp
         if result.next_retry_at:
             front["next_retry_at"] = result.next_retry_at
 

@@ -205,9 +205,13 @@ def test_retry_now_behind_a_closed_gate_says_so_and_runs_when_it_opens(
     draft = write_draft(vault, "Retry me now", PLATFORMS)
     with cluster.sandbox_admin() as sandbox:
         sandbox.inject("rate_limit", account="retrynow-instagram", retry_after_seconds=600)
-    with bridge_running(cluster, vault, where):
+    with bridge_running(cluster, vault, where) as bridge:
         approved = approve(vault, draft)
         wait_until("partial_failure", lambda: status_is(approved, "partial_failure"))
+        # Nothing changes while it waits, so the file is not rewritten pass after pass.
+        written, seen = approved.read_bytes(), bridge.passes
+        wait_until("three more passes", lambda: bridge.passes >= seen + 3)
+        assert approved.read_bytes() == written
         set_status(approved, "retry_now")
         wait_until(
             "the note about the closed gate",
