@@ -73,12 +73,14 @@ def bridge_running(
     where: dict[str, str],
     *,
     before_replace: Callable[[Path], None] | None = None,
+    force_polling: bool = False,
 ) -> Iterator[Bridge]:
     config = BridgeConfig(
         vault=vault,
         accounts=dict(parse_account(f"{n}={t}") for n, t in where.items()),
         rescan_s=0.2,
         parallel=8,
+        force_polling=force_polling,
     )
     failures: list[BaseException] = []
     with (
@@ -361,7 +363,8 @@ def test_a_malformed_file_gets_a_note_and_is_left_alone(
     broken.write_bytes(b"---\nid: [unclosed\n---\n\n## Content\n\nhi\n")
     before = broken.read_bytes()
     good = write_draft(vault, "The good one still goes", PLATFORMS)
-    with bridge_running(cluster, vault, accounts("malformed")):
+    # Polling instead of OS file events, as on a network disk.
+    with bridge_running(cluster, vault, accounts("malformed"), force_polling=True):
         note = vault / "Approved" / "broken.postroom-error.md"
         wait_until("the note", note.exists)
         approve(vault, good)
