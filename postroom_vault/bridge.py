@@ -33,7 +33,7 @@ import watchfiles
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.client import CliError, PublishingClient
-from postroom_vault import MalformedFile, OutsideVault, VaultError
+from postroom_vault import MalformedFile, VaultError
 from postroom_vault import document as docs
 from postroom_vault.config import PLATFORM_ALIASES, BridgeConfig
 from postroom_vault.progress import Outcome, Tracking, apply, audit_lines, outcome
@@ -93,7 +93,9 @@ class Bridge:
 
     def tick(self) -> None:
         self.passes += 1
-        paths = sorted(p for p in (self.vault / docs.APPROVED).iterdir() if docs.is_post_file(p))
+        approved = self.vault / docs.APPROVED
+        approved.mkdir(parents=True, exist_ok=True)  # a person may have removed it
+        paths = sorted(p for p in approved.iterdir() if docs.is_post_file(p))
         for future in [self._pool.submit(self._process_safely, p) for p in paths]:
             future.result()
 
@@ -102,13 +104,13 @@ class Bridge:
             self.process(path)
         except FileNotFoundError:
             pass  # moved or deleted by a person meanwhile: the next pass sees where it went
-        except (MalformedFile, OutsideVault) as exc:
+        except VaultError as exc:  # MalformedFile, OutsideVault, a damaged record
             docs.write_error_note(path, str(exc))
         except CliError as exc:
             # The coordinator refused or is away: keep the file, say why, try again next pass.
             self._notes[path.stem] = f"the coordinator answered {exc.code}: {exc.message}"
             log.warning("vault: %s: %s: %s", path.name, exc.code, exc.message)
-        except (VaultError, OSError) as exc:
+        except OSError as exc:
             # One file's trouble (a full disk, a permission) must not stop the others.
             log.warning("vault: %s: %s", path.name, exc)
 

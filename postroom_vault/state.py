@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from postroom_vault import VaultError
 from postroom_vault.document import write_atomic
 from postroom_vault.progress import Tracking
 
@@ -23,11 +24,16 @@ class StateStore:
         return self.root / f"{file_id}.json"
 
     def load(self, file_id: str) -> Tracking | None:
+        path = self._path(file_id)
         try:
-            raw = json.loads(self._path(file_id).read_text(encoding="utf-8"))
+            return Tracking(**json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             return None
-        return Tracking(**raw)
+        except (ValueError, TypeError) as exc:
+            raise VaultError(
+                f"the bridge's record {path} is damaged ({exc}); look up the post with "
+                "`postroom post list`, then delete the record to start this file over"
+            ) from None
 
     def save(self, track: Tracking) -> None:
         data = json.dumps(asdict(track), sort_keys=True).encode("utf-8")

@@ -17,6 +17,7 @@ from postroom_vault.cli import vault_accounts, write_draft
 from postroom_vault.config import parse_account
 from postroom_vault.progress import Tracking, audit_lines, outcome
 from postroom_vault.render import content_of, rewrite
+from postroom_vault.state import StateStore
 
 # The field document's file in Approved/ (shared/field/failed-post-example.md), verbatim.
 FIELD_PARTIAL = """---
@@ -227,3 +228,13 @@ def test_vault_config_names_accounts(tmp_path: Path) -> None:
     (tmp_path / ".postroom.toml").write_text("[accounts]\nfacebook = 3\n")
     with pytest.raises(VaultError, match=r"\[accounts\]"):
         vault_accounts(tmp_path)
+
+
+def test_a_damaged_record_is_named_not_a_crash(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save(Tracking(file_id="a", post_id="p-1"))
+    loaded = store.load("a")
+    assert loaded is not None and loaded.post_id == "p-1"
+    (tmp_path / ".postroom" / "posts" / "a.json").write_text("{not json")
+    with pytest.raises(VaultError, match="damaged"):
+        store.load("a")
