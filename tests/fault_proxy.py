@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import httpx
-import uvicorn
+from asgi_thread import ThreadedServer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,7 +34,6 @@ from starlette.routing import Route
 _HOP_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 )
-READY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,14 +77,9 @@ class FaultProxy:
         self._release: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hanging = 0
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=_METHODS)])
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-        )
-        self._thread = threading.Thread(target=self._serve, name="fault-proxy", daemon=True)
+        self._server = ThreadedServer(app, name="fault-proxy")
+        self.url = self._server.url
 
     # ---- control, from the test's thread -------------------------------------------------
 
@@ -113,9 +105,6 @@ class FaultProxy:
         return self._hanging
 
     # ---- the server ----------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        self._server.run(sockets=[self._sock])
 
     async def _handle(self, request: Request) -> Response:
         if self._release is None:
@@ -152,23 +141,17 @@ class FaultProxy:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("fault proxy did not start")
-            time.sleep(0.01)
+        self._server.start()
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._server.should_exit = True
+        self._server.request_stop()
         if self._release is not None and self._loop is not None:
             # Wake hanging requests, on the server's own loop, so the server can stop.
             self._loop.call_soon_threadsafe(self._release.set)
-        self._thread.join(READY_TIMEOUT_S)
-        self._sock.close()
+        self._server.stop()
 
 
 def _answer(reply: Reply) -> Response:

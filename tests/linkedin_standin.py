@@ -11,18 +11,14 @@ process), and a small client for its admin API. LinkedIn tests share these.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import uvicorn
+from asgi_thread import serve_in_thread
 
 from sandbox.standins.linkedin import create_app
 
-READY_TIMEOUT_S = 10.0
 VERSION = "202609"
 HEADERS = {"LinkedIn-Version": VERSION, "X-Restli-Protocol-Version": "2.0.0"}
 
@@ -30,27 +26,8 @@ HEADERS = {"LinkedIn-Version": VERSION, "X-Restli-Protocol-Version": "2.0.0"}
 @contextlib.contextmanager
 def serve_standin() -> Iterator[str]:
     """A fresh stand-in on 127.0.0.1 (port chosen by the OS) until the block ends."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        create_app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="linkedin-standin", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the LinkedIn stand-in did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(READY_TIMEOUT_S)
-        sock.close()
+    with serve_in_thread(create_app(), name="linkedin-standin") as url:
+        yield url
 
 
 class StandinAdmin:

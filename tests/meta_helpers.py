@@ -5,10 +5,7 @@ an app in a thread, accounts for the rig, and a tiny real JPEG (Instagram takes 
 from __future__ import annotations
 
 import json
-import socket
 import struct
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
+from asgi_thread import serve_in_thread
 from platform_rig import Account, PlatformRig
 from polling import wait_until
 from starlette.applications import Starlette
@@ -24,8 +21,6 @@ from starlette.applications import Starlette
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.client import PublishingClient
-
-READY_TIMEOUT_S = 10.0
 
 
 def tiny_jpeg() -> bytes:
@@ -97,23 +92,8 @@ class MetaAdmin:
 @contextmanager
 def served(app: Starlette) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 (port chosen by the OS) in a thread; its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(READY_TIMEOUT_S)
-        sock.close()
+    with serve_in_thread(app, name="meta-standin") as url:
+        yield url
 
 
 def facebook_account(
