@@ -8,12 +8,19 @@ past its commit permit. `Guard.unchanged()` compares them with the store.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+import anyio
+import anyio.from_thread
 import grpc
-from conftest import InProcess, job_ids, publish
+from conftest import InProcess, coordinator_server, job_ids, publish
 from scripted_worker import ScriptedWorker
 
 from coordinator.domain import Job
@@ -136,3 +143,39 @@ async def start_guard(env: InProcess, stub: publishing_pb2_grpc.PublishingAsyncS
     store = env.coordinator.store
     jobs = [await store.get_job(j) for j in job_ids(first) + job_ids(second)]
     return Guard(env, worker, [first.id, second.id], jobs)
+
+
+class _FuzzRig(Protocol):
+    guard: Guard
+    channel: grpc.aio.Channel
+
+
+R = TypeVar("R", bound=_FuzzRig)
+
+
+@contextlib.contextmanager
+def hostile_session(
+    tmp: Path,
+    setup: Callable[[anyio.from_thread.BlockingPortal, InProcess, ErrorLog], Awaitable[R]],
+) -> Iterator[R]:
+    """An in-process coordinator driven from the test's thread through a portal, its ERROR log
+    watched, and the rig `setup` builds (a guard worker, an admin channel); torn down after."""
+    with (
+        ErrorLog() as errors,
+        anyio.from_thread.start_blocking_portal(backend="asyncio") as portal,
+        portal.wrap_async_context_manager(coordinator_server(tmp)) as env,
+    ):
+        rig = portal.call(setup, portal, env, errors)
+        try:
+            yield rig
+        finally:
+            portal.call(rig.guard.worker.kill)
+            portal.call(rig.channel.close, None)
+
+
+def report_fuzz(heading: str, table: str, record: dict[str, Any]) -> None:
+    """Print the generated-input counts; also append them to $POSTROOM_FUZZ_REPORT (make fuzz)."""
+    print(f"\n{heading}:\n{table}")
+    if path := os.environ.get("POSTROOM_FUZZ_REPORT"):
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")

@@ -14,19 +14,17 @@ drive it from ordinary test functions. How many inputs each RPC got is printed a
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio.from_thread
 import grpc
 import pytest
-from conftest import InProcess, coordinator_server, job_ids
+from conftest import InProcess, job_ids
 from fuzz_requests import FUZZ_EXAMPLES, Counts, Pools, garbage, messages, summary
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-from hostile_rig import ErrorLog, Guard, admin_channel, start_guard
+from hostile_rig import ErrorLog, Guard, admin_channel, hostile_session, report_fuzz, start_guard
 from hypothesis import HealthCheck, given, settings
 
 from coordinator.domain import Post, PostStatus, Target, content_hash
@@ -119,23 +117,15 @@ def _answered_properly(method: str, code: grpc.StatusCode, details: str) -> None
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    tmp = tmp_path_factory.mktemp("hostile-publishing")
-    with (
-        ErrorLog() as errors,
-        anyio.from_thread.start_blocking_portal(backend="asyncio") as portal,
-        portal.wrap_async_context_manager(coordinator_server(tmp)) as env,
-    ):
-        rig = portal.call(_setup, portal, env, errors)
+    with hostile_session(tmp_path_factory.mktemp("hostile-publishing"), _setup) as rig:
         try:
             yield rig
         finally:
-            portal.call(rig.guard.worker.kill)
-            portal.call(rig.channel.close, None)
-            report = summary(rig.counts, METHODS, rig.codes)
-            print(f"\ngenerated inputs per Publishing RPC (and the answers):\n{report}")
-            if path := os.environ.get("POSTROOM_FUZZ_REPORT"):
-                with open(path, "a") as fh:
-                    fh.write(json.dumps({"publishing": rig.counts, "codes": rig.codes}) + "\n")
+            report_fuzz(
+                "generated inputs per Publishing RPC (and the answers)",
+                summary(rig.counts, METHODS, rig.codes),
+                {"publishing": rig.counts, "codes": rig.codes},
+            )
 
 
 async def _setup(portal: anyio.from_thread.BlockingPortal, env: InProcess, errors: ErrorLog) -> Rig:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -37,6 +35,8 @@ from hostile_rig import (
     Guard,
     admin_channel,
     enroll,
+    hostile_session,
+    report_fuzz,
     start_guard,
 )
 from hypothesis import HealthCheck, given, settings
@@ -98,23 +98,15 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    tmp = tmp_path_factory.mktemp("hostile-worker")
-    with (
-        ErrorLog() as errors,
-        anyio.from_thread.start_blocking_portal(backend="asyncio") as portal,
-        portal.wrap_async_context_manager(coordinator_server(tmp)) as env,
-    ):
-        rig = portal.call(_setup, portal, env, errors)
+    with hostile_session(tmp_path_factory.mktemp("hostile-worker"), _setup) as rig:
         try:
             yield rig
         finally:
-            portal.call(rig.guard.worker.kill)
-            portal.call(rig.channel.close, None)
-            report = summary(rig.counts, [f"{k} messages" for k in KINDS], rig.ends)
-            print(f"\ngenerated inputs per worker message (and how the stream ended):\n{report}")
-            if path := os.environ.get("POSTROOM_FUZZ_REPORT"):
-                with open(path, "a") as fh:
-                    fh.write(json.dumps({"worker": rig.counts, "ends": rig.ends}) + "\n")
+            report_fuzz(
+                "generated inputs per worker message (and how the stream ended)",
+                summary(rig.counts, [f"{k} messages" for k in KINDS], rig.ends),
+                {"worker": rig.counts, "ends": rig.ends},
+            )
 
 
 async def _setup(portal: anyio.from_thread.BlockingPortal, env: InProcess, errors: ErrorLog) -> Rig:
