@@ -16,12 +16,15 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 
 all: lint typecheck test
 
-# System packages the tests drive for real: Prometheus/promtool, Chromium, and iptables for the
-# network-partition tests (which make their own namespaces as root).
+# System packages the tests drive for real: Prometheus/promtool, Chromium (with Noto fonts, else
+# screenshots show boxes for glyphs), and iptables for the network-partition tests (which make
+# their own namespaces as root).
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	dpkg -s fonts-noto-core >/dev/null 2>&1 || missing="$$missing fonts-noto-core"; \
+	dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || missing="$$missing fonts-noto-color-emoji"; \
 	command -v iptables >/dev/null || missing="$$missing iptables"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

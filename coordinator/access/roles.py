@@ -34,12 +34,14 @@ RPC_ROLES: Mapping[str, Role] = MappingProxyType(
         "SubmitPost": _AU,
         "SchedulePost": _AU,
         "CancelPost": _AU,
+        "DeletePost": _AU,
         "CancelJob": _AU,
         "RetryJob": _AU,  # with force (through a closed gate): approver, checked by the RPC
         "CheckLogin": _AU,
         # Letting content out, and overriding the safety nets.
         "ApprovePost": _AP,
         "ConfirmJob": _AP,
+        "ResolveJob": _AP,  # says a post is out: as strong as approving it
         "ReopenRateLimit": _AP,
         # Who may talk to the coordinator.
         "CreateToken": _AD,

@@ -77,6 +77,11 @@ class PublishingStub:
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.CancelPostRequest.SerializeToString,
                 response_deserializer=postroom_dot_v1_dot_types__pb2.Post.FromString,
                 _registered_method=True)
+        self.DeletePost = channel.unary_unary(
+                '/postroom.v1.Publishing/DeletePost',
+                request_serializer=postroom_dot_v1_dot_publishing__pb2.DeletePostRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_publishing__pb2.DeletePostResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/postroom.v1.Publishing/GetJob',
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.GetJobRequest.SerializeToString,
@@ -105,6 +110,11 @@ class PublishingStub:
         self.ConfirmJob = channel.unary_unary(
                 '/postroom.v1.Publishing/ConfirmJob',
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.ConfirmJobRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_types__pb2.Job.FromString,
+                _registered_method=True)
+        self.ResolveJob = channel.unary_unary(
+                '/postroom.v1.Publishing/ResolveJob',
+                request_serializer=postroom_dot_v1_dot_publishing__pb2.ResolveJobRequest.SerializeToString,
                 response_deserializer=postroom_dot_v1_dot_types__pb2.Job.FromString,
                 _registered_method=True)
         self.ListDevices = channel.unary_unary(
@@ -234,6 +244,14 @@ class PublishingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeletePost(self, request, context):
+        """Delete a post that never published: its open jobs are cancelled first. Refused
+        (FAILED_PRECONDITION) when any target is published, with the live URLs in the message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """One job with its runs, step logs and screenshot metadata.
         """
@@ -273,6 +291,15 @@ class PublishingServicer:
 
     def ConfirmJob(self, request, context):
         """Let a job in AWAITING_CONFIRM go ahead with its irreversible step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveJob(self, request, context):
+        """Record that a person published the job's post by hand: the job becomes SUCCEEDED with the
+        given URL, audited with who and why. Refused (FAILED_PRECONDITION) while an attempt of
+        postroom's may still be committing (a live commit permit): the message says what to wait for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -411,6 +438,11 @@ def add_PublishingServicer_to_server(servicer, server):
                     request_deserializer=postroom_dot_v1_dot_publishing__pb2.CancelPostRequest.FromString,
                     response_serializer=postroom_dot_v1_dot_types__pb2.Post.SerializeToString,
             ),
+            'DeletePost': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePost,
+                    request_deserializer=postroom_dot_v1_dot_publishing__pb2.DeletePostRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_publishing__pb2.DeletePostResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=postroom_dot_v1_dot_publishing__pb2.GetJobRequest.FromString,
@@ -439,6 +471,11 @@ def add_PublishingServicer_to_server(servicer, server):
             'ConfirmJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfirmJob,
                     request_deserializer=postroom_dot_v1_dot_publishing__pb2.ConfirmJobRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_types__pb2.Job.SerializeToString,
+            ),
+            'ResolveJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveJob,
+                    request_deserializer=postroom_dot_v1_dot_publishing__pb2.ResolveJobRequest.FromString,
                     response_serializer=postroom_dot_v1_dot_types__pb2.Job.SerializeToString,
             ),
             'ListDevices': grpc.unary_unary_rpc_method_handler(
@@ -735,6 +772,33 @@ class Publishing:
             _registered_method=True)
 
     @staticmethod
+    def DeletePost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/DeletePost',
+            postroom_dot_v1_dot_publishing__pb2.DeletePostRequest.SerializeToString,
+            postroom_dot_v1_dot_publishing__pb2.DeletePostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetJob(request,
             target,
             options=(),
@@ -885,6 +949,33 @@ class Publishing:
             target,
             '/postroom.v1.Publishing/ConfirmJob',
             postroom_dot_v1_dot_publishing__pb2.ConfirmJobRequest.SerializeToString,
+            postroom_dot_v1_dot_types__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/ResolveJob',
+            postroom_dot_v1_dot_publishing__pb2.ResolveJobRequest.SerializeToString,
             postroom_dot_v1_dot_types__pb2.Job.FromString,
             options,
             channel_credentials,

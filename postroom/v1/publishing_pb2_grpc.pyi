@@ -51,6 +51,10 @@ class PublishingStub:
     """Create (upsert) one job per target. Targets already published are never published again."""
     CancelPost: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.CancelPostRequest, _types_pb2.Post]
     """Cancel the post and every job of it that has not finished."""
+    DeletePost: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.DeletePostRequest, _publishing_pb2.DeletePostResponse]
+    """Delete a post that never published: its open jobs are cancelled first. Refused
+    (FAILED_PRECONDITION) when any target is published, with the live URLs in the message.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.GetJobRequest, _types_pb2.Job]
     """One job with its runs, step logs and screenshot metadata."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ListJobsRequest, _publishing_pb2.ListJobsResponse]
@@ -67,6 +71,11 @@ class PublishingStub:
     """
     ConfirmJob: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ConfirmJobRequest, _types_pb2.Job]
     """Let a job in AWAITING_CONFIRM go ahead with its irreversible step."""
+    ResolveJob: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ResolveJobRequest, _types_pb2.Job]
+    """Record that a person published the job's post by hand: the job becomes SUCCEEDED with the
+    given URL, audited with who and why. Refused (FAILED_PRECONDITION) while an attempt of
+    postroom's may still be committing (a live commit permit): the message says what to wait for.
+    """
     ListDevices: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ListDevicesRequest, _publishing_pb2.ListDevicesResponse]
     """Every device that ever connected, with liveness and login badges."""
     CheckLogin: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.CheckLoginRequest, _publishing_pb2.CheckLoginResponse]
@@ -115,6 +124,10 @@ class PublishingAsyncStub(PublishingStub):
     """Create (upsert) one job per target. Targets already published are never published again."""
     CancelPost: _aio.UnaryUnaryMultiCallable[_publishing_pb2.CancelPostRequest, _types_pb2.Post]  # type: ignore[assignment]
     """Cancel the post and every job of it that has not finished."""
+    DeletePost: _aio.UnaryUnaryMultiCallable[_publishing_pb2.DeletePostRequest, _publishing_pb2.DeletePostResponse]  # type: ignore[assignment]
+    """Delete a post that never published: its open jobs are cancelled first. Refused
+    (FAILED_PRECONDITION) when any target is published, with the live URLs in the message.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_publishing_pb2.GetJobRequest, _types_pb2.Job]  # type: ignore[assignment]
     """One job with its runs, step logs and screenshot metadata."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ListJobsRequest, _publishing_pb2.ListJobsResponse]  # type: ignore[assignment]
@@ -131,6 +144,11 @@ class PublishingAsyncStub(PublishingStub):
     """
     ConfirmJob: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ConfirmJobRequest, _types_pb2.Job]  # type: ignore[assignment]
     """Let a job in AWAITING_CONFIRM go ahead with its irreversible step."""
+    ResolveJob: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ResolveJobRequest, _types_pb2.Job]  # type: ignore[assignment]
+    """Record that a person published the job's post by hand: the job becomes SUCCEEDED with the
+    given URL, audited with who and why. Refused (FAILED_PRECONDITION) while an attempt of
+    postroom's may still be committing (a live commit permit): the message says what to wait for.
+    """
     ListDevices: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ListDevicesRequest, _publishing_pb2.ListDevicesResponse]  # type: ignore[assignment]
     """Every device that ever connected, with liveness and login badges."""
     CheckLogin: _aio.UnaryUnaryMultiCallable[_publishing_pb2.CheckLoginRequest, _publishing_pb2.CheckLoginResponse]  # type: ignore[assignment]
@@ -226,6 +244,16 @@ class PublishingServicer(metaclass=_abc_1.ABCMeta):
         """Cancel the post and every job of it that has not finished."""
 
     @_abc_1.abstractmethod
+    def DeletePost(
+        self,
+        request: _publishing_pb2.DeletePostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_publishing_pb2.DeletePostResponse, _abc.Awaitable[_publishing_pb2.DeletePostResponse]]:
+        """Delete a post that never published: its open jobs are cancelled first. Refused
+        (FAILED_PRECONDITION) when any target is published, with the live URLs in the message.
+        """
+
+    @_abc_1.abstractmethod
     def GetJob(
         self,
         request: _publishing_pb2.GetJobRequest,
@@ -276,6 +304,17 @@ class PublishingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]:
         """Let a job in AWAITING_CONFIRM go ahead with its irreversible step."""
+
+    @_abc_1.abstractmethod
+    def ResolveJob(
+        self,
+        request: _publishing_pb2.ResolveJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]:
+        """Record that a person published the job's post by hand: the job becomes SUCCEEDED with the
+        given URL, audited with who and why. Refused (FAILED_PRECONDITION) while an attempt of
+        postroom's may still be committing (a live commit permit): the message says what to wait for.
+        """
 
     @_abc_1.abstractmethod
     def ListDevices(

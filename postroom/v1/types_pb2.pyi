@@ -558,6 +558,7 @@ class Job(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     post_id: _builtins.str
     platform: _builtins.str
@@ -585,6 +586,8 @@ class Job(_message.Message):
     result_url: _builtins.str
     rate_limited_count: _builtins.int
     """Attempts that ended in a rate limit (they do not use up max_attempts)."""
+    resolved_by: _builtins.str
+    """Set when a person published it by hand and recorded it with ResolveJob: who did."""
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp:
         """Earliest time the next attempt may start."""
@@ -628,10 +631,11 @@ class Job(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         runs: _abc.Iterable[Global___Run] | None = ...,
+        resolved_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "not_before", b"not_before", "scheduled_at", b"scheduled_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "attempt", b"attempt", "content_hash", b"content_hash", "created_at", b"created_at", "device_id", b"device_id", "id", b"id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "last_error_class", b"last_error_class", "lease_epoch", b"lease_epoch", "lease_expires_at", b"lease_expires_at", "max_attempts", b"max_attempts", "not_before", b"not_before", "platform", b"platform", "platform_key", b"platform_key", "post_id", b"post_id", "rate_limited_count", b"rate_limited_count", "result_post_id", b"result_post_id", "result_url", b"result_url", "runs", b"runs", "scheduled_at", b"scheduled_at", "status", b"status", "updated_at", b"updated_at", "verify_first", b"verify_first"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "attempt", b"attempt", "content_hash", b"content_hash", "created_at", b"created_at", "device_id", b"device_id", "id", b"id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "last_error_class", b"last_error_class", "lease_epoch", b"lease_epoch", "lease_expires_at", b"lease_expires_at", "max_attempts", b"max_attempts", "not_before", b"not_before", "platform", b"platform", "platform_key", b"platform_key", "post_id", b"post_id", "rate_limited_count", b"rate_limited_count", "resolved_by", b"resolved_by", "result_post_id", b"result_post_id", "result_url", b"result_url", "runs", b"runs", "scheduled_at", b"scheduled_at", "status", b"status", "updated_at", b"updated_at", "verify_first", b"verify_first"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -684,12 +688,15 @@ class Device(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     LOGINS_FIELD_NUMBER: _builtins.int
     JOB_IDS_FIELD_NUMBER: _builtins.int
+    PER_ACCOUNT_SLOTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___WorkerKind.ValueType
     slots: _builtins.int
     """Jobs it runs at once, and how many of those slots are free now."""
     free_slots: _builtins.int
     state: Global___DeviceState.ValueType
+    per_account_slots: _builtins.int
+    """Jobs of one (platform, account) it runs at once (Hello.per_account_slots); 0 = no bound."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedCompositeFieldContainer[Global___Target]:
         """(platform, account) pairs the device can serve."""
@@ -714,10 +721,11 @@ class Device(_message.Message):
         state: Global___DeviceState.ValueType = ...,
         logins: _abc.Iterable[Global___LoginBadge] | None = ...,
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        per_account_slots: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen_at", b"last_seen_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "free_slots", b"free_slots", "id", b"id", "job_ids", b"job_ids", "kind", b"kind", "last_seen_at", b"last_seen_at", "logins", b"logins", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "free_slots", b"free_slots", "id", b"id", "job_ids", b"job_ids", "kind", b"kind", "last_seen_at", b"last_seen_at", "logins", b"logins", "per_account_slots", b"per_account_slots", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -200,6 +200,7 @@ class Hello(_message.Message):
     SLOTS_FIELD_NUMBER: _builtins.int
     HELD_JOBS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    PER_ACCOUNT_SLOTS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """Stable identity of the worker (required)."""
     token: _builtins.str
@@ -211,6 +212,10 @@ class Hello(_message.Message):
     """Jobs it runs at once (>= 1)."""
     version: _builtins.str
     """Worker software version, for the device list."""
+    per_account_slots: _builtins.int
+    """At most this many of its jobs for one (platform, account) at once; 0 = no bound beyond slots.
+    Browser workers send 1: one page in one persistent profile per account.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Target]:
         """(platform, account) pairs this worker can publish to; the credentials stay on the worker."""
@@ -229,10 +234,11 @@ class Hello(_message.Message):
         slots: _builtins.int = ...,
         held_jobs: _abc.Iterable[Global___HeldJob] | None = ...,
         version: _builtins.str = ...,
+        per_account_slots: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "device_id", b"device_id", "held_jobs", b"held_jobs", "kind", b"kind", "slots", b"slots", "token", b"token", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "device_id", b"device_id", "held_jobs", b"held_jobs", "kind", b"kind", "per_account_slots", b"per_account_slots", "slots", b"slots", "token", b"token", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
