@@ -18,7 +18,13 @@ from typing import cast
 
 from postroom.tls import ClientTls
 from postroom_cli import __version__
-from postroom_cli.client import DEFAULT_COORDINATOR, DEFAULT_TIMEOUT_S, CliError, PublishingClient
+from postroom_cli.client import (
+    DEFAULT_COORDINATOR,
+    DEFAULT_TIMEOUT_S,
+    CliError,
+    PublishingClient,
+    exit_code,
+)
 from postroom_cli.commands import (
     Context,
     Handler,
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args_list)
     except CliError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

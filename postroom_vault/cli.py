@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from postroom.tls import ClientTls
-from postroom_cli.client import DEFAULT_COORDINATOR, CliError, PublishingClient
+from postroom_cli.client import DEFAULT_COORDINATOR, CliError, PublishingClient, exit_code
 from postroom_cli.credentials import operator_token, read_secret_file
 from postroom_vault import VaultError
 from postroom_vault import document as docs
@@ -207,4 +207,4 @@ def main(argv: list[str]) -> int:
         return 2
     except CliError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
