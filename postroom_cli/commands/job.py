@@ -1,4 +1,5 @@
-"""`postroom job ...`: list, show, watch, cancel, retry and confirm jobs; download screenshots."""
+"""`postroom job ...`: list, show, watch, cancel, retry, confirm and resolve jobs; download
+screenshots; export a job's escalation bundle."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from postroom_cli.commands import (
     collect_pages,
     enum_arg,
     positive_int,
+    usage_error,
 )
 from postroom_cli.render import (
     fmt_size,
@@ -70,6 +72,30 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
 
     p = add_leaf(sub, "confirm", _confirm, common, "let an AWAITING_CONFIRM job publish")
     p.add_argument("job_id", metavar="JOB_ID")
+
+    p = add_leaf(
+        sub,
+        "resolve",
+        _resolve,
+        common,
+        "record a publication a person made by hand: the job becomes SUCCEEDED, audited "
+        "(refused while an attempt of postroom's may still be committing)",
+    )
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--published-url", required=True, metavar="URL", help="where it is live")
+    p.add_argument("--post-id", default="", metavar="ID", help="the platform's id of the post")
+    p.add_argument("--reason", default="", help="why it was posted by hand (for the audit log)")
+
+    p = add_leaf(
+        sub,
+        "export",
+        _export,
+        common,
+        "write a job's escalation bundle (zip: job, post, runs and step logs, screenshots, "
+        "device, audit entries, README.txt)",
+    )
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.zip")
 
     p = add_leaf(sub, "screenshot", _screenshot, common, "download a proof screenshot")
     p.add_argument("asset_id", metavar="ASSET_ID")
@@ -134,6 +160,33 @@ def _retry(args: argparse.Namespace, ctx: Context) -> int:
 
 def _confirm(args: argparse.Namespace, ctx: Context) -> int:
     _show_status(ctx, ctx.client.confirm_job(args.job_id, actor=ctx.actor))
+    return 0
+
+
+def _resolve(args: argparse.Namespace, ctx: Context) -> int:
+    url: str = args.published_url.strip()
+    if not url.startswith(("https://", "http://")):
+        usage_error(args, f"--published-url must be the post's http(s) URL, got {url!r}")
+    job = ctx.client.resolve_job(
+        args.job_id,
+        published_url=url,
+        platform_post_id=args.post_id,
+        reason=args.reason,
+        actor=ctx.actor,
+    )
+    _show_status(ctx, job)
+    if not ctx.out.json_mode:
+        ctx.out.show(f"recorded as published by hand by {job.resolved_by or ctx.actor}: {url}")
+    return 0
+
+
+def _export(args: argparse.Namespace, ctx: Context) -> int:
+    path: Path = args.output
+    names = ctx.client.export_job(args.job_id, path)
+    if ctx.out.json_mode:
+        ctx.out.json({"job_id": args.job_id, "path": str(path), "files": names})
+    else:
+        ctx.out.show(f"wrote {len(names)} files for job {args.job_id} to {path}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`postroom post ...`: create, edit, submit, approve, schedule, cancel, show and list posts."""
+"""`postroom post ...`: create, edit, submit, approve, schedule, cancel, delete, show and list
+posts."""
 
 from __future__ import annotations
 
@@ -64,6 +65,17 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--at", default="", metavar="RFC3339", help="override the post's time")
 
     p = add_leaf(sub, "cancel", _cancel, common, "cancel a post and its unfinished jobs")
+    p.add_argument("post_id", metavar="POST_ID")
+    p.add_argument("--reason", default="")
+
+    p = add_leaf(
+        sub,
+        "delete",
+        _delete,
+        common,
+        "delete a post that never published (its open jobs are cancelled); refused, with the "
+        "live URLs, when any target is published",
+    )
     p.add_argument("post_id", metavar="POST_ID")
     p.add_argument("--reason", default="")
 
@@ -180,6 +192,17 @@ def _cancel(args: argparse.Namespace, ctx: Context) -> int:
     if not ctx.out.json_mode:
         for warning in post.warnings:  # e.g. the targets that are already live
             ctx.out.show(Text(f"warning: {warning}", style="yellow"))
+    return 0
+
+
+def _delete(args: argparse.Namespace, ctx: Context) -> int:
+    deleted = ctx.client.delete_post(args.post_id, actor=ctx.actor, reason=args.reason)
+    if ctx.out.json_mode:
+        ctx.out.json(deleted)
+        return 0
+    ctx.out.show(f"post {deleted.post_id or args.post_id}: deleted")
+    for job_id in deleted.cancelled_job_ids:
+        ctx.out.show(f"job {job_id}: cancelled")
     return 0
 
 
