@@ -168,6 +168,7 @@ def job_pb(job: Job, runs: Sequence[Run] = ()) -> pb.Job:
         updated_at=ts(job.updated_at),
         scheduled_at=ts(job.scheduled_at),
         runs=[run_pb(r) for r in runs],
+        resolved_by=job.resolved_by,
     )
 
 
@@ -238,6 +239,7 @@ def device_pb(
         kind=kind_pb(dev.kind),
         capabilities=[target_pb(t) for t in dev.capabilities],
         slots=dev.slots,
+        per_account_slots=dev.per_account_slots,
         free_slots=free_slots,
         last_seen_at=ts(dev.last_seen_at),
         state=pb.DEVICE_STATE_ONLINE if online else pb.DEVICE_STATE_OFFLINE,

@@ -137,6 +137,8 @@ class Job:
     last_error: str = ""
     result_post_id: str = ""
     result_url: str = ""
+    # Who recorded it as published by hand (ResolveJob); empty when postroom published it.
+    resolved_by: str = ""
 
     @property
     def target(self) -> Target:
@@ -207,6 +209,8 @@ class DeviceRecord:
     version: str = ""
     # Login badge per target: (state, checked_at, message).
     logins: dict[Target, tuple[LoginState, float, str]] = field(default_factory=dict)
+    # Jobs of one (platform, account) it runs at once; 0: no bound beyond slots.
+    per_account_slots: int = 0
 
 
 @dataclass(slots=True)

@@ -121,6 +121,7 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
                 kind=kind_from_pb(hello.kind),
                 capabilities=capabilities,
                 slots=hello.slots,
+                per_account_slots=hello.per_account_slots,
                 held=[(h.job_id, h.lease_epoch) for h in hello.held_jobs],
                 version=hello.version,
             )

@@ -120,6 +120,11 @@ def check_hello(hello: wg.Hello) -> None:
         )
     if not 1 <= hello.slots <= MAX_SLOTS:
         raise _invalid(f"Hello.slots must be between 1 and {MAX_SLOTS} (--concurrency)")
+    if not 0 <= hello.per_account_slots <= MAX_SLOTS:
+        raise _invalid(
+            f"Hello.per_account_slots is {hello.per_account_slots}; it must be between 0 (no "
+            f"bound beyond slots) and {MAX_SLOTS} (jobs of one platform account at once)"
+        )
     if len(hello.capabilities) > MAX_CAPABILITIES:
         raise _invalid(
             f"Hello lists {len(hello.capabilities)} capabilities; at most {MAX_CAPABILITIES}: "

@@ -365,7 +365,8 @@ def devices_table(devices: Sequence[t.Device]) -> Table:
             device.id,
             enum_label(t.WorkerKind.DESCRIPTOR, device.kind),
             styled(enum_label(t.DeviceState.DESCRIPTOR, device.state)),
-            f"{device.free_slots}/{device.slots} free",
+            f"{device.free_slots}/{device.slots} free"
+            + (f", {device.per_account_slots}/account" if device.per_account_slots else ""),
             fmt_time(device.last_seen_at),
             ", ".join(fmt_target(c) for c in device.capabilities) or EMPTY,
             logins if device.logins else EMPTY,

@@ -242,6 +242,7 @@ class Harness:
         slots: int = 1,
         held: Iterable[tuple[str, int]] = (),
         capabilities: tuple[Target, ...] = SANDBOX_ANY,
+        per_account_slots: int = 0,
     ) -> Effects:
         return self.run(
             self.core.open_session(
@@ -253,6 +254,7 @@ class Harness:
                 slots=slots,
                 held=list(held),
                 version="t",
+                per_account_slots=per_account_slots,
             )
         )
 

@@ -54,12 +54,15 @@ class ScriptedWorker:
         token: str = "",
         kind: pb.WorkerKind.ValueType = pb.WORKER_KIND_API,
         credentials: grpc.ChannelCredentials | None = None,
+        per_account_slots: int = 0,
     ) -> None:
-        """`token`: the device token its Hello carries; `credentials`: dial with TLS."""
+        """`token`: the device token its Hello carries; `credentials`: dial with TLS;
+        `per_account_slots`: jobs of one account at once (0: no bound beyond slots)."""
         self.address = address
         self.device_id = device_id
         self.capabilities = list(capabilities)
         self.slots = slots
+        self.per_account_slots = per_account_slots
         self.token = token
         self.kind = kind
         self.credentials = credentials
@@ -230,6 +233,7 @@ class ScriptedWorker:
             kind=self.kind,
             capabilities=[pb.Target(platform=p, account=a) for p, a in self.capabilities],
             slots=self.slots,
+            per_account_slots=self.per_account_slots,
             held_jobs=held_jobs,
             version="scripted-worker",
         )

@@ -66,6 +66,8 @@ RETRY = RetryPolicies(
     )
 )
 DEVICES = ("D0", "D1", "D2")
+# D0 runs one job per account at a time (Hello.per_account_slots = 1, as a browser worker does).
+PER_ACCOUNT = {"D0": 1}
 TARGETS = (Target("sandbox", "a"), Target("sandbox", "b"), Target("sandbox", "c"))
 FAILURES = {
     "transient": pb.ERROR_CLASS_TRANSIENT,
@@ -230,6 +232,22 @@ class LeaseProtocol(RuleBasedStateMachine):
         assert (lease.epoch, lease.session_id) == (a.lease_epoch, sid)
         others = [(d, r.epoch) for d, r in self.publishers(a.job_id)]
         assert not others, f"{a.job_id} re-leased while {others} may still publish it"
+        session = self.h.core.sessions[sid]
+        if session.per_account:
+            target = self.h.core.jobs[a.job_id].target
+            same = [j for j in session.jobs if self.h.core.jobs[j].target == target]
+            lingering = [
+                j
+                for j, e in session.lingering.items()
+                if (lease := self.h.core.leases.get(j)) is not None
+                and lease.epoch == e
+                and lease.session_id is None
+                and self.h.core.jobs[j].target == target
+            ]
+            assert len(same) + len(lingering) <= session.per_account, (
+                f"{a.job_id} is a second job of {target} on {sid}: {same} {lingering}"
+            )
+            self.event("assign under a per-account bound")
 
     def run_of(self, w: WorkerModel, pick: int) -> WRun | None:
         runs = [r for _, r in sorted(w.runs.items())]
@@ -289,7 +307,10 @@ class LeaseProtocol(RuleBasedStateMachine):
         w.session, w.slots = sid, slots
         self.owner[sid] = w.device
         held = [r.key for r in w.runs.values() if not r.gone and r.reported is None]
-        self.emit(self.h.open(sid, device=w.device, slots=slots, held=held))
+        per_account = PER_ACCOUNT.get(w.device, 0)
+        self.emit(
+            self.h.open(sid, device=w.device, slots=slots, held=held, per_account_slots=per_account)
+        )
 
     def send_result(self, w: WorkerModel, run: WRun, r: wg.JobResult) -> None:
         assert w.session is not None
@@ -726,6 +747,11 @@ class LeaseProtocol(RuleBasedStateMachine):
         for sid, session in core.sessions.items():
             for job_id in session.jobs:
                 assert core.leases[job_id].session_id == sid, f"{job_id} in two sessions"
+            if session.per_account:
+                targets = [core.jobs[j].target for j in session.jobs]
+                assert all(targets.count(t) <= session.per_account for t in targets), (
+                    f"{sid} holds more than {session.per_account} job(s) of one account"
+                )
         for job_id, job in core.jobs.items():
             assert job == store.jobs[job_id], f"{job_id}: memory and store disagree"
 

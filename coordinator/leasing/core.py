@@ -127,6 +127,7 @@ class LeaseCore(OperatorActions):
         slots: int,
         held: Iterable[tuple[str, int]],
         version: str,
+        per_account_slots: int = 0,
     ) -> Effects:
         fx = Effects()
         for other in [s for s in self.sessions.values() if s.device_id == device_id]:
@@ -138,6 +139,7 @@ class LeaseCore(OperatorActions):
             )
             fx.close_sessions.append(other.id)
         session = Session(session_id, device_id, kind, capabilities, max(1, slots), now)
+        session.per_account = max(0, per_account_slots)
         self.sessions[session_id] = session
         heapq.heappush(self._beats, (now, session_id))
         resumed: list[wg.HeldJob] = []
@@ -164,6 +166,7 @@ class LeaseCore(OperatorActions):
         device = self.devices.get(device_id)
         logins = device.logins if device else {}
         device = DeviceRecord(device_id, kind, capabilities, session.slots, now, version, logins)
+        device.per_account_slots = session.per_account
         self.devices[device_id] = device
         fx.batch.devices.append(dataclasses.replace(device, logins=dict(logins)))
         fx.batch.audits.append(
@@ -175,6 +178,7 @@ class LeaseCore(OperatorActions):
                 {
                     "kind": kind.value,
                     "slots": session.slots,
+                    "per_account_slots": session.per_account,
                     "resumed": [h.job_id for h in resumed],
                     "refused": refused,
                 },
@@ -412,12 +416,15 @@ class LeaseCore(OperatorActions):
             )
             if stuck:
                 self._drop(fx, lease.session_id, job_id, lease.epoch, "stuck: lease recovered")
-                self.sessions[lease.session_id].jobs.discard(job_id)
+                session = self.sessions[lease.session_id]
+                session.jobs.discard(job_id)
                 if lease.run.committed:
                     # It holds a commit permit and may be publishing right now; a Drop cannot
                     # undo that. Stop renewing the lease and rerun (verifying) only after its
                     # deadline plus the margin, like any lease lost after its permit.
                     lease.session_id = None
+                    if session.per_account:
+                        session.lingering[job_id] = lease.epoch
                     continue
                 fx.extend(self._recover(job_id, now, reason=f"stuck in {job.status.value}"))
         fx.extend(self.dispatch(now))
@@ -466,6 +473,7 @@ class LeaseCore(OperatorActions):
                     now,
                     lambda t: self._gate_open_at(t, now),
                     self._held,
+                    self._full_accounts(session) if session.per_account else (),
                 )
                 if job is None:
                     continue
@@ -488,12 +496,36 @@ class LeaseCore(OperatorActions):
             if job.not_before > now or self._held(job):
                 continue
             session = next(
-                (s for s in self.sessions.values() if s.free_slots > 0 and s.serves(job.target)),
+                (
+                    s
+                    for s in self.sessions.values()
+                    if s.free_slots > 0
+                    and s.serves(job.target)
+                    and not (s.per_account and job.target in self._full_accounts(s))
+                ),
                 None,
             )
             if session is not None:
                 self.force_gate.discard(job_id)
                 self._assign(fx, session, job, now)
+
+    def _full_accounts(self, session: Session) -> set[Target]:
+        """The session's (platform, account)s holding per_account jobs already: whatever their
+        state (claimed, running, awaiting confirmation, committing). Only for sessions with a
+        bound, so the common case (0) costs nothing; O(the session's jobs) otherwise."""
+        counts: dict[Target, int] = {}
+        for job_id in session.jobs:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                counts[job.target] = counts.get(job.target, 0) + 1
+        for job_id, epoch in list(session.lingering.items()):
+            lease = self.leases.get(job_id)
+            if lease is None or lease.epoch != epoch or lease.session_id is not None:
+                del session.lingering[job_id]  # ended, rerun or resumed: no longer lingering
+            else:
+                target = self.jobs[job_id].target
+                counts[target] = counts.get(target, 0) + 1
+        return {t for t, n in counts.items() if n >= session.per_account}
 
     def _gate_open_at(self, target: Target, now: float) -> float:
         return self.gates.open_at(target, now)

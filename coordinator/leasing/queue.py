@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 from coordinator.domain import Job, JobStatus, Target
 
@@ -63,10 +63,14 @@ class ReadyQueue:
         now: float,
         open_at: Callable[[Target], float],
         held: Callable[[Job], bool],
+        skip: Container[Target] = (),
     ) -> Job | None:
-        """The due job (not_before <= now, gate open, not held) waiting longest, or None."""
+        """The due job (not_before <= now, gate open, not held) waiting longest, or None.
+        Targets in `skip` (the session's accounts at their per-account bound) are passed over."""
         best: tuple[float, int, Target] | None = None
         for target in self.targets_for(capabilities):
+            if skip and target in skip:
+                continue
             top = self._clean_top(target, jobs, held)
             if top is None or top[0] > now or open_at(target) > now:
                 continue

@@ -44,6 +44,12 @@ class Session:
     last_heartbeat: float
     jobs: set[str] = field(default_factory=set)
     draining: bool = False
+    # Jobs of one (platform, account) it runs at once (Hello.per_account_slots); 0: no bound
+    # beyond slots. A browser worker has one page per account profile, so it sends 1.
+    per_account: int = 0
+    # Committed jobs taken off this session (stuck, dropped) whose lease lives on: the worker may
+    # still be publishing them, so they count against per_account. job id -> lease epoch.
+    lingering: dict[str, int] = field(default_factory=dict)
 
     @property
     def free_slots(self) -> int:

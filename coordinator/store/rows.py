@@ -118,6 +118,7 @@ def job_params(job: Job) -> Params:
         "last_error": job.last_error,
         "result_post_id": job.result_post_id,
         "result_url": job.result_url,
+        "resolved_by": job.resolved_by,
     }
 
 
@@ -150,6 +151,7 @@ def job_from_row(row: Row) -> Job:
         last_error=row["last_error"],
         result_post_id=row["result_post_id"],
         result_url=row["result_url"],
+        resolved_by=row["resolved_by"],
     )
 
 
@@ -266,6 +268,7 @@ def device_params(device: DeviceRecord) -> Params:
         "last_seen_at": device.last_seen_at,
         "version": device.version,
         "logins": dumps(logins),
+        "per_account_slots": device.per_account_slots,
     }
 
 
@@ -282,6 +285,7 @@ def device_from_row(row: Row) -> DeviceRecord:
         last_seen_at=row["last_seen_at"],
         version=row["version"],
         logins=logins,
+        per_account_slots=row["per_account_slots"],
     )
 
 

@@ -27,12 +27,13 @@ INSERT INTO jobs (
     id, post_id, platform, account, status, idempotency_key, platform_key, content_hash, text,
     media, scheduled_at, created_at, updated_at, not_before, max_attempts, attempt,
     rate_limited_count, lease_epoch, device_id, lease_expires_at, committed_epoch, verify_first,
-    require_confirm, last_error_class, last_error, result_post_id, result_url
+    require_confirm, last_error_class, last_error, result_post_id, result_url, resolved_by
 ) VALUES (
     :id, :post_id, :platform, :account, :status, :idempotency_key, :platform_key, :content_hash,
     :text, :media, :scheduled_at, :created_at, :updated_at, :not_before, :max_attempts, :attempt,
     :rate_limited_count, :lease_epoch, :device_id, :lease_expires_at, :committed_epoch,
-    :verify_first, :require_confirm, :last_error_class, :last_error, :result_post_id, :result_url
+    :verify_first, :require_confirm, :last_error_class, :last_error, :result_post_id, :result_url,
+    :resolved_by
 );
 
 -- name: update_job
@@ -46,7 +47,8 @@ UPDATE jobs SET
     lease_epoch = :lease_epoch, device_id = :device_id, lease_expires_at = :lease_expires_at,
     committed_epoch = :committed_epoch, verify_first = :verify_first,
     require_confirm = :require_confirm, last_error_class = :last_error_class,
-    last_error = :last_error, result_post_id = :result_post_id, result_url = :result_url
+    last_error = :last_error, result_post_id = :result_post_id, result_url = :result_url,
+    resolved_by = :resolved_by
 WHERE id = :id AND lease_epoch = :expected_epoch AND instr(:expected, '|' || status || '|') > 0;
 
 -- name: upsert_run
@@ -80,11 +82,14 @@ VALUES (:at, :action, :subject_id, :actor, :details_json, :execution_time_ms);
 SELECT last_insert_rowid();
 
 -- name: upsert_device
-INSERT INTO devices (id, kind, capabilities, slots, last_seen_at, version, logins)
-VALUES (:id, :kind, :capabilities, :slots, :last_seen_at, :version, :logins)
-ON CONFLICT (id) DO UPDATE SET
+INSERT INTO devices (
+    id, kind, capabilities, slots, last_seen_at, version, logins, per_account_slots
+) VALUES (
+    :id, :kind, :capabilities, :slots, :last_seen_at, :version, :logins, :per_account_slots
+) ON CONFLICT (id) DO UPDATE SET
     kind = excluded.kind, capabilities = excluded.capabilities, slots = excluded.slots,
-    last_seen_at = excluded.last_seen_at, version = excluded.version, logins = excluded.logins;
+    last_seen_at = excluded.last_seen_at, version = excluded.version, logins = excluded.logins,
+    per_account_slots = excluded.per_account_slots;
 
 -- name: upsert_gate
 INSERT INTO gates (platform, account, closed_until, reason, hits)
