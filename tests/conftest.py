@@ -36,7 +36,7 @@ from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.assets import AssetStore
 from coordinator.content_rules import TextLimits
 from coordinator.gateway import WorkerGatewayService
-from coordinator.leasing.core import LeaseConfig
+from coordinator.leasing.core import DEFAULT_CONFIRM_TIMEOUT_S, LeaseConfig
 from coordinator.main import GRPC_SERVER_OPTIONS
 from coordinator.publishing import PublishingService
 from coordinator.store import open_store
@@ -84,6 +84,7 @@ async def coordinator_server(
     restart_grace_s: float = 3.0,
     text_limits: TextLimits | None = None,
     gateway_limits: GatewayLimits | None = None,
+    confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S,
 ) -> AsyncIterator[InProcess]:
     """Run the coordinator as `coordinator.main.serve` wires it, on 127.0.0.1 port 0.
 
@@ -101,6 +102,7 @@ async def coordinator_server(
         lease_ttl_s=lease_ttl_s,
         restart_grace_s=restart_grace_s,
         commit_min_left_s=min(2.0, lease_ttl_s / 3),
+        confirm_timeout_s=confirm_timeout_s,
     )
     coordinator = Coordinator(store=store, clock=clock, config=CoordinatorConfig(lease=lease))
     await coordinator.load()
