@@ -9,6 +9,7 @@ import pytest
 
 from sandbox.local.mastodon import mastodon_mock_missing
 from sandbox.local.pds import pds_missing
+from sandbox.local.spirit import spirit_missing
 
 
 def _require(missing: str | None) -> None:
@@ -25,3 +26,7 @@ def require_pds() -> None:
 
 def require_mastodon_mock() -> None:
     _require(mastodon_mock_missing())
+
+
+def require_spirit() -> None:
+    _require(spirit_missing())
