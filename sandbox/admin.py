@@ -27,8 +27,11 @@ FaultKindName = Literal[
     "duplicate",
     "accept_then_fail",
     "accept_then_hang",
+    "renamed_selector",
+    "slow_page",
+    "challenge",
 ]
-OpName = Literal["create", "lookup", "me", "any"]
+OpName = Literal["create", "lookup", "me", "page", "any"]
 RetryAfterFormatName = Literal["seconds", "http_date", "reset_unix"]
 
 
@@ -122,22 +125,24 @@ class SandboxAdmin:
         platform: str = "sandbox",
         account: str = "*",
         count: int = 1,
-        op: OpName = "create",
+        op: OpName | None = None,
         retry_after_seconds: float | None = None,
         retry_after_format: RetryAfterFormatName | None = None,
         status: int | None = None,
         hang_seconds: float | None = None,
         message: str | None = None,
     ) -> str:
-        """Queue a fault for the next `count` matching requests; returns the fault's id."""
+        """Queue a fault for the next `count` matching requests; returns the fault's id. `op`
+        defaults to "page" for the page kinds (renamed_selector, slow_page, challenge), else
+        "create"."""
         body: dict[str, Any] = {
             "kind": kind,
             "platform": platform,
             "account": account,
             "count": count,
-            "op": op,
         }
         optional = {
+            "op": op,
             "retry_after_seconds": retry_after_seconds,
             "retry_after_format": retry_after_format,
             "status": status,

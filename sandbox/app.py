@@ -15,7 +15,7 @@ import hashlib
 import html
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from sandbox.admin_auth import AdminToken
+from sandbox.composer import composer_mounts
 from sandbox.faults import (
     FaultKind,
     FaultQueue,
@@ -108,6 +109,9 @@ class SandboxState:
         self._by_id: dict[tuple[str, str], Post] = {}
         self._by_account: dict[tuple[str, str], list[Post]] = {}
         self._logged_out: set[tuple[str, str]] = set()
+        # Bumped at every log-out, so a composer site's older session cookies stop working.
+        # Kept across reset(), like the ids, so a stale cookie never comes back to life.
+        self._session_epoch: Counter[tuple[str, str]] = Counter()
         self.requests: Counter[str] = Counter()
         self.faults_fired: Counter[str] = Counter()
         self.hanging = 0
@@ -117,12 +121,14 @@ class SandboxState:
         # asyncio's Event binds to a loop only when first awaited, so this works outside one.
         self.closing = asyncio.Event()
 
-    def take_fault(self, platform: str, account: str, op: Op) -> FaultSpec | None:
-        spec = self.faults.take(platform, account, op)
+    def take_fault(
+        self, platform: str, account: str, op: Op, kinds: Container[FaultKind] | None = None
+    ) -> FaultSpec | None:
+        spec = self.faults.take(platform, account, op, kinds)
         if spec is not None:
             self.faults_fired[spec.kind.value] += 1
             if spec.kind is FaultKind.AUTH:
-                self._logged_out.add((platform, account))
+                self.set_logged_in(platform, account, False)
         return spec
 
     def is_logged_in(self, platform: str, account: str) -> bool:
@@ -133,10 +139,26 @@ class SandboxState:
             self._logged_out.discard((platform, account))
         else:
             self._logged_out.add((platform, account))
+            self._session_epoch[(platform, account)] += 1
 
-    def record(self, platform: str, account: str, draft: Draft, *, base_url: str) -> Post:
+    def session_epoch(self, platform: str, account: str) -> int:
+        """Which log-out the account is past: a web session made before it is no longer valid."""
+        return self._session_epoch[(platform, account)]
+
+    def record(
+        self,
+        platform: str,
+        account: str,
+        draft: Draft,
+        *,
+        base_url: str,
+        permalink: Callable[[str], str] | None = None,
+    ) -> Post:
+        """Record an accepted post; its url is `permalink(post_id)` when given (a composer
+        site's own page), else the sandbox's /p/ page under `base_url`."""
         self._seq[platform] += 1
         post_id = f"{platform}-{self._seq[platform]}"
+        default_url = f"{base_url}p/{quote(platform, safe='')}/{quote(account, safe='')}/{post_id}"
         post = Post(
             id=post_id,
             platform=platform,
@@ -146,7 +168,7 @@ class SandboxState:
             client_key=draft.client_key,
             fingerprint=fingerprint(draft.text),
             created_at=self.clock(),
-            url=f"{base_url}p/{quote(platform, safe='')}/{quote(account, safe='')}/{post_id}",
+            url=permalink(post_id) if permalink is not None else default_url,
         )
         self.posts.append(post)
         self._by_id[(platform, post_id)] = post
@@ -272,6 +294,17 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
+async def hang(state: SandboxState, request: Request, seconds: float) -> None:
+    """Wait `seconds`, or less: stop early when the client gives up (the soak would otherwise
+    pile up handlers) or the server shuts down (so stopping it is prompt)."""
+    state.hanging += 1
+    try:
+        with anyio.move_on_after(seconds):
+            await _first_of(state.closing.wait, lambda: _client_gone(request))
+    finally:
+        state.hanging -= 1
+
+
 class _Api:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
@@ -361,14 +394,7 @@ class _Api:
         return _send(fault_reply(fault, now=self.state.clock(), existing_id=existing_id))
 
     async def _hang(self, request: Request, seconds: float) -> None:
-        # Stop early when the client gives up (the soak would otherwise pile up handlers) or the
-        # server shuts down (so stopping it is prompt).
-        self.state.hanging += 1
-        try:
-            with anyio.move_on_after(seconds):
-                await _first_of(self.state.closing.wait, lambda: _client_gone(request))
-        finally:
-            self.state.hanging -= 1
+        await hang(self.state, request, seconds)
 
     # Admin API ------------------------------------------------------------------------------
 
@@ -455,6 +481,7 @@ def create_app(*, clock: Clock = time.time, admin_token: str = "") -> Starlette:
             Route("/admin/reset", api.reset, methods=["POST"]),
             Route("/healthz", api.healthz, methods=["GET"]),
             *standin_mounts(clock=clock),
+            *composer_mounts(state),
         ],
         middleware=[Middleware(AdminToken, token=admin_token)] if admin_token else None,
     )

@@ -7,7 +7,7 @@ fault implies (mark an account logged out, sleep, record the post) and sends the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from enum import StrEnum
@@ -42,6 +42,16 @@ class FaultKind(StrEnum):
     ACCEPT_THEN_FAIL = "accept_then_fail"
     # The post is recorded, then the answer hangs (the client times out, or dies waiting).
     ACCEPT_THEN_HANG = "accept_then_hang"
+    # Page faults (op "page", the composer sites in sandbox/composer): they change a page rather
+    # than answer a request. The composer renders a renamed data-testid/aria-label; ...
+    RENAMED_SELECTOR = "renamed_selector"
+    # ... the page is served `hang_seconds` late; ...
+    SLOW_PAGE = "slow_page"
+    # ... the page redirects to a 2FA challenge (recognised by a browser worker, never solved).
+    CHALLENGE = "challenge"
+
+
+PAGE_KINDS = frozenset({FaultKind.RENAMED_SELECTOR, FaultKind.SLOW_PAGE, FaultKind.CHALLENGE})
 
 
 class Op(StrEnum):
@@ -50,6 +60,7 @@ class Op(StrEnum):
     CREATE = "create"
     LOOKUP = "lookup"
     ME = "me"
+    PAGE = "page"  # a page load of a composer site (sandbox/composer)
     ANY = "any"
 
 
@@ -117,12 +128,20 @@ def parse_fault_spec(data: object) -> FaultSpec:
     message = data.get("message")
     if message is not None and not isinstance(message, str):
         raise FaultSpecError("'message' must be a string")
+    kind = _enum(FaultKind, data, "kind", FaultKind.RATE_LIMIT)
+    op = _enum(Op, data, "op", Op.PAGE if kind in PAGE_KINDS else Op.CREATE)
+    if (kind in PAGE_KINDS) != (op is Op.PAGE):
+        raise FaultSpecError(
+            f"kind {kind.value!r} cannot take op {op.value!r}: the page kinds "
+            f"{sorted(k.value for k in PAGE_KINDS)} go with op 'page' (the default for them), "
+            "the other kinds with an API op"
+        )
     return FaultSpec(
         platform=_name(data, "platform", DEFAULT_PLATFORM),
         account=_name(data, "account", WILDCARD),
-        kind=_enum(FaultKind, data, "kind", FaultKind.RATE_LIMIT),
+        kind=kind,
         count=count,
-        op=_enum(Op, data, "op", Op.CREATE),
+        op=op,
         retry_after_seconds=_seconds(data, "retry_after_seconds", DEFAULT_RETRY_AFTER_SECONDS),
         retry_after_format=_enum(
             RetryAfterFormat, data, "retry_after_format", RetryAfterFormat.SECONDS
@@ -190,9 +209,14 @@ class FaultQueue:
         self._pending.append(fault)
         return fault
 
-    def take(self, platform: str, account: str, op: Op) -> FaultSpec | None:
+    def take(
+        self, platform: str, account: str, op: Op, kinds: Container[FaultKind] | None = None
+    ) -> FaultSpec | None:
+        """The oldest pending match (of one of `kinds`, when given), one unit consumed."""
         for index, fault in enumerate(self._pending):
-            if fault.spec.matches(platform, account, op):
+            if fault.spec.matches(platform, account, op) and (
+                kinds is None or fault.spec.kind in kinds
+            ):
                 fault.remaining -= 1
                 if fault.remaining == 0:
                     del self._pending[index]
@@ -259,6 +283,8 @@ def fault_reply(spec: FaultSpec, *, now: float, existing_id: str | None = None) 
         case FaultKind.ACCEPT_THEN_FAIL | FaultKind.ACCEPT_THEN_HANG:
             message = spec.message or "internal server error"
             return Reply(500, {"error": "server_error", "message": message}, {})
+        case FaultKind.RENAMED_SELECTOR | FaultKind.SLOW_PAGE | FaultKind.CHALLENGE:
+            raise ValueError(f"{spec.kind.value} changes a page; it has no reply of its own")
 
 
 def rate_limit_headers(spec: FaultSpec, *, now: float) -> dict[str, str]:
