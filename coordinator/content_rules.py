@@ -15,6 +15,7 @@ Text, as each platform counts it:
 | facebook  | 63,206  | characters                                                              |
 | instagram | 2,200   | characters; also at most 30 hashtags and 20 @-mentions                  |
 | sandbox   | 10,000  | characters (domain.MAX_TEXT_CHARS; the sandbox server itself takes 500) |
+| spirit    | 3,000   | characters (a django-spirit forum's comment field, through a browser)   |
 
 Each default can be changed per platform or per account with `--text-limit PLATFORM[:ACCOUNT]=N`
 (`TextLimits`; an account's own value wins): Mastodon instances and X Premium accounts allow more.
@@ -95,6 +96,7 @@ DEFAULT_TEXT_LIMITS: Mapping[str, int] = types.MappingProxyType(
         "facebook": 63_206,
         "instagram": 2_200,
         "sandbox": MAX_TEXT_CHARS,
+        "spirit": 3_000,
     }
 )
 URL_CHARS = 23  # X and Mastodon count every link as this many characters
@@ -259,6 +261,7 @@ PLATFORM_NAMES: Mapping[str, str] = {
     "facebook": "Facebook",
     "instagram": "Instagram",
     "sandbox": "the sandbox",
+    "spirit": "Spirit",
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 # Platforms the coordinator accepts targets for. Workers advertise which of these they serve.
 KNOWN_PLATFORMS: frozenset[str] = frozenset(
-    {"sandbox", "x", "instagram", "facebook", "linkedin", "mastodon", "bluesky"}
+    {"sandbox", "x", "instagram", "facebook", "linkedin", "mastodon", "bluesky", "spirit"}
 )
 DEFAULT_MAX_ATTEMPTS = 3
 # The sandbox's text limit (content_rules.py has each real platform's own).
