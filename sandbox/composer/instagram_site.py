@@ -153,8 +153,8 @@ class InstagramSite:
             else ""
         )
         return (
-            f'<a class="tile" role="listitem" href="{base}/p/{pid}/">{image}'
-            f'<span class="caption">{escape(post.text)}</span></a>'
+            f'<div class="tile" role="listitem"><a href="{base}/p/{pid}/">{image}'
+            f'<span class="caption">{escape(post.text)}</span></a></div>'
         )
 
 

@@ -32,7 +32,7 @@
     confirmShare.disabled = true;
     const form = new FormData();
     form.append("caption", caption.value);
-    if (photo.files.length > 0) form.append("photo", photo.files[0]);
+    for (const file of photo.files) form.append("photo", file);  // 2+ make a carousel
     let response;
     try {
       response = await fetch(root + "/api/v1/media/configure/", {
