@@ -34,6 +34,7 @@ from coordinator.gates import Quota, parse_quota
 from coordinator.gateway import WorkerGatewayService
 from coordinator.leasing.core import (
     DEFAULT_CLAIM_TIMEOUT_S,
+    DEFAULT_CONFIRM_TIMEOUT_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
     DEFAULT_RUN_TIMEOUT_S,
     LeaseConfig,
@@ -142,6 +143,14 @@ def parse_args(argv: list[str]) -> ServerOptions:
         help="recover a job running longer than this",
     )
     p.add_argument(
+        "--confirm-timeout-s",
+        type=float,
+        default=DEFAULT_CONFIRM_TIMEOUT_S,
+        metavar="SECONDS",
+        help="release a job nobody confirmed within this (FAILED, nothing posted; default "
+        "%(default)g)",
+    )
+    p.add_argument(
         "--retry-initial",
         type=float,
         default=RetryPolicy().initial_interval_s,
@@ -211,6 +220,8 @@ def parse_args(argv: list[str]) -> ServerOptions:
         text_limits[key] = limit
     if a.heartbeat_interval <= 0:
         p.error("--heartbeat-interval must be positive")
+    if a.confirm_timeout_s <= 0:
+        p.error("--confirm-timeout-s must be positive (seconds a job waits for `job confirm`)")
     ttl = a.lease_ttl if a.lease_ttl is not None else 3 * a.heartbeat_interval
     if ttl <= a.heartbeat_interval:
         p.error("--lease-ttl must be longer than --heartbeat-interval")
@@ -223,6 +234,7 @@ def parse_args(argv: list[str]) -> ServerOptions:
         commit_min_left_s=min(ttl / 2, max(1.0, 0.2 * ttl) + 0.5),
         claim_timeout_s=a.claim_timeout,
         run_timeout_s=a.run_timeout,
+        confirm_timeout_s=a.confirm_timeout_s,
     )
     default_policy = RetryPolicy(initial_interval_s=a.retry_initial, max_interval_s=a.retry_max)
     per_platform: dict[str, RetryPolicy] = {}

@@ -22,6 +22,8 @@ def test_defaults_follow_the_design() -> None:
     assert opts.db == "sqlite:///postroom.db"
     assert lease.heartbeat_interval_s == 5 and lease.lease_ttl_s == 15  # TTL = 3 heartbeats
     assert lease.claim_timeout_s == 300 and lease.run_timeout_s == 600
+    assert lease.confirm_timeout_s == 900
+    assert parse_args(["--confirm-timeout-s", "120"]).coordinator.lease.confirm_timeout_s == 120
     # A permit is granted only with more time left than the worker keeps as its margin (3 s).
     assert lease.commit_min_left_s > 3
 
@@ -60,6 +62,7 @@ def test_text_limits_per_platform_and_account_the_account_winning() -> None:
         (["--text-limit", "mastodon=0"], "between 1 and 100000"),
         (["--lease-ttl", "1", "--heartbeat-interval", "2"], "longer than --heartbeat-interval"),
         (["--listen", "nowhere"], "expected HOST:PORT"),
+        (["--confirm-timeout-s", "0"], "--confirm-timeout-s must be positive"),
     ],
 )
 def test_bad_values_are_refused_with_a_reason(

@@ -43,6 +43,7 @@ from coordinator.leasing.operator import OperatorActions
 
 # Re-exported: the lease core's configuration and values are part of its public face.
 from coordinator.leasing.state import DEFAULT_CLAIM_TIMEOUT_S as DEFAULT_CLAIM_TIMEOUT_S
+from coordinator.leasing.state import DEFAULT_CONFIRM_TIMEOUT_S as DEFAULT_CONFIRM_TIMEOUT_S
 from coordinator.leasing.state import DEFAULT_HEARTBEAT_INTERVAL_S as DEFAULT_HEARTBEAT_INTERVAL_S
 from coordinator.leasing.state import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_MAX_CHUNK_BYTES
 from coordinator.leasing.state import DEFAULT_RUN_TIMEOUT_S as DEFAULT_RUN_TIMEOUT_S
@@ -90,7 +91,10 @@ class LeaseCore(OperatorActions):
                 if prev is not None and prev.lease_epoch == job.lease_epoch:
                     run.id, run.started_at = prev.id, prev.started_at
                 deadline = max(job.lease_expires_at or 0.0, now + self.config.restart_grace_s)
-                self.leases[job.id] = Lease(job.id, job.lease_epoch, None, deadline, run)
+                lease = Lease(job.id, job.lease_epoch, None, deadline, run)
+                if job.status is JobStatus.AWAITING_CONFIRM:
+                    lease.awaiting_since = job.updated_at  # its last write was that move
+                self.leases[job.id] = lease
                 self.gates.lease_started(job.target, job.id)
             elif job.status is JobStatus.QUEUED:
                 self.queue.push(job)
@@ -391,6 +395,7 @@ class LeaseCore(OperatorActions):
             fx.send(session_id, wg.CoordinatorMessage(confirm=confirm))
         elif job.status is not JobStatus.AWAITING_CONFIRM:
             self._move(fx, job, JobStatus.AWAITING_CONFIRM, now)
+            lease.awaiting_since = now
         return fx
 
     # ---- time: expiry, stuck recovery, dispatch ------------------------------------------
@@ -406,6 +411,9 @@ class LeaseCore(OperatorActions):
             fx.close_sessions.append(session.id)
         for job_id, lease in list(self.leases.items()):
             job = self.jobs[job_id]
+            if self._confirm_overdue(lease, now):
+                fx.extend(self.confirm_timed_out(job_id, now))
+                continue
             if lease.session_id is None:
                 if now > lease.deadline + self.config.expiry_margin_s:
                     fx.extend(self._recover(job_id, now, reason="lease deadline passed"))
@@ -438,6 +446,8 @@ class LeaseCore(OperatorActions):
         for lease in self.leases.values():
             if lease.session_id is None:
                 times.append(lease.deadline + self.config.expiry_margin_s + 0.001)
+            if lease.awaiting_since is not None:
+                times.append(lease.awaiting_since + self.config.confirm_timeout_s + 0.001)
         oldest = self._oldest_heartbeat()
         if oldest is not None:
             times.append(oldest + self.config.lease_ttl_s + 0.001)

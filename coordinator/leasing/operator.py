@@ -7,6 +7,7 @@ import dataclasses
 from coordinator.domain import (
     TERMINAL_JOB_STATUSES,
     AuditEvent,
+    Job,
     JobStatus,
     LoginState,
     Target,
@@ -16,6 +17,7 @@ from coordinator.leasing.effects import (
     Effects,
 )
 from coordinator.leasing.outcomes import AttemptOutcomes
+from coordinator.leasing.state import Lease
 from postroom.v1 import worker_gateway_pb2 as wg
 
 SYSTEM = "system"
@@ -27,14 +29,50 @@ class OperatorActions(AttemptOutcomes):
         job = self._job(job_id)
         lease = self.leases.get(job_id)
         if job.status is not JobStatus.AWAITING_CONFIRM or lease is None:
-            raise FailedPrecondition(
-                f"job {job_id} is {job.status.value}; only AWAITING_CONFIRM jobs can be confirmed"
-            )
+            raise FailedPrecondition(not_awaiting_confirm(job))
         lease.confirmed = True
+        lease.awaiting_since = None
         self._move(fx, job, JobStatus.RUNNING, now, actor=actor, action="JOB_CONFIRMED")
         if lease.session_id is not None:
             msg = wg.ConfirmJob(job_id=job_id, lease_epoch=lease.epoch)
             fx.send(lease.session_id, wg.CoordinatorMessage(confirm=msg))
+        return fx
+
+    def _confirm_overdue(self, lease: Lease, now: float) -> bool:
+        since = lease.awaiting_since
+        return since is not None and now - since > self.config.confirm_timeout_s
+
+    def confirm_timed_out(self, job_id: str, now: float) -> Effects:
+        """Nobody confirmed in time: the worker is told to stop (it has not committed: a job
+        awaiting confirmation has no permit), the lease ends and the job FAILs; an operator may
+        retry it."""
+        fx = Effects()
+        job = self.jobs[job_id]
+        lease = self.leases[job_id]
+        timeout = self.config.confirm_timeout_s
+        message = f"{CONFIRM_TIMEOUT_PREFIX}{timeout:g}s; nothing was posted"
+        if lease.session_id is not None:
+            msg = wg.CancelJob(job_id=job_id, lease_epoch=lease.epoch, reason=message)
+            fx.send(lease.session_id, wg.CoordinatorMessage(cancel=msg))
+        job.last_error_class, job.last_error = None, message
+        details: dict[str, object] = {
+            "target": str(job.target),
+            "attempt": job.attempt,
+            "epoch": lease.epoch,
+            "device": job.device_id,
+            "waited_s": round(now - (lease.awaiting_since or now), 3),
+            "timeout_s": timeout,
+        }
+        self._finish_attempt(
+            fx,
+            job,
+            JobStatus.FAILED,
+            "failed",
+            now,
+            action="JOB_CONFIRM_TIMEOUT",
+            details=details,
+            error_class="CONFIRM_TIMEOUT",
+        )
         return fx
 
     def cancel(self, job_id: str, actor: str, reason: str, now: float) -> Effects:
@@ -132,3 +170,16 @@ class OperatorActions(AttemptOutcomes):
         fx.batch.audits.append(AuditEvent("GATE_REOPENED", str(target), actor, now, {}))
         fx.extend(self.dispatch(now))
         return fx
+
+
+CONFIRM_TIMEOUT_PREFIX = "not confirmed within "
+
+
+def not_awaiting_confirm(job: Job) -> str:
+    """Why ConfirmJob is refused for a job not waiting for a confirmation, and what to do."""
+    if job.status is JobStatus.FAILED and job.last_error.startswith(CONFIRM_TIMEOUT_PREFIX):
+        return (
+            f"job {job.id} was released: {job.last_error}. `postroom job retry {job.id}` runs "
+            "it again; confirm it when it waits for a confirmation again"
+        )
+    return f"job {job.id} is {job.status.value}; only AWAITING_CONFIRM jobs can be confirmed"

@@ -13,6 +13,7 @@ DEFAULT_EXPIRY_MARGIN_S = 1.0
 DEFAULT_COMMIT_MIN_LEFT_S = 2.0
 DEFAULT_CLAIM_TIMEOUT_S = 300.0
 DEFAULT_RUN_TIMEOUT_S = 600.0
+DEFAULT_CONFIRM_TIMEOUT_S = 900.0
 DEFAULT_MAX_CHUNK_BYTES = 256 * 1024
 DEFAULT_MAX_ASSET_BYTES = 16 * 1024 * 1024
 
@@ -28,6 +29,8 @@ class LeaseConfig:
     # Stuck recovery (the field's defaults): claimed but never started; running far too long.
     claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S
     run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S
+    # A job waiting in AWAITING_CONFIRM longer than this is released (FAILED, nothing posted).
+    confirm_timeout_s: float = DEFAULT_CONFIRM_TIMEOUT_S
     # Leases of a coordinator that restarted are kept this long for their workers to reconnect.
     restart_grace_s: float = DEFAULT_LEASE_TTL_S
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
@@ -74,3 +77,5 @@ class Lease:
     # only once the Assign has surely arrived.
     granted_at: float = 0.0
     verify_only: bool = False  # this attempt may look for the post, never publish it
+    # When the job entered AWAITING_CONFIRM under this lease (None: not waiting for a person).
+    awaiting_since: float | None = None
