@@ -28,7 +28,7 @@ from postroom.v1 import worker_gateway_pb2 as wg
 from worker.adapters.base import ON_FAILURE, AdapterRegistry, PlatformAdapter
 from worker.errors import AdapterError, LeaseLost, RateLimited, Transient
 from worker.jobs import JobPhase, RunningJob, Upload
-from worker.lifecycle import StepNote, publish
+from worker.lifecycle import StepNote, SteppedAdapter, publish
 from worker.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ INFO = types_pb2.LOG_LEVEL_INFO
 WARNING = types_pb2.LOG_LEVEL_WARNING
 ERROR = types_pb2.LOG_LEVEL_ERROR
 _ADAPTER_CLOSE_TIMEOUT_S = 5.0
+COMMIT_BOUND_FRACTION = 0.8
 
 
 class JobTask:
@@ -90,6 +91,8 @@ class JobTask:
         try:
             try:
                 self._adapter = self._adapters.create(job.spec.platform)
+                if isinstance(self._adapter, SteppedAdapter):
+                    self._adapter.bind_steps(self)
                 outcome = await publish(job.spec, self._adapter, self)
                 now = self._clock.now()
                 return job.success(
@@ -169,6 +172,11 @@ class JobTask:
         if left <= self._runner.lease_margin_s():
             return f"lease has {left:.1f}s left: too close to its deadline to commit"
         return None
+
+    def commit_bound_s(self) -> float:
+        # A commit that outlasts the margin could still be running when an unrenewed lease
+        # ends and another worker takes the job over.
+        return COMMIT_BOUND_FRACTION * self._runner.lease_margin_s()
 
     async def screenshot(self, label: str) -> None:
         """Take and send a proof screenshot; never fails the job."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from worker.adapters.base import AFTER_PUBLISH, BEFORE_CONFIRM, JobSpec, PlatformAdapter, Published
 from worker.errors import Duplicate, NotFoundOnVerify
@@ -54,6 +54,27 @@ class JobHooks(Protocol):
         """The same check, asked again just before each request of the commit leaves: why the
         lease no longer allows it, or None."""
         ...
+
+
+class StepSink(Protocol):
+    """What an adapter with steps of its own (a browser playbook) reports them through: each
+    becomes its own step log line with its duration. The runtime binds it (`SteppedAdapter`)."""
+
+    def step(self, name: str) -> AbstractAsyncContextManager[StepNote]: ...
+
+    def commit_refused(self) -> str | None:
+        """As `JobHooks.commit_refused`: asked just before the commit's request leaves."""
+        ...
+
+    def commit_bound_s(self) -> float:
+        """The longest the irreversible step may take: shorter than the lease margin, so it
+        ends before an unrenewed lease does."""
+        ...
+
+
+@runtime_checkable
+class SteppedAdapter(Protocol):
+    def bind_steps(self, sink: StepSink) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
