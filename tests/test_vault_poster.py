@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +118,25 @@ def test_field_platform_names_are_aliases_and_unknown_ones_are_refused(
         assert again["url"] == results["twitter"]["url"]
         with pytest.raises(VaultError, match="not one of this post's platforms"):
             poster.retry_failed_platform(draft, platform="linkedin")
+
+
+def test_the_readme_python_example_runs(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The README's "Python API" example, as written, against an open coordinator."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python API") :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    script = tmp_path / "example.py"
+    script.write_text(match.group(1), encoding="utf-8")
+    env = {**os.environ, "POSTROOM_COORDINATOR": cluster.coordinator_address}
+    for name in ("POSTROOM_TOKEN", "POSTROOM_TOKEN_FILE", "POSTROOM_CA"):
+        env.pop(name, None)
+    run = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert {line.split()[1] for line in lines if line.startswith("sandbox ")} == {"acme", "beta"}
+    assert any(line.startswith("StatusCode.FAILED_PRECONDITION ") for line in lines)
+    assert "NOT_FOUND post p-nope not found" in lines
+    assert "POST_APPROVED" in lines
