@@ -15,11 +15,19 @@ import httpx
 import pytest
 from asgi_thread import serve_in_thread
 from PIL import Image
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    Page,
+    Playwright,
+    Response,
+    expect,
+    sync_playwright,
+)
 from polling import wait_until
 
 from sandbox.admin import SandboxAdmin
 from sandbox.app import create_app
+from worker.browser.playbook import fill_template, json_path, load_playbook
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -338,3 +346,72 @@ def test_submit_hangs_records_the_post_and_never_answers(
 def test_page_faults_are_refused_with_an_api_op(admin: SandboxAdmin) -> None:
     with pytest.raises(Exception, match="cannot take op 'create'"):
         admin.inject("slow_page", platform="x", op="create")
+
+
+# The bundled playbooks against the pages (walked here by hand; the engine's e2e tests run them)
+
+
+@pytest.mark.parametrize("platform", ["x", "instagram"])
+def test_the_bundled_playbook_fits_its_site(
+    browser: Browser,
+    page: Page,
+    sandbox_url: str,
+    admin: SandboxAdmin,
+    account: str,
+    photo: Path,
+    platform: str,
+) -> None:
+    book = load_playbook(f"sandbox-{platform}")
+    base = f"{sandbox_url}/web/{platform}"
+    values = {"base_url": base, "account": account, "text": "Playbook walk\n  with   spaces"}
+    login = book.login
+    wall = browser.new_page()  # a context of its own, never logged in
+    wall.goto(fill_template(login.check_url, values))
+    assert any(part in wall.url for part in login.login_wall.url_contains)
+    expect(wall.locator(str(login.login_wall.selector))).to_be_visible()
+    wall.context.close()
+
+    (x_login if platform == "x" else ig_login)(page, sandbox_url, account)
+    page.goto(fill_template(login.check_url, values))
+    expect(page.locator(str(login.logged_in.selector))).to_be_visible()
+    assert login.logged_in.cookie in {cookie["name"] for cookie in page.context.cookies()}
+
+    for step in book.compose:
+        target = page.locator(step.selector or "body")
+        match step.action:
+            case "goto":
+                page.goto(fill_template(str(step.url), values))
+            case "upload":
+                target.set_input_files(photo)
+            case "fill":
+                target.fill(fill_template(str(step.value), values))
+            case "click":
+                target.click()
+            case "wait_for":
+                target.wait_for()
+    commit = book.commit
+
+    def is_submit(response: Response) -> bool:
+        matched = commit.response.url.search(response.url) is not None
+        return matched and response.request.method == commit.response.method
+
+    with page.expect_response(is_submit) as answer:
+        page.locator(str(commit.step.selector)).click()
+    data = answer.value.json()
+    assert json_path(data, str(commit.outcomes[0].json_has)) is not None
+    post_id = str(json_path(data, str(book.permalink.id_json)))
+    assert commit.success is not None
+    expect(page.locator(str(commit.success.selector))).to_contain_text(str(commit.success.text))
+    [recorded] = admin.posts(platform=platform, account=account)
+    url = fill_template(str(book.permalink.url_template), {**values, "post_id": post_id})
+    assert (recorded["id"], recorded["url"]) == (post_id, url)
+
+    assert book.verify is not None
+    page.goto(fill_template(book.verify.url, values))
+    expect(page.locator(str(book.verify.ready_selector))).to_be_visible()
+    item = page.locator(book.verify.item_selector)
+    expect(item).to_have_count(1)
+    shown = item.locator(str(book.verify.text_selector)).inner_text()
+    assert " ".join(shown.split()) == "Playbook walk with spaces"
+    href = item.locator(str(book.verify.link_selector)).get_attribute("href")
+    assert href is not None and sandbox_url + href == url
