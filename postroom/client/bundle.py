@@ -115,9 +115,12 @@ def readme(job: t.Job, post: t.Post | None, device: t.Device | None, names: list
     for run in job.runs:
         outcome = run.outcome or "running"
         failed = f", failed at {run.failed_step}" if run.failed_step else ""
+        if run.error:
+            error_class = t.ErrorClass.Name(run.error_class).removeprefix("ERROR_CLASS_")
+            failed += f" ({error_class}: {run.error})"
         lines.append(
-            f"  attempt {run.attempt} on {run.device_id or '-'}: {outcome}{failed}"
-            f" ({len(run.logs)} log lines, {len(run.screenshots)} screenshots)"
+            f"  attempt {run.attempt} on {run.device_id or '-'}: {outcome}{failed};"
+            f" {len(run.logs)} log lines, {len(run.screenshots)} screenshots"
         )
     lines += ["", "files:"] + [f"  {name}" for name in names]
     return "\n".join(lines) + "\n"
@@ -136,36 +139,35 @@ def write_bundle(client: Client, job_id: str, path: Path) -> list[str]:
     if device is not None:
         subjects.append(device.id)
     events = _audit(client, subjects)
+    entries: list[tuple[str, bytes]] = []
+
+    def add(name: str, text: str) -> None:
+        entries.append((name, text.encode("utf-8")))
+
+    add("job.json", _json(message_dict(job)))
+    if post is not None:
+        add("post.json", _json(message_dict(post)))
+    if device is not None:
+        add("device.json", _json(message_dict(device)))
     part = path.with_name(f".{path.name}.part")
-    names: list[str] = []
     try:
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as bundle,
-        ):
-
-            def add(name: str, text: str) -> None:
-                bundle.writestr(name, text)
-                names.append(name)
-
-            add("job.json", _json(message_dict(job)))
-            if post is not None:
-                add("post.json", _json(message_dict(post)))
-            if device is not None:
-                add("device.json", _json(message_dict(device)))
+        with tempfile.TemporaryDirectory() as tmp:
             for run in job.runs:
-                folder = f"runs/{run.attempt}-{run.id}"
-                add(f"{folder}/run.json", _json(message_dict(run)))
-                add(f"{folder}/logs.txt", _log_text(run))
+                folder = f"{run.attempt}-{run.id}"
+                add(f"runs/{folder}/run.json", _json(message_dict(run)))
+                add(f"runs/{folder}/logs.txt", _log_text(run))
                 for index, shot in enumerate(run.screenshots, start=1):
-                    name = f"screenshots/{run.attempt}-{run.id}/{_screenshot_name(shot, index)}"
                     local = Path(tmp) / f"{run.id}-{index}"
                     client.download_screenshot(shot.asset_id, local)
-                    bundle.write(local, name)
-                    names.append(name)
-            add("audit.jsonl", "".join(json.dumps(event_dict(e)) + "\n" for e in events))
-            text = readme(job, post, device, ["README.txt", *names])
-            bundle.writestr("README.txt", text)
+                    name = f"screenshots/{folder}/{_screenshot_name(shot, index)}"
+                    entries.append((name, local.read_bytes()))
+        add("audit.jsonl", "".join(json.dumps(event_dict(e)) + "\n" for e in events))
+        names = [name for name, _ in entries]
+        # README.txt first: what a person opens the zip for.
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as bundle:
+            bundle.writestr("README.txt", readme(job, post, device, ["README.txt", *names]))
+            for name, data in entries:
+                bundle.writestr(name, data)
         part.replace(path)
     except OSError as exc:
         raise PostroomError("IO", f"cannot write {path}: {exc.strerror or exc}") from exc
