@@ -127,8 +127,12 @@ print("SEED " + json.dumps(out))
 class Topic:
     id: int
     title: str
-    comment: str  # the first comment: the topic's body, as the user typed it (Markdown)
+    comment: str  # the first comment: the topic's body as typed (Markdown; line breaks \n)
+    comment_id: int  # its permalink is /comment/<comment_id>/find/
     url: str
+
+    def permalink(self, site: str) -> str:
+        return f"{site}/comment/{self.comment_id}/find/"
 
 
 def spirit_missing() -> str | None:
@@ -294,17 +298,25 @@ class SpiritForum:
     def topics(self, username: str) -> list[Topic]:
         """The user's topics, newest first, read from the forum's own database."""
         query = """
-            SELECT t.id, t.title, t.slug,
-                   (SELECT c.comment FROM spirit_comment_comment c
-                    WHERE c.topic_id = t.id ORDER BY c.id LIMIT 1)
-            FROM spirit_topic_topic t JOIN auth_user u ON u.id = t.user_id
+            SELECT t.id, t.title, t.slug, c.id, c.comment
+            FROM spirit_topic_topic t
+            JOIN auth_user u ON u.id = t.user_id
+            LEFT JOIN spirit_comment_comment c ON c.id = (
+                SELECT MIN(first.id) FROM spirit_comment_comment first
+                WHERE first.topic_id = t.id)
             WHERE u.username = ? ORDER BY t.id DESC
         """
-        with sqlite3.connect(self.project / "db.sqlite3", timeout=10.0) as db:
+        with contextlib.closing(sqlite3.connect(self.project / "db.sqlite3", timeout=10.0)) as db:
             rows = db.execute(query, (username,)).fetchall()
         return [
-            Topic(int(pk), title, comment or "", f"{self.url}/topic/{pk}/{slug}/")
-            for pk, title, slug, comment in rows
+            Topic(
+                id=int(pk),
+                title=title,
+                comment=(comment or "").replace("\r\n", "\n"),
+                comment_id=int(comment_id or 0),
+                url=f"{self.url}/topic/{pk}/{slug}/",
+            )
+            for pk, title, slug, comment_id, comment in rows
         ]
 
     def hold_answer(

@@ -1,0 +1,203 @@
+"""What the browser e2e tests against real web apps (mastodon-mock's UI, django-spirit) share: a
+coordinator and a browser worker as processes (`BrowserAppRig`), logins put into a profile the
+way the worker keeps them, `postroom browser-login` driven over CDP, a playbook copy with one
+selector renamed, and the screenshots read back from the coordinator.
+
+Screenshots are judged by what a person would see: each test's post carries `MARK` (Noto Color
+Emoji's red squares), and `red_pixels` counts that exact red below the sites' headers, where
+only the post's own text can put it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from platform_rig import Account, PlatformRig
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright
+from polling import wait_until
+
+from postroom.v1 import types_pb2 as pb
+from postroom_cli.cluster import ClusterConfig
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STATE_FILE = "storage-state.json"  # worker/browser/host.py keeps a profile's login there
+MARK = "🟥🟥🟥🟥"
+RED = (244, 67, 54)  # 🟥 as Noto Color Emoji draws it
+JOB_TIMEOUT_S = 60.0  # generous: a browser on two shared cores
+LOGIN_TIMEOUT_S = 60.0
+PAGE_TIMEOUT_MS = 20_000
+DEVICE = "w1"
+# A lease of 20 s gives the worker a 4 s margin and the submit a 3.2 s bound (0.8 x margin):
+# room for a form post on a loaded machine.
+CONFIG = ClusterConfig(heartbeat_interval_s=1.0, lease_ttl_s=20.0, retry_initial_s=0.3)
+
+
+def require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    missing = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing} (CI must run these tests)")
+    pytest.skip(missing)
+
+
+def launch(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class BrowserAppRig(PlatformRig):
+    """A coordinator and one browser worker (`--kind browser`) as processes."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, CONFIG)
+        self.profiles_dir = workdir / "profiles"
+        self.profiles_dir.mkdir(parents=True, exist_ok=True)
+        self.accounts_file = workdir / "accounts.toml"
+
+    def __enter__(self) -> BrowserAppRig:
+        return self
+
+    def start_browser(self, accounts: Sequence[Account]) -> None:
+        self.start(accounts, worker_args=self.browser_args())
+
+    def browser_args(self) -> tuple[str, ...]:
+        return ("--kind", "browser", "--profiles-dir", str(self.profiles_dir))
+
+    def state_file(self, platform: str, account: str) -> Path:
+        return self.profiles_dir / platform / account / STATE_FILE
+
+    def save_login(self, context: BrowserContext, platform: str, account: str) -> None:
+        """Keep `context`'s cookies and localStorage as the account's profile (a login made
+        in the test's own browser, as `postroom browser-login` would have kept it)."""
+        path = self.state_file(platform, account)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(json.dumps(context.storage_state()))
+        path.chmod(0o600)
+
+    def wait_job(
+        self, post_id: str, what: str, probe: Callable[[pb.Job], bool], timeout_s: float = 0
+    ) -> pb.Job:
+        return super().wait_job(post_id, what, probe, timeout_s or JOB_TIMEOUT_S)
+
+    def wait_status(
+        self, post_id: str, status: pb.JobStatus.ValueType, timeout_s: float = 0
+    ) -> pb.Job:
+        return super().wait_status(post_id, status, timeout_s or JOB_TIMEOUT_S)
+
+    # ---- screenshots -----------------------------------------------------------------------
+
+    def screenshot(self, job: pb.Job, label: str) -> Image.Image:
+        """The job's screenshot with `label` (the latest), read back from the coordinator."""
+        shots = [s for run in job.runs for s in run.screenshots if s.label == label]
+        assert shots, f"no {label} screenshot: {[s.label for r in job.runs for s in r.screenshots]}"
+        data = b"".join(chunk.data for chunk in self.api.get_asset(shots[-1].asset_id))
+        assert data.startswith(b"\x89PNG\r\n\x1a\n"), f"{label} is not a PNG"
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image.convert("RGB")
+
+    # ---- a person's login ------------------------------------------------------------------
+
+    def browser_login(
+        self,
+        playwright: Playwright,
+        platform: str,
+        account: str,
+        log_in: Callable[[Page], None],
+    ) -> str:
+        """Run `postroom browser-login --headless` for the account, let `log_in` do on its page
+        what a person would, and return what the command printed (it must exit 0)."""
+        port = free_port()
+        out = self.workdir / f"browser-login-{platform}-{account}.out"
+        argv = [
+            sys.executable, "-m", "postroom_cli", "browser-login",
+            "--platform", platform, "--account", account,
+            "--accounts", str(self.accounts_file), "--profiles-dir", str(self.profiles_dir),
+            "--headless", "--remote-debugging-port", str(port),
+            "--timeout-s", str(int(LOGIN_TIMEOUT_S)),
+        ]  # fmt: skip
+        with open(out, "wb") as sink:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+        try:
+            url = wait_until(
+                "browser-login to open its page",
+                lambda: _debugging_url(out, proc),
+                LOGIN_TIMEOUT_S,
+            )
+            browser = playwright.chromium.connect_over_cdp(url)
+            page = browser.contexts[0].pages[0]
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            log_in(page)
+            code = proc.wait(LOGIN_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        printed = out.read_text(errors="replace")
+        assert code == 0, f"browser-login exited {code}:\n{printed}"
+        return printed
+
+
+def _debugging_url(out: Path, proc: subprocess.Popen[bytes]) -> str | None:
+    found = re.search(r"remote debugging on (http://\S+)", out.read_text(errors="replace"))
+    if found:
+        return found.group(1)
+    if proc.poll() is not None:
+        raise AssertionError(f"browser-login exited {proc.returncode}:\n{out.read_text()}")
+    return None
+
+
+def red_pixels(image: Image.Image, *, below: int) -> int:
+    """How many pixels below the `below`-th row are MARK's red."""
+    region = image.crop((0, below, image.width, image.height))
+    histogram = {color: n for n, color in region.getcolors(maxcolors=1 << 24) or []}
+    return histogram.get(RED, 0)
+
+
+def renamed_playbook(bundled: Path, dest: Path, old: str, new: str) -> Path:
+    """A copy of a playbook with one selector changed (a data edit, as a site redesign makes
+    necessary), its version bumped."""
+    text = bundled.read_text(encoding="utf-8")
+    line = f'selector = "{old}"'
+    assert text.count(line) == 1, f"{bundled} has {line} {text.count(line)} times, not once"
+    text = text.replace(line, f'selector = "{new}"')
+    text = re.sub(r"(?m)^version = ([0-9]+)$", lambda m: f"version = {int(m[1]) + 1}", text)
+    dest.write_text(text, encoding="utf-8")
+    return dest
+
+
+def bundled_playbook(name: str) -> Path:
+    import worker.browser
+
+    return Path(worker.browser.__file__).parent / "playbooks" / f"{name}.toml"
+
+
+def steps(job: pb.Job) -> list[list[str]]:
+    """Per run, the steps it logged, in order and without repeats."""
+    return [list(dict.fromkeys(line.step for line in run.logs)) for run in job.runs]
