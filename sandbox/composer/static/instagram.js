@@ -20,8 +20,18 @@
     preview.appendChild(img);
   });
 
+  // Both dialogs show what is (being) shared: the photo and the caption.
+  function showPost(where) {
+    document.getElementById(where + "-caption").textContent = caption.value;
+    const box = document.getElementById(where + "-preview");
+    box.textContent = "";
+    const shown = preview.querySelector("img");
+    if (shown) box.appendChild(shown.cloneNode());
+  }
+
   document.getElementById("share").addEventListener("click", function () {
     toast.hidden = true;
+    showPost("confirm");
     confirm.hidden = false;
   });
   document.getElementById("confirm-cancel").addEventListener("click", function () {
@@ -46,6 +56,7 @@
     if (response.ok && body.status === "ok") {
       confirm.hidden = true;
       document.getElementById("shared-link").href = root + "/p/" + body.media.code + "/";
+      showPost("shared");
       shared.hidden = false;
       return;
     }

@@ -26,6 +26,20 @@
     toast.hidden = false;
   }
 
+  // The sent post appears under the composer, as in X's timeline (and in the proof screenshot).
+  function sent(text, link) {
+    const article = document.createElement("article");
+    article.dataset.testid = "tweet";
+    const words = document.createElement("p");
+    words.dataset.testid = "tweetText";
+    words.textContent = text;
+    const view = document.createElement("a");
+    view.href = link;
+    view.textContent = "@" + account + " · just now";
+    article.append(view, words);
+    document.getElementById("sent").prepend(article);
+  }
+
   box.addEventListener("input", refresh);
   files.addEventListener("change", function () {
     preview.textContent = "";
@@ -56,7 +70,9 @@
     const body = await response.json().catch(function () { return {}; });
     if (response.ok) {
       const id = body.data.create_tweet.tweet_results.result.rest_id;
-      show("ok", "Your post was sent.", root + "/" + account + "/status/" + id);
+      const link = root + "/" + account + "/status/" + id;
+      show("ok", "Your post was sent.", link);
+      sent(box.value, link);
       box.value = "";
       return;
     }
