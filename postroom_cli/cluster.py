@@ -221,6 +221,7 @@ class LocalCluster:
         media_dirs: Sequence[Path] = (),
         env: Mapping[str, str] | None = None,
         wrap: Sequence[str] = (),
+        kind: str = "api",
     ) -> Child:
         """A worker serving sandbox `platforms` and/or the real accounts of an `accounts` file
         (their credential references resolved from `env`). `wrap` prefixes the command, e.g.
@@ -242,7 +243,7 @@ class LocalCluster:
             "--device-id",
             device_id,
             "--kind",
-            "api",
+            kind,
             "--concurrency",
             str(concurrency),
             "--metrics-listen",

@@ -89,6 +89,9 @@ class WorkerConfig:
     # How to dial the coordinator: plaintext to loopback, TLS (--ca, client certificate) beyond.
     tls: ClientTls = field(default_factory=ClientTls)
     kind: WorkerKindName = "api"
+    # Jobs one account may run at once here (Hello.per_account_slots): 1 on a browser worker
+    # (one profile types one post at a time), 0 = no per-account limit (API workers).
+    per_account_slots: int = 0
     concurrency: int = DEFAULT_CONCURRENCY
     metrics_listen: str = DEFAULT_METRICS_LISTEN
     sandbox_url: str | None = None

@@ -3,6 +3,7 @@
     postroom worker --coordinator HOST:PORT --device-id ID [--token-file PATH] --kind api|browser
         [--ca PATH] [--tls-cert PATH --tls-key PATH]
         [--accounts FILE] [--media-dir DIR ...] [--platform P[:ACCOUNT] ... --sandbox-url URL]
+        [--profiles-dir DIR] [--headed]
         --concurrency N --metrics-listen HOST:PORT
         [--request-timeout-s 10] [--drain-timeout-s 60] [--log-format text|json]
 
@@ -11,7 +12,9 @@ never from a flag value: a command line shows in `ps`.
 
 `--accounts` names the real accounts this worker publishes to (worker/accounts.py: TOML with
 credentials as env:/file: references); `--platform` names sandbox platforms served by
-`--sandbox-url`. A worker may have both.
+`--sandbox-url`. A worker may have both. An account with a `playbook` is a browser account
+(worker/browser/): it needs `--kind browser`, publishes through Chromium, and keeps its login in
+`--profiles-dir` (put there by `postroom browser-login`).
 
 Prints `worker ID ready (coordinator HOST:PORT) metrics http://HOST:PORT/metrics` on stdout once
 the first Welcome arrives. Exit status: 0 after a drain (SIGTERM/SIGINT; a second signal stops at
@@ -42,6 +45,13 @@ from worker.accounts import AccountConfig, AccountsError, load_accounts
 from worker.adapters.base import AdapterRegistry
 from worker.adapters.noop import noop_factory
 from worker.adapters.sandbox import sandbox_factory
+from worker.browser.host import (
+    DEFAULT_PROFILES_DIR,
+    BrowserAccount,
+    BrowserHost,
+    browser_account,
+    is_browser_account,
+)
 from worker.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -128,6 +138,18 @@ def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
         metavar="PLATFORM[:ACCOUNT]",
         help="a sandbox platform (any account) or platform:account to serve; repeatable",
     )
+    p.add_argument(
+        "--profiles-dir",
+        type=Path,
+        default=DEFAULT_PROFILES_DIR,
+        metavar="DIR",
+        help="browser accounts' logins, one folder per platform/account (postroom browser-login)",
+    )
+    p.add_argument(
+        "--headed",
+        action="store_true",
+        help="show the browser window (needs a display); default headless",
+    )
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N")
     p.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN, metavar="HOST:PORT")
     p.add_argument(
@@ -171,6 +193,7 @@ def config_from_args(
             insecure_plaintext=args.insecure_plaintext,
         ),
         kind=args.kind,
+        per_account_slots=1 if args.kind == "browser" else 0,
         capabilities=sandboxed + tuple(Capability(a.platform, a.account) for a in accounts),
         concurrency=args.concurrency,
         metrics_listen=args.metrics_listen,
@@ -209,16 +232,19 @@ def build_adapters(
     clock: Clock,
     metrics: WorkerMetrics | None,
     host: AccountHost | None = None,
+    browser_host: BrowserHost | None = None,
 ) -> AdapterRegistry:
     """Every platform this worker serves -> its adapter: the real accounts' platforms through
     the account host, the rest through the sandbox (or nowhere, with --noop)."""
     if config.noop:
         return AdapterRegistry({platform: noop_factory() for platform in config.platforms})
     registry = AdapterRegistry()
-    real = set(host.platforms()) if host is not None else set()
-    if host is not None:
-        for platform in host.platforms():
-            registry.register(platform, host.factory())
+    real: set[str] = set()
+    for hosted in (host, browser_host):
+        if hosted is not None:
+            real.update(hosted.platforms())
+            for platform in hosted.platforms():
+                registry.register(platform, hosted.factory())
     sandboxed = [p for p in config.platforms if p not in real]
     if sandboxed:
         if not config.sandbox_url:
@@ -251,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not accounts and not args.platform:
             raise ValueError("nothing to serve: give --accounts FILE and/or --platform")
         config = config_from_args(args, accounts)
+        browser = browser_accounts(args, accounts)
         redactor.add(config.token)  # never in a log line, whatever prints it
         try:
             config.tls.credentials(config.coordinator)  # unreadable files: now, not per dial
@@ -265,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: {redactor(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return anyio.run(_run, config, accounts, tuple(args.media_dir), redactor)
+        api = tuple(a for a in accounts if not is_browser_account(a))
+        return anyio.run(
+            _run, config, api, browser, _browser_options(args), tuple(args.media_dir), redactor
+        )
     except (SessionRefused, BaseExceptionGroup) as exc:
         # Refused (a wrong or revoked token, accounts it may not serve, replaced by a twin):
         # one line and exit 2, also when it surfaces through the task groups.
@@ -286,9 +316,40 @@ def _refusal(exc: BaseException) -> SessionRefused | None:
     return None
 
 
+def browser_accounts(
+    args: argparse.Namespace, accounts: tuple[AccountConfig, ...]
+) -> tuple[BrowserAccount, ...]:
+    """The accounts with a playbook, each checked; ValueError naming what to fix."""
+    browser = tuple(
+        browser_account(a, relative_to=args.accounts.parent if args.accounts else None)
+        for a in accounts
+        if is_browser_account(a)
+    )
+    if browser and args.kind != "browser":
+        raise ValueError(
+            f"account {browser[0].label} names a playbook: it is a browser account; "
+            "run it on a worker started with --kind browser"
+        )
+    both = {a.platform for a in browser} & {
+        a.platform for a in accounts if not is_browser_account(a)
+    }
+    if both:
+        raise ValueError(
+            f"platform {sorted(both)[0]} has browser and API accounts here; serve them from "
+            "two workers"
+        )
+    return browser
+
+
+def _browser_options(args: argparse.Namespace) -> tuple[Path, bool]:
+    return args.profiles_dir, not args.headed
+
+
 async def _run(
     config: WorkerConfig,
     accounts: tuple[AccountConfig, ...],
+    browser: tuple[BrowserAccount, ...],
+    browser_options: tuple[Path, bool],
     media_dirs: tuple[Path, ...],
     redactor: Redactor,
 ) -> int:
@@ -296,10 +357,17 @@ async def _run(
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry, platforms=config.platforms)
     account_host: AccountHost | None = None
+    media = MediaLoader(media_dirs=media_dirs, timeout_s=config.request_timeout_s)
+    browser_host: BrowserHost | None = None
+    if browser:
+        profiles_dir, headless = browser_options
+        browser_host = BrowserHost(
+            browser, profiles_dir=profiles_dir, media=media, clock=clock, headless=headless
+        )
     if accounts:
         context = PlatformContext(
             clock=clock,
-            media=MediaLoader(media_dirs=media_dirs, timeout_s=config.request_timeout_s),
+            media=media,
             redactor=redactor,
             observe=metrics.platform_request,
             timeout_s=config.request_timeout_s,
@@ -320,6 +388,8 @@ async def _run(
         )
         if account_host is not None:
             await account_host.aclose()
+        if browser_host is not None:
+            await browser_host.aclose()
         return EXIT_USAGE
     provider = make_tracer_provider("postroom-worker")
     interceptors = []
@@ -329,7 +399,9 @@ async def _run(
         interceptors = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
     worker = Worker(
         config=config,
-        adapters=build_adapters(config, clock=clock, metrics=metrics, host=account_host),
+        adapters=build_adapters(
+            config, clock=clock, metrics=metrics, host=account_host, browser_host=browser_host
+        ),
         clock=clock,
         metrics=metrics,
         tracer=provider.get_tracer("postroom.worker"),
@@ -349,6 +421,8 @@ async def _run(
             await server.aclose()
             if account_host is not None:
                 await account_host.aclose()
+            if browser_host is not None:
+                await browser_host.aclose()
         provider.shutdown()
     log.info("worker %s stopped", config.device_id)
     return EXIT_FORCED if forced else EXIT_OK

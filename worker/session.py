@@ -174,6 +174,7 @@ def hello(config: WorkerConfig, held: Iterable[wg.HeldJob]) -> wg.WorkerMessage:
             kind=KINDS[config.kind],
             capabilities=capabilities,
             slots=config.concurrency,
+            per_account_slots=config.per_account_slots,
             held_jobs=list(held),
             version=config.version,
         )

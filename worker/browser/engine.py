@@ -92,7 +92,8 @@ class SubmitWatch:
         self.failure: str | None = None
         self.refusal: str | None = None
         self.blocked: list[str] = []
-        self.done = anyio.Event()
+        self.left = anyio.Event()  # the submit left, or the fence stopped it
+        self.done = anyio.Event()  # its answer came, or it failed, or the fence stopped it
 
     async def install(self, page: Page) -> None:
         await page.route(lambda url: self.match.url.search(url) is not None, self._route)
@@ -119,9 +120,11 @@ class SubmitWatch:
             self.refusal = reason
             self.armed = False
             await route.abort(_BLOCKED)
+            self.left.set()
             self.done.set()
             return
         self.sent = request
+        self.left.set()
         await route.continue_()
 
     def _on_response(self, response: Response) -> None:
@@ -305,21 +308,29 @@ class PageRun:
 
     async def commit(self) -> tuple[OutcomeRule, Response, object, float]:
         """Run the commit step: the accepted rule, the response, its JSON and the seconds of
-        the bound left; every other outcome raises."""
-        spec = self.playbook.commit
-        step = spec.step
-        bound_s = min(step.timeout_ms / 1000, self.sink.commit_bound_s())
+        the answer's bound left; every other outcome raises.
+
+        The step's own timeout bounds the click until the request leaves (the fence decides,
+        at that moment, whether the lease still allows it); the wait for the answer is then
+        bounded by `commit_bound_s`, shorter than the lease margin."""
+        step = self.playbook.commit.step
+        step_s = step.timeout_ms / 1000
+        answer_s = min(step_s, self.sink.commit_bound_s())
+        left = 0.0
         async with self.sink.step(step.name) as note:
-            started = anyio.current_time()
             self.watch.arm(self.sink.commit_refused)
             try:
-                with anyio.move_on_after(bound_s):
-                    await self._trigger(step, bound_s)
-                    await self.watch.done.wait()
+                with anyio.move_on_after(step_s):
+                    await self._trigger(step, step_s)
+                    await self.watch.left.wait()
+                if self.watch.sent is not None:
+                    sent_at = anyio.current_time()
+                    with anyio.move_on_after(answer_s):
+                        await self.watch.done.wait()
+                    left = answer_s - (anyio.current_time() - sent_at)
             finally:
                 self.watch.armed = False
-            left = bound_s - (anyio.current_time() - started)
-            rule, response, data = await self._judge(bound_s)
+            rule, response, data = await self._judge(step_s, answer_s)
             note.message = f"HTTP {response.status} {rule.result}" + self._blocked_note()
             return rule, response, data, left
 
@@ -338,14 +349,14 @@ class PageRun:
                 raise self.ui_changed(step, exc) from None
             # the request left; the click's own error (a page that navigated) does not matter
 
-    async def _judge(self, bound_s: float) -> tuple[OutcomeRule, Response, object]:
+    async def _judge(self, step_s: float, answer_s: float) -> tuple[OutcomeRule, Response, object]:
         w, name = self.watch, self.playbook.commit.step.name
         if w.refusal is not None:
             raise LeaseLost(f"not submitting: {w.refusal}")
         if w.sent is None:
             await self.raise_if_walled(name)
             raise Transient(
-                f"step {name!r}: not submitted: no submit request left within {bound_s:.1f}s "
+                f"step {name!r}: not submitted: no submit request left within {step_s:.1f}s "
                 "(nothing was posted)",
                 not_created=True,
             )
@@ -354,7 +365,7 @@ class PageRun:
             raise Transient(f"step {name!r}: the submit request failed ({w.failure}); {doubt}")
         if w.response is None:
             raise Transient(
-                f"step {name!r}: no answer to the submit within {bound_s:.1f}s; {doubt}"
+                f"step {name!r}: no answer to the submit within {answer_s:.1f}s; {doubt}"
             )
         response = w.response
         body = await self._body(response)
