@@ -48,6 +48,11 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "sandbox": ("sandbox.server", "main", "run the platform stand-ins with fault injection"),
     "demo": ("postroom_cli.demo", "main", "start everything locally and publish a few posts"),
     "vault": ("postroom_vault.cli", "main", "Markdown vault workflow (draft, watch)"),
+    "browser-login": (
+        "postroom_cli.browser_login",
+        "main",
+        "log a browser account in, in its worker profile (opens Chromium)",
+    ),
 }
 _GLOBAL_OPTIONS_WITH_VALUE = (
     "--coordinator",
