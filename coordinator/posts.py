@@ -299,6 +299,72 @@ async def cancel(
     return fx, post
 
 
+async def delete(
+    store: Store, core: LeaseCore, post_id: str, reason: str, actor: str, now: float
+) -> tuple[Effects, list[str]]:
+    """Delete a post that never published: its open jobs are cancelled (their workers told to
+    stop), then the post, its jobs, runs and logs are removed; the audit log keeps all of it.
+    Returns the ids of the jobs it cancelled."""
+    post = await _load(store, core, post_id)
+    jobs = await _post_jobs(store, core, post_id)
+    _check_deletable(core, post, jobs)
+    fx = Effects()
+    # Held from here (an approval no job matches): no dispatch hands out a job of this post,
+    # and no worker holding one gets a commit permit, while its siblings are being cancelled.
+    core.book.add(dataclasses.replace(post, approved_hash=""))
+    cancelled: list[str] = []
+    for job in sorted(jobs, key=lambda j: j.id in core.leases):
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.FAILED):
+            continue
+        core.track(job)
+        fx.extend(core.cancel(job.id, actor, reason or "post deleted", now))
+        cancelled.append(job.id)
+    core.forget_post(post_id)
+    fx.batch.deleted_posts.append(post_id)
+    _audit(
+        fx,
+        "POST_DELETED",
+        post,
+        actor,
+        now,
+        content_hash=post.content_hash,
+        status=post.status.value,
+        targets=[str(t) for t in post.targets],
+        jobs=[j.id for j in jobs],
+        cancelled=cancelled,
+        reason=reason,
+    )
+    return fx, cancelled
+
+
+def _check_deletable(core: LeaseCore, post: Post, jobs: Sequence[Job]) -> None:
+    """Refuse (FailedPrecondition, saying what to do) to delete a post that is or may be live."""
+    live = [
+        f"{j.target} {j.result_url or j.result_post_id}"
+        for j in jobs
+        if j.status is JobStatus.SUCCEEDED
+    ]
+    if live:
+        raise FailedPrecondition(
+            f"post {post.id} is published and cannot be deleted; live: {', '.join(live)}. "
+            "Delete those posts on the platforms by hand; postroom keeps their record"
+        )
+    for job in jobs:
+        wait = core.permit_wait(job.id)
+        if wait:
+            raise FailedPrecondition(f"post {post.id} cannot be deleted yet: {wait}")
+    # CANCELLED ones are left out: nothing could clear their doubt, and a person cancelled them.
+    doubt = [j for j in jobs if j.verify_first and j.status is not JobStatus.CANCELLED]
+    if doubt:
+        ids = ", ".join(f"{j.id} ({j.target})" for j in doubt)
+        raise FailedPrecondition(
+            f"post {post.id} may be live: an attempt of job {ids} got a commit permit and never "
+            "reported. Look on the platform: if the post is there, record it with `postroom job "
+            "resolve JOB --published-url URL`; if not, let the job look first (`postroom job "
+            "retry JOB` if it is not queued). Then delete"
+        )
+
+
 def _refresh_content(job: Job, post: Post, target: Target, when: float, now: float) -> None:
     job.text, job.media, job.content_hash = post.text, post.media, post.content_hash
     job.platform_key = platform_key(post.id, target, post.content_hash)

@@ -17,11 +17,12 @@ import grpc
 
 from coordinator import content_rules, posts
 from coordinator.access.approval import check_not_author
-from coordinator.access.interceptor import current_principal, require_role
+from coordinator.access.interceptor import actor_name, current_principal, require_role
 from coordinator.access.records import Role
 from coordinator.access.service import AccessRpcs
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore, sniff_content_type
+from coordinator.by_hand import ByHandRpcs
 from coordinator.convert import (
     audit_pb,
     device_pb,
@@ -42,9 +43,6 @@ from coordinator.domain import (
 from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
 from coordinator.leasing.effects import Effects
 from coordinator.store.base import JobFilter
-from coordinator.validation import (
-    actor_name as typed_actor,
-)
 from coordinator.validation import (
     check_content_hash,
     check_filter,
@@ -108,15 +106,7 @@ def rpc(
     return wrapper
 
 
-def actor_name(value: str) -> str:
-    """Who the audit log names: the caller's token identity; the typed `actor` only when the
-    coordinator runs open (loopback, no tokens), where nobody proves who they are."""
-    typed = typed_actor(value)  # checked even when unused: a bad field is still refused
-    principal = current_principal()
-    return principal.actor if principal is not None and principal.authenticated else typed
-
-
-class PublishingService(AccessRpcs, pub_grpc.PublishingServicer):
+class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     def __init__(
         self,
         coordinator: Coordinator,

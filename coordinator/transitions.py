@@ -32,8 +32,9 @@ JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     # the attempt that held the commit permit reports its post late (a verifying rerun that met a
     # login wall put the job here meanwhile): the post exists, the job must say so.
     J.NEEDS_LOGIN: frozenset({J.QUEUED, J.CANCELLED, J.FAILED, J.SUCCEEDED}),
-    # An operator's retry, or a reschedule after the author edited the post.
-    J.FAILED: frozenset({J.QUEUED, J.CANCELLED}),
+    # An operator's retry, or a reschedule after the author edited the post; SUCCEEDED when a
+    # person published it by hand and recorded it (ResolveJob).
+    J.FAILED: frozenset({J.QUEUED, J.CANCELLED, J.SUCCEEDED}),
     # Never published again, never un-cancelled.
     J.SUCCEEDED: frozenset(),
     J.CANCELLED: frozenset(),

@@ -45,8 +45,8 @@ EXPECTED_JOB: dict[JobStatus, set[JobStatus]] = {
     # Login restored (or an operator's retry) -> QUEUED; a late success of a committed earlier
     # attempt -> SUCCEEDED; never straight back to a lease.
     J.NEEDS_LOGIN: {J.QUEUED, J.CANCELLED, J.FAILED, J.SUCCEEDED},
-    # An operator's retry or a reschedule; or cancelled.
-    J.FAILED: {J.QUEUED, J.CANCELLED},
+    # An operator's retry or a reschedule; or cancelled; or published by hand (ResolveJob).
+    J.FAILED: {J.QUEUED, J.CANCELLED, J.SUCCEEDED},
     # Never published again, never un-cancelled.
     J.SUCCEEDED: set(),
     J.CANCELLED: set(),

@@ -39,7 +39,7 @@ from coordinator.leasing.effects import (
     Dispatched,
     Effects,
 )
-from coordinator.leasing.operator import OperatorActions
+from coordinator.leasing.manual import ManualActions
 
 # Re-exported: the lease core's configuration and values are part of its public face.
 from coordinator.leasing.state import DEFAULT_CLAIM_TIMEOUT_S as DEFAULT_CLAIM_TIMEOUT_S
@@ -57,7 +57,7 @@ from postroom.v1 import worker_gateway_pb2 as wg
 SYSTEM = "system"
 
 
-class LeaseCore(OperatorActions):
+class LeaseCore(ManualActions):
     # ---- loading and adding work ---------------------------------------------------------
 
     def load(

@@ -70,6 +70,9 @@ class WriteBatch:
     gates: list[GateRecord] = field(default_factory=list)  # upsert by target
     operator_tokens: list[OperatorToken] = field(default_factory=list)  # upsert by id
     enrollments: list[DeviceEnrollment] = field(default_factory=list)  # upsert by name
+    # Posts removed with their jobs, runs, step logs and screenshot rows (DeletePost); applied
+    # after every other write of the batch. Audit entries are never removed.
+    deleted_posts: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(
@@ -86,6 +89,7 @@ class WriteBatch:
                 self.gates,
                 self.operator_tokens,
                 self.enrollments,
+                self.deleted_posts,
             )
         )
 
@@ -102,6 +106,7 @@ class WriteBatch:
         self.gates += other.gates
         self.operator_tokens += other.operator_tokens
         self.enrollments += other.enrollments
+        self.deleted_posts += other.deleted_posts
 
 
 class Store(Protocol):

@@ -103,6 +103,8 @@ class InMemoryStore:
         for gate in batch.gates:
             st.gates[gate.target] = copy.deepcopy(gate)
         self._write_access(st, batch)
+        for post_id in batch.deleted_posts:
+            _delete_post(st, post_id)
         self._state = st
         for event, seq in zip(batch.audits, seqs, strict=True):
             event.seq = seq
@@ -297,3 +299,15 @@ def _check_parent(parents: Mapping[str, object], parent_id: str, what: str) -> N
     # Mirrors SQLite's foreign keys (which the SQLite store reports as StoreError).
     if parent_id not in parents:
         raise StoreError(f"{what} refers to {parent_id!r}, which does not exist")
+
+
+def _delete_post(st: _State, post_id: str) -> None:
+    """The post, its jobs and their runs, logs and screenshots (as the SQL store's deletes)."""
+    st.posts.pop(post_id, None)
+    for job in [j for j in st.jobs.values() if j.post_id == post_id]:
+        del st.jobs[job.id]
+        st.job_ids_by_key.pop(job.idempotency_key, None)
+        for run_id in [r.id for r in st.runs.values() if r.job_id == job.id]:
+            del st.runs[run_id]
+            st.logs.pop(run_id, None)
+            st.screenshots.pop(run_id, None)

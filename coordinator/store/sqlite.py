@@ -45,6 +45,14 @@ from coordinator.store.rows import Params
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 _UNIQUE_ERRORS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
 _QUERIES = load_queries()
+# DeletePost's statements, in order: a post's screenshot and step-log rows, runs, jobs, the post.
+DELETE_POST_STAGES = (
+    "delete_post_screenshots",
+    "delete_post_logs",
+    "delete_post_runs",
+    "delete_post_jobs",
+    "delete_post",
+)
 
 
 class _Missed(Exception):
@@ -224,6 +232,10 @@ class SqliteStore:
         if batch.enrollments:
             params = [access_rows.enrollment_params(e) for e in batch.enrollments]
             await self._many(conn, "enrollments", q["upsert_enrollment"], params)
+        if batch.deleted_posts:
+            params = [{"post_id": post_id} for post_id in batch.deleted_posts]
+            for stage in DELETE_POST_STAGES:  # children first: no row is left without its parent
+                await self._many(conn, stage, q[stage], params)
         return seqs
 
     async def _diagnose(

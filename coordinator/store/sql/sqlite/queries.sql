@@ -91,6 +91,25 @@ INSERT INTO devices (
     last_seen_at = excluded.last_seen_at, version = excluded.version, logins = excluded.logins,
     per_account_slots = excluded.per_account_slots;
 
+-- name: delete_post_screenshots
+DELETE FROM screenshots WHERE run_id IN (
+    SELECT runs.id FROM runs JOIN jobs ON runs.job_id = jobs.id WHERE jobs.post_id = :post_id
+);
+
+-- name: delete_post_logs
+DELETE FROM step_logs WHERE run_id IN (
+    SELECT runs.id FROM runs JOIN jobs ON runs.job_id = jobs.id WHERE jobs.post_id = :post_id
+);
+
+-- name: delete_post_runs
+DELETE FROM runs WHERE job_id IN (SELECT id FROM jobs WHERE post_id = :post_id);
+
+-- name: delete_post_jobs
+DELETE FROM jobs WHERE post_id = :post_id;
+
+-- name: delete_post
+DELETE FROM posts WHERE id = :post_id;
+
 -- name: upsert_gate
 INSERT INTO gates (platform, account, closed_until, reason, hits)
 VALUES (:platform, :account, :closed_until, :reason, :hits)
