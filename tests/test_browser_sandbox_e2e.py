@@ -1,0 +1,290 @@
+"""Browser workers against the sandbox's composer sites (`postroom sandbox`: /web/x and
+/web/instagram), end to end: the sandbox, the coordinator and browser workers (`--kind browser`)
+as processes, headless Chromium publishing with the bundled playbooks sandbox-x and
+sandbox-instagram.
+
+Asserted is what a user sees: the job's status, error and steps, the proof screenshots (real PNGs
+judged by the post's own pixels: MARK's red), and the posts the site holds (the sandbox's record:
+never a second post). Each scenario has an account of its own, so no two tests share a fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+from browser_apps import CONFIG, MARK, PAGE_TIMEOUT_MS, BrowserAppRig, launch, red_pixels
+from browser_apps import require_chromium as require_chromium
+from PIL import Image
+from platform_rig import Account
+from playwright.sync_api import Page, sync_playwright
+from polling import wait_until
+
+from postroom.v1 import types_pb2 as pb
+from postroom_cli.accountsfile import render_accounts
+from postroom_cli.cluster import Child
+from sandbox.admin import SandboxAdmin
+
+CONFIRM_TIMEOUT_S = 10
+# accounts on the main worker w1; `kill` is served by a worker of its own (it gets SIGKILLed)
+X_ACCOUNTS = ("pub", "wall", "renamed", "doubt", "par_a", "par_b", "serial")
+IG_ACCOUNTS = ("confirm", "timeout")
+KILL = "kill"
+PHOTO = "photo.jpg"
+HEADER_PX = 60  # below the sites' nav bars
+DEADLINE_S = 90.0  # generous: Chromium on two shared cores
+
+
+@dataclasses.dataclass
+class Env:
+    rig: BrowserAppRig
+    admin: SandboxAdmin
+    sandbox_url: str
+
+    def base(self, platform: str) -> str:
+        return f"{self.sandbox_url}/web/{platform}"
+
+    def posts(self, platform: str, account: str) -> list[str]:
+        return [p["text"] for p in self.admin.posts(platform=platform, account=account)]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "postroom_cli"]
+        argv += ["--coordinator", self.rig.cluster.coordinator_address, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def entry(env_base: str, platform: str, account: str) -> Account:
+    return Account(platform, account, env_base, {}, {"playbook": f"sandbox-{platform}"})
+
+
+def log_in_x(account: str) -> Callable[[Page], None]:
+    def fill(page: Page) -> None:
+        page.fill('input[autocomplete="username"]', account)
+        page.fill('input[name="password"]', "any password")
+        page.click("[data-testid=LoginForm_Login_Button]")
+
+    return fill
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    require_chromium()
+    workdir = tmp_path_factory.mktemp("browser-sandbox")
+    rig = BrowserAppRig(workdir)
+    admin: SandboxAdmin | None = None
+    rig.cluster.config = dataclasses.replace(
+        CONFIG,
+        coordinator_args=("--retry-max", "1", "--confirm-timeout-s", str(CONFIRM_TIMEOUT_S)),
+    )
+    try:
+        url = rig.cluster.start_sandbox()
+        admin = rig.cluster.sandbox_admin()
+        env = Env(rig, admin, url)
+        image = Image.new("RGB", (96, 64), (30, 120, 200))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG")
+        (rig.media_dir / PHOTO).write_bytes(buffer.getvalue())
+        accounts = [entry(env.base("x"), "x", a) for a in X_ACCOUNTS]
+        accounts += [entry(env.base("instagram"), "instagram", a) for a in IG_ACCOUNTS]
+        save_logins(env, [(a.platform, a.account) for a in [*accounts, entry("", "x", KILL)]])
+        rig.start_browser(accounts)
+        yield env
+    finally:
+        if admin is not None:
+            admin.close()
+        rig.stop()
+
+
+def save_logins(env: Env, accounts: list[tuple[str, str]]) -> None:
+    """Log each account in through the site's login page, in the test's own Chromium, and keep
+    the login as the account's profile (what `postroom browser-login` leaves behind)."""
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        for platform, account in accounts:
+            context = browser.new_context()
+            context.set_default_timeout(PAGE_TIMEOUT_MS)
+            page = context.new_page()
+            if platform == "x":
+                page.goto(f"{env.base('x')}/i/flow/login")
+                log_in_x(account)(page)
+                page.wait_for_url("**/home")
+            else:
+                page.goto(f"{env.base('instagram')}/accounts/login/")
+                page.fill('input[name="username"]', account)
+                page.fill('input[name="password"]', "any password")
+                page.click('button[type="submit"]')
+                page.wait_for_selector("[data-testid=viewer]")
+            env.rig.save_login(context, platform, account)
+            context.close()
+        browser.close()
+
+
+def run_steps(job: pb.Job, run: int = -1) -> list[str]:
+    return list(dict.fromkeys(line.step for line in job.runs[run].logs))
+
+
+# Publishing ------------------------------------------------------------------------------------
+
+
+def test_x_post_with_a_photo_publishes_once_with_an_after_publish_proof(env: Env) -> None:
+    text = f"Harbour at dusk {MARK}"
+    post_id = env.rig.publish(text, ["x:pub"], media=[PHOTO])
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED, DEADLINE_S)
+
+    [recorded] = env.admin.posts(platform="x", account="pub")
+    assert recorded["text"] == text and recorded["media"][0].startswith(f"{PHOTO}#sha256:")
+    assert (job.result_post_id, job.result_url) == (recorded["id"], recorded["url"])
+    steps = run_steps(job)
+    for name in ("open_composer", "attach_media", "type_text", "submit", "commit"):
+        assert name in steps, steps
+    assert steps.index("type_text") < steps.index("submit") < steps.index("commit")
+    # The page after the submit: the toast and the sent post, MARK and all.
+    proof = env.rig.screenshot(job, "after_publish")
+    assert red_pixels(proof, below=HEADER_PX) > 100
+
+
+def test_instagram_waits_for_confirm_then_shares_once(env: Env) -> None:
+    text = f"Boats {MARK}"
+    post_id = env.rig.cluster.publish(
+        env.rig.api, text, ["instagram:confirm"], media=[PHOTO], require_confirm=True
+    )
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_AWAITING_CONFIRM, DEADLINE_S)
+    assert env.posts("instagram", "confirm") == []  # the worker waits: nothing shared yet
+    confirmed = env.cli("job", "confirm", job.id)
+    assert confirmed.returncode == 0, confirmed.stderr
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED, DEADLINE_S)
+    assert env.posts("instagram", "confirm") == [text]
+    assert job.result_url == f"{env.base('instagram')}/p/{job.result_post_id}/"
+    # Before the confirm the page showed "Share this post?" with the caption in it.
+    before = env.rig.screenshot(job, "before_confirm")
+    assert red_pixels(before, below=HEADER_PX) > 100
+    assert red_pixels(env.rig.screenshot(job, "after_publish"), below=HEADER_PX) > 100
+
+
+def test_instagram_not_confirmed_in_time_is_released_and_never_posted(env: Env) -> None:
+    post_id = env.rig.cluster.publish(
+        env.rig.api, f"Never shared {MARK}", ["instagram:timeout"], media=[PHOTO],
+        require_confirm=True,
+    )  # fmt: skip
+    env.rig.wait_status(post_id, pb.JOB_STATUS_AWAITING_CONFIRM, DEADLINE_S)
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_FAILED, DEADLINE_S + CONFIRM_TIMEOUT_S)
+    assert "not confirmed" in job.last_error, job.last_error
+    assert env.posts("instagram", "timeout") == []
+
+
+# Logins and changed pages ---------------------------------------------------------------------
+
+
+def test_logged_out_needs_login_then_browser_login_and_a_check_publish(env: Env) -> None:
+    env.admin.set_logged_in("x", "wall", False)  # every session of the account ends
+    post_id = env.rig.publish(f"After the login {MARK}", ["x:wall"])
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_NEEDS_LOGIN, DEADLINE_S)
+    assert job.last_error_class == pb.ERROR_CLASS_AUTH_REQUIRED
+    assert env.posts("x", "wall") == []
+
+    with sync_playwright() as playwright:
+        printed = env.rig.browser_login(playwright, "x", "wall", log_in_x("wall"))
+    assert "logged in: x:wall" in printed
+    checked = env.cli("device", "check-login", "w1", "--platform", "x", "--account", "wall")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    env.rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED, DEADLINE_S)
+    assert env.posts("x", "wall") == [f"After the login {MARK}"]
+
+
+def test_a_renamed_selector_fails_ui_changed_naming_it(env: Env) -> None:
+    env.admin.inject("renamed_selector", platform="x", account="renamed", count=20)
+    try:
+        post_id = env.rig.publish(f"Button moved {MARK}", ["x:renamed"])
+        job = env.rig.wait_status(post_id, pb.JOB_STATUS_FAILED, DEADLINE_S)
+    finally:
+        env.admin.clear_faults()
+    assert job.last_error_class == pb.ERROR_CLASS_UI_CHANGED
+    assert "[data-testid=tweetButton]" in job.last_error
+    assert job.runs[-1].failed_step.startswith("submit")
+    # The page as the worker left it: the composer holding the typed text.
+    assert red_pixels(env.rig.screenshot(job, "on_failure"), below=HEADER_PX) > 100
+    assert env.posts("x", "renamed") == []
+
+
+# Never twice -----------------------------------------------------------------------------------
+
+
+def test_a_submit_that_never_answers_is_in_doubt_then_found_not_reposted(env: Env) -> None:
+    env.admin.inject("accept_then_hang", platform="x", account="doubt", hang_seconds=120)
+    text = f"Did it go? {MARK}"
+    post_id = env.rig.publish(text, ["x:doubt"])
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED, DEADLINE_S)
+    assert env.posts("x", "doubt") == [text]
+    assert len(job.runs) >= 2, env.rig.step_logs(job)
+    assert job.runs[0].committed and job.runs[0].outcome == "retry"
+    assert "verify" in run_steps(job), env.rig.step_logs(job)
+    assert job.result_url == env.admin.posts(platform="x", account="doubt")[0]["url"]
+
+
+def test_worker_killed_after_the_submit_left_is_verified_not_reposted(env: Env) -> None:
+    accounts = env.rig.workdir / "accounts-kill.toml"
+    text, _ = render_accounts([entry(env.base("x"), "x", KILL)])
+    accounts.write_text(text)
+
+    def start(device: str) -> Child:
+        child = env.rig.cluster.start_worker(
+            device,
+            platforms=(),
+            accounts=accounts,
+            kind="browser",
+            extra=["--profiles-dir", str(env.rig.profiles_dir)],
+        )
+        env.rig.cluster.wait_online([device])
+        return child
+
+    first = start("kill-w1")
+    env.admin.inject("accept_then_hang", platform="x", account=KILL, hang_seconds=120)
+    text = f"Killed mid-air {MARK}"
+    post_id = env.rig.publish(text, [f"x:{KILL}"])
+    wait_until("the submit to reach the site", lambda: env.posts("x", KILL), DEADLINE_S)
+    first.kill()
+    start("kill-w2")
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED, DEADLINE_S)
+    assert env.posts("x", KILL) == [text]
+    rescue = job.runs[-1]
+    assert rescue.device_id == "kill-w2", env.rig.step_logs(job)
+    assert "verify" in [line.step for line in rescue.logs], env.rig.step_logs(job)
+    assert env.rig.cluster.workers["kill-w2"].stop() == 0
+
+
+# Slots -----------------------------------------------------------------------------------------
+
+
+def test_two_accounts_run_at_once_two_jobs_of_one_account_never(env: Env) -> None:
+    wait_until("no page held", lambda: env.admin.stats()["hanging"] == 0, DEADLINE_S)
+    for account in ("par_a", "par_b"):
+        env.admin.inject("slow_page", platform="x", account=account, hang_seconds=8)
+    both = env.rig.publish(f"Side by side {MARK}", ["x:par_a", "x:par_b"])
+    # Both accounts' composer pages are loading at the same moment: two contexts at work.
+    wait_until("both accounts' pages at once", lambda: env.admin.stats()["hanging"] == 2, 60)
+    done = pb.JOB_STATUS_SUCCEEDED
+    wait_until(
+        "both jobs to succeed",
+        lambda: all(job.status == done for job in env.rig.jobs(both)),
+        DEADLINE_S,
+    )
+    assert env.posts("x", "par_a") == env.posts("x", "par_b") == [f"Side by side {MARK}"]
+
+    env.admin.inject("slow_page", platform="x", account="serial", hang_seconds=4, count=2)
+    first = env.rig.publish(f"First of two {MARK}", ["x:serial"])
+    second = env.rig.publish(f"Second of two {MARK}", ["x:serial"])
+    most = 0
+
+    def both_done() -> bool:
+        nonlocal most
+        most = max(most, env.admin.stats()["hanging"])
+        return all(env.rig.job(p).status == pb.JOB_STATUS_SUCCEEDED for p in (first, second))
+
+    wait_until("the account's two jobs to finish", both_done, DEADLINE_S)
+    assert most == 1, "two jobs of one account had pages loading at once"
+    expected = [f"First of two {MARK}", f"Second of two {MARK}"]
+    assert sorted(env.posts("x", "serial")) == sorted(expected)
