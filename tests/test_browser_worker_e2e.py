@@ -98,6 +98,22 @@ def test_a_browser_worker_publishes_with_step_logs_and_real_screenshots(
         chunks = sorted(client.get_asset(shot.asset_id), key=lambda c: c.offset)
         data = b"".join(c.data for c in chunks)
         assert data.startswith(PNG) and len(data) == shot.size_bytes
+
+        # require_confirm: the composer is filled and shown, nothing is sent until confirmed
+        post_id = cluster.publish(
+            client, "confirmed by a person", ["x:alice"], require_confirm=True
+        )
+        job = final_job(client, post_id, pb.JOB_STATUS_AWAITING_CONFIRM)
+        before = wait_until(
+            "the before_confirm screenshot",
+            lambda: [sc for r in client.get_job(job.id).runs for sc in r.screenshots
+                     if sc.label == "before_confirm"] or None,
+            timeout_s=DEADLINE_S,
+        )  # fmt: skip
+        assert before and "confirmed by a person" not in s.posts and s.submits == 1
+        client.confirm_job(job.id, actor="test")
+        final_job(client, post_id, pb.JOB_STATUS_SUCCEEDED)
+        assert s.posts.count("confirmed by a person") == 1
     assert cluster.workers["browser-w1"].stop() == 0
 
 
