@@ -148,10 +148,14 @@ class AsyncClient:
         page_size: int = 0,
         page_token: str = "",
     ) -> pb.ListPostsResponse:
-        built = request or pb.ListPostsRequest(
-            status=status,  # type: ignore[arg-type]
-            page_size=page_size,
-            page_token=page_token,
+        built = (
+            request
+            if request is not None
+            else pb.ListPostsRequest(
+                status=status,  # type: ignore[arg-type]
+                page_size=page_size,
+                page_token=page_token,
+            )
         )
         page: pb.ListPostsResponse = await self._unary(self._stub.ListPosts, built)
         return page
@@ -348,8 +352,12 @@ class AsyncClient:
         account: str = "",
         actor: str | None = None,
     ) -> pb.CheckLoginResponse:
-        built = request or pb.CheckLoginRequest(
-            device_id=device_id, platform=platform, account=account, actor=actor or self.actor
+        built = (
+            request
+            if request is not None
+            else pb.CheckLoginRequest(
+                device_id=device_id, platform=platform, account=account, actor=actor or self.actor
+            )
         )
         answer: pb.CheckLoginResponse = await self._unary(self._stub.CheckLogin, built)
         return answer

@@ -33,10 +33,9 @@ def message_dict(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
-def stamp(ts: Timestamp) -> str:
-    if not ts.seconds and not ts.nanos:
-        return "-"
-    return ts.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+def stamp(ts: Timestamp, unset: str = "-") -> str:
+    """RFC 3339 in UTC (`2026-11-24T18:00:06Z`), as the CLI's JSON writes times."""
+    return ts.ToJsonString() if ts.seconds or ts.nanos else unset
 
 
 def event_dict(event: t.AuditEvent) -> dict[str, Any]:
@@ -49,7 +48,7 @@ def event_dict(event: t.AuditEvent) -> dict[str, Any]:
             details = event.details_json  # keep what the server said rather than drop it
     return {
         "seq": event.seq,
-        "at": stamp(event.at),
+        "at": stamp(event.at, ""),
         "action": event.action,
         "subject_id": event.subject_id,
         "actor": event.actor,

@@ -146,10 +146,14 @@ class Client:
         page_token: str = "",
     ) -> pb.ListPostsResponse:
         """One page of posts, newest first; `status` a `PostStatus` value (0: any)."""
-        built = request or pb.ListPostsRequest(
-            status=status,  # type: ignore[arg-type]
-            page_size=page_size,
-            page_token=page_token,
+        built = (
+            request
+            if request is not None
+            else pb.ListPostsRequest(
+                status=status,  # type: ignore[arg-type]
+                page_size=page_size,
+                page_token=page_token,
+            )
         )
         return self._unary(self._stub.ListPosts, built)
 
@@ -320,8 +324,12 @@ class Client:
         actor: str | None = None,
     ) -> pb.CheckLoginResponse:
         """Ask a device whether an account is logged in; NEEDS_LOGIN jobs requeue when it is."""
-        built = request or pb.CheckLoginRequest(
-            device_id=device_id, platform=platform, account=account, actor=actor or self.actor
+        built = (
+            request
+            if request is not None
+            else pb.CheckLoginRequest(
+                device_id=device_id, platform=platform, account=account, actor=actor or self.actor
+            )
         )
         return self._unary(self._stub.CheckLogin, built)
 

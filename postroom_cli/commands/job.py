@@ -4,8 +4,6 @@ screenshots; export a job's escalation bundle."""
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import time
 from pathlib import Path
 
@@ -34,8 +32,6 @@ from postroom_cli.render import (
     log_line,
     status_line,
 )
-
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -248,39 +244,11 @@ def _ms(stamp: Timestamp) -> int:
 def _screenshot(args: argparse.Namespace, ctx: Context) -> int:
     asset_id: str = args.asset_id
     path: Path = args.output
-    # Download next to the target and rename at the end, so a failed download leaves no file.
-    part = path.with_name(f".{path.name}.part")
-    size = 0
-    total = -1
-    content_type = ""
-    try:
-        with part.open("wb") as file:
-            for chunk in ctx.client.get_asset(asset_id):
-                file.seek(chunk.offset)
-                file.write(chunk.data)
-                size = max(size, chunk.offset + len(chunk.data))
-                total = chunk.total_size or total
-                content_type = chunk.content_type or content_type
-        _verify(asset_id, part, size=size, total=total)
-        part.replace(path)
-    except OSError as exc:
-        raise CliError("IO", f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        part.unlink(missing_ok=True)
+    info = ctx.client.download_screenshot(asset_id, path)
+    size, content_type = info.total_size, info.content_type
     if ctx.out.json_mode:
-        info = {"asset_id": asset_id, "path": str(path), "size_bytes": size}
-        ctx.out.json({**info, "content_type": content_type})
+        info_dict = {"asset_id": asset_id, "path": str(path), "size_bytes": size}
+        ctx.out.json({**info_dict, "content_type": content_type})
     else:
         ctx.out.show(f"wrote {fmt_size(size)} ({content_type or 'unknown type'}) to {path}")
     return 0
-
-
-def _verify(asset_id: str, part: Path, *, size: int, total: int) -> None:
-    if total >= 0 and size != total:
-        raise CliError("DATA_LOSS", f"asset {asset_id}: got {size} of {total} bytes")
-    # Asset ids are the sha256 of the bytes, so the download can check itself.
-    expected = asset_id.removeprefix("sha256:").lower()
-    if _SHA256_HEX.fullmatch(expected):
-        actual = hashlib.sha256(part.read_bytes()).hexdigest()
-        if actual != expected:
-            raise CliError("DATA_LOSS", f"asset {asset_id}: downloaded bytes hash to {actual}")
