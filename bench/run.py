@@ -9,6 +9,8 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
   4  1,000 heartbeating sessions: coordinator CPU, RSS    bench/sessions.py
   5  1 MiB screenshot, worker -> stored asset              bench/screenshot.py
   6  SQLite store alone: lease + complete transitions/s   bench/store_bench.py
+  7  browser: Chromium start, one publish on the sandbox composer (p50/p99 of 20), memory
+     per open context                                     bench/browser.py
 
 Each figure is the median of K runs (default 3) with min and max; `--quick` is one run at smaller
 sizes (a smoke run, not a measurement). With py-spy installed, item 1 gets one extra profiled run
@@ -32,7 +34,7 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from bench import dispatch, recovery, screenshot, sessions, store_bench, throughput
+from bench import browser, dispatch, recovery, screenshot, sessions, store_bench, throughput
 from bench.common import Context, Figure, load_average, machine_info, say, uptime_line
 from bench.profile import py_spy
 
@@ -67,6 +69,7 @@ ITEMS: dict[int, tuple[str, Callable[[Context], list[Figure]]]] = {
     4: ("sessions", sessions.run),
     5: ("screenshot", screenshot.run),
     6: ("store", store_item),
+    7: ("browser", browser.run),
 }
 
 
