@@ -2,8 +2,10 @@
 
 LeaseCore (core.py) is one object split along its seams: this base holds the state and the
 transition helpers; AttemptOutcomes (outcomes.py) ends attempts (results, retries, recovery);
-OperatorActions (operator.py) are the operators' commands; core.py has sessions, worker messages,
-time and dispatch. Only LeaseCore is instantiated.
+OperatorActions (operator.py) are the operators' commands and the confirmation timeout;
+ManualActions (manual.py) records what a person did by hand; Intake (intake.py) loads, adds and
+settles posts; core.py has sessions, worker messages, time and dispatch. Only LeaseCore is
+instantiated.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from coordinator.domain import (
     JobStatus,
     Post,
     Run,
+    Target,
 )
 from coordinator.errors import NotFound
 from coordinator.gates import GateBook
@@ -163,6 +166,24 @@ class CoreBase(abc.ABC):
                 self.sessions[lease.session_id].jobs.discard(job.id)
             self.gates.lease_ended(job.target, job.id)
         return lease
+
+    def _full_accounts(self, session: Session) -> set[Target]:
+        """The session's (platform, account)s holding per_account jobs already: whatever their
+        state (claimed, running, awaiting confirmation, committing). Only for sessions with a
+        bound, so the common case (0) costs nothing; O(the session's jobs) otherwise."""
+        counts: dict[Target, int] = {}
+        for job_id in session.jobs:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                counts[job.target] = counts.get(job.target, 0) + 1
+        for job_id, epoch in list(session.lingering.items()):
+            lease = self.leases.get(job_id)
+            if lease is None or lease.epoch != epoch or lease.session_id is not None:
+                del session.lingering[job_id]  # ended, rerun or resumed: no longer lingering
+            else:
+                target = self.jobs[job_id].target
+                counts[target] = counts.get(target, 0) + 1
+        return {t for t, n in counts.items() if n >= session.per_account}
 
     @abc.abstractmethod
     def dispatch(self, now: float) -> Effects:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from coordinator.domain import (
-    LEASED_STATUSES,
     AuditEvent,
     DeviceRecord,
     Job,
     JobStatus,
-    Post,
     Run,
     ScreenshotRecord,
     StepLogEntry,
@@ -39,7 +37,7 @@ from coordinator.leasing.effects import (
     Dispatched,
     Effects,
 )
-from coordinator.leasing.manual import ManualActions
+from coordinator.leasing.intake import Intake
 
 # Re-exported: the lease core's configuration and values are part of its public face.
 from coordinator.leasing.state import DEFAULT_CLAIM_TIMEOUT_S as DEFAULT_CLAIM_TIMEOUT_S
@@ -57,67 +55,7 @@ from postroom.v1 import worker_gateway_pb2 as wg
 SYSTEM = "system"
 
 
-class LeaseCore(ManualActions):
-    # ---- loading and adding work ---------------------------------------------------------
-
-    def load(
-        self,
-        posts: Iterable[Post],
-        jobs: Iterable[Job],
-        now: float,
-        runs: Mapping[str, Run] | None = None,
-    ) -> None:
-        """Start-up: take over the open posts and their jobs. Leases of the previous process stay
-        valid for restart_grace_s so their workers can reconnect and resume them by epoch.
-        `runs` (job id -> its latest stored run) lets a resumed lease go on with the run the
-        previous process started, instead of leaving that one "running" forever."""
-        for post in posts:
-            self.book.add(post)
-        for job in jobs:
-            self.track(job)
-            if job.committed_epoch and job.committed_epoch == job.lease_epoch:
-                self._committed_by[job.id] = (job.committed_epoch, job.device_id)
-            if job.status in LEASED_STATUSES:
-                run = Run(
-                    id=self._new_id("r"),
-                    job_id=job.id,
-                    attempt=job.attempt,
-                    device_id=job.device_id,
-                    lease_epoch=job.lease_epoch,
-                    started_at=now,
-                    committed=job.committed_epoch == job.lease_epoch,
-                )
-                prev = (runs or {}).get(job.id)
-                if prev is not None and prev.lease_epoch == job.lease_epoch:
-                    run.id, run.started_at = prev.id, prev.started_at
-                deadline = max(job.lease_expires_at or 0.0, now + self.config.restart_grace_s)
-                lease = Lease(job.id, job.lease_epoch, None, deadline, run)
-                if job.status is JobStatus.AWAITING_CONFIRM:
-                    lease.awaiting_since = job.updated_at  # its last write was that move
-                self.leases[job.id] = lease
-                self.gates.lease_started(job.target, job.id)
-            elif job.status is JobStatus.QUEUED:
-                self.queue.push(job)
-
-    def add_post_jobs(self, post: Post, new_jobs: Iterable[Job], now: float) -> Effects:
-        """Jobs created or requeued by scheduling (already written by the caller's batch)."""
-        self.book.add(post)
-        for job in new_jobs:
-            self.track(job)
-            if job.status is JobStatus.QUEUED:
-                self.queue.push(job)
-        self.book.touch(post.id)
-        return self.dispatch(now)
-
-    def update_post(self, post: Post) -> None:
-        """The post's content or approval changed: held jobs follow the new approval."""
-        if post.id in self.posts:
-            self.posts[post.id] = post
-            for job_id in self.post_jobs.get(post.id, ()):
-                job = self.jobs[job_id]
-                if job.status is JobStatus.QUEUED and not self._held(job):
-                    self.queue.push(job)
-
+class LeaseCore(Intake):
     # ---- sessions ------------------------------------------------------------------------
 
     def open_session(
@@ -519,24 +457,6 @@ class LeaseCore(ManualActions):
                 self.force_gate.discard(job_id)
                 self._assign(fx, session, job, now)
 
-    def _full_accounts(self, session: Session) -> set[Target]:
-        """The session's (platform, account)s holding per_account jobs already: whatever their
-        state (claimed, running, awaiting confirmation, committing). Only for sessions with a
-        bound, so the common case (0) costs nothing; O(the session's jobs) otherwise."""
-        counts: dict[Target, int] = {}
-        for job_id in session.jobs:
-            job = self.jobs.get(job_id)
-            if job is not None:
-                counts[job.target] = counts.get(job.target, 0) + 1
-        for job_id, epoch in list(session.lingering.items()):
-            lease = self.leases.get(job_id)
-            if lease is None or lease.epoch != epoch or lease.session_id is not None:
-                del session.lingering[job_id]  # ended, rerun or resumed: no longer lingering
-            else:
-                target = self.jobs[job_id].target
-                counts[target] = counts.get(target, 0) + 1
-        return {t for t, n in counts.items() if n >= session.per_account}
-
     def _gate_open_at(self, target: Target, now: float) -> float:
         return self.gates.open_at(target, now)
 
@@ -613,19 +533,3 @@ class LeaseCore(ManualActions):
         fx.send(session.id, wg.CoordinatorMessage(assign=assign))
         fx.signals.append(AttemptStarted(snapshot, session.id))
         fx.signals.append(Dispatched(max(0.0, now - job.not_before)))
-
-    # ---- posts ---------------------------------------------------------------------------
-
-    def settle_posts(self, now: float) -> Effects:
-        """Re-derive the status of posts whose jobs changed, write round summaries, and forget
-        posts whose jobs are all finished (see PostBook.settle)."""
-        fx, finished = self.book.settle(self.jobs, now)
-        for post_id in finished:
-            self.forget_post(post_id)
-        return fx
-
-    def forget_post(self, post_id: str) -> None:
-        for job_id in self.book.forget(post_id):
-            self.jobs.pop(job_id, None)
-            self.force_gate.discard(job_id)
-            self._committed_by.pop(job_id, None)
