@@ -4,6 +4,7 @@ and challenges, proof screenshots, the account's one-job-at-a-time slot and the 
 
 from __future__ import annotations
 
+import json
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -246,3 +247,22 @@ async def test_one_job_at_a_time_per_browser_account(
             with anyio.fail_after(30):
                 await done.wait()
         await second.close()
+
+
+async def test_a_new_login_on_disk_is_picked_up_not_overwritten(
+    site: tuple[Site, str], tmp_path: Path
+) -> None:
+    s, url = site
+    async with browser_host(url, tmp_path, logged_in=False) as host:
+        with pytest.raises(AuthRequired):
+            await BrowserAdapter(host, "unit").check_login("alice")
+        # `postroom browser-login` (another process) writes the profile while the worker runs
+        state = tmp_path / "profiles" / "unit" / "alice" / STATE_FILE
+        state.parent.mkdir(parents=True, exist_ok=True)
+        cookie = {"name": COOKIE, "value": "yes", "domain": "127.0.0.1", "path": "/"}
+        state.write_text(json.dumps({"cookies": [cookie], "origins": []}))
+        await host.save("unit", "alice")  # the stale context must not overwrite it
+        assert COOKIE in state.read_text()
+        assert await BrowserAdapter(host, "unit").check_login("alice") is True
+        assert (await publish(host, Sink(), job())).post_id == "1"
+    assert s.posts == ["hello from a real browser"]

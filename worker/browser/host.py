@@ -138,6 +138,13 @@ def _write_state(profile: Path, state: dict[str, object]) -> None:
     os.replace(tmp, profile / STATE_FILE)
 
 
+def _stamp(profile: Path) -> int | None:
+    try:
+        return (profile / STATE_FILE).stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 class UnknownBrowserAccount(Transient):
     """This worker has no browser profile for the job's account (another worker may)."""
 
@@ -159,6 +166,8 @@ class BrowserHost:
         self.headless = headless
         self._slots = {key: anyio.Semaphore(1) for key in self.accounts}
         self._contexts: dict[tuple[str, str], BrowserContext] = {}
+        # The profile file's mtime when its context was made or last saved.
+        self._stamps: dict[tuple[str, str], int | None] = {}
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._lock = anyio.Lock()
@@ -208,28 +217,43 @@ class BrowserHost:
             return self._browser
 
     async def context(self, platform: str, account: str) -> BrowserContext:
+        """The account's context; made again from the profile when a person logged in since
+        (`postroom browser-login` rewrote the file) and no page of the old one is open."""
         browser = await self.browser()
         async with self._lock:
             key = (platform, account)
+            profile = self.profile(platform, account)
             context = self._contexts.get(key)
+            stamp = _stamp(profile)
+            if context is not None and stamp != self._stamps.get(key) and not context.pages:
+                log.info("%s:%s: the profile was logged in again; reloading it", *key)
+                await context.close()
+                context = None
             if context is None:
-                context = await open_context(browser, self.profile(platform, account))
+                context = await open_context(browser, profile)
                 self._contexts[key] = context
+                self._stamps[key] = stamp
             return context
 
     def open_contexts(self) -> int:
         return len(self._contexts)
 
     async def save(self, platform: str, account: str) -> None:
-        context = self._contexts.get((platform, account))
-        if context is not None:
-            await save_state(context, self.profile(platform, account))
+        """Write the context's state back, unless the file changed since it was read (a new
+        login: it wins, and the context is made again from it at its next use)."""
+        key = (platform, account)
+        context = self._contexts.get(key)
+        profile = self.profile(platform, account)
+        if context is None or _stamp(profile) != self._stamps.get(key):
+            return
+        await save_state(context, profile)
+        self._stamps[key] = _stamp(profile)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             for (platform, account), context in list(self._contexts.items()):
                 try:
-                    await save_state(context, self.profile(platform, account))
+                    await self.save(platform, account)
                     await context.close()
                 except Exception:
                     log.warning("closing the context of %s:%s failed", platform, account)
