@@ -68,6 +68,11 @@ def settled(client: Client, job_id: str, status: int) -> t.Job | None:
     return job if job.status == status else None
 
 
+def holding_permit(client: Client, job_id: str) -> t.Job | None:
+    job = client.get_job(job_id)
+    return job if job.runs and job.runs[-1].committed else None
+
+
 def test_job_export_writes_every_part_of_the_job(
     cluster: LocalCluster,
     client: Client,
@@ -127,3 +132,60 @@ def test_job_export_of_an_unknown_job_leaves_no_file(
     out = cli(cluster, capsys, "job", "export", "j-nope", "-o", str(target), expect=1)
     assert "error: NOT_FOUND:" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_job_resolve_is_refused_while_a_permit_is_live_and_accepted_after(
+    cluster: LocalCluster, client: Client, admin: SandboxAdmin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The platform holds the request after the commit permit: an attempt that may still be
+    # publishing. It then answers 504 and nothing was created; one attempt allowed, so the
+    # doubt is cleared by a look, never by posting again.
+    admin.inject("hang", account="hand-acct", hang_seconds=8)
+    post_id = cluster.publish(client, "posted by hand", ["sandbox:hand-acct"], max_attempts=1)
+    job_id = only_job(client, post_id).id
+    committing = wait_until("the commit permit", lambda: holding_permit(client, job_id))
+    assert committing.status == t.JOB_STATUS_RUNNING
+    url = "https://sandbox.example/hand-acct/by-hand-1"
+    args = ("job", "resolve", job_id, "--published-url", url, "--post-id", "by-hand-1")
+    refused = cli(cluster, capsys, *args, "--reason", "the login wall", expect=1)
+    assert refused.startswith("error: FAILED_PRECONDITION: ")
+    assert f"device {DEVICE} holds a commit permit" in refused and "lease to end at" in refused
+    assert client.get_job(job_id).status != t.JOB_STATUS_SUCCEEDED
+
+    wait_until("the attempt to end", lambda: client.get_job(job_id).runs[0].outcome != "running")
+    out = cli(cluster, capsys, *args, "--reason", "the login wall")
+    assert f"job {job_id}: SUCCEEDED" in out and f"by hand by user:alice: {url}" in out
+    job = client.get_job(job_id)
+    assert job.status == t.JOB_STATUS_SUCCEEDED and job.resolved_by == "user:alice"
+    assert (job.result_url, job.result_post_id) == (url, "by-hand-1")
+    [entry] = client.list_audit_events(subject_id=job_id, action="JOB_RESOLVED_BY_HAND").events
+    assert entry.actor == "user:alice" and "the login wall" in entry.details_json
+    assert admin.posts(account="hand-acct") == []  # postroom itself never posted it
+
+
+def test_job_resolve_refuses_a_url_that_is_not_one(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = cli(cluster, capsys, "job", "resolve", "j-1", "--published-url", "later", expect=2)
+    assert "--published-url must be the post's http(s) URL" in out
+
+
+def test_post_delete_refused_when_a_target_is_live_and_done_when_none_is(
+    cluster: LocalCluster, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = cluster.publish(client, "already out", ["sandbox:del-live"])
+    job = wait_until(
+        "SUCCEEDED", lambda: settled(client, only_job(client, live).id, t.JOB_STATUS_SUCCEEDED)
+    )
+    refused = cli(cluster, capsys, "post", "delete", live, expect=1)
+    assert refused.startswith("error: FAILED_PRECONDITION: ") and job.result_url in refused
+    assert client.get_post(live).id == live
+
+    waiting = cluster.publish(client, "never out", ["sandbox:del-wait"], require_confirm=True)
+    held = only_job(client, waiting).id
+    wait_until("AWAITING_CONFIRM", lambda: settled(client, held, t.JOB_STATUS_AWAITING_CONFIRM))
+    out = cli(cluster, capsys, "post", "delete", waiting, "--reason", "wrong account")
+    assert f"post {waiting}: deleted" in out and f"job {held}: cancelled" in out
+    assert "error: NOT_FOUND:" in cli(cluster, capsys, "post", "show", waiting, expect=1)
+    [entry] = client.list_audit_events(subject_id=waiting, action="POST_DELETED").events
+    assert entry.actor == "user:alice"
