@@ -145,6 +145,33 @@ async def cancelling(client: Any, approver: Any) -> None:
     assert (await client.cancel_job(job.id, reason="no")).status == t.JOB_STATUS_CANCELLED
 
 
+async def by_hand(cluster: LocalCluster, client: Any, approver: Any, mode: str) -> None:
+    """resolve_job and delete_post: a failed job recorded as posted by hand; a draft deleted."""
+    account = f"hand-{mode}"
+    with cluster.sandbox_admin() as sandbox:
+        sandbox.inject("invalid", account=account)
+    post = await client.create_post(text="refused by the platform", targets=[f"sandbox:{account}"])
+    await client.submit_post(post.id)
+    await approver.approve_post(post.id, content_hash=post.content_hash)
+    await client.schedule_post(post.id)
+    [job] = (await client.list_jobs(post_id=post.id)).jobs
+    await job_reaching(client, job.id, t.JOB_STATUS_FAILED)
+    with pytest.raises(postroom.InvalidArgument):
+        await client.resolve_job(job.id, published_url="not a url")
+    url = f"https://sandbox.example/{account}/1"
+    resolved = await client.resolve_job(job.id, published_url=url, reason="posted it myself")
+    assert resolved.status == t.JOB_STATUS_SUCCEEDED and resolved.result_url == url
+    assert resolved.resolved_by
+    with pytest.raises(postroom.FailedPrecondition) as live:  # a target is live now
+        await client.delete_post(post.id)
+    assert url in live.value.message
+    draft = await client.create_post(text="delete me", targets=[f"sandbox:{account}"])
+    deleted = await client.delete_post(draft.id, reason="typo")
+    assert deleted.post_id == draft.id
+    with pytest.raises(postroom.NotFound):
+        await client.get_post(draft.id)
+
+
 async def devices_gates_access(cluster: LocalCluster, client: Any, mode: str) -> None:
     me = await client.who_am_i()
     assert me.authenticated and me.role == ac.ROLE_ADMIN
@@ -213,6 +240,7 @@ def test_every_method_against_a_coordinator(
         try:
             await posts_and_jobs(client, approver, tmp_path)
             await cancelling(client, approver)
+            await by_hand(cluster, client, approver, mode)
             await devices_gates_access(cluster, client, mode)
             await failures(cluster, client, mode)
         finally:
