@@ -224,8 +224,16 @@ class PageRun:
             raise Transient(f"step {step.name!r}: cannot open {url}: {first}") from None
         await self.raise_if_walled(step.name)
 
-    def ui_changed(self, step: Step, exc: BaseException) -> UiChanged:
+    def ui_changed(self, step: Step, exc: BaseException) -> AdapterError:
+        """A step that failed on the page: UI_CHANGED, unless the page or Chromium itself is
+        gone (a crash, a closed tab): that says nothing about the site."""
         selector = step.selector or step.key or ""
+        if (
+            self.page.is_closed()
+            or not self.page.context.browser
+            or not (self.page.context.browser.is_connected())
+        ):
+            return Transient(f"step {step.name!r}: the browser page is gone ({exc})")
         if isinstance(exc, PlaywrightTimeout | TimeoutError):
             what = f"not found within {step.timeout_ms} ms"
         else:
