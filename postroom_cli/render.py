@@ -286,6 +286,7 @@ def job_view(job: t.Job) -> Group:
         ("verify first", "yes" if job.verify_first else "no"),
         ("last error", fmt_error(job.last_error_class, job.last_error)),
         ("result", result),
+        ("published by hand", f"yes, recorded by {job.resolved_by}" if job.resolved_by else "no"),
         ("idempotency key", job.idempotency_key or EMPTY),
         ("platform key", job.platform_key or EMPTY),
         ("content hash", job.content_hash or EMPTY),

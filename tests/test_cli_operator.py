@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +159,8 @@ def test_job_resolve_is_refused_while_a_permit_is_live_and_accepted_after(
     job = client.get_job(job_id)
     assert job.status == t.JOB_STATUS_SUCCEEDED and job.resolved_by == "user:alice"
     assert (job.result_url, job.result_post_id) == (url, "by-hand-1")
+    shown = cli(cluster, capsys, "job", "show", job_id)
+    assert re.search(r"published by hand +yes, recorded by user:alice", shown)
     [entry] = client.list_audit_events(subject_id=job_id, action="JOB_RESOLVED_BY_HAND").events
     assert entry.actor == "user:alice" and "the login wall" in entry.details_json
     assert admin.posts(account="hand-acct") == []  # postroom itself never posted it
