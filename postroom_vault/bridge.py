@@ -138,7 +138,8 @@ class Bridge:
             handled = "cancelled"
         self._record(path, doc, track, post, handled)
 
-    def _targets(self, doc: docs.Document) -> tuple[list[pb.Target], dict[tuple[str, str], str]]:
+    def targets_of(self, doc: docs.Document) -> tuple[list[pb.Target], dict[tuple[str, str], str]]:
+        """The file's targets, and each target's platform name in the file."""
         platforms = doc.front["platforms"]
         names = list(platforms) if isinstance(platforms, dict) else [str(p) for p in platforms]
         targets: list[pb.Target] = []
@@ -170,7 +171,7 @@ class Bridge:
         text = content_of(doc.body)
         if not text:
             raise MalformedFile("the `## Content` section is empty: write the post's text there")
-        targets, _ = self._targets(doc)
+        targets, _ = self.targets_of(doc)
         media = self._media(doc)
         if track is None:
             # Stored before the post exists: after a crash in between, the next bridge adopts
@@ -254,7 +255,7 @@ class Bridge:
     def _record(
         self, path: Path, doc: docs.Document, track: Tracking, post: pb.Post, handled: str
     ) -> None:
-        _, names = self._targets(doc)
+        _, names = self.targets_of(doc)
         now = self._now()
         result = outcome(post, names, now.timestamp())
         lines = audit_lines(

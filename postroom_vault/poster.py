@@ -16,6 +16,7 @@ and from VAULT/.postroom.toml's [accounts] table.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -170,7 +171,7 @@ class VaultPoster:
         raise VaultError(f"{platform!r} is not one of this post's platforms ({', '.join(names)})")
 
     def _job_of(self, post_id: str, doc: docs.Document, name: str) -> str:
-        _, by_target = self._bridge._targets(doc)
+        _, by_target = self._bridge.targets_of(doc)
         post = self.client.get_post(post_id)
         for state in post.target_states:
             if by_target.get((state.target.platform, state.target.account)) == name:
@@ -196,7 +197,7 @@ class VaultPoster:
 
     def _results(self, front: dict[str, Any]) -> dict[str, PlatformResult]:
         stamp = str(front.get("last_attempt_at") or front.get("completed_at") or "")
-        stamp = stamp or docs.utc_text(self._bridge._now())
+        stamp = stamp or docs.utc_text(dt.datetime.now(dt.UTC))
         platforms = front.get("platforms")
         results: dict[str, PlatformResult] = {}
         for name, entry in platforms.items() if isinstance(platforms, dict) else []:
