@@ -31,7 +31,17 @@ from sandbox.admin import SandboxAdmin
 
 CONFIRM_TIMEOUT_S = 10
 # accounts on the main worker w1; `kill` is served by a worker of its own (it gets SIGKILLed)
-X_ACCOUNTS = ("pub", "wall", "renamed", "doubt", "par_a", "par_b", "serial")
+X_ACCOUNTS = (
+    "pub",
+    "wall",
+    "renamed",
+    "challenged",
+    "limited",
+    "doubt",
+    "par_a",
+    "par_b",
+    "serial",
+)
 IG_ACCOUNTS = ("confirm", "timeout")
 KILL = "kill"
 PHOTO = "photo.jpg"
@@ -208,6 +218,28 @@ def test_a_renamed_selector_fails_ui_changed_naming_it(env: Env) -> None:
     # The page as the worker left it: the composer holding the typed text.
     assert red_pixels(env.rig.screenshot(job, "on_failure"), below=HEADER_PX) > 100
     assert env.posts("x", "renamed") == []
+
+
+def test_a_2fa_challenge_needs_a_person(env: Env) -> None:
+    env.admin.inject("challenge", platform="x", account="challenged", count=20)
+    try:
+        post_id = env.rig.publish(f"Behind a challenge {MARK}", ["x:challenged"])
+        job = env.rig.wait_status(post_id, pb.JOB_STATUS_NEEDS_LOGIN, DEADLINE_S)
+    finally:
+        env.admin.clear_faults()
+    assert job.last_error_class == pb.ERROR_CLASS_AUTH_REQUIRED
+    assert "challenge" in job.last_error, job.last_error
+    assert env.posts("x", "challenged") == []
+
+
+def test_a_rate_limited_submit_closes_the_gate_then_posts_once(env: Env) -> None:
+    env.admin.inject("rate_limit", platform="x", account="limited", retry_after_seconds=3)
+    post_id = env.rig.publish(f"Slowly now {MARK}", ["x:limited"])
+    gate = wait_until("the gate to close", lambda: env.rig.closed_gate("x", "limited"), DEADLINE_S)
+    assert "Rate limit exceeded" in gate.reason, gate.reason  # the site's own message
+    job = env.rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED, DEADLINE_S)
+    assert job.rate_limited_count == 1
+    assert env.posts("x", "limited") == [f"Slowly now {MARK}"]
 
 
 # Never twice -----------------------------------------------------------------------------------
