@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
-from browser_apps import CONFIG, MARK, PAGE_TIMEOUT_MS, BrowserAppRig, launch, red_pixels
+from browser_apps import CONFIG, MARK, BrowserAppRig, red_pixels
 from browser_apps import require_chromium as require_chromium
 from PIL import Image
 from platform_rig import Account
@@ -110,27 +112,37 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def save_logins(env: Env, accounts: list[tuple[str, str]]) -> None:
-    """Log each account in through the site's login page, in the test's own Chromium, and keep
-    the login as the account's profile (what `postroom browser-login` leaves behind)."""
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        for platform, account in accounts:
-            context = browser.new_context()
-            context.set_default_timeout(PAGE_TIMEOUT_MS)
-            page = context.new_page()
-            if platform == "x":
-                page.goto(f"{env.base('x')}/i/flow/login")
-                log_in_x(account)(page)
-                page.wait_for_url("**/home")
-            else:
-                page.goto(f"{env.base('instagram')}/accounts/login/")
-                page.fill('input[name="username"]', account)
-                page.fill('input[name="password"]', "any password")
-                page.click('button[type="submit"]')
-                page.wait_for_selector("[data-testid=viewer]")
-            env.rig.save_login(context, platform, account)
-            context.close()
-        browser.close()
+    """Log each account in through the site's login form and keep its session cookie as the
+    account's profile, in the storage-state shape `postroom browser-login` leaves behind."""
+    forms = {
+        "x": ("/i/flow/login", "text"),
+        "instagram": ("/accounts/login/", "username"),
+    }
+    for platform, account in accounts:
+        path, field = forms[platform]
+        with httpx.Client(base_url=env.base(platform)) as http:
+            answer = http.post(path, data={field: account, "password": "any password"})
+        assert answer.status_code == 303, answer.text
+        [cookie] = http.cookies.jar
+        state = {
+            "cookies": [
+                {
+                    "name": cookie.name,
+                    "value": cookie.value,
+                    "domain": cookie.domain.removesuffix(".local"),
+                    "path": cookie.path,
+                    "expires": float(cookie.expires or -1),
+                    "httpOnly": True,
+                    "secure": False,
+                    "sameSite": "Lax",
+                }
+            ],
+            "origins": [],
+        }
+        profile = env.rig.state_file(platform, account)
+        profile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        profile.write_text(json.dumps(state))
+        profile.chmod(0o600)
 
 
 def run_steps(job: pb.Job, run: int = -1) -> list[str]:
