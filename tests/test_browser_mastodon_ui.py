@@ -1,79 +1,194 @@
-"""The web UI mastodon-mock (PyPI) serves at /_ui/, driven by headless Chromium: the token login,
-the composer and the request its Post button makes, and the home timeline a verify reads. The
-`mastodon-mock-ui` playbook relies on exactly this behaviour.
+"""A browser worker publishing through the web UI that mastodon-mock (PyPI) serves at /_ui/ (an
+Angular app over the Mastodon API) with the `mastodon-mock-ui` playbook: headless Chromium, the
+coordinator and the worker as processes.
+
+One mastodon-mock and one coordinator + browser worker for the module; every test has its own
+postroom account and Mastodon user. What a user would see is read where they would see it: the
+job (status, error, result, screenshots) and the statuses on the Mastodon server itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
+import httpx
 import pytest
+from browser_apps import (
+    DEVICE,
+    MARK,
+    PAGE_TIMEOUT_MS,
+    BrowserAppRig,
+    bundled_playbook,
+    launch,
+    red_pixels,
+    renamed_playbook,
+    require_chromium,
+    steps,
+)
 from local_servers import require_mastodon_mock
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from platform_rig import Account
+from playwright.sync_api import Page, Playwright, sync_playwright
 
+from postroom.v1 import types_pb2 as pb
 from sandbox.local.mastodon import MastodonMock
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-EXPECT_TIMEOUT_MS = 15_000  # generous: other test runs share the two cores
-USERS = {"smoke_user": "tok-smoke"}
+PLATFORM = "mastodon"
+# postroom account -> (Mastodon username, its token). "fresh" starts logged out.
+USERS = {
+    "pub": ("pub_user", "tok-pub"),
+    "confirm": ("confirm_user", "tok-confirm"),
+    "renamed": ("renamed_user", "tok-renamed"),
+    "fresh": ("fresh_user", "tok-fresh"),
+}
+COMPOSER = "app-compose textarea"
+RENAMED_COMPOSER = "app-compose [contenteditable]"  # what a redesign might make of it
+HEADER_PX = 60  # the app's top bar; the post's text is drawn below it
 
 
 @pytest.fixture(scope="module")
 def mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MastodonMock]:
     require_mastodon_mock()
-    with MastodonMock(tmp_path_factory.mktemp("mastodon-ui"), USERS) as m:
+    users = dict(USERS.values())
+    with MastodonMock(tmp_path_factory.mktemp("mastodon-ui"), users) as m:
         yield m
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def playwright() -> Iterator[Playwright]:
+    require_chromium()
     with sync_playwright() as running:
-        browser = running.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        yield running
 
 
-def _new_page(browser: Browser) -> Page:
-    context = browser.new_context()
-    context.set_default_timeout(EXPECT_TIMEOUT_MS)
-    return context.new_page()
-
-
-def test_login_then_post_through_the_ui(browser: Browser, mock: MastodonMock) -> None:
-    page = _new_page(browser)
-    page.goto(f"{mock.url}/_ui/home")
-    page.wait_for_url("**/_ui/login")  # the app sends a visitor without a token to its login
-    page.fill("app-login input[placeholder='access token']", "tok-smoke")
+def sign_in(page: Page, token: str) -> None:
+    """What a person does on the app's login page: paste the token, press Sign in."""
+    page.wait_for_url("**/_ui/login")
+    page.fill("app-login input[placeholder='access token']", token)
     page.click("app-login button.btn:has-text('Sign in')")
-    expect(page.locator("summary.account-pill")).to_contain_text("smoke_user")
 
-    text = "Hello from the mastodon-mock UI\nsecond line"
-    page.fill("app-compose textarea", text)
-    with page.expect_response(
-        lambda r: r.request.method == "POST" and r.url.endswith("/api/v1/statuses")
-    ) as answer:
-        page.click("app-compose .compose-actions > button.btn")
-    created = answer.value.json()
-    (status,) = mock.statuses("tok-smoke")
-    assert created["id"] == status["id"] and created["url"] == status["url"]
-    assert mock.source_text("tok-smoke", status["id"]) == text
 
-    # The verify page: the home timeline lists the account's own statuses with their links.
-    page.goto(f"{mock.url}/_ui/home")
-    item = page.locator("app-status-card article.status").first
-    assert item.locator(".content").inner_text().split() == text.split()
-    link = item.locator("a.content-link").get_attribute("href")
-    assert link == f"/_ui/statuses/{status['id']}"
-    page.context.close()
+@pytest.fixture(scope="module")
+def rig(
+    tmp_path_factory: pytest.TempPathFactory, mock: MastodonMock, playwright: Playwright
+) -> Iterator[BrowserAppRig]:
+    workdir = tmp_path_factory.mktemp("mastodon-ui-rig")
+    renamed = renamed_playbook(
+        bundled_playbook("mastodon-mock-ui"),
+        workdir / "mastodon-ui-renamed.toml",
+        COMPOSER,
+        RENAMED_COMPOSER,
+    )
+    accounts = [
+        Account(
+            PLATFORM,
+            name,
+            mock.url,
+            {},
+            {"playbook": str(renamed) if name == "renamed" else "mastodon-mock-ui"},
+        )
+        for name in USERS
+    ]
+    with BrowserAppRig(workdir) as r:
+        browser = launch(playwright)
+        for name, (_, token) in USERS.items():
+            if name == "fresh":
+                continue
+            context = browser.new_context()
+            context.set_default_timeout(PAGE_TIMEOUT_MS)
+            page = context.new_page()
+            page.goto(f"{mock.url}/_ui/home")
+            sign_in(page, token)
+            page.wait_for_selector("summary.account-pill")
+            r.save_login(context, PLATFORM, name)
+            context.close()
+        browser.close()
+        r.start_browser(accounts)
+        yield r
+
+
+def target(account: str) -> str:
+    return f"{PLATFORM}:{account}"
+
+
+def token(account: str) -> str:
+    return USERS[account][1]
+
+
+# ---- publishing -------------------------------------------------------------------------------
+
+
+def test_publishes_through_the_ui(rig: BrowserAppRig, mock: MastodonMock) -> None:
+    text = f"Hello from the mastodon-mock UI {MARK}\nsecond line #postroom"
+    post_id = rig.publish(text, [target("pub")])
+    job = rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED)
+
+    (status,) = mock.statuses(token("pub"))
+    assert mock.source_text(token("pub"), status["id"]) == text
+    assert (job.result_post_id, job.result_url) == (status["id"], status["url"])
+    playbook_steps = ["open_home", "type_text", "find_post_button", "submit"]
+    assert [s for s in steps(job)[-1] if s in playbook_steps] == playbook_steps
+    # The home timeline with the new status on it.
+    assert red_pixels(rig.screenshot(job, "after_publish"), below=HEADER_PX) > 200
+
+
+def test_confirm_shows_the_composer_first(rig: BrowserAppRig, mock: MastodonMock) -> None:
+    text = f"Check me before it goes out {MARK}"
+    post_id = rig.cluster.publish(rig.api, text, [target("confirm")], require_confirm=True)
+    job = rig.wait_status(post_id, pb.JOB_STATUS_AWAITING_CONFIRM)
+
+    assert red_pixels(rig.screenshot(job, "before_confirm"), below=HEADER_PX) > 200
+    assert mock.statuses(token("confirm")) == [], "nothing is posted before the confirmation"
+
+    rig.api.confirm_job(job.id)
+    job = rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED)
+    (status,) = mock.statuses(token("confirm"))
+    assert job.result_post_id == status["id"]
+    assert mock.source_text(token("confirm"), status["id"]) == text
+
+
+# ---- what goes wrong -------------------------------------------------------------------------
+
+
+def test_a_renamed_selector_is_ui_changed(rig: BrowserAppRig, mock: MastodonMock) -> None:
+    # An earlier status (posted through the API) is on the home timeline the failure shows.
+    earlier = f"posted earlier {MARK}"
+    posted = httpx.post(
+        f"{mock.url}/api/v1/statuses",
+        data={"status": earlier},
+        headers={"Authorization": f"Bearer {token('renamed')}"},
+        timeout=10.0,
+    )
+    posted.raise_for_status()
+    post_id = rig.publish(f"The composer was redone {MARK}", [target("renamed")])
+    job = rig.wait_status(post_id, pb.JOB_STATUS_FAILED)
+
+    assert job.last_error_class == pb.ERROR_CLASS_UI_CHANGED, job.last_error
+    assert len(job.runs) == 1, "a changed page is not retried"
+    assert job.runs[0].failed_step.startswith("type_text")
+    assert "'type_text'" in job.last_error and RENAMED_COMPOSER in job.last_error
+    # The page as it was: the home timeline with the earlier status on it.
+    assert red_pixels(rig.screenshot(job, "on_failure"), below=HEADER_PX) > 200
+    assert [s["id"] for s in mock.statuses(token("renamed"))] == [posted.json()["id"]]
+
+
+def test_logged_out_needs_login_then_publishes_after_a_login(
+    rig: BrowserAppRig, mock: MastodonMock, playwright: Playwright
+) -> None:
+    text = f"Posted once somebody signed in {MARK}"
+    post_id = rig.publish(text, [target("fresh")])
+    job = rig.wait_status(post_id, pb.JOB_STATUS_NEEDS_LOGIN)
+    assert job.last_error_class == pb.ERROR_CLASS_AUTH_REQUIRED, job.last_error
+    assert mock.statuses(token("fresh")) == []
+
+    printed = rig.browser_login(
+        playwright, PLATFORM, "fresh", lambda page: sign_in(page, token("fresh"))
+    )
+    assert f"logged in: {PLATFORM}:fresh" in printed
+
+    checked = rig.api.check_login(device_id=DEVICE, platform=PLATFORM, account="fresh")
+    assert checked.badge.state == pb.LOGIN_STATE_LOGGED_IN, checked.badge.message
+    assert job.id in checked.requeued_job_ids
+    job = rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED)
+    (status,) = mock.statuses(token("fresh"))
+    assert job.result_post_id == status["id"]
+    assert mock.source_text(token("fresh"), status["id"]) == text

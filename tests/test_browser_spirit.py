@@ -1,115 +1,216 @@
-"""django-spirit (PyPI; a real server-rendered forum nobody here wrote) driven by headless Chromium:
-its login, its topic form with CSRF, its redirect to the new topic, its rate limiter, and the
-profile page a verify reads. The `spirit` playbook relies on exactly this behaviour.
+"""A browser worker publishing to django-spirit (PyPI; a real server-rendered forum nobody here
+wrote) through the `spirit` playbook: a post becomes a topic, through Spirit's own login, CSRF
+form and rate limiter, in headless Chromium, with the coordinator and the worker as processes.
+
+One forum and one coordinator + browser worker for the module; every test has its own Spirit
+user (= postroom account), so no two tests share a login, a rate-limit window or a topic list.
+What a user would see is read where they would see it: the job (status, error, result, step
+logs, screenshots), the gate, and the topics in the forum's own database.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from browser_apps import (
+    DEVICE,
+    MARK,
+    BrowserAppRig,
+    bundled_playbook,
+    launch,
+    red_pixels,
+    renamed_playbook,
+    require_chromium,
+    steps,
+)
 from local_servers import require_spirit
-from playwright.sync_api import Browser, Page, Playwright, Response, expect, sync_playwright
+from platform_rig import Account
+from playwright.sync_api import Page, Playwright, sync_playwright
 
+from postroom.v1 import types_pb2 as pb
 from sandbox.local.spirit import SpiritForum, spirit_template
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-EXPECT_TIMEOUT_MS = 15_000  # generous: other test runs share the two cores
-USERS = {"smoke": "smoke-pw-1", "login": "login-pw-1"}
+PLATFORM = "spirit"
+# postroom account = Spirit username. "fresh" starts with an empty profile (logged out).
+ACCOUNTS = ("pub", "confirm", "renamed", "fresh", "limited", "doubt")
+PASSWORDS = {name: f"{name}-pw-7" for name in ACCOUNTS}
+COMMENT = "#id_comment"
+RENAMED_COMMENT = "#id_body"  # what a redesign might call the comment field
+HEADER_PX = 60  # Spirit's header row; the post's text is drawn below it
+HOLD_S = 15.0  # the held answer outlasts the submit's 3.2 s bound by far
 
 
 @pytest.fixture(scope="module")
 def forum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpiritForum]:
     require_spirit()
     template = spirit_template(tmp_path_factory.getbasetemp() / "spirit-cache")
-    with SpiritForum(tmp_path_factory.mktemp("spirit"), USERS, template=template) as f:
+    with SpiritForum(tmp_path_factory.mktemp("spirit"), PASSWORDS, template=template) as f:
         yield f
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def playwright() -> Iterator[Playwright]:
+    require_chromium()
     with sync_playwright() as running:
-        browser = _launch(running)
-        yield browser
-        browser.close()
+        yield running
 
 
-def _launch(playwright: Playwright) -> Browser:
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-
-
-def _page_as(browser: Browser, forum: SpiritForum, username: str | None) -> Page:
-    context = browser.new_context()
-    context.set_default_timeout(EXPECT_TIMEOUT_MS)
-    if username is not None:
-        cookie = {"name": "sessionid", "value": forum.session_cookie(username), "url": forum.url}
-        context.add_cookies([cookie])  # type: ignore[list-item]
-    return context.new_page()
-
-
-def _publish(page: Page, forum: SpiritForum, title: str, text: str) -> Response:
-    page.goto(f"{forum.url}/topic/publish/")
-    page.fill("#id_title", title)
-    page.select_option("#id_category", "Uncategorized")
-    page.fill("#id_comment", text)
-    with page.expect_response(
-        lambda r: r.request.method == "POST" and "/topic/publish/" in r.url
-    ) as answer:
-        page.click("input.comment__reply__actions__publish")
-    page.wait_for_load_state()
-    return answer.value
-
-
-def test_login_through_the_form(browser: Browser, forum: SpiritForum) -> None:
-    page = _page_as(browser, forum, None)
-    page.goto(f"{forum.url}/topic/publish/")
-    assert "/user/login/" in page.url, "the topic form is behind the login wall"
-    page.fill("#id_username", "login")
-    page.fill("#id_password", USERS["login"])
-    page.click("input[type=submit][value=Login]")
-    expect(page.locator(".header__tabs a[href='/user/menu/']")).to_have_text(re.compile("login"))
-    assert any(c["name"] == "sessionid" for c in page.context.cookies())
-    page.context.close()
-
-
-def test_publish_redirects_to_the_topic_then_the_limiter_refuses(
-    browser: Browser, forum: SpiritForum
-) -> None:
-    page = _page_as(browser, forum, "smoke")
-    text = "Hello Spirit from postroom\nsecond line"
-    answer = _publish(page, forum, text, text)
-
-    assert answer.status == 302
-    (topic,) = forum.topics("smoke")
-    assert (
-        answer.headers["location"] == f"/topic/{topic.id}/hello-spirit-from-postroom-second-line/"
+@pytest.fixture(scope="module")
+def rig(
+    tmp_path_factory: pytest.TempPathFactory, forum: SpiritForum, playwright: Playwright
+) -> Iterator[BrowserAppRig]:
+    workdir = tmp_path_factory.mktemp("spirit-rig")
+    renamed = renamed_playbook(
+        bundled_playbook("spirit"), workdir / "spirit-renamed.toml", COMMENT, RENAMED_COMMENT
     )
-    assert topic.title == "Hello Spirit from postroom second line", "line breaks become spaces"
-    assert topic.comment.replace("\r\n", "\n") == text
-    share = page.locator(".comments_list__comment[data-number='1'] .comment__footer__share__url")
-    assert re.search(r"/comment/[0-9]+/find/$", share.get_attribute("value") or "")
+    accounts = [
+        Account(
+            PLATFORM,
+            name,
+            forum.url,
+            {},
+            {"playbook": str(renamed) if name == "renamed" else "spirit"},
+        )
+        for name in ACCOUNTS
+    ]
+    with BrowserAppRig(workdir) as r:
+        browser = launch(playwright)
+        for name in ACCOUNTS:
+            if name == "fresh":
+                continue
+            # Logged in as a session Spirit made for the user (no login form: Spirit's login
+            # limiter allows 5 per IP, kept for the one login a test does through the page).
+            context = browser.new_context()
+            cookie = {"name": "sessionid", "value": forum.session_cookie(name), "url": forum.url}
+            context.add_cookies([cookie])  # type: ignore[list-item]
+            r.save_login(context, PLATFORM, name)
+            context.close()
+        browser.close()
+        r.start_browser(accounts)
+        yield r
 
-    # The logged-in visitor of the login page lands on their profile: the verify page.
-    page.goto(f"{forum.url}/user/login/")
-    item = page.locator(".comments_list__comment").first
-    assert item.locator(".comment__text").inner_text().split() == text.split()
 
-    refused = _publish(page, forum, "a second topic", "a second topic")
-    assert refused.status == 200
-    assert "Too many submissions" in refused.text()
-    expect(page.locator(".messages_error .message_text")).to_contain_text("Too many submissions")
-    assert len(forum.topics("smoke")) == 1
-    page.context.close()
+def target(account: str) -> str:
+    return f"{PLATFORM}:{account}"
+
+
+# ---- publishing -------------------------------------------------------------------------------
+
+
+def test_publishes_a_topic(rig: BrowserAppRig, forum: SpiritForum) -> None:
+    text = f"Hello Spirit from postroom {MARK}\nsecond line"
+    post_id = rig.publish(text, [target("pub")])
+    job = rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED)
+
+    (topic,) = forum.topics("pub")
+    assert topic.comment == text
+    assert topic.title == text.replace("\n", " "), "the title is the text on one line"
+    assert job.result_post_id == str(topic.comment_id)
+    assert job.result_url == topic.permalink(forum.url)
+    playbook_steps = [
+        *("open_form", "fill_title", "choose_category", "fill_comment", "find_publish_button"),
+        "submit",
+    ]
+    done = steps(job)[-1]
+    assert [s for s in done if s in playbook_steps] == playbook_steps, rig.step_logs(job)
+    shot = rig.screenshot(job, "after_publish")
+    assert shot.width >= 1000
+    # The topic page: its title and first comment both carry the red squares.
+    assert red_pixels(shot, below=HEADER_PX) > 400
+
+
+def test_confirm_shows_the_filled_form_first(rig: BrowserAppRig, forum: SpiritForum) -> None:
+    text = f"Check me before it goes out {MARK}"
+    post_id = rig.cluster.publish(rig.api, text, [target("confirm")], require_confirm=True)
+    job = rig.wait_status(post_id, pb.JOB_STATUS_AWAITING_CONFIRM)
+
+    shot = rig.screenshot(job, "before_confirm")
+    assert red_pixels(shot, below=HEADER_PX) > 400, "the form holds the text, title and comment"
+    assert forum.topics("confirm") == [], "nothing is posted before the confirmation"
+
+    rig.api.confirm_job(job.id)
+    job = rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED)
+    (topic,) = forum.topics("confirm")
+    assert topic.comment == text
+    assert job.result_url == topic.permalink(forum.url)
+    assert red_pixels(rig.screenshot(job, "after_publish"), below=HEADER_PX) > 400
+
+
+# ---- what goes wrong -------------------------------------------------------------------------
+
+
+def test_a_renamed_selector_is_ui_changed(rig: BrowserAppRig, forum: SpiritForum) -> None:
+    text = f"The comment field was renamed {MARK}"
+    post_id = rig.publish(text, [target("renamed")])
+    job = rig.wait_status(post_id, pb.JOB_STATUS_FAILED)
+
+    assert job.last_error_class == pb.ERROR_CLASS_UI_CHANGED, job.last_error
+    assert len(job.runs) == 1, "a changed page is not retried"
+    assert job.runs[0].failed_step.startswith("fill_comment")
+    assert "'fill_comment'" in job.last_error and RENAMED_COMMENT in job.last_error
+    # The page as it was: the title typed in, no field by the name the playbook gives.
+    assert red_pixels(rig.screenshot(job, "on_failure"), below=HEADER_PX) > 150
+    assert forum.topics("renamed") == []
+
+
+def test_logged_out_needs_login_then_publishes_after_a_login(
+    rig: BrowserAppRig, forum: SpiritForum, playwright: Playwright
+) -> None:
+    text = f"Posted once somebody logged in {MARK}"
+    post_id = rig.publish(text, [target("fresh")])
+    job = rig.wait_status(post_id, pb.JOB_STATUS_NEEDS_LOGIN)
+    assert job.last_error_class == pb.ERROR_CLASS_AUTH_REQUIRED, job.last_error
+    assert forum.topics("fresh") == []
+
+    def log_in(page: Page) -> None:  # what the person does on Spirit's own login page
+        page.wait_for_url("**/user/login/**")
+        page.fill("#id_username", "fresh")
+        page.fill("#id_password", PASSWORDS["fresh"])
+        page.click("input[type=submit][value=Login]")
+
+    printed = rig.browser_login(playwright, PLATFORM, "fresh", log_in)
+    assert f"logged in: {PLATFORM}:fresh" in printed
+
+    checked = rig.api.check_login(device_id=DEVICE, platform=PLATFORM, account="fresh")
+    assert checked.badge.state == pb.LOGIN_STATE_LOGGED_IN, checked.badge.message
+    assert job.id in checked.requeued_job_ids
+    job = rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED)
+    (topic,) = forum.topics("fresh")
+    assert topic.comment == text and job.result_url == topic.permalink(forum.url)
+
+
+def test_the_forums_rate_limiter_closes_the_gate(rig: BrowserAppRig, forum: SpiritForum) -> None:
+    first = rig.publish(f"The first topic {MARK}", [target("limited")])
+    rig.wait_status(first, pb.JOB_STATUS_SUCCEEDED)
+
+    # Spirit allows one topic per 10 s window per user; this runner's window never rolls over.
+    second = rig.publish(f"One topic too many {MARK}", [target("limited")])
+    job = rig.wait_job(
+        second,
+        "the second job back in the queue, rate limited",
+        lambda j: j.last_error_class == pb.ERROR_CLASS_RATE_LIMITED,
+    )
+    assert job.status == pb.JOB_STATUS_QUEUED, pb.JobStatus.Name(job.status)
+    assert "Too many submissions" in job.last_error
+    gate = rig.closed_gate(PLATFORM, "limited")
+    assert gate is not None, "the account's gate is closed"
+    assert len(forum.topics("limited")) == 1
+
+
+def test_a_lost_answer_is_verified_not_posted_again(rig: BrowserAppRig, forum: SpiritForum) -> None:
+    # The forum stores the topic, then holds its answer past the submit's bound.
+    forum.hold_answer(r"^/topic/publish/", HOLD_S)
+    text = f"Stored, but the answer was lost {MARK}"
+    post_id = rig.publish(text, [target("doubt")])
+    job = rig.wait_status(post_id, pb.JOB_STATUS_SUCCEEDED)
+
+    (topic,) = forum.topics("doubt")
+    assert topic.comment == text
+    first, last = job.runs[0], job.runs[-1]
+    assert first.error_class == pb.ERROR_CLASS_TRANSIENT and "in doubt" in first.error
+    done = steps(job)[-1]
+    assert "verify" in done and "submit" not in done, rig.step_logs(job)
+    assert job.result_post_id == str(topic.comment_id)
+    assert rig.success_details(job).get("found_existing") is True
+    assert last.device_id == DEVICE
