@@ -7,14 +7,13 @@ A leaf parser stores its handler as `handler`; `main` calls `handler(args, ctx)`
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, TypeAlias, TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
 
+from postroom.client.settings import default_actor as default_actor  # used by main
 from postroom.v1 import types_pb2
 from postroom_cli.client import PublishingClient
 from postroom_cli.render import Output, enum_label, enum_names
@@ -32,13 +31,6 @@ _Item = TypeVar("_Item")
 Handler = Callable[[argparse.Namespace, Context], int]
 # A string: argparse's class is generic only in typeshed, not at runtime.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def default_actor() -> str:
-    try:
-        return os.environ.get("POSTROOM_ACTOR") or getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry for this uid (containers)
-        return "operator"
 
 
 def target_arg(value: str) -> types_pb2.Target:
