@@ -12,6 +12,10 @@ The file is written by the same code as the `postroom vault watch` bridge (docum
 render.py, progress.py): the same frontmatter, body, audit lines in Logs/ and move to Done/.
 Accounts come from `accounts=` (NAME → ACCOUNT or PLATFORM:ACCOUNT; twitter means postroom's x)
 and from VAULT/.postroom.toml's [accounts] table.
+
+Errors: `VaultError` (and its `MalformedFile`, `OutsideVault`) for the vault's side, saying what
+to fix; `postroom.PostroomError` subclasses for the coordinator's (`DeadlineExceeded` when the
+platforms did not answer within `timeout_s`; the post goes on, call again to keep waiting).
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ class VaultPoster:
     def execute_approved_draft(self, draft_path: str | Path) -> dict[str, PlatformResult]:
         """Publish an approved draft and wait (up to `timeout_s`) until every platform answered;
         one result per platform. The file stays in Approved/ until all succeeded, then Done/."""
-        path = self._find(draft_path, (docs.APPROVED,))
+        path = self._find(draft_path, (docs.APPROVED, docs.DONE))
         deadline = time.monotonic() + self.timeout_s
         while True:
             self._bridge.process(path)

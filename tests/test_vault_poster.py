@@ -113,6 +113,7 @@ def test_field_platform_names_are_aliases_and_unknown_ones_are_refused(
         os.rename(draft, vault / "Approved" / draft.name)
         results = poster.execute_approved_draft(draft)
         assert all(r["success"] for r in results.values())
+        assert poster.execute_approved_draft(draft) == results  # in Done/ now: the same answer
         # The file moved to Done/; `x` is postroom's name for the field's `twitter`.
         again = poster.retry_failed_platform(draft, platform="x")
         assert again["url"] == results["twitter"]["url"]
