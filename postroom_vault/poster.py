@@ -111,14 +111,14 @@ class VaultPoster:
         while True:
             self._bridge.process(path)
             current = self._find(path, (docs.APPROVED, docs.DONE))
-            front = docs.parse(current.read_bytes()).front
-            if front.get("status") in _ROUND_OVER:
-                return self._results(front)
+            doc = docs.parse(current.read_bytes())
+            if doc.status in _ROUND_OVER:
+                return self._results(doc)
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(
                     "DEADLINE_EXCEEDED",
                     f"{path.name}: the platforms did not all answer within {self.timeout_s:g}s "
-                    f"(status {front.get('status')}); call again to keep waiting",
+                    f"(status {doc.status}); call again to keep waiting",
                 )
             time.sleep(_POLL_S)
             path = current
@@ -143,8 +143,8 @@ class VaultPoster:
             self.client.retry_job(job_id, actor=self._bridge.config.actor)
             self._wait_job(job_id, started)
         self._bridge.process(path)
-        front = docs.parse(self._find(path, (docs.APPROVED, docs.DONE)).read_bytes()).front
-        return self._results(front)[name]
+        now = docs.parse(self._find(path, (docs.APPROVED, docs.DONE)).read_bytes())
+        return self._results(now)[name]
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -199,16 +199,33 @@ class VaultPoster:
                 )
             time.sleep(_POLL_S)
 
-    def _results(self, front: dict[str, Any]) -> dict[str, PlatformResult]:
-        stamp = str(front.get("last_attempt_at") or front.get("completed_at") or "")
-        stamp = stamp or docs.utc_text(dt.datetime.now(dt.UTC))
-        platforms = front.get("platforms")
+    def _answered_at(self, doc: docs.Document) -> dict[str, str]:
+        """Per platform name: when its latest attempt ended (the job's last change without one)."""
+        track = self._bridge.store.load(doc.id)
+        if track is None or not track.post_id:
+            return {}
+        _, by_target = self._bridge.targets_of(doc)
+        stamps: dict[str, str] = {}
+        for state in self.client.get_post(track.post_id).target_states:
+            name = by_target.get((state.target.platform, state.target.account))
+            if name is None:
+                continue
+            job = self.client.get_job(state.job_id)
+            ended = job.runs[-1].ended_at if job.runs else job.updated_at
+            when = ended if ended.seconds else job.updated_at
+            stamps[name] = docs.utc_text(when.ToDatetime(tzinfo=dt.UTC))
+        return stamps
+
+    def _results(self, doc: docs.Document) -> dict[str, PlatformResult]:
+        stamps = self._answered_at(doc)
+        fallback = docs.utc_text(dt.datetime.now(dt.UTC))
+        platforms = doc.front.get("platforms")
         results: dict[str, PlatformResult] = {}
         for name, entry in platforms.items() if isinstance(platforms, dict) else []:
             result: dict[str, Any] = {
                 k: v for k, v in dict(entry or {}).items() if k != "retry_attempt"
             }
-            result["timestamp"] = stamp
+            result["timestamp"] = stamps.get(str(name), fallback)
             if isinstance(entry, dict) and "retry_attempt" in entry:
                 result["retry_attempt"] = entry["retry_attempt"]
             results[str(name)] = PlatformResult(**result)  # type: ignore[typeddict-item]

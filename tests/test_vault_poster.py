@@ -9,6 +9,7 @@ and a short retry-after.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -63,6 +64,7 @@ def test_the_field_session_partial_failure_then_retry_then_done(
             poster.execute_approved_draft(draft_path)
         os.rename(draft_path, vault / "Approved" / draft_path.name)  # a person approves
 
+        started = dt.datetime.now(dt.UTC).replace(microsecond=0)
         results = poster.execute_approved_draft(draft_path)
         json.dumps(results)  # plain data, as the field prints it
         assert list(results) == PLATFORMS
@@ -70,7 +72,8 @@ def test_the_field_session_partial_failure_then_retry_then_done(
             assert list(results[ok]) == ["success", "post_id", "url", "timestamp"]
             assert results[ok]["success"] is True
             assert results[ok]["post_id"] and results[ok]["url"].startswith("http")
-            assert docs.parse_time(results[ok]["timestamp"]) is not None
+            answered = docs.parse_time(results[ok]["timestamp"])
+            assert answered is not None and answered >= started  # when that platform answered
         ig = results["instagram"]
         assert list(ig) == ["success", "error", "error_code", "retry_after", "timestamp"]
         assert ig["success"] is False and ig["error_code"] == 429 and ig["error"]
@@ -85,6 +88,7 @@ def test_the_field_session_partial_failure_then_retry_then_done(
     assert list(retry) == ["success", "post_id", "url", "timestamp", "retry_attempt"]
     assert retry["success"] is True and retry["retry_attempt"] == 2
     assert retry["url"].startswith("http")
+    assert retry["timestamp"] >= ig["timestamp"]  # the same format: text order is time order
     assert not approved.exists()
     done = docs.parse((vault / "Done" / draft_path.name).read_bytes()).front
     assert done["status"] == "completed" and done["retry_count"] == 2
