@@ -67,13 +67,13 @@ def site() -> Iterator[tuple[Site, str]]:
 
 @asynccontextmanager
 async def browser_host(
-    url: str, tmp_path: Path, *, logged_in: bool = True
+    url: str, tmp_path: Path, *, logged_in: bool = True, playbook: str = PLAYBOOK
 ) -> AsyncIterator[BrowserHost]:
     account = BrowserAccount(
         platform="unit",
         account="alice",
         base_url=url,
-        playbook=parse_playbook(PLAYBOOK, source="unit.toml"),
+        playbook=parse_playbook(playbook, source="unit.toml"),
     )
     host = BrowserHost([account], profiles_dir=tmp_path / "profiles")
     try:
@@ -156,6 +156,7 @@ async def test_no_answer_in_time_is_in_doubt(site: tuple[Site, str], tmp_path: P
         with pytest.raises(Transient) as raised:
             await publish(host, Sink(bound_s=1.5), job())
     assert not raised.value.not_created and "in doubt" in str(raised.value)
+    assert "no answer to the submit within 1.5s" in str(raised.value)  # the lease-margin bound
     assert s.submits == 1
 
 
@@ -266,3 +267,18 @@ async def test_a_new_login_on_disk_is_picked_up_not_overwritten(
         assert await BrowserAdapter(host, "unit").check_login("alice") is True
         assert (await publish(host, Sink(), job())).post_id == "1"
     assert s.posts == ["hello from a real browser"]
+
+
+async def test_no_compose_step_can_submit(site: tuple[Site, str], tmp_path: Path) -> None:
+    s, url = site
+    clicking = PLAYBOOK.replace(
+        "[commit]",
+        '[[compose]]\nname = "press_post_early"\naction = "click"\n'
+        'selector = "[data-testid=post-button]"\n\n[commit]',
+    )
+    async with browser_host(url, tmp_path, playbook=clicking) as host:
+        with pytest.raises(UiChanged) as raised:
+            await publish(host, Sink(), job())
+    assert raised.value.step == "press_post_early"
+    assert "sent the submit request before the commit step" in raised.value.message
+    assert s.submits == 0 and s.posts == []
