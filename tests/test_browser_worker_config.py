@@ -47,3 +47,15 @@ def test_a_playbook_mistake_stops_the_worker_naming_file_and_key(
     assert main([*ARGS, "--kind", "browser", "--accounts", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'pb.toml'}" in err and "unknown key 'item_selectr'" in err
+
+
+def test_a_browser_that_cannot_start_stops_the_worker_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    path = accounts(tmp_path)
+    argv = [*ARGS, "--kind", "browser", "--accounts", str(path), "--headed"]
+    assert main([*argv, "--profiles-dir", str(tmp_path / "profiles")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot start Chromium (/usr/bin/chromium)" in err and "--headed needs a display" in err

@@ -61,7 +61,7 @@ from worker.config import (
     Capability,
     WorkerConfig,
 )
-from worker.errors import SessionRefused
+from worker.errors import SessionRefused, Transient
 from worker.media import MediaLoader
 from worker.metrics import WorkerMetrics
 from worker.platforms.base import AccountHost, PlatformContext
@@ -364,6 +364,13 @@ async def _run(
         browser_host = BrowserHost(
             browser, profiles_dir=profiles_dir, media=media, clock=clock, headless=headless
         )
+        try:  # now, not at the first job: a browser that cannot start is a set-up problem
+            await browser_host.browser()
+        except Transient as exc:
+            await browser_host.aclose()
+            hint = " (--headed needs a display)" if not headless else ""
+            print(f"postroom worker: error: {exc.message}{hint}", file=sys.stderr)
+            return EXIT_USAGE
     if accounts:
         context = PlatformContext(
             clock=clock,

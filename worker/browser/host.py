@@ -212,7 +212,8 @@ class BrowserHost:
             try:
                 self._browser = await launch_chromium(self._playwright, headless=self.headless)
             except Exception as exc:
-                raise Transient(f"cannot start Chromium ({CHROMIUM}): {exc}") from exc
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise Transient(f"cannot start Chromium ({CHROMIUM}): {first}") from exc
             log.info("Chromium %s started", self._browser.version)
             return self._browser
 
