@@ -8,6 +8,10 @@ checks through `JobHooks` (it owns the job's state and the stream); this module 
          lost: worker/fence.py)
       -> after_publish screenshot
     commit says Duplicate -> verify: found = success (found_existing), else the Duplicate stands
+
+An adapter with steps of its own (a browser playbook's compose and submit steps) is given a
+`StepSink` by the runtime (`SteppedAdapter.bind_steps`): each of its steps is then its own step
+log line with its duration, inside the lifecycle step that called it.
 """
 
 from __future__ import annotations
