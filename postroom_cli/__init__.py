@@ -1,10 +1,13 @@
-"""postroom_cli: the `postroom` command, a gRPC client of `postroom.v1.Publishing`.
+"""postroom_cli: the `postroom` command, built on the Python client `postroom.Client`.
 
-Errors, one root (see `client.py`):
+Errors, one root: the client's `postroom.PostroomError` (called `CliError` here, see
+`client.py`), printed as "error: CODE: message", exit 1:
 
-CliError(code, message)      printed as "error: CODE: message", exit 1
-└── raised from grpc.RpcError at the client boundary, from OSError when writing files,
-    and for answers the CLI cannot use (a stream that ends early, a corrupt asset).
+PostroomError(code, message)
+├── NotFound, FailedPrecondition, Unavailable, …   a failed call, by gRPC status
+├── NeedsPerson                                     nothing happens by itself: exit 3
+└── (itself) OSError when writing files, answers the CLI cannot use (a stream that ends
+    early, a corrupt asset), a token file it cannot read
 
 Usage errors are argparse's: "usage: ..." and exit 2.
 """
