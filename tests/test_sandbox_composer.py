@@ -238,6 +238,8 @@ def test_renamed_selector_renames_the_post_button_for_count_loads(
 ) -> None:
     x_login(page, sandbox_url, account, then="/home")
     admin.inject("renamed_selector", platform="x", account=account, count=1)
+    page.goto(f"{sandbox_url}/web/x/{account}")  # other pages leave the fault for the composer
+    assert [f["kind"] for f in admin.faults()] == ["renamed_selector"]
     page.goto(f"{sandbox_url}/web/x/compose/post")
     expect(page.get_by_test_id("tweetButtonInline")).to_have_count(1)
     expect(page.get_by_test_id("tweetButton")).to_have_count(0)
