@@ -23,22 +23,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from platform_rig import Account, PlatformRig
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright
+from playwright.sync_api import Page, Playwright
 from polling import wait_until
 
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.cluster import ClusterConfig
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STATE_FILE = "storage-state.json"  # worker/browser/host.py keeps a profile's login there
 MARK = "🟥🟥🟥🟥"
 RED = (244, 67, 54)  # 🟥 as Noto Color Emoji draws it
@@ -58,10 +49,6 @@ def require_chromium() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{missing} (CI must run these tests)")
     pytest.skip(missing)
-
-
-def launch(playwright: Playwright) -> Browser:
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
 def free_port() -> int:
@@ -92,12 +79,32 @@ class BrowserAppRig(PlatformRig):
     def state_file(self, platform: str, account: str) -> Path:
         return self.profiles_dir / platform / account / STATE_FILE
 
-    def save_login(self, context: BrowserContext, platform: str, account: str) -> None:
-        """Keep `context`'s cookies and localStorage as the account's profile (a login made
-        in the test's own browser, as `postroom browser-login` would have kept it)."""
+    def save_cookie(self, platform: str, account: str, url: str, name: str, value: str) -> None:
+        """A profile holding one session cookie for `url`'s host (Playwright's storage-state
+        format, as the worker reads it)."""
+        host = url.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+        cookie = {
+            "name": name, "value": value, "domain": host, "path": "/", "expires": -1,
+            "httpOnly": True, "secure": False, "sameSite": "Lax",
+        }  # fmt: skip
+        self._write_state(platform, account, {"cookies": [cookie], "origins": []})
+
+    def save_local_storage(
+        self, platform: str, account: str, origin: str, items: dict[str, str]
+    ) -> None:
+        """A profile holding `items` in `origin`'s localStorage (where single-page apps keep
+        their login)."""
+        stored = [{"name": k, "value": v} for k, v in items.items()]
+        state: dict[str, object] = {
+            "cookies": [],
+            "origins": [{"origin": origin, "localStorage": stored}],
+        }
+        self._write_state(platform, account, state)
+
+    def _write_state(self, platform: str, account: str, state: dict[str, object]) -> None:
         path = self.state_file(platform, account)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(json.dumps(context.storage_state()))
+        path.write_text(json.dumps(state))
         path.chmod(0o600)
 
     def wait_job(

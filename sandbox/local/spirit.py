@@ -1,15 +1,16 @@
 """django-spirit (PyPI; a real server-rendered forum) as a process on 127.0.0.1.
 
-    template = spirit_template(cache_dir)                 # the migrated project, made once
+    template = spirit_template()                          # the migrated project, made once
     with SpiritForum(workdir, {"alice": "pw"}, template=template) as forum:
         forum.url                                          # the site (base_url)
         forum.category_id                                  # the category topics go to
         forum.session_cookie("alice")                      # a logged-in `sessionid` value
         forum.topics("alice")                              # what the user has published
-        forum.hold_answer(r"^/topic/publish/", 30)         # the next publish lands, unanswered
+        forum.hold_answer(r"^/topic/publish/", 30, user="alice")  # her next topic: no answer
 
 `spirit startproject` + `migrate` take a few seconds, so `spirit_template` makes one migrated
-project per cache directory and each forum copies it. `start` adds a settings module beside
+project per cache directory (by default in the temp folder, per Spirit and Django version) and
+each forum copies it. `start` adds a settings module beside
 Spirit's dev settings (its rate limiter on, this port's site URL, the hold middleware below),
 creates the users (verified, with passwords) and one open category, then runs Django's own
 `runserver`. The port is picked free by the OS just before the start; readiness is polled, and
@@ -24,6 +25,7 @@ so a test can hit the limiter without racing a window boundary.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -33,6 +35,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,10 +72,12 @@ class HoldAnswer:
             rule = json.loads(HOLD.read_text())
         except (OSError, ValueError):
             return response
+        user = getattr(request, "user", None)
         if (
             rule.get("count", 0) > 0
             and request.method == rule["method"]
             and re.search(rule["path"], request.path)
+            and rule.get("user") in (None, getattr(user, "username", None))
         ):
             rule["count"] -= 1
             HOLD.write_text(json.dumps(rule))
@@ -175,8 +180,19 @@ def _run(argv: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> st
     return done.stdout
 
 
-def spirit_template(cache_dir: Path) -> Path:
-    """A migrated Spirit project under `cache_dir`, made on the first call (a few seconds)."""
+def default_cache_dir() -> Path:
+    """Where `spirit_template` keeps its project between runs: the system's temp folder, one
+    per Spirit and Django version (a new version gets a new, freshly migrated project)."""
+    versions = (
+        f"{importlib.metadata.version('django-spirit')}-{importlib.metadata.version('django')}"
+    )
+    return Path(tempfile.gettempdir()) / f"postroom-spirit-{versions}-{os.getuid()}"
+
+
+def spirit_template(cache_dir: Path | None = None) -> Path:
+    """A migrated Spirit project under `cache_dir` (default: `default_cache_dir()`), made on
+    the first call (a few seconds) and reused after."""
+    cache_dir = cache_dir or default_cache_dir()
     missing = spirit_missing()
     if missing is not None:
         raise LocalServerError(missing)
@@ -320,9 +336,16 @@ class SpiritForum:
         ]
 
     def hold_answer(
-        self, path: str, seconds: float, *, method: str = "POST", count: int = 1
+        self,
+        path: str,
+        seconds: float,
+        *,
+        method: str = "POST",
+        count: int = 1,
+        user: str | None = None,
     ) -> None:
-        """The next `count` `method` requests whose path matches the regex `path` are served,
-        then answered only after `seconds` (the forum has written; the answer is late)."""
-        rule = {"path": path, "method": method, "seconds": seconds, "count": count}
+        """The next `count` `method` requests whose path matches the regex `path` (made by
+        `user`, if given) are served, then answered only after `seconds` (the forum has
+        written; the answer is late)."""
+        rule = {"path": path, "method": method, "seconds": seconds, "count": count, "user": user}
         (self.project / "hold.json").write_text(json.dumps(rule))
