@@ -306,7 +306,7 @@ def test_worker_killed_after_the_submit_left_is_verified_not_reposted(env: Env) 
 def test_two_accounts_run_at_once_two_jobs_of_one_account_never(env: Env) -> None:
     wait_until("no page held", lambda: env.admin.stats()["hanging"] == 0, DEADLINE_S)
     for account in ("par_a", "par_b"):
-        env.admin.inject("slow_page", platform="x", account=account, hang_seconds=6)
+        env.admin.inject("slow_page", platform="x", account=account, hang_seconds=8)
     both = env.rig.publish(f"Side by side {MARK}", ["x:par_a", "x:par_b"])
     # Both accounts' composer pages are loading at the same moment: two contexts at work.
     wait_until("both accounts' pages at once", lambda: env.admin.stats()["hanging"] == 2, 60)
