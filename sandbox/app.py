@@ -332,7 +332,7 @@ class _Api:
         post = self.state.record(platform, account, draft, base_url=str(request.base_url))
         if fault is not None:  # accept_then_*: the post exists, the client never hears so
             if fault.kind is FaultKind.ACCEPT_THEN_HANG:
-                await self._hang(request, fault.hang_seconds)
+                await hang(self.state, request, fault.hang_seconds)
             return _send(fault_reply(fault, now=self.state.clock()))
         return JSONResponse(
             {"id": post.id, "url": post.url, "created_at": rfc3339(post.created_at)},
@@ -390,11 +390,8 @@ class _Api:
             existing = self.state.latest_like(platform, account, draft)
             existing_id = existing.id if existing is not None else None
         if fault.kind is FaultKind.HANG:
-            await self._hang(request, fault.hang_seconds)
+            await hang(self.state, request, fault.hang_seconds)
         return _send(fault_reply(fault, now=self.state.clock(), existing_id=existing_id))
-
-    async def _hang(self, request: Request, seconds: float) -> None:
-        await hang(self.state, request, seconds)
 
     # Admin API ------------------------------------------------------------------------------
 
