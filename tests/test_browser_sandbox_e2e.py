@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from browser_apps import CONFIG, MARK, BrowserAppRig, red_pixels
-from browser_apps import require_chromium as require_chromium
+from browser_apps import CONFIG, MARK, BrowserAppRig, red_pixels, require_chromium
 from PIL import Image
 from platform_rig import Account
 from playwright.sync_api import Page, sync_playwright
@@ -69,8 +68,9 @@ class Env:
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
-def entry(env_base: str, platform: str, account: str) -> Account:
-    return Account(platform, account, env_base, {}, {"playbook": f"sandbox-{platform}"})
+def entry(base_url: str, platform: str, account: str) -> Account:
+    """A browser account: a playbook, no credentials (its login is in its profile)."""
+    return Account(platform, account, base_url, {}, {"playbook": f"sandbox-{platform}"})
 
 
 def log_in_x(account: str) -> Callable[[Page], None]:
@@ -102,7 +102,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         (rig.media_dir / PHOTO).write_bytes(buffer.getvalue())
         accounts = [entry(env.base("x"), "x", a) for a in X_ACCOUNTS]
         accounts += [entry(env.base("instagram"), "instagram", a) for a in IG_ACCOUNTS]
-        save_logins(env, [(a.platform, a.account) for a in [*accounts, entry("", "x", KILL)]])
+        save_logins(env, [*((a.platform, a.account) for a in accounts), ("x", KILL)])
         rig.start_browser(accounts)
         yield env
     finally:
