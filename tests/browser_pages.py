@@ -3,7 +3,8 @@ the test asks, a 2FA page and a profile page. (The sandbox's X- and Instagram-li
 the e2e targets; this one only has to exercise each outcome of the engine.)
 
 `Site.mode` picks the submit's answer: ok, rate, invalid, hang, double (the page submits twice),
-nosubmit (the button does nothing), changed (the composer lost its test id), challenge (compose
+nosubmit (the button does nothing), changed (the composer lost its test id), button_changed (the
+Post button lost its test id), challenge (compose
 sends you to a 2FA page). Without the session cookie every page but /login is a login wall.
 """
 
@@ -82,7 +83,7 @@ id_from_url = "/status/([0-9]+)"
 
 _COMPOSE = """<!doctype html><html><body><h1>Compose</h1>
 <textarea data-testid="%(testid)s"></textarea>
-<button data-testid="post-button">Post</button>
+<button data-testid="%(button)s">Post</button>
 <div id="out"></div>
 <script>
 const mode = "%(mode)s";
@@ -94,7 +95,7 @@ async function send(text) {
   out.innerHTML = r.ok ? '<div data-testid="toast">Posted</div>'
                        : '<div role="alert">' + data.error.message + '</div>';
 }
-document.querySelector("[data-testid=post-button]").onclick = () => {
+document.querySelector("button").onclick = () => {
   if (mode === "nosubmit") return;
   const text = document.querySelector("textarea").value;
   send(text).catch(() => {});
@@ -145,7 +146,8 @@ class Site:
         if self.mode == "challenge":
             return RedirectResponse("/2fa")
         testid = "composer-v2" if self.mode == "changed" else "composer"
-        return HTMLResponse(_COMPOSE % {"testid": testid, "mode": self.mode})
+        button = "post-button-v2" if self.mode == "button_changed" else "post-button"
+        return HTMLResponse(_COMPOSE % {"testid": testid, "button": button, "mode": self.mode})
 
     async def create(self, request: Request) -> Response:
         self.submits += 1

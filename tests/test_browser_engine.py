@@ -210,6 +210,19 @@ async def test_a_missing_selector_is_ui_changed_naming_step_and_selector(
     assert shot is not None and shot.startswith(PNG)
 
 
+async def test_a_missing_submit_button_is_ui_changed_not_a_retry(
+    site: tuple[Site, str], tmp_path: Path
+) -> None:
+    s, url = site
+    s.mode = "button_changed"
+    async with browser_host(url, tmp_path) as host:
+        with pytest.raises(UiChanged) as raised:
+            await publish(host, Sink(), job())
+    assert raised.value.step == "submit"
+    assert raised.value.selector == "[data-testid=post-button]"
+    assert s.submits == 0
+
+
 async def test_login_wall_and_challenge_are_auth_required(
     site: tuple[Site, str], tmp_path: Path
 ) -> None:

@@ -57,6 +57,7 @@ _SLACK_S = 2.0  # beyond a step's own Playwright timeout, before the step is cut
 _MIN_MARKER_S = 1.0
 _DEFAULT_RETRY_AFTER_S = 60.0
 _SHOWN_MESSAGE_CHARS = 300
+_CLICK_SHARE_OF_STEP = 0.8  # of the commit step's bound; the rest is for the request to leave
 
 
 class NoSteps:
@@ -329,7 +330,9 @@ class PageRun:
             self.watch.arm(self.sink.commit_refused)
             try:
                 with anyio.move_on_after(step_s):
-                    await self._trigger(step, step_s)
+                    # The click's own bound ends first, so a missing button is reported as a
+                    # changed page (UI_CHANGED), not cut off by this scope as "not submitted".
+                    await self._trigger(step, step_s * _CLICK_SHARE_OF_STEP)
                     await self.watch.left.wait()
                 if self.watch.sent is not None:
                     sent_at = anyio.current_time()
