@@ -1,8 +1,9 @@
-"""What the composer sites share: templates, sessions and the login wall, page faults, the submit.
+"""What the composer sites share: templates, sessions and the login wall, page faults, the submit,
+and the pages themselves (`ComposerSite`).
 
-A site (x_site.py, instagram_site.py) supplies its `Shape` (paths, cookie, limits) and turns a
-`Submitted` into its own JSON; the rules (who is logged in, which fault fires, what is recorded)
-live here once.
+A site (x_site.py, instagram_site.py) supplies its `Shape` (paths, cookie, limits, form fields,
+messages) and what only it says: its answer to a submit, its error, its profile items, its
+permalink page. The rules (who is logged in, which fault fires, what is recorded) live here once.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from string import Template
 from urllib.parse import quote, urlencode
 
+from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sandbox.app import Draft, Post, SandboxState, hang
@@ -44,6 +48,10 @@ class Raw(str):
 
 
 def render(name: str, status: int = 200, **values: str) -> HTMLResponse:
+    return render_values(name, values, status)
+
+
+def render_values(name: str, values: Mapping[str, str], status: int = 200) -> HTMLResponse:
     text = Template((TEMPLATES / name).read_text(encoding="utf-8"))
     safe = {
         key: value if isinstance(value, Raw) else escape(value) for key, value in values.items()
@@ -51,17 +59,40 @@ def render(name: str, status: int = 200, **values: str) -> HTMLResponse:
     return HTMLResponse(text.substitute(safe), status_code=status)
 
 
+@dataclass(frozen=True)
+class Renamable:
+    """The composer's template value that the renamed_selector fault swaps."""
+
+    name: str  # the template's variable
+    value: str
+    renamed: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class Shape:
-    """Where a site keeps things and what it allows."""
+    """Where a site keeps things, what it allows, what its forms and messages are called."""
 
     platform: str
     title: str
+    templates: str  # the prefix of its pages' templates: {templates}_login.html ...
     cookie: str  # the session cookie's name (X: auth_token, Instagram: sessionid)
     login_path: str
     next_param: str  # the login page's "where to after" query parameter
+    username_field: str
+    username_prefix: str = ""  # what a typed username may start with (X's "@")
+    login_error: str
     home_path: str
     challenge_path: str
+    challenge_title: str
+    challenge_heading: str
+    challenge_error: str
+    compose_path: str
+    renamable: Renamable
+    submit_path: str
+    text_field: str
+    media_field: str
+    permalink: str  # a path template with {account} and {id}
+    profile_path: str  # a route path with {account}
     max_chars: int
     needs_media: bool
 
@@ -179,22 +210,20 @@ class Site:
 
     # The submit -----------------------------------------------------------------------------
 
-    async def submit(
-        self, request: Request, *, text_field: str, media_field: str, permalink: str
-    ) -> Submitted:
+    async def submit(self, request: Request) -> Submitted:
         """Take a composer's multipart POST: check the session, fire a fault, check the content,
-        record the post. `permalink` is a path template with {account} and {id}."""
+        record the post."""
         self.state.requests[Op.CREATE.value] += 1
         account = self.account_of(request)
         if account is None:
             return Submitted(error=_reply(401, "auth_required", "You are not logged in."))
         async with request.form() as form:
-            text = form.get(text_field, "")
+            text = form.get(self.shape.text_field, "")
             # multipart/form-data sends a textarea's line breaks as CRLF; the site keeps LF.
             text = text.replace("\r\n", "\n") if isinstance(text, str) else ""
             uploads = [
                 await _describe(item)
-                for item in form.getlist(media_field)
+                for item in form.getlist(self.shape.media_field)
                 if isinstance(item, UploadFile)
             ]
         fault = self.state.take_fault(self.shape.platform, account, Op.CREATE, _SUBMIT_KINDS)
@@ -211,7 +240,7 @@ class Site:
         base = f"{request.base_url.scheme}://{request.base_url.netloc}{root(request)}"
 
         def url(post_id: str) -> str:
-            return base + permalink.format(account=quote(account), id=quote(post_id))
+            return base + self.shape.permalink.format(account=quote(account), id=quote(post_id))
 
         post = self.state.record(
             self.shape.platform, account, draft, base_url=str(request.base_url), permalink=url
@@ -232,6 +261,115 @@ class Site:
         if len(text) > self.shape.max_chars:
             return f"Your post is {len(text)} characters; the limit is {self.shape.max_chars}."
         return None
+
+
+class ComposerSite(ABC):
+    """One composer site's pages and submit, as its `Shape` says; a subclass supplies what only
+    that site says (`created`, `error`, `item`, `permalink_route`)."""
+
+    def __init__(self, state: SandboxState, shape: Shape) -> None:
+        self.shape = shape
+        self.site = Site(state, shape)
+
+    @abstractmethod
+    def created(self, post: Post) -> dict[str, object]:
+        """The site's JSON answer to an accepted submit."""
+
+    @abstractmethod
+    def error(self, reply: Reply) -> Response:
+        """The site's answer to a refused submit, in its own error shape."""
+
+    @abstractmethod
+    def item(self, base: str, post: Post) -> str:
+        """One post's markup on the profile page (`base` is the site's mount path)."""
+
+    @abstractmethod
+    def permalink_route(self) -> Route:
+        """The route of one post's page (before the profile's, which would match it)."""
+
+    def app(self) -> Starlette:
+        shape = self.shape
+        return Starlette(
+            routes=[
+                static_mount(),
+                Route(shape.login_path, self.login_page, methods=["GET"]),
+                Route(shape.login_path, self.login, methods=["POST"]),
+                Route(shape.challenge_path, self.challenge, methods=["GET", "POST"]),
+                Route(shape.home_path, self.home, methods=["GET"]),
+                Route(shape.compose_path, self.compose, methods=["GET"]),
+                Route(shape.submit_path, self.submit, methods=["POST"]),
+                Route("/media/{post_id}", self.media, methods=["GET"]),
+                self.permalink_route(),
+                Route(shape.profile_path, self.profile, methods=["GET"]),
+            ]
+        )
+
+    def page(self, name: str, request: Request, *, status: int = 200, **values: str) -> Response:
+        """The site's template `name` (login, home, compose, ...), under its mount path."""
+        return render(f"{self.shape.templates}_{name}.html", status, root=root(request), **values)
+
+    async def login_page(self, request: Request) -> Response:
+        next_path = self.site.safe_next(request.query_params.get(self.shape.next_param, ""))
+        return self.page("login", request, next=next_path, error="")
+
+    async def login(self, request: Request) -> Response:
+        shape = self.shape
+        form = await request.form()
+        username = str(form.get(shape.username_field, "")).strip()
+        username = username.removeprefix(shape.username_prefix)
+        password = str(form.get("password", ""))
+        next_path = self.site.safe_next(str(form.get(shape.next_param, ""))) or shape.home_path
+        if not USERNAME.fullmatch(username) or not password:
+            return self.page("login", request, status=400, next=next_path, error=shape.login_error)
+        return self.site.log_in(request, username, next_path)
+
+    async def challenge(self, request: Request) -> Response:
+        shape = self.shape
+        return render(
+            "challenge.html",
+            root=root(request),
+            title=shape.challenge_title,
+            heading=shape.challenge_heading,
+            error=shape.challenge_error if request.method == "POST" else "",
+        )
+
+    async def home(self, request: Request) -> Response:
+        visit = await self.site.open_page(request)
+        if not isinstance(visit, Visit):
+            return visit
+        return self.page("home", request, account=visit.account)
+
+    async def compose(self, request: Request) -> Response:
+        visit = await self.site.open_page(request, composer=True)
+        if not isinstance(visit, Visit):
+            return visit
+        swapped = self.shape.renamable
+        value = swapped.renamed if visit.renamed else swapped.value
+        values = {"root": root(request), "account": visit.account, swapped.name: value}
+        return render_values(f"{self.shape.templates}_compose.html", values)
+
+    async def submit(self, request: Request) -> Response:
+        submitted = await self.site.submit(request)
+        if submitted.error is not None:
+            return self.error(submitted.error)
+        assert submitted.post is not None
+        return JSONResponse(self.created(submitted.post))
+
+    async def profile(self, request: Request) -> Response:
+        account = request.path_params["account"]
+        if not USERNAME.fullmatch(account):
+            return Response("Not found", 404)
+        visit = await self.site.open_page(request)
+        if not isinstance(visit, Visit):
+            return visit
+        posts = self.site.posts_of(account)
+        items = "\n".join(self.item(root(request), post) for post in posts)
+        return self.page(
+            "profile", request, account=account, count=str(len(posts)), items=Raw(items)
+        )
+
+    async def media(self, request: Request) -> Response:
+        return self.site.media_response(request.path_params["post_id"])
 
 
 def static_mount() -> Mount:

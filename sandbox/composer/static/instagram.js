@@ -43,17 +43,13 @@
     const form = new FormData();
     form.append("caption", caption.value);
     for (const file of photo.files) form.append("photo", file);  // 2+ make a carousel
-    let response;
-    try {
-      response = await fetch(root + "/api/v1/media/configure/", {
-        method: "POST", body: form, credentials: "same-origin",
-      });
-    } catch (error) {
+    const answer = await window.composerSend(root + "/api/v1/media/configure/", form);
+    if (answer === null) {
       fail("Something went wrong. Please try again.");
       return;
     }
-    const body = await response.json().catch(function () { return {}; });
-    if (response.ok && body.status === "ok") {
+    const body = answer.body;
+    if (answer.ok && body.status === "ok") {
       confirm.hidden = true;
       document.getElementById("shared-link").href = root + "/p/" + body.media.code + "/";
       showPost("shared");

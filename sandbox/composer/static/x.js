@@ -57,18 +57,14 @@
     const form = new FormData();
     form.append("text", box.value);
     for (const file of files.files) form.append("media", file);
-    let response;
-    try {
-      response = await fetch(root + "/i/api/graphql/CreateTweet", {
-        method: "POST", body: form, credentials: "same-origin",
-      });
-    } catch (error) {
+    const answer = await window.composerSend(root + "/i/api/graphql/CreateTweet", form);
+    if (answer === null) {
       show("failed", "Something went wrong. Try reloading.");
       refresh();
       return;
     }
-    const body = await response.json().catch(function () { return {}; });
-    if (response.ok) {
+    const body = answer.body;
+    if (answer.ok) {
       const id = body.data.create_tweet.tweet_results.result.rest_id;
       const link = root + "/" + account + "/status/" + id;
       show("ok", "Your post was sent.", link);
