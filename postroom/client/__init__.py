@@ -11,34 +11,18 @@ the CLI's environment (POSTROOM_COORDINATOR, POSTROOM_TOKEN, POSTROOM_CA, …); 
 
 from __future__ import annotations
 
-from postroom.client.aio import AsyncClient
-from postroom.client.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    PostroomError,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-)
-from postroom.client.sync import Client
-
-__all__ = [
-    "AlreadyExists",
-    "AsyncClient",
-    "Client",
-    "DeadlineExceeded",
-    "FailedPrecondition",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "PostroomError",
-    "ResourceExhausted",
-    "Unauthenticated",
-    "Unavailable",
-    "Unimplemented",
-]
+# The names are listed once, in postroom/__init__.py, which loads this module on first use.
+from postroom import __all__ as __all__
+from postroom.client.aio import AsyncClient as AsyncClient
+from postroom.client.errors import AlreadyExists as AlreadyExists
+from postroom.client.errors import DeadlineExceeded as DeadlineExceeded
+from postroom.client.errors import FailedPrecondition as FailedPrecondition
+from postroom.client.errors import InvalidArgument as InvalidArgument
+from postroom.client.errors import NotFound as NotFound
+from postroom.client.errors import PermissionDenied as PermissionDenied
+from postroom.client.errors import PostroomError as PostroomError
+from postroom.client.errors import ResourceExhausted as ResourceExhausted
+from postroom.client.errors import Unauthenticated as Unauthenticated
+from postroom.client.errors import Unavailable as Unavailable
+from postroom.client.errors import Unimplemented as Unimplemented
+from postroom.client.sync import Client as Client

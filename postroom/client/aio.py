@@ -14,19 +14,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import grpc
-
 from postroom.client import requests as rq
-from postroom.client.errors import PostroomError, translate_aio
+from postroom.client.base import ClientBase
+from postroom.client.errors import PostroomError
 from postroom.client.files import AssetFile
-from postroom.client.settings import (
-    DEFAULT_TIMEOUT_S,
-    coordinator_address,
-    default_actor,
-    operator_token,
-)
 from postroom.client.sync import AUDIT_PAGE, Client
-from postroom.tls import ClientTls, TlsError, aio_channel
+from postroom.tls import aio_channel
 from postroom.v1 import access_pb2 as ac
 from postroom.v1 import publishing_pb2 as pb
 from postroom.v1 import publishing_pb2_grpc
@@ -45,33 +38,16 @@ def _doc(twin: Callable[..., Any]) -> Callable[[_F], _F]:
     return copy
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """Asynchronous client of a postroom coordinator: the methods of `Client`, awaited.
 
     Same settings and environment as `Client` (POSTROOM_COORDINATOR, POSTROOM_TOKEN, POSTROOM_CA
     …). Use `async with AsyncClient() as client:` or `await client.close()`.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        token: str | None = None,
-        tls: ClientTls | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        actor: str | None = None,
-    ) -> None:
-        self.target = address or coordinator_address()
-        self.timeout_s = timeout_s
-        self.actor = actor or default_actor()
-        self.tls = tls if tls is not None else ClientTls.from_env()
-        self.token = operator_token() if token is None else token
-        try:
-            self._channel = aio_channel(self.target, self.tls)
-        except TlsError as exc:
-            raise PostroomError("TLS", str(exc)) from exc
+    def _connect(self) -> None:
+        self._channel = aio_channel(self.target, self.tls)
         self._stub = publishing_pb2_grpc.PublishingStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -89,20 +65,17 @@ class AsyncClient:
         await self._channel.close(None)
 
     async def _unary(self, call: Any, request: object) -> Any:
-        try:
+        with self._translated(self.timeout_s):
             return await call(request, timeout=self.timeout_s, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise translate_aio(exc, target=self.target, timeout_s=self.timeout_s) from exc
 
     async def _stream(
         self, call: Any, request: object, deadline_s: float | None
     ) -> AsyncIterator[Any]:
         responses = call(request, timeout=deadline_s, metadata=self._metadata)
         try:
-            async for item in responses:
-                yield item
-        except grpc.aio.AioRpcError as exc:
-            raise translate_aio(exc, target=self.target, timeout_s=deadline_s) from exc
+            with self._translated(deadline_s):
+                async for item in responses:
+                    yield item
         finally:
             responses.cancel()
 

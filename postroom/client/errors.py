@@ -17,7 +17,10 @@ the coordinator's message.
 
 from __future__ import annotations
 
+from types import TracebackType
+
 import grpc
+import grpc.aio
 
 
 class PostroomError(Exception):
@@ -109,14 +112,29 @@ def from_status(
 
 
 def translate(exc: grpc.RpcError, *, target: str, timeout_s: float | None) -> PostroomError:
-    """A sync call's `grpc.RpcError` as a PostroomError."""
-    if not isinstance(exc, grpc.Call):  # every RpcError grpc raises is also a Call
+    """A call's `grpc.RpcError` (sync, or grpc.aio's `AioRpcError`) as a PostroomError."""
+    # Every RpcError the sync stack raises is also a Call; AioRpcError has the same accessors.
+    if not isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
         return PostroomError("UNKNOWN", str(exc))
     return from_status(exc.code(), exc.details() or "", target=target, timeout_s=timeout_s)
 
 
-def translate_aio(
-    exc: grpc.aio.AioRpcError, *, target: str, timeout_s: float | None
-) -> PostroomError:
-    """An async call's `AioRpcError` as a PostroomError."""
-    return from_status(exc.code(), exc.details() or "", target=target, timeout_s=timeout_s)
+class Translated:
+    """`with Translated(target, timeout_s):` a failed call inside raises a PostroomError (for a
+    sync call or an awaited one alike)."""
+
+    def __init__(self, target: str, timeout_s: float | None) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, grpc.RpcError):
+            raise translate(exc, target=self.target, timeout_s=self.timeout_s) from exc

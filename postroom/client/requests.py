@@ -4,7 +4,7 @@ cannot drift apart. Each builder takes a ready request instead, for callers that
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from postroom.client.errors import InvalidArgument
 from postroom.v1 import publishing_pb2 as pb
@@ -32,6 +32,16 @@ def targets(values: Iterable[TargetLike]) -> list[t.Target]:
     return [target(v) for v in values]
 
 
+_Acted = TypeVar("_Acted", pb.CreatePostRequest, pb.UpdatePostRequest)
+
+
+def _with_actor(request: _Acted, actor: str) -> _Acted:
+    """A ready request, naming `actor` where it names no one."""
+    if not request.actor:
+        request.actor = actor
+    return request
+
+
 def create_post(
     request: pb.CreatePostRequest | None,
     *,
@@ -44,9 +54,7 @@ def create_post(
     actor: str,
 ) -> pb.CreatePostRequest:
     if request is not None:
-        if not request.actor:
-            request.actor = actor
-        return request
+        return _with_actor(request, actor)
     return pb.CreatePostRequest(
         text=text,
         targets=targets(targets_),
@@ -69,9 +77,7 @@ def update_post(
     actor: str,
 ) -> pb.UpdatePostRequest:
     if request is not None:
-        if not request.actor:
-            request.actor = actor
-        return request
+        return _with_actor(request, actor)
     built = pb.UpdatePostRequest(post_id=post_id, actor=actor)
     if text is not None:
         built.text = text

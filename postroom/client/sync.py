@@ -22,15 +22,10 @@ from typing import TypeVar
 import grpc
 
 from postroom.client import requests as rq
-from postroom.client.errors import PostroomError, translate
+from postroom.client.base import ClientBase
+from postroom.client.errors import PostroomError
 from postroom.client.files import write_asset
-from postroom.client.settings import (
-    DEFAULT_TIMEOUT_S,
-    coordinator_address,
-    default_actor,
-    operator_token,
-)
-from postroom.tls import ClientTls, TlsError, sync_channel
+from postroom.tls import sync_channel
 from postroom.v1 import access_pb2 as ac
 from postroom.v1 import publishing_pb2 as pb
 from postroom.v1 import publishing_pb2_grpc
@@ -40,7 +35,7 @@ _Resp = TypeVar("_Resp")
 AUDIT_PAGE = 1000
 
 
-class Client:
+class Client(ClientBase):
     """Synchronous client of a postroom coordinator; use it as a context manager.
 
     `address` (HOST:PORT), `token` (an operator token) and `tls` default to the CLI's
@@ -50,26 +45,9 @@ class Client:
     the deadline of each call. `AsyncClient` has the same methods, as coroutines.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        token: str | None = None,
-        tls: ClientTls | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        actor: str | None = None,
-    ) -> None:
-        self.target = address or coordinator_address()
-        self.timeout_s = timeout_s
-        self.actor = actor or default_actor()
-        self.tls = tls if tls is not None else ClientTls.from_env()
-        self.token = operator_token() if token is None else token
-        try:
-            self._channel = sync_channel(self.target, self.tls)
-        except TlsError as exc:
-            raise PostroomError("TLS", str(exc)) from exc
+    def _connect(self) -> None:
+        self._channel = sync_channel(self.target, self.tls)
         self._stub = publishing_pb2_grpc.PublishingStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def __enter__(self) -> Client:
         return self
@@ -87,19 +65,16 @@ class Client:
         self._channel.close()
 
     def _unary(self, call: Callable[..., _Resp], request: object) -> _Resp:
-        try:
+        with self._translated(self.timeout_s):
             return call(request, timeout=self.timeout_s, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise translate(exc, target=self.target, timeout_s=self.timeout_s) from exc
 
     def _stream(
         self, call: Callable[..., grpc.CallIterator[_Resp]], request: object, timeout: float | None
     ) -> Iterator[_Resp]:
         responses = call(request, timeout=timeout, metadata=self._metadata)
         try:
-            yield from responses
-        except grpc.RpcError as exc:
-            raise translate(exc, target=self.target, timeout_s=timeout) from exc
+            with self._translated(timeout):
+                yield from responses
         finally:
             # A caller that stops early ends the server stream; grpc-stubs leaves it untyped.
             responses.cancel()  # type: ignore[no-untyped-call]
