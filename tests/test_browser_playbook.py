@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from worker.browser import playbook as playbook_module
 from worker.browser.playbook import (
     PlaybookError,
     json_path,
@@ -13,71 +15,18 @@ from worker.browser.playbook import (
     parse_playbook,
 )
 
-EXAMPLE = """
-playbook = "example"
-version = 3
-platform = "X"
-description = "an X-like composer"
-
-[login]
-check_url = "{base_url}/home"
-login_url = "{base_url}/login"
-logged_in = { selector = "[data-testid=account-menu]", cookie = "session" }
-login_wall = { url_contains = ["/login"], selector = "form#login" }
-challenge = { url_contains = ["/2fa"], text = "Enter the code" }
-
-[[compose]]
-name = "open_composer"
-action = "goto"
-url = "{base_url}/compose"
-
-[[compose]]
-name = "type_text"
-action = "fill"
-selector = "[data-testid=composer]"
-value = "{text}"
-
-[[compose]]
-name = "attach_media"
-action = "upload"
-selector = "input[type=file]"
-when = "media"
-
-[commit]
-name = "submit"
-action = "click"
-selector = "[data-testid=post-button]"
-timeout_ms = 2500
-response = { url = "/api/posts$", method = "post" }
-success = { selector = "[data-testid=toast]" }
-
-[[commit.outcome]]
-status = ["2xx"]
-result = "accepted"
-
-[[commit.outcome]]
-status = ["429"]
-result = "rejected"
-error_class = "RATE_LIMITED"
-message_json = "error.message"
-retry_after_header = "retry-after"
-
-[permalink]
-id_json = "data.id"
-url_template = "{base_url}/{account}/status/{post_id}"
-
-[verify]
-url = "{base_url}/{account}"
-item_selector = "[data-testid=post]"
-text_selector = "[data-testid=post-text]"
-link_selector = "a.permalink"
-id_from_url = "/status/([0-9]+)"
-"""
+# The example in the module's docstring: what the docs show is what the loader reads.
+assert playbook_module.__doc__ is not None
+EXAMPLE = textwrap.dedent(
+    playbook_module.__doc__[playbook_module.__doc__.index("    playbook =") :]
+)
 
 
 def test_the_example_reads_whole() -> None:
-    pb = parse_playbook(EXAMPLE, source="example.toml")
-    assert (pb.name, pb.version, pb.platform, pb.label) == ("example", 3, "x", "example v3")
+    # Platform and method are case-insensitive.
+    text = EXAMPLE.replace('platform = "x"', 'platform = "X"').replace('"POST"', '"post"')
+    pb = parse_playbook(text, source="example.toml")
+    assert (pb.name, pb.version, pb.platform, pb.label) == ("example", 1, "x", "example v1")
     assert [s.name for s in pb.compose] == ["open_composer", "type_text", "attach_media"]
     assert not pb.compose[2].applies(has_media=False) and pb.compose[2].applies(has_media=True)
     assert pb.commit.step.timeout_ms == 2500 and pb.commit.step.action == "click"
@@ -105,7 +54,7 @@ def test_outcomes_default_when_none_given() -> None:
         (('selector = "[data-testid=composer]"', 'selectr = "x"'), "unknown key 'selectr'"),
         (('value = "{text}"', 'value = "{txt}"'), "unknown placeholder {txt}"),
         (('action = "fill"', 'action = "hover"'), "'action' must be one of"),
-        (("version = 3", "version = 0"), "'version' must be a positive integer"),
+        (("version = 1", "version = 0"), "'version' must be a positive integer"),
         (('url = "/api/posts$"', 'url = "("'), "not a valid regex"),
         (('status = ["429"]', 'status = ["42"]'), "is not a status"),
         (('id_json = "data.id"', 'id_jsn = "data.id"'), "unknown key 'id_jsn'"),

@@ -44,6 +44,14 @@ async def rig(
         yield env, publishing_pb2_grpc.PublishingStub(channel), w
 
 
+async def one_job_acked(stub: Stub, w: ScriptedWorker) -> tuple[str, wg.Assign]:
+    """Publish a post with one target: its job's id and its assignment, acknowledged by `w`."""
+    (job_id,) = job_ids(await publish(stub))
+    a = (await w.next("assign")).assign
+    await w.ack(a)
+    return job_id, a
+
+
 async def refused(call: object) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call  # type: ignore[misc]
@@ -98,9 +106,7 @@ async def test_a_failed_job_resolved_by_hand_succeeds_and_its_post_is_published(
 
 async def test_refused_while_a_permit_is_live_and_accepted_after(tmp_path: Path) -> None:
     async with rig(tmp_path) as (_env, stub, w):
-        (job_id,) = job_ids(await publish(stub))
-        a = (await w.next("assign")).assign
-        await w.ack(a)
+        job_id, a = await one_job_acked(stub, w)
         assert isinstance(await w.commit(a), wg.CommitGrant)
         err = await refused(resolve(stub, job_id))
         details = err.details() or ""
@@ -127,9 +133,7 @@ async def test_a_lost_attempt_with_a_permit_blocks_until_its_lease_is_over(
     tmp_path: Path,
 ) -> None:
     async with rig(tmp_path) as (env, stub, w):
-        (job_id,) = job_ids(await publish(stub))
-        a = (await w.next("assign")).assign
-        await w.ack(a)
+        job_id, a = await one_job_acked(stub, w)
         assert isinstance(await w.commit(a), wg.CommitGrant)
         await w.kill()  # it may have published; the coordinator cannot know until the deadline
         await w.wait_ended()
@@ -153,9 +157,7 @@ async def test_a_lease_before_its_permit_is_ended_and_its_worker_cannot_post(
     tmp_path: Path,
 ) -> None:
     async with rig(tmp_path) as (_env, stub, w):
-        (job_id,) = job_ids(await publish(stub))
-        a = (await w.next("assign")).assign
-        await w.ack(a)
+        job_id, a = await one_job_acked(stub, w)
         await w.sync()
         job = await resolve(stub, job_id, reason="done from the phone")
         assert job.status == pb.JOB_STATUS_SUCCEEDED and job.lease_epoch == a.lease_epoch + 1

@@ -5,22 +5,14 @@ whatever their state, and keeps getting work for its other accounts meanwhile.""
 from __future__ import annotations
 
 from lease_harness import Harness, assigns, make_post, one_assign
+from lease_timing import TTL, lease_config
 
 from coordinator.domain import JobStatus, Target
-from coordinator.leasing.core import LeaseConfig
 from postroom.v1 import types_pb2 as pb
 
 A = Target("sandbox", "a")
 B = Target("sandbox", "b")
-TTL = 15.0
-CONFIG = LeaseConfig(
-    heartbeat_interval_s=5.0,
-    lease_ttl_s=TTL,
-    expiry_margin_s=1.0,
-    commit_min_left_s=2.0,
-    claim_timeout_s=40.0,
-    run_timeout_s=60.0,
-)
+CONFIG = lease_config(claim_timeout_s=40.0, run_timeout_s=60.0)
 
 
 def queue_posts(h: Harness, target: Target, n: int, prefix: str = "") -> list[str]:
