@@ -26,7 +26,7 @@ from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as pb
 from worker.adapters.base import AdapterRegistry, PlatformAdapter
 from worker.config import BackoffPolicy, Capability, WorkerConfig
-from worker.runtime import JobRunner
+from worker.job_runner import JobRunner
 from worker.shell import Worker
 
 WAIT_S = 10.0

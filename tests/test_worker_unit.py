@@ -25,9 +25,9 @@ from worker.adapters.base import AdapterRegistry, JobSpec, Prepared, Published
 from worker.adapters.http import error_for
 from worker.config import BackoffPolicy, Capability, WorkerConfig, lease_margin_s
 from worker.errors import AdapterError, Duplicate, RateLimited, Transient
-from worker.jobs import JobPhase
+from worker.job_runner import JobRunner
+from worker.job_state import JobPhase
 from worker.metrics import WorkerMetrics
-from worker.runtime import JobRunner
 from worker.session import SessionState
 
 pytestmark = pytest.mark.anyio

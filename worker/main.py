@@ -28,7 +28,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -38,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from postroom.address import split_host_port
 from postroom.clock import Clock, SystemClock
 from postroom.logs import configure_logging
-from postroom.metrics_http import serve_metrics
+from postroom.metrics_http import MetricsServer, serve_metrics
 from postroom.tls import ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ClientTls, TlsError
 from postroom.tracing import exporters_from_env, make_tracer_provider
 from worker.accounts import AccountConfig, AccountsError, load_accounts
@@ -78,47 +79,60 @@ ENV_DEVICE_TOKEN = "POSTROOM_DEVICE_TOKEN"
 
 def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run a postroom worker.")
-    p.add_argument("--coordinator", required=True, metavar="HOST:PORT")
-    p.add_argument("--device-id", required=True, metavar="ID", help="stable worker identity")
-    p.add_argument(
+    _coordinator_options(p.add_argument_group("the coordinator"))
+    _account_options(p.add_argument_group("what it publishes to"))
+    run = p.add_argument_group("how it runs")
+    run.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N")
+    run.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN, metavar="HOST:PORT")
+    run.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
+    run.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-level", default=DEFAULT_LOG_LEVEL)
+    return p
+
+
+def _coordinator_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    g.add_argument("--device-id", required=True, metavar="ID", help="stable worker identity")
+    g.add_argument(
         "--token-file",
         type=Path,
         metavar="PATH",
         help=f"a file holding this device's token (else env {ENV_DEVICE_TOKEN})",
     )
     # Refused with a pointer: a secret on the command line shows in `ps` and shell history.
-    p.add_argument("--token", help=argparse.SUPPRESS)
-    p.add_argument(
+    g.add_argument("--token", help=argparse.SUPPRESS)
+    g.add_argument(
         "--ca",
         type=Path,
         metavar="PATH",
         help=f"CA certificate of a TLS coordinator (env {ENV_CA})",
     )
-    p.add_argument(
+    g.add_argument(
         "--tls-cert",
         type=Path,
         metavar="PATH",
         help=f"this worker's certificate, for mutual TLS (env {ENV_CLIENT_CERT})",
     )
-    p.add_argument(
-        "--tls-key",
-        type=Path,
-        metavar="PATH",
-        help=f"the certificate's key (env {ENV_CLIENT_KEY})",
+    g.add_argument(
+        "--tls-key", type=Path, metavar="PATH", help=f"the certificate's key (env {ENV_CLIENT_KEY})"
     )
-    p.add_argument(
+    g.add_argument(
         "--insecure-plaintext",
         action="store_true",
         help="dial a coordinator beyond loopback without TLS",
     )
-    p.add_argument("--kind", choices=("api", "browser"), default="api")
-    p.add_argument(
+
+
+def _account_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--kind", choices=("api", "browser"), default="api")
+    g.add_argument(
         "--accounts",
         type=Path,
         metavar="FILE",
         help="TOML file of real platform accounts and their credential references",
     )
-    p.add_argument(
+    g.add_argument(
         "--media-dir",
         action="append",
         type=Path,
@@ -126,45 +140,38 @@ def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder that media file names in posts are looked up in; repeatable",
     )
-    p.add_argument(
+    g.add_argument(
         "--allow-inline-credentials",
         action="store_true",
         help="accept credential values written into the accounts file (local test servers only)",
     )
-    p.add_argument(
+    g.add_argument(
         "--platform",
         action="append",
         default=[],
         metavar="PLATFORM[:ACCOUNT]",
         help="a sandbox platform (any account) or platform:account to serve; repeatable",
     )
-    p.add_argument(
+    g.add_argument(
+        "--sandbox-url", metavar="URL", help="route every platform to this sandbox server"
+    )
+    g.add_argument(
+        "--noop",
+        action="store_true",
+        help="publish nowhere: every commit succeeds at once (benchmarks, dry runs)",
+    )
+    g.add_argument(
         "--profiles-dir",
         type=Path,
         default=DEFAULT_PROFILES_DIR,
         metavar="DIR",
         help="browser accounts' logins, one folder per platform/account (postroom browser-login)",
     )
-    p.add_argument(
+    g.add_argument(
         "--headed",
         action="store_true",
         help="show the browser window (needs a display); default headless",
     )
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N")
-    p.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN, metavar="HOST:PORT")
-    p.add_argument(
-        "--sandbox-url", metavar="URL", help="route every platform to this sandbox server"
-    )
-    p.add_argument(
-        "--noop",
-        action="store_true",
-        help="publish nowhere: every commit succeeds at once (benchmarks, dry runs)",
-    )
-    p.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
-    p.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
-    p.add_argument("--log-level", default=DEFAULT_LOG_LEVEL)
-    return p
 
 
 def config_from_args(
@@ -345,6 +352,10 @@ def _browser_options(args: argparse.Namespace) -> tuple[Path, bool]:
     return args.profiles_dir, not args.headed
 
 
+class _SetupError(Exception):
+    """A set-up problem found while starting: one line on stderr, exit 2."""
+
+
 async def _run(
     config: WorkerConfig,
     accounts: tuple[AccountConfig, ...],
@@ -356,83 +367,121 @@ async def _run(
     clock = SystemClock()
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry, platforms=config.platforms)
-    account_host: AccountHost | None = None
     media = MediaLoader(media_dirs=media_dirs, timeout_s=config.request_timeout_s)
-    browser_host: BrowserHost | None = None
-    if browser:
-        profiles_dir, headless = browser_options
-        browser_host = BrowserHost(
-            browser, profiles_dir=profiles_dir, media=media, clock=clock, headless=headless
-        )
-        try:  # now, not at the first job: a browser that cannot start is a set-up problem
-            await browser_host.browser()
-        except Transient as exc:
-            await browser_host.aclose()
-            hint = " (--headed needs a display)" if not headless else ""
-            print(f"postroom worker: error: {exc.message}{hint}", file=sys.stderr)
-            return EXIT_USAGE
-    if accounts:
-        context = PlatformContext(
-            clock=clock,
-            media=media,
-            redactor=redactor,
-            observe=metrics.platform_request,
-            timeout_s=config.request_timeout_s,
-        )
+    provider = make_tracer_provider("postroom-worker")
+    async with AsyncExitStack() as opened:  # closed last to first, also when set-up fails
+        opened.callback(provider.shutdown)
         try:
-            account_host = AccountHost(accounts, context)
-        except AccountsError as exc:
-            print(f"postroom worker: error: {redactor(str(exc))}", file=sys.stderr)
+            browser_host = await _open_browser(opened, browser, browser_options, media, clock)
+            account_host = _open_accounts(opened, config, accounts, media, clock, metrics, redactor)
+            server = await _open_metrics(opened, registry, config.metrics_listen)
+        except _SetupError as exc:
+            print(f"postroom worker: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    host, port = split_host_port(config.metrics_listen)
+        interceptors = []
+        if exporters_from_env():  # tracing asked for: the gRPC stream gets a client span too
+            from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+            interceptors = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
+        worker = Worker(
+            config=config,
+            adapters=build_adapters(
+                config, clock=clock, metrics=metrics, host=account_host, browser_host=browser_host
+            ),
+            clock=clock,
+            metrics=metrics,
+            tracer=provider.get_tracer("postroom.worker"),
+            interceptors=interceptors,
+        )
+        forced = await _serve(worker, server.url)
+    log.info("worker %s stopped", config.device_id)
+    return EXIT_FORCED if forced else EXIT_OK
+
+
+def _close_shielded(opened: AsyncExitStack, aclose: Callable[[], Awaitable[None]]) -> None:
+    """Close at the end even when the run was cancelled (a second signal)."""
+
+    async def close() -> None:
+        with anyio.CancelScope(shield=True):
+            await aclose()
+
+    opened.push_async_callback(close)
+
+
+async def _open_browser(
+    opened: AsyncExitStack,
+    browser: tuple[BrowserAccount, ...],
+    options: tuple[Path, bool],
+    media: MediaLoader,
+    clock: Clock,
+) -> BrowserHost | None:
+    if not browser:
+        return None
+    profiles_dir, headless = options
+    host = BrowserHost(
+        browser, profiles_dir=profiles_dir, media=media, clock=clock, headless=headless
+    )
+    _close_shielded(opened, host.aclose)
+    try:  # now, not at the first job: a browser that cannot start is a set-up problem
+        await host.browser()
+    except Transient as exc:
+        hint = " (--headed needs a display)" if not headless else ""
+        raise _SetupError(f"{exc.message}{hint}") from None
+    return host
+
+
+def _open_accounts(
+    opened: AsyncExitStack,
+    config: WorkerConfig,
+    accounts: tuple[AccountConfig, ...],
+    media: MediaLoader,
+    clock: Clock,
+    metrics: WorkerMetrics,
+    redactor: Redactor,
+) -> AccountHost | None:
+    if not accounts:
+        return None
+    context = PlatformContext(
+        clock=clock,
+        media=media,
+        redactor=redactor,
+        observe=metrics.platform_request,
+        timeout_s=config.request_timeout_s,
+    )
+    try:
+        host = AccountHost(accounts, context)
+    except AccountsError as exc:
+        raise _SetupError(redactor(str(exc))) from None
+    _close_shielded(opened, host.aclose)
+    return host
+
+
+async def _open_metrics(
+    opened: AsyncExitStack, registry: CollectorRegistry, listen: str
+) -> MetricsServer:
+    host, port = split_host_port(listen)
     try:
         server = serve_metrics(registry, host, port)
     except OSError as exc:
-        print(
-            f"postroom worker: error: cannot serve metrics on {config.metrics_listen} "
-            f"(--metrics-listen): {exc.strerror or exc}; 127.0.0.1:0 picks a free port",
-            file=sys.stderr,
-        )
-        if account_host is not None:
-            await account_host.aclose()
-        if browser_host is not None:
-            await browser_host.aclose()
-        return EXIT_USAGE
-    provider = make_tracer_provider("postroom-worker")
-    interceptors = []
-    if exporters_from_env():  # tracing asked for: the gRPC stream gets a client span too
-        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+        raise _SetupError(
+            f"cannot serve metrics on {listen} (--metrics-listen): {exc.strerror or exc}; "
+            "127.0.0.1:0 picks a free port"
+        ) from None
+    _close_shielded(opened, server.aclose)
+    return server
 
-        interceptors = aio_client_interceptors(tracer_provider=provider)  # type: ignore[no-untyped-call]
-    worker = Worker(
-        config=config,
-        adapters=build_adapters(
-            config, clock=clock, metrics=metrics, host=account_host, browser_host=browser_host
-        ),
-        clock=clock,
-        metrics=metrics,
-        tracer=provider.get_tracer("postroom.worker"),
-        interceptors=interceptors,
-    )
+
+async def _serve(worker: Worker, metrics_url: str) -> bool:
+    """Run the worker until it stops; True when a second signal forced it."""
     forced: list[bool] = []
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_on_signals, worker, tg, forced)
-            tg.start_soon(_announce, worker, server.url)
-            try:
-                await worker.run()
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await server.aclose()
-            if account_host is not None:
-                await account_host.aclose()
-            if browser_host is not None:
-                await browser_host.aclose()
-        provider.shutdown()
-    log.info("worker %s stopped", config.device_id)
-    return EXIT_FORCED if forced else EXIT_OK
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_on_signals, worker, tg, forced)
+        tg.start_soon(_announce, worker, metrics_url)
+        try:
+            await worker.run()
+        finally:
+            tg.cancel_scope.cancel()
+    return bool(forced)
 
 
 async def _announce(worker: Worker, metrics_url: str) -> None:

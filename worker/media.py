@@ -38,10 +38,6 @@ class MediaFile:
     data: bytes
 
     @property
-    def is_image(self) -> bool:
-        return self.content_type.startswith("image/")
-
-    @property
     def is_video(self) -> bool:
         return self.content_type.startswith("video/")
 

@@ -22,7 +22,7 @@ from worker.config import (
     KINDS,
     WorkerConfig,
 )
-from worker.jobs import StreamLimits
+from worker.job_state import StreamLimits
 
 # Unanswered heartbeats remembered for their send time; older ones only matter for deadlines.
 _MAX_PENDING_HEARTBEATS = 32

@@ -1,5 +1,5 @@
 """The worker's I/O shell: one gRPC stream at a time to the coordinator, reconnecting with
-backoff, around the pure protocol of worker/session.py and the `JobRunner` of worker/runtime.py.
+backoff, around the pure protocol of worker/session.py and the `JobRunner` of worker/job_runner.py.
 
 Per stream: one writer task drains a bounded outbox into the call (the only writer), the reader
 feeds each message to `session.on_message` and carries out the commands, a heartbeat task renews
@@ -31,8 +31,8 @@ from worker import session
 from worker.adapters.base import AdapterRegistry
 from worker.config import DEFAULT_OUTBOX_MESSAGES, WorkerConfig
 from worker.errors import SessionError, SessionRefused, StreamBroken
+from worker.job_runner import JobRunner
 from worker.metrics import WorkerMetrics
-from worker.runtime import JobRunner
 from worker.session import SessionPhase, SessionState
 
 log = logging.getLogger("postroom.worker.session")

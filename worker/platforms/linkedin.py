@@ -56,7 +56,6 @@ from worker.platforms.base import PlatformClient, PlatformContext, Transcript, j
 from worker.platforms.linkedin_auth import Tokens
 from worker.platforms.linkedin_text import to_little, to_plain
 
-DEFAULT_BASE_URL = "https://api.linkedin.com"
 DEFAULT_OAUTH_URL = "https://www.linkedin.com/oauth/v2/accessToken"
 # LinkedIn serves each monthly version for about a year, then answers 426 NONEXISTENT_VERSION.
 DEFAULT_LINKEDIN_VERSION = "202609"

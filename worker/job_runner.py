@@ -1,5 +1,6 @@
-"""Job execution. One `JobRunner` owns every job this worker holds (`dict[job_id, RunningJob]`):
-the shell hands it the coordinator's job messages (`apply`) and nothing else mutates those jobs.
+"""Holds the jobs this worker leased and runs each in its own task. `JobRunner` is the one writer
+of every `RunningJob` (see worker/job_state.py): the shell hands it the coordinator's job messages
+(`apply`), and the job tasks ask it for changes through `JobControl` (worker/job_task.py).
 
 Each job runs in its own task under the runner's task group, at most `slots` at once:
 AssignAck, then the adapter calls in the order of worker/lifecycle.py, then a JobResult that is
@@ -26,8 +27,7 @@ from worker import session as cmd
 from worker.adapters.base import AdapterRegistry
 from worker.config import DEFAULT_LEASE_TTL_S, DEFAULT_LOGIN_CHECK_TIMEOUT_S, lease_margin_s
 from worker.errors import AdapterError, AuthRequired
-from worker.execution import JobTask, close_adapter
-from worker.jobs import (
+from worker.job_state import (
     ACTIVE_PHASES,
     JobPhase,
     RunningJob,
@@ -36,9 +36,10 @@ from worker.jobs import (
     screenshot_chunks,
     spec_from_assign,
 )
+from worker.job_task import JobTask, close_adapter
 from worker.metrics import WorkerMetrics
 
-log = logging.getLogger("postroom.worker.runtime")
+log = logging.getLogger("postroom.worker.jobs")
 
 _RUNNING_PHASES = ACTIVE_PHASES - {JobPhase.WAITING_SLOT}
 MAX_ACCOUNT_CHARS = 256  # the coordinator's bound on account names
@@ -278,16 +279,28 @@ class JobRunner:
             return types_pb2.LOGIN_STATE_LOGGED_IN, "logged in"
         return types_pb2.LOGIN_STATE_NEEDS_LOGIN, f"{platform}/{account} needs a login"
 
-    # ---- plumbing -------------------------------------------------------------------------
-
-    # ---- for JobTask (the runner's own job tasks) --------------------------------------
+    # ---- JobControl: what the runner's own job tasks ask of it -------------------------------
 
     async def emit(self, msg: wg.WorkerMessage) -> bool:
         """Send on the current stream; False when there is none (the message is dropped)."""
         link = self._link
         return link is not None and await link.send(msg)
 
-    async def send_upload(self, job: RunningJob, upload: Upload) -> None:
+    def move(
+        self, job: RunningJob, phase: JobPhase, *, state_msg: wg.WorkerMessage | None = None
+    ) -> None:
+        if phase is JobPhase.RUNNING:
+            job.started_at = self.clock.now()
+        job.phase = phase
+        if state_msg is not None:
+            job.last_state_msg = state_msg
+        self._wake()
+
+    def enter_step(self, job: RunningJob, step: str) -> None:
+        job.step = step
+
+    async def keep_upload(self, job: RunningJob, upload: Upload) -> None:
+        job.uploads[upload.upload_id] = upload
         link = self._link
         if link is None:
             return  # repeated by the next attach
@@ -310,10 +323,6 @@ class JobRunner:
     def _current(self, job_id: str, epoch: int) -> RunningJob | None:
         job = self._jobs.get(job_id)
         return job if job is not None and job.epoch == epoch else None
-
-    def set_phase(self, job: RunningJob, phase: JobPhase) -> None:
-        job.phase = phase
-        self._wake()
 
     def abandon(self, job: RunningJob, reason: str) -> None:
         """Stop the job's task and forget the job; nothing is reported."""

@@ -1,8 +1,9 @@
-"""The task of one job: AssignAck, the adapter calls of worker/lifecycle.py, the JobResult.
+"""Runs one job: AssignAck, the adapter calls of worker/lifecycle.py, the JobResult.
 
-`JobTask` is the `JobHooks` of the lifecycle: it writes the job's own progress (step, state
-messages, screenshots, result) and reaches everything else through the `JobRunner` that started
-it (phase changes, the stream, abandoning). Coordinator messages never touch a job through here.
+`JobTask` is the `JobHooks` of the lifecycle. It reads its `RunningJob` but never assigns to it:
+every change (phase, step, state message, kept screenshot) is asked of the runner that owns the
+job through `JobControl`, which `worker.job_runner.JobRunner` implements. This module imports
+nothing of the runner's, so the two form no import circle.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from postroom.clock import Clock
 from postroom.logs import log_context
 from postroom.tracing import (
     SPAN_WORKER_RUN,
@@ -27,12 +29,9 @@ from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker.adapters.base import ON_FAILURE, AdapterRegistry, PlatformAdapter
 from worker.errors import AdapterError, LeaseLost, RateLimited, Transient
-from worker.jobs import JobPhase, RunningJob, Upload
+from worker.job_state import JobPhase, RunningJob, Upload
 from worker.lifecycle import StepNote, SteppedAdapter, publish
 from worker.metrics import WorkerMetrics
-
-if TYPE_CHECKING:
-    from worker.runtime import JobRunner
 
 log = logging.getLogger("postroom.worker.job")
 
@@ -43,10 +42,46 @@ _ADAPTER_CLOSE_TIMEOUT_S = 5.0
 COMMIT_BOUND_FRACTION = 0.8
 
 
+class JobControl(Protocol):
+    """What a job's task may ask of the runner that owns its `RunningJob`."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def move(
+        self, job: RunningJob, phase: JobPhase, *, state_msg: wg.WorkerMessage | None = None
+    ) -> None:
+        """Put the job in `phase`; `state_msg` is what tells the coordinator (kept, to repeat
+        after a resume). Entering RUNNING starts the job's clock."""
+        ...
+
+    def enter_step(self, job: RunningJob, step: str) -> None:
+        """The job's step now (its failed_step if it fails)."""
+        ...
+
+    async def emit(self, msg: wg.WorkerMessage) -> bool:
+        """Send on the current stream; False when there is none (the message is dropped)."""
+        ...
+
+    async def keep_upload(self, job: RunningJob, upload: Upload) -> None:
+        """Keep a screenshot until its ScreenshotAck and send it."""
+        ...
+
+    def max_asset_bytes(self) -> int: ...
+
+    def holds(self, job: RunningJob) -> bool: ...
+
+    def lease_margin_s(self) -> float: ...
+
+    def abandon(self, job: RunningJob, reason: str) -> None:
+        """Stop the job's task and forget the job; nothing is reported."""
+        ...
+
+
 class JobTask:
     def __init__(
         self,
-        runner: JobRunner,
+        runner: JobControl,
         job: RunningJob,
         *,
         adapters: AdapterRegistry,
@@ -65,10 +100,9 @@ class JobTask:
         job, spec = self._job, self._job.spec
         with job.scope, log_context(job_id=job.job_id):
             async with limiter:
-                job.started_at = self._clock.now()
-                self._runner.set_phase(job, JobPhase.RUNNING)
-                job.last_state_msg = job.ack()
-                await self._runner.emit(job.last_state_msg)
+                ack = job.ack()
+                self._runner.move(job, JobPhase.RUNNING, state_msg=ack)
+                await self._runner.emit(ack)
                 attributes: dict[str, str | int | bool] = {
                     "postroom.job_id": spec.job_id,
                     "postroom.platform": spec.platform,
@@ -129,10 +163,9 @@ class JobTask:
             outcome = "success" if result.success else f"failure: {result.error_message}"
             # Logged before the result: the coordinator refuses a job's messages after it.
             await self._log("report", INFO, f"reporting {outcome}")
-            job.result = result
-            job.last_state_msg = wg.WorkerMessage(result=result)
-            self._runner.set_phase(job, JobPhase.REPORTED)
-            await self._runner.emit(job.last_state_msg)
+            msg = wg.WorkerMessage(result=result)
+            self._runner.move(job, JobPhase.REPORTED, state_msg=msg)
+            await self._runner.emit(msg)
 
     # ---- JobHooks -------------------------------------------------------------------------
 
@@ -142,16 +175,16 @@ class JobTask:
     async def confirmation(self) -> None:
         job = self._job
         await self._log("await_confirm", INFO, "waiting for an operator to confirm")
-        job.last_state_msg = job.awaiting_confirm()
-        self._runner.set_phase(job, JobPhase.AWAITING_CONFIRM)
-        await self._runner.emit(job.last_state_msg)
+        msg = job.awaiting_confirm()
+        self._runner.move(job, JobPhase.AWAITING_CONFIRM, state_msg=msg)
+        await self._runner.emit(msg)
         await job.confirmed.wait()
 
     async def commit_permit(self) -> None:
         job = self._job
-        job.last_state_msg = job.commit_request()
-        self._runner.set_phase(job, JobPhase.AWAITING_PERMIT)
-        await self._runner.emit(job.last_state_msg)
+        msg = job.commit_request()
+        self._runner.move(job, JobPhase.AWAITING_PERMIT, state_msg=msg)
+        await self._runner.emit(msg)
         await job.permit.wait()
         if not job.permit_granted:
             raise LeaseLost(f"commit permit denied: {job.deny_reason or 'no reason given'}")
@@ -160,7 +193,7 @@ class JobTask:
         reason = self.commit_refused()
         if reason is not None:
             raise LeaseLost(reason)
-        self._runner.set_phase(self._job, JobPhase.COMMITTING)
+        self._runner.move(self._job, JobPhase.COMMITTING)
 
     def commit_refused(self) -> str | None:
         # Asked again for every request of the commit (worker/fence.py): heartbeats keep
@@ -192,8 +225,7 @@ class JobTask:
                     note.message = f"{label}: {len(data)} bytes is over the {limit}-byte limit"
                 else:
                     upload = Upload.of(label, data)
-                    self._job.uploads[upload.upload_id] = upload
-                    await self._runner.send_upload(self._job, upload)
+                    await self._runner.keep_upload(self._job, upload)
                     note.message = f"{label}: {len(data)} bytes"
         except Exception:
             log.warning("%s screenshot failed", label, exc_info=True)
@@ -203,7 +235,7 @@ class JobTask:
     @asynccontextmanager
     async def _step(self, name: str, *, closing_log: bool = True) -> AsyncIterator[StepNote]:
         """A step: its span, its duration metric, and a closing log line (or the failure)."""
-        self._job.step = name
+        self._runner.enter_step(self._job, name)
         platform = self._job.spec.platform
         note = StepNote()
         started = time.perf_counter()

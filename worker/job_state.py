@@ -1,6 +1,5 @@
 """What the worker remembers about one leased job, and the messages it builds from that. Pure:
-no I/O; `worker.runtime.JobRunner` owns every `RunningJob` and is the only one that mutates them.
-"""
+no I/O."""
 
 from __future__ import annotations
 
@@ -57,6 +56,14 @@ class Upload:
 
 @dataclass(eq=False, kw_only=True)
 class RunningJob:
+    """One leased job as the worker holds it.
+
+    One writer: `worker.job_runner.JobRunner` creates every `RunningJob`, and only its methods
+    assign these fields or set these events, whether a coordinator message (`JobRunner.apply`) or
+    the job's own task (through `worker.job_task.JobControl`) asks for the change. Everything else,
+    the job's task included, only reads them.
+    """
+
     spec: JobSpec
     epoch: int
     deadline: float  # lease deadline, Unix seconds; renewed by HeartbeatAck / CommitGrant
@@ -72,7 +79,6 @@ class RunningJob:
     deny_reason: str = ""
     # The last message that moved the job's state at the coordinator; repeated after a resume.
     last_state_msg: wg.WorkerMessage | None = None
-    result: wg.JobResult | None = None
     uploads: dict[str, Upload] = field(default_factory=dict)
 
     @property
