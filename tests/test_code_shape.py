@@ -185,6 +185,7 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
     return found
 
 
+@functools.cache
 def _cycles() -> list[frozenset[str]]:
     """The strongly connected parts of the import graph with more than one module (Tarjan)."""
     paths = {_module_name(p): p for p in _sources()}

@@ -1,10 +1,8 @@
 """The worker's Prometheus metrics (names fixed by design.md, "Observability names").
 
 Everything hangs off an injected `CollectorRegistry`; nothing touches the global one. The worker
-calls the typed helpers on `WorkerMetrics`, never the raw metric objects.
-
-The HTTP server at the bottom duplicates coordinator/metrics.py on purpose: the coordinator and the
-worker share nothing but the generated protocol code.
+calls the typed helpers on `WorkerMetrics`, never the raw metric objects. They are served over
+HTTP by postroom/metrics_http.py, which the coordinator uses too.
 """
 
 from __future__ import annotations
