@@ -35,11 +35,13 @@ MARK = "🟥🟥🟥🟥"
 RED = (244, 67, 54)  # 🟥 as Noto Color Emoji draws it
 JOB_TIMEOUT_S = 60.0  # generous: a browser on two shared cores
 LOGIN_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
 PAGE_TIMEOUT_MS = 20_000
 DEVICE = "w1"
-# A lease of 20 s gives the worker a 4 s margin and the submit a 3.2 s bound (0.8 x margin):
-# room for a form post on a loaded machine.
-CONFIG = ClusterConfig(heartbeat_interval_s=1.0, lease_ttl_s=20.0, retry_initial_s=0.3)
+# A lease of 40 s gives the worker an 8 s margin and the submit a 6.4 s bound (0.8 x margin):
+# room for a form post on a machine shared by many test runs (an answer later than the bound
+# is "in doubt" and found by verify, which these tests would see as a different run).
+CONFIG = ClusterConfig(heartbeat_interval_s=1.0, lease_ttl_s=40.0, retry_initial_s=0.3)
 
 
 def require_chromium() -> None:
@@ -117,12 +119,22 @@ class BrowserAppRig(PlatformRig):
     ) -> pb.Job:
         return super().wait_status(post_id, status, timeout_s or JOB_TIMEOUT_S)
 
+    def explain(self, job: pb.Job) -> str:
+        """Each run's outcome and step logs, for an assertion's message."""
+        lines = [f"job {job.id}: {pb.JobStatus.Name(job.status)} {job.last_error}"]
+        for run in job.runs:
+            cls = pb.ErrorClass.Name(run.error_class)
+            lines.append(f"run #{run.attempt} on {run.device_id}: {run.outcome} {cls} {run.error}")
+            lines += [f"  {line.step}: {line.message}" for line in run.logs]
+        return "\n".join(lines)
+
     # ---- screenshots -----------------------------------------------------------------------
 
     def screenshot(self, job: pb.Job, label: str) -> Image.Image:
         """The job's screenshot with `label` (the latest), read back from the coordinator."""
         shots = [s for run in job.runs for s in run.screenshots if s.label == label]
-        assert shots, f"no {label} screenshot: {[s.label for r in job.runs for s in r.screenshots]}"
+        taken = [s.label for r in job.runs for s in r.screenshots]
+        assert shots, f"no {label} screenshot (taken: {taken}):\n{self.explain(job)}"
         data = b"".join(chunk.data for chunk in self.api.get_asset(shots[-1].asset_id))
         assert data.startswith(b"\x89PNG\r\n\x1a\n"), f"{label} is not a PNG"
         image = Image.open(io.BytesIO(data))
@@ -163,9 +175,13 @@ class BrowserAppRig(PlatformRig):
             log_in(page)
             code = proc.wait(LOGIN_TIMEOUT_S)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # SIGTERM first: the command closes its own Chromium
+                proc.terminate()
+                try:
+                    proc.wait(STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         printed = out.read_text(errors="replace")
         assert code == 0, f"browser-login exited {code}:\n{printed}"
         return printed

@@ -3,18 +3,17 @@
     template = spirit_template()                          # the migrated project, made once
     with SpiritForum(workdir, {"alice": "pw"}, template=template) as forum:
         forum.url                                          # the site (base_url)
-        forum.category_id                                  # the category topics go to
         forum.session_cookie("alice")                      # a logged-in `sessionid` value
         forum.topics("alice")                              # what the user has published
         forum.hold_answer(r"^/topic/publish/", 30, user="alice")  # her next topic: no answer
 
 `spirit startproject` + `migrate` take a few seconds, so `spirit_template` makes one migrated
 project per cache directory (by default in the temp folder, per Spirit and Django version) and
-each forum copies it. `start` adds a settings module beside
-Spirit's dev settings (its rate limiter on, this port's site URL, the hold middleware below),
-creates the users (verified, with passwords) and one open category, then runs Django's own
-`runserver`. The port is picked free by the OS just before the start; readiness is polled, and
-the process is stopped by its PID.
+each forum copies it. `start` adds a settings module beside Spirit's dev settings (its rate
+limiter on, this port's site URL, the hold middleware below), creates the users (verified, with
+passwords; topics go to the "Uncategorized" category every Spirit install has), then runs
+Django's own `runserver`. The port is picked free by the OS just before the start; readiness is
+polled, and the process is stopped by its PID.
 
 Spirit's limiter counts in fixed windows (1 topic per 10 s per user, 5 logins per 5 min per
 IP and username). With `ratelimit_never_expires` (Spirit's own ST_TESTS_RATELIMIT_NEVER_EXPIRE)
@@ -50,7 +49,6 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 MANAGE_TIMEOUT_S = 120.0
 PROJECT = "mysite"
-CATEGORY = "Postroom"
 SETTINGS = f"{PROJECT}.settings.postroom"
 
 # Holds the answer to a matching request after the view ran (the write is done, the answer is
@@ -95,14 +93,13 @@ ST_TESTS_RATELIMIT_NEVER_EXPIRE = {never_expires!r}
 MIDDLEWARE = ["postroom_hold.HoldAnswer", *MIDDLEWARE]  # noqa: F405
 """
 
-# Run by `manage.py shell`: users, the category, and a logged-in session per user.
+# Run by `manage.py shell`: the users, and a logged-in session for each.
 _SEED = """\
 import json, os
 from importlib import import_module
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth import get_user_model
-from spirit.category.models import Category
 
 spec = json.loads(os.environ["POSTROOM_SPIRIT_SEED"])
 User = get_user_model()
@@ -119,11 +116,6 @@ for name, password in spec["users"].items():
     session.save()
     out["users"][name] = user.pk
     out["sessions"][name] = session.session_key
-category, _ = Category.objects.get_or_create(
-    title=spec["category"], defaults={"description": "posts from postroom"}
-)
-out["category_id"] = category.pk
-out["category_slug"] = category.slug
 print("SEED " + json.dumps(out))
 """
 
@@ -227,8 +219,6 @@ class SpiritForum:
         self.project = workdir / PROJECT
         self.port = 0
         self.url = ""
-        self.category_id = 0
-        self.category_slug = ""
         self.user_ids: dict[str, int] = {}
         self._sessions: dict[str, str] = {}
         self.log_path = workdir / "spirit.out"  # not *.log: the rig greps those
@@ -258,7 +248,7 @@ class SpiritForum:
         wait_for("django-spirit to answer", self._ready, READY_TIMEOUT_S)
 
     def _seed(self) -> None:
-        spec = json.dumps({"users": self.users, "category": CATEGORY})
+        spec = json.dumps({"users": self.users})
         out = _run(
             [sys.executable, "manage.py", "shell", f"--settings={SETTINGS}", "-c", _SEED],
             self.project,
@@ -270,8 +260,6 @@ class SpiritForum:
         seeded = json.loads(line.removeprefix("SEED "))
         self.user_ids = {name: int(pk) for name, pk in seeded["users"].items()}
         self._sessions = seeded["sessions"]
-        self.category_id = int(seeded["category_id"])
-        self.category_slug = seeded["category_slug"]
 
     def _ready(self) -> bool:
         assert self._proc is not None
