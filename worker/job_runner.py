@@ -197,8 +197,9 @@ class JobRunner:
                 return
             self.abandon(existing, f"assigned again under epoch {a.lease_epoch}")
         spec = spec_from_assign(a)
-        job = RunningJob(spec=spec, epoch=a.lease_epoch, deadline=deadline)
-        job.traceparent = a.traceparent
+        job = RunningJob(
+            spec=spec, epoch=a.lease_epoch, deadline=deadline, traceparent=a.traceparent
+        )
         self._jobs[job.job_id] = job
         task = JobTask(
             self, job, adapters=self._adapters, tracer=self._tracer, metrics=self._metrics
