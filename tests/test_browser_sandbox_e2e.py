@@ -28,7 +28,7 @@ from polling import wait_until
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.accountsfile import render_accounts
 from postroom_cli.cluster import Child
-from sandbox.admin import SandboxAdmin
+from sandbox.admin import FaultKindName, SandboxAdmin
 
 CONFIRM_TIMEOUT_S = 10
 # accounts on the main worker w1; `kill` is served by a worker of its own (it gets SIGKILLed)
@@ -61,6 +61,18 @@ class Env:
 
     def posts(self, platform: str, account: str) -> list[str]:
         return [p["text"] for p in self.admin.posts(platform=platform, account=account)]
+
+    def publish_under_page_fault(
+        self, kind: FaultKindName, account: str, text: str, status: pb.JobStatus.ValueType
+    ) -> pb.Job:
+        """Publish `text` to x:`account` while every page load meets `kind`; the job once it
+        reaches `status` (the faults are cleared either way)."""
+        self.admin.inject(kind, platform="x", account=account, count=20)
+        try:
+            post_id = self.rig.publish(text, [f"x:{account}"])
+            return self.rig.wait_status(post_id, status, DEADLINE_S)
+        finally:
+            self.admin.clear_faults()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "postroom_cli"]
@@ -218,12 +230,9 @@ def test_logged_out_needs_login_then_browser_login_and_a_check_publish(env: Env)
 
 
 def test_a_renamed_selector_fails_ui_changed_naming_it(env: Env) -> None:
-    env.admin.inject("renamed_selector", platform="x", account="renamed", count=20)
-    try:
-        post_id = env.rig.publish(f"Button moved {MARK}", ["x:renamed"])
-        job = env.rig.wait_status(post_id, pb.JOB_STATUS_FAILED, DEADLINE_S)
-    finally:
-        env.admin.clear_faults()
+    job = env.publish_under_page_fault(
+        "renamed_selector", "renamed", f"Button moved {MARK}", pb.JOB_STATUS_FAILED
+    )
     assert job.last_error_class == pb.ERROR_CLASS_UI_CHANGED, env.rig.step_logs(job)
     assert "[data-testid=tweetButton]" in job.last_error
     assert job.runs[-1].failed_step == "post_button ([data-testid=tweetButton])"
@@ -233,12 +242,9 @@ def test_a_renamed_selector_fails_ui_changed_naming_it(env: Env) -> None:
 
 
 def test_a_2fa_challenge_needs_a_person(env: Env) -> None:
-    env.admin.inject("challenge", platform="x", account="challenged", count=20)
-    try:
-        post_id = env.rig.publish(f"Behind a challenge {MARK}", ["x:challenged"])
-        job = env.rig.wait_status(post_id, pb.JOB_STATUS_NEEDS_LOGIN, DEADLINE_S)
-    finally:
-        env.admin.clear_faults()
+    job = env.publish_under_page_fault(
+        "challenge", "challenged", f"Behind a challenge {MARK}", pb.JOB_STATUS_NEEDS_LOGIN
+    )
     assert job.last_error_class == pb.ERROR_CLASS_AUTH_REQUIRED
     assert "challenge" in job.last_error, job.last_error
     assert env.posts("x", "challenged") == []

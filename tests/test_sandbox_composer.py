@@ -17,6 +17,7 @@ from asgi_thread import serve_in_thread
 from PIL import Image
 from playwright.sync_api import (
     Browser,
+    Locator,
     Page,
     Playwright,
     Response,
@@ -27,18 +28,9 @@ from polling import wait_until
 
 from sandbox.admin import SandboxAdmin
 from sandbox.app import create_app
+from worker.browser.host import CHROMIUM, CHROMIUM_ARGS
 from worker.browser.playbook import fill_template, json_path, load_playbook
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Generous: other test runs share the two cores.
 EXPECT_TIMEOUT_MS = 15_000
 _names = itertools.count(1)
@@ -114,6 +106,30 @@ def ig_login(page: Page, base: str, account: str) -> None:
     expect(page).to_have_url(f"{base}/web/instagram/create/")
 
 
+def ig_open_share(page: Page) -> Locator:
+    """The composer's Share: the "Share this post?" dialog it opens."""
+    page.get_by_role("button", name="Share", exact=True).click()
+    return page.get_by_role("dialog", name="Share this post?")
+
+
+def ig_confirm(page: Page, dialog: Locator) -> Response:
+    """The dialog's Share (the submit): the site's answer."""
+    with page.expect_response("**/api/v1/media/configure/") as answer:
+        dialog.get_by_role("button", name="Share", exact=True).click()
+    return answer.value
+
+
+def ig_share_refused(
+    page: Page, admin: SandboxAdmin, account: str, status: int, alert: str
+) -> object:
+    """Share, refused with `status`: the page says `alert`, nothing is recorded; the JSON."""
+    answer = ig_confirm(page, ig_open_share(page))
+    assert answer.status == status
+    expect(page.get_by_role("alert")).to_have_text(alert)
+    assert admin.posts(platform="instagram", account=account) == []
+    return answer.json()
+
+
 def x_post(page: Page, text: str) -> None:
     page.fill('[data-testid="tweetTextarea_0"]', text)
     page.click('[data-testid="tweetButton"]')
@@ -180,13 +196,10 @@ def test_instagram_share_asks_then_records_one_post_with_its_photo(
     caption = "Harbour at dusk #sandbox"
     page.set_input_files('input[type="file"]', photo)
     page.fill('textarea[aria-label="Write a caption..."]', caption)
-    page.get_by_role("button", name="Share", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Share this post?")
+    dialog = ig_open_share(page)
     expect(dialog).to_be_visible()
     assert admin.posts(platform="instagram", account=account) == []  # the dialog only asks
-    with page.expect_response("**/api/v1/media/configure/") as answer:
-        dialog.get_by_role("button", name="Share", exact=True).click()
-    code = answer.value.json()["media"]["code"]
+    code = ig_confirm(page, dialog).json()["media"]["code"]
     expect(page.get_by_role("dialog", name="Post shared")).to_contain_text(
         "Your post has been shared."
     )
@@ -205,14 +218,8 @@ def test_instagram_refuses_a_post_without_a_photo(
 ) -> None:
     ig_login(page, sandbox_url, account)
     page.fill('textarea[aria-label="Write a caption..."]', "words only")
-    page.get_by_role("button", name="Share", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Share this post?")
-    with page.expect_response("**/api/v1/media/configure/") as answer:
-        dialog.get_by_role("button", name="Share", exact=True).click()
-    assert answer.value.status == 400
-    assert answer.value.json()["error_type"] == "invalid_content"
-    expect(page.get_by_role("alert")).to_have_text("Add a photo or video to share.")
-    assert admin.posts(platform="instagram", account=account) == []
+    body = ig_share_refused(page, admin, account, 400, "Add a photo or video to share.")
+    assert isinstance(body, dict) and body["error_type"] == "invalid_content"
 
 
 # Faults --------------------------------------------------------------------------------------
@@ -306,17 +313,11 @@ def test_submit_fails_with_a_server_error(
     ig_login(page, sandbox_url, account)
     admin.inject("server_error", platform="instagram", account=account, status=503)
     page.set_input_files('input[type="file"]', photo)
-    page.get_by_role("button", name="Share", exact=True).click()
-    with page.expect_response("**/api/v1/media/configure/") as answer:
-        page.get_by_role("dialog").get_by_role("button", name="Share", exact=True).click()
-    assert answer.value.status == 503
-    assert answer.value.json() == {
+    assert ig_share_refused(page, admin, account, 503, "internal server error") == {
         "message": "internal server error",
         "status": "fail",
         "error_type": "server_error",
     }
-    expect(page.get_by_role("alert")).to_have_text("internal server error")
-    assert admin.posts(platform="instagram", account=account) == []
 
 
 def test_auth_fault_on_submit_logs_the_account_out(
