@@ -17,8 +17,6 @@ the coordinator's message.
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import grpc
 import grpc.aio
 
@@ -130,11 +128,6 @@ class Translated:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, _type: object, exc: object, _traceback: object) -> None:
         if isinstance(exc, grpc.RpcError):
             raise translate(exc, target=self.target, timeout_s=self.timeout_s) from exc
