@@ -193,13 +193,15 @@ def spirit_template(cache_dir: Path | None = None) -> Path:
         return ready
     building = cache_dir / f"spirit-building-{uuid.uuid4().hex}"
     building.mkdir(parents=True)
-    spirit = [sys.executable, "-m", "spirit.extra.bin.spirit"]
-    _run([*spirit, "startproject", PROJECT], building)
-    project = building / PROJECT
-    _run([sys.executable, "manage.py", "migrate", "--noinput"], project)
-    with contextlib.suppress(OSError):  # atomic: a concurrent builder's copy wins
-        project.rename(ready)
-    shutil.rmtree(building, ignore_errors=True)
+    try:
+        spirit = [sys.executable, "-m", "spirit.extra.bin.spirit"]
+        _run([*spirit, "startproject", PROJECT], building)
+        project = building / PROJECT
+        _run([sys.executable, "manage.py", "migrate", "--noinput"], project)
+        with contextlib.suppress(OSError):  # atomic: a concurrent builder's copy wins
+            project.rename(ready)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return ready
 
 
