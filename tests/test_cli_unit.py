@@ -134,6 +134,15 @@ class FakePublishing(publishing_pb2_grpc.PublishingServicer):
     def ConfirmJob(self, request: pb.ConfirmJobRequest, context: grpc.ServicerContext) -> t.Job:
         return self._job("ConfirmJob", request, context)
 
+    def ResolveJob(self, request: pb.ResolveJobRequest, context: grpc.ServicerContext) -> t.Job:
+        return self._job("ResolveJob", request, context)
+
+    def DeletePost(
+        self, request: pb.DeletePostRequest, context: grpc.ServicerContext
+    ) -> pb.DeletePostResponse:
+        self._record("DeletePost", request, context)
+        return pb.DeletePostResponse(post_id=request.post_id)
+
     def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.ServicerContext
     ) -> pb.ListJobsResponse:
