@@ -59,8 +59,6 @@ ALLOWED_CYCLES: list[frozenset[str]] = [
     frozenset({"postroom", "postroom.client"}),
     # Client.export_job imports the bundle writer inside the method; the writer uses the Client.
     frozenset({"postroom.client.bundle", "postroom.client.sync"}),
-    # host.py imports the adapter inside `BrowserHost.factory` to make it.
-    frozenset({"worker.browser.adapter", "worker.browser.engine", "worker.browser.host"}),
     # app.py mounts the composer sites, which use app.py's state.
     frozenset(
         {

@@ -46,6 +46,7 @@ from worker.accounts import AccountConfig, AccountsError, load_accounts
 from worker.adapters.base import AdapterRegistry
 from worker.adapters.noop import noop_factory
 from worker.adapters.sandbox import sandbox_factory
+from worker.browser.adapter import browser_adapters
 from worker.browser.host import (
     DEFAULT_PROFILES_DIR,
     BrowserAccount,
@@ -247,11 +248,13 @@ def build_adapters(
         return AdapterRegistry({platform: noop_factory() for platform in config.platforms})
     registry = AdapterRegistry()
     real: set[str] = set()
-    for hosted in (host, browser_host):
-        if hosted is not None:
-            real.update(hosted.platforms())
-            for platform in hosted.platforms():
-                registry.register(platform, hosted.factory())
+    if host is not None:
+        for platform in host.platforms():
+            registry.register(platform, host.factory())
+    if browser_host is not None:
+        for platform in browser_host.platforms():
+            registry.register(platform, browser_adapters(browser_host))
+    real.update(registry.platforms())
     sandboxed = [p for p in config.platforms if p not in real]
     if sandboxed:
         if not config.sandbox_url:

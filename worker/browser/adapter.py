@@ -13,7 +13,7 @@ import anyio
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Response
 
-from worker.adapters.base import JobSpec, Prepared, Published
+from worker.adapters.base import AdapterFactory, JobSpec, PlatformAdapter, Prepared, Published
 from worker.browser.engine import NoSteps, PageRun, id_from, normalise
 from worker.browser.host import BrowserAccount, BrowserHost
 from worker.browser.playbook import Step, fill_template, json_path
@@ -161,3 +161,12 @@ def _text(value: object) -> str | None:
 
 def _absolute(base: str, href: str) -> str:
     return urljoin(base, href)
+
+
+def browser_adapters(host: BrowserHost) -> AdapterFactory:
+    """The factory of per-job adapters on `host`'s accounts (for the worker's registry)."""
+
+    def make(platform: str) -> PlatformAdapter:
+        return BrowserAdapter(host, platform)
+
+    return make

@@ -30,7 +30,6 @@ from playwright.async_api import Browser, BrowserContext, Playwright, async_play
 
 from postroom.clock import Clock, SystemClock
 from worker.accounts import AccountConfig, AccountsError
-from worker.adapters.base import AdapterFactory, PlatformAdapter
 from worker.browser.playbook import Playbook, PlaybookError, load_playbook
 from worker.config import Capability
 from worker.errors import Transient
@@ -193,14 +192,6 @@ class BrowserHost:
     def profile(self, platform: str, account: str) -> Path:
         return profile_dir(self.profiles_dir, platform, account)
 
-    def factory(self) -> AdapterFactory:
-        from worker.browser.adapter import BrowserAdapter
-
-        def make(platform: str) -> PlatformAdapter:
-            return BrowserAdapter(self, platform)
-
-        return make
-
     async def browser(self) -> Browser:
         """The worker's Chromium, launched on first use (and again if it died)."""
         async with self._lock:
@@ -235,9 +226,6 @@ class BrowserHost:
                 self._contexts[key] = context
                 self._stamps[key] = stamp
             return context
-
-    def open_contexts(self) -> int:
-        return len(self._contexts)
 
     async def save(self, platform: str, account: str) -> None:
         """Write the context's state back, unless the file changed since it was read (a new
