@@ -1,8 +1,9 @@
-"""The coordinator actor: the one owner of the lease core, and its I/O shell.
+"""The coordinator actor: the one owner of the coordinator's state, and its I/O shell.
 
-Everything that changes state runs inside one task, in mailbox order: worker messages (posted by
-the gateway, no reply) and operator commands (called by Publishing, with a reply). The loop drains
-up to `max_batch` items at a time, runs them against the LeaseCore, then *group-commits*: one
+Everything that changes state runs inside one task, in mailbox order: worker messages and timer
+ticks (command values posted by the gateway and the timer, decided by coordinator/step.py's
+`handle`, no reply) and operator commands (called by Publishing, with a reply). The loop drains
+up to `max_batch` items at a time, runs them against the state, then *group-commits*: one
 store transaction for the whole batch (shielded from cancellation), and only then sends the
 resulting messages to the workers' outboxes and answers the callers. So a worker never hears of a
 lease, permit or accepted result that a crash could take back, and thousands of protocol events
@@ -18,7 +19,6 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -28,10 +28,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from coordinator.access.registry import Credentials
-from coordinator.convert import job_pb, step_log_pb
+from coordinator.convert import coordinator_message_pb, job_pb, step_log_pb
 from coordinator.domain import LEASED_STATUSES, JobStatus, Target
 from coordinator.errors import CoordinatorError
 from coordinator.gates import GateBook, Quota
+from coordinator.leasing import outbound
+from coordinator.leasing.commands import Command, Tick
 from coordinator.leasing.core import LeaseConfig, LeaseCore
 from coordinator.leasing.effects import (
     AttemptEnded,
@@ -44,6 +46,7 @@ from coordinator.leasing.effects import (
 )
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.retry import RetryPolicies
+from coordinator.step import CoordinatorState, handle
 from coordinator.store.base import Store
 from postroom.clock import Clock
 from postroom.tracing import inject_traceparent
@@ -52,6 +55,7 @@ from postroom.v1 import worker_gateway_pb2 as wg
 
 log = logging.getLogger("postroom.coordinator")
 T = TypeVar("T")
+_TICK = Tick()
 
 DEFAULT_MAX_BATCH = 512
 DEFAULT_MAILBOX_SIZE = 10_000
@@ -69,13 +73,6 @@ class CoordinatorConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
     login_check_timeout_s: float = 10.0
-
-
-@dataclass(slots=True)
-class _Event:
-    """A worker message for the core; no reply."""
-
-    fn: Callable[[float], Effects]
 
 
 @dataclass(slots=True)
@@ -114,7 +111,8 @@ class Coordinator:
             new_id=_new_id,
             rand=rand or random.random,
         )
-        self._send, self._recv = anyio.create_memory_object_stream[_Event | _Call[Any]](
+        self.state = CoordinatorState(self.core, self.credentials)
+        self._send, self._recv = anyio.create_memory_object_stream[Command | _Call[Any]](
             DEFAULT_MAILBOX_SIZE
         )
         self._outboxes: dict[str, MemoryObjectSendStream[wg.CoordinatorMessage]] = {}
@@ -122,6 +120,7 @@ class Coordinator:
         self._spans: dict[str, Span] = {}
         self._login_waiters: dict[str, tuple[anyio.Event, list[wg.LoginCheckResult]]] = {}
         self._wake = anyio.Event()
+        self._ticked = anyio.Event()  # set once the actor has run the timer's last Tick
         self._armed_at = math.inf
         self._stopping = False
         self._last_metrics_refresh = 0.0
@@ -201,9 +200,10 @@ class Coordinator:
         if outbox is not None:
             outbox.close()
 
-    async def post(self, fn: Callable[[float], Effects]) -> None:
-        """Queue a worker event (bounded mailbox: a flood waits here, it does not grow memory)."""
-        await self._send.send(_Event(fn))
+    async def post(self, command: Command) -> None:
+        """Queue a worker's command (bounded mailbox: a flood waits here, it does not grow
+        memory)."""
+        await self._send.send(command)
 
     async def call(self, fn: Callable[[float], Awaitable[tuple[Effects, T]]]) -> T:
         """Run an operator command inside the actor; returns once its writes are committed."""
@@ -215,12 +215,6 @@ class Coordinator:
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[no-any-return]
-
-    async def call_sync(self, fn: Callable[[float], tuple[Effects, T]]) -> T:
-        async def run(now: float) -> tuple[Effects, T]:
-            return fn(now)
-
-        return await self.call(run)
 
     def watch(
         self, job_id: str
@@ -272,7 +266,7 @@ class Coordinator:
                     first = await self._recv.receive()
                 except anyio.EndOfStream:
                     return
-                items: list[_Event | _Call[Any]] = [first]
+                items: list[Command | _Call[Any]] = [first]
                 while len(items) < self.config.max_batch:
                     try:
                         items.append(self._recv.receive_nowait())
@@ -280,21 +274,24 @@ class Coordinator:
                         break
                 await self._process(items)
 
-    async def _process(self, items: list[_Event | _Call[Any]]) -> None:
+    async def _process(self, items: list[Command | _Call[Any]]) -> None:
         pending = Effects()
         replies: list[_Call[Any]] = []
         for item in items:
             now = self.clock.now()
-            if isinstance(item, _Event):
+            if not isinstance(item, _Call):
                 try:
-                    pending.extend(item.fn(now))
+                    pending.extend(handle(self.state, item, now))
                 except CoordinatorError as exc:
                     log.warning("worker event refused: %s", exc)
                 except Exception:
                     # A bug met by one event must not stop every other: the event is dropped
                     # (nothing of it was written) and the actor goes on. Memory it half-changed
                     # is caught by the store's compare-and-set, which ends the process.
-                    log.exception("worker event failed and was dropped")
+                    log.exception("worker event failed and was dropped (%s)", type(item).__name__)
+                finally:
+                    if type(item) is Tick:
+                        self._ticked.set()
                 continue
             # A command reads the store: everything before it must be committed first.
             await self._flush(pending, replies)
@@ -336,7 +333,8 @@ class Coordinator:
             self._observe(fx, now)
         except Exception:
             log.exception("recording metrics and traces of a batch failed")
-        for sid, msg in fx.messages:
+        for sid, out in fx.messages:
+            msg = coordinator_message_pb(out, self._traceparent(out))
             if not self.send_now(sid, msg) and sid in self._outboxes:
                 # Outbox full: the worker does not read. Its session dies, not the coordinator.
                 log.warning("session %s outbox overflow; closing it", sid)
@@ -351,8 +349,14 @@ class Coordinator:
             item.done.set()
         self._rearm()
 
+    def _traceparent(self, out: outbound.Outbound) -> str:
+        """An Assign carries its attempt's span (started in _observe) to the worker."""
+        if type(out) is not outbound.Assign:
+            return ""
+        span = self._spans.get(out.job.id)
+        return inject_traceparent(span.get_span_context()) if span is not None else ""
+
     def _observe(self, fx: Effects, now: float) -> None:
-        assigns: dict[str, wg.CoordinatorMessage] | None = None
         for sig in fx.signals:
             match sig:
                 case AttemptStarted(job=job):
@@ -370,10 +374,6 @@ class Coordinator:
                     if job.id in self._spans:
                         self._spans.pop(job.id).end()
                     self._spans[job.id] = span
-                    if assigns is None:
-                        assigns = _latest_assigns(fx)
-                    if (assign := assigns.get(job.id)) is not None:
-                        assign.assign.traceparent = inject_traceparent(span.get_span_context())
                     if self.metrics:
                         self.metrics.account_known(job.platform, job.account)
                         self.metrics.job_attempt_started(job.platform)
@@ -460,9 +460,9 @@ class Coordinator:
             self._armed_at = math.inf
             if self._stopping:
                 return
-            ticked = anyio.Event()
+            ticked = self._ticked = anyio.Event()
             try:
-                await self._send.send(_Event(partial(self._tick, ticked)))
+                await self._send.send(_TICK)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
             # Until the actor has run this tick, next_wakeup() still sees the due job it is for:
@@ -473,12 +473,6 @@ class Coordinator:
                 await self._refresh_gauges()
             except Exception:  # the gauges wait for the next tick; the timer goes on
                 log.exception("refreshing the gauges failed")
-
-    def _tick(self, ticked: anyio.Event, now: float) -> Effects:
-        try:
-            return self.core.tick(now)
-        finally:
-            ticked.set()
 
     async def _sleep_or_rearm(self, deadline: float) -> None:
         """Sleep until the deadline, or less if a new, earlier deadline appears meanwhile."""
@@ -519,12 +513,6 @@ class Coordinator:
         for target in waiting | self._needs_login_seen:
             self.metrics.set_needs_login(target.platform, target.account, target in waiting)
         self._needs_login_seen = waiting
-
-
-def _latest_assigns(fx: Effects) -> dict[str, wg.CoordinatorMessage]:
-    """job id -> its last Assign among the batch's messages: one pass for the whole batch, where
-    a backward search per started attempt made a batch of n leases cost O(n^2)."""
-    return {m.assign.job_id: m for _, m in fx.messages if m.WhichOneof("msg") == "assign"}
 
 
 def _new_id(prefix: str) -> str:

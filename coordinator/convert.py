@@ -23,8 +23,11 @@ from coordinator.domain import (
     WorkerKind,
 )
 from coordinator.gates import GateView
+from coordinator.leasing import outbound as o
+from coordinator.leasing.commands import JobReport
 from coordinator.poststatus import post_warnings
 from postroom.v1 import types_pb2 as pb
+from postroom.v1 import worker_gateway_pb2 as wg
 
 # What a protobuf Timestamp can hold: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 _TIMESTAMP_MIN_S = -62_135_596_800
@@ -275,4 +278,112 @@ def gate_pb(view: GateView) -> pb.RateLimitGate:
         quota_limit=view.quota_limit,
         quota_window_seconds=int(view.quota_window_s),
         quota_used=view.quota_used,
+    )
+
+
+def coordinator_message_pb(out: o.Outbound, traceparent: str = "") -> wg.CoordinatorMessage:
+    """The wire message for what the core tells a worker; `traceparent` only for an Assign (its
+    attempt's span, which the actor starts when the lease is committed)."""
+    match out:
+        case o.Assign():
+            return wg.CoordinatorMessage(assign=_assign_pb(out, traceparent))
+        case o.HeartbeatAck(seq, deadline):
+            ack = wg.HeartbeatAck(seq=seq, lease_deadline_unix_ms=_ms(deadline))
+            return wg.CoordinatorMessage(heartbeat_ack=ack)
+        case o.ResultAck(job_id, epoch, accepted, reason):
+            ra = wg.ResultAck(job_id=job_id, lease_epoch=epoch, accepted=accepted, reason=reason)
+            return wg.CoordinatorMessage(result_ack=ra)
+        case o.CommitGrant(job_id, epoch, deadline):
+            grant = wg.CommitGrant(
+                job_id=job_id, lease_epoch=epoch, lease_deadline_unix_ms=_ms(deadline)
+            )
+            return wg.CoordinatorMessage(commit_grant=grant)
+        case o.CommitDeny(job_id, epoch, reason):
+            deny = wg.CommitDeny(job_id=job_id, lease_epoch=epoch, reason=reason)
+            return wg.CoordinatorMessage(commit_deny=deny)
+        case o.Drop(job_id, epoch, reason):
+            drop = wg.Drop(job_id=job_id, lease_epoch=epoch, reason=reason)
+            return wg.CoordinatorMessage(drop=drop)
+        case o.Confirm(job_id, epoch):
+            return wg.CoordinatorMessage(confirm=wg.ConfirmJob(job_id=job_id, lease_epoch=epoch))
+        case o.Cancel(job_id, epoch, reason):
+            cancel = wg.CancelJob(job_id=job_id, lease_epoch=epoch, reason=reason)
+            return wg.CoordinatorMessage(cancel=cancel)
+        case o.ScreenshotAck(job_id, upload_id, ok, asset_id, error):
+            sa = wg.ScreenshotAck(
+                job_id=job_id, upload_id=upload_id, ok=ok, asset_id=asset_id, error=error
+            )
+            return wg.CoordinatorMessage(screenshot_ack=sa)
+        case o.Welcome():
+            return wg.CoordinatorMessage(welcome=_welcome_pb(out))
+    raise TypeError(f"no wire message for {type(out).__name__}")
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _assign_pb(out: o.Assign, traceparent: str) -> wg.Assign:
+    job = out.job
+    return wg.Assign(
+        job_id=job.id,
+        lease_epoch=job.lease_epoch,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        lease_deadline_unix_ms=_ms(out.lease_deadline),
+        post_id=job.post_id,
+        platform=job.platform,
+        account=job.account,
+        text=job.text,
+        media=list(job.media),
+        content_hash=job.content_hash,
+        platform_key=job.platform_key,
+        verify_first=job.verify_first or out.verify_only,
+        verify_only=out.verify_only,
+        require_confirm=job.require_confirm,
+        idempotency_key=job.idempotency_key,
+        traceparent=traceparent,
+    )
+
+
+def _welcome_pb(out: o.Welcome) -> wg.Welcome:
+    return wg.Welcome(
+        session_id=out.session_id,
+        heartbeat_interval_ms=_ms(out.heartbeat_interval_s),
+        lease_ttl_ms=_ms(out.lease_ttl_s),
+        resumed=[
+            wg.HeldJob(job_id=h.job_id, lease_epoch=h.epoch, committed=h.committed)
+            for h in out.resumed
+        ],
+        max_chunk_bytes=out.max_chunk_bytes,
+        max_asset_bytes=out.max_asset_bytes,
+    )
+
+
+def error_class_from_pb(value: int) -> ErrorClass:
+    try:
+        name = pb.ErrorClass.Name(value)  # type: ignore[arg-type]
+        return ErrorClass(name.removeprefix("ERROR_CLASS_"))
+    except ValueError:
+        # Unspecified, or a class newer than this coordinator: retryable, the safe default.
+        return ErrorClass.TRANSIENT
+
+
+def job_report_from_pb(r: wg.JobResult) -> JobReport:
+    return JobReport(
+        job_id=r.job_id,
+        epoch=r.lease_epoch,
+        success=r.success,
+        platform_post_id=r.platform_post_id,
+        url=r.url,
+        found_existing=r.found_existing,
+        error_class=error_class_from_pb(r.error_class),
+        error_message=r.error_message,
+        retry_at=r.retry_at_unix_ms / 1000 if r.retry_at_unix_ms else None,
+        quota_cap=r.quota_cap,
+        not_created=r.not_created,
+        verified_absent=r.verified_absent,
+        failed_step=r.failed_step,
+        selector=r.selector,
+        execution_time_ms=r.execution_time_ms,
     )

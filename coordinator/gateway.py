@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import anyio
 import grpc
@@ -30,9 +29,10 @@ from coordinator import worker_input
 from coordinator.access import devices
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore, Incoming, sniff_content_type
-from coordinator.convert import kind_from_pb
+from coordinator.convert import job_report_from_pb, kind_from_pb
 from coordinator.domain import ScreenshotRecord, Target
 from coordinator.errors import CoordinatorError
+from coordinator.leasing import commands as c
 from coordinator.wire import Garbage
 from coordinator.worker_input import (
     MAX_UPLOADS_PER_SESSION,
@@ -111,19 +111,16 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         session_id = f"s-{uuid.uuid4().hex[:12]}"
         outbox = self.coordinator.open_outbox(session_id)
         await self.coordinator.post(
-            partial(
-                devices.open_checked,
-                self.core,
-                credentials,
-                enrollment,
+            c.OpenStream(
                 session_id,
                 device_id=hello.device_id,
                 kind=kind_from_pb(hello.kind),
                 capabilities=capabilities,
                 slots=hello.slots,
-                per_account_slots=hello.per_account_slots,
-                held=[(h.job_id, h.lease_epoch) for h in hello.held_jobs],
+                held=tuple((h.job_id, h.lease_epoch) for h in hello.held_jobs),
                 version=hello.version,
+                per_account_slots=hello.per_account_slots,
+                enrollment=enrollment,
             )
         )
         limits = self.limits
@@ -144,9 +141,7 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             state.uploads.clear()
             reason = state.end_reason or "stream closed"
             with anyio.CancelScope(shield=True), contextlib.suppress(anyio.ClosedResourceError):
-                await self.coordinator.post(
-                    partial(self.core.session_lost, session_id, reason=reason)
-                )
+                await self.coordinator.post(c.StreamLost(session_id, reason))
             if state.violation is not None:
                 await context.abort(state.violation.code, str(state.violation))
             ended = devices.end_status(
@@ -207,33 +202,33 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         """Hand one message to the actor; True when the stream is done (Goodbye is not: the
         worker still reports its jobs after it)."""
         post = self.coordinator.post
-        core = self.core
         kind = check_message(msg)
         if kind == "heartbeat":
-            held = [(h.job_id, h.lease_epoch) for h in msg.heartbeat.active]
-            await post(partial(core.heartbeat, session_id, msg.heartbeat.seq, active=held))
+            held = tuple((h.job_id, h.lease_epoch) for h in msg.heartbeat.active)
+            await post(c.Heartbeat(session_id, msg.heartbeat.seq, held))
         elif kind == "ack":
-            await post(partial(core.ack, session_id, msg.ack.job_id, msg.ack.lease_epoch))
+            await post(c.Ack(session_id, msg.ack.job_id, msg.ack.lease_epoch))
         elif kind == "log":
             entry = worker_input.log_entry(msg.log, self.coordinator.clock.now())
-            await post(partial(core.log, session_id, msg.log.job_id, msg.log.lease_epoch, entry))
+            await post(c.Log(session_id, msg.log.job_id, msg.log.lease_epoch, entry))
         elif kind == "screenshot":
             await self._chunk(session_id, msg.screenshot, state)
         elif kind == "commit_request":
             req = msg.commit_request
-            await post(partial(core.commit_request, session_id, req.job_id, req.lease_epoch))
+            await post(c.CommitRequest(session_id, req.job_id, req.lease_epoch))
         elif kind == "awaiting_confirm":
             ac = msg.awaiting_confirm
-            await post(partial(core.awaiting_confirm, session_id, ac.job_id, ac.lease_epoch))
+            await post(c.AwaitingConfirm(session_id, ac.job_id, ac.lease_epoch))
         elif kind == "result":
-            await post(partial(core.result, session_id, worker_input.job_result(msg.result)))
+            report = job_report_from_pb(worker_input.job_result(msg.result))
+            await post(c.Result(session_id, report))
         elif kind == "login_check":
             answer = worker_input.login_check_result(msg.login_check)
             self.coordinator.login_check_answered(answer)
         elif kind == "goodbye":
             reason = cut(msg.goodbye.reason, worker_input.MAX_SHORT_TEXT_CHARS) or "draining"
             state.end_reason = f"worker said goodbye: {reason}"
-            await post(partial(core.goodbye, session_id))
+            await post(c.Goodbye(session_id))
         elif kind == "hello":
             raise Violation(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -303,12 +298,10 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             content_type=upload.content_type or sniff_content_type(upload.file.head),
             at=self.coordinator.clock.now(),
         )
+        # Its ack comes from the actor, after the row's commit: the worker deletes its copy then.
         await self.coordinator.post(
-            partial(self.core.screenshot, session_id, upload.job_id, upload.epoch, record)
+            c.Screenshot(session_id, upload.job_id, upload.epoch, chunk.upload_id, record)
         )
-        ack = wg.ScreenshotAck(job_id=upload.job_id, upload_id=chunk.upload_id, ok=True,
-                               asset_id=asset_id)  # fmt: skip
-        self.coordinator.send_now(session_id, wg.CoordinatorMessage(screenshot_ack=ack))
         return None
 
     def _new_upload_error(self, chunk: wg.ScreenshotChunk, state: _StreamState) -> str:

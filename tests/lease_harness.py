@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from coordinator.convert import coordinator_message_pb, job_report_from_pb
 from coordinator.domain import (
     TERMINAL_JOB_STATUSES,
     AuditEvent,
@@ -171,10 +172,15 @@ class ModelStore:
         return [a for a in hits if not subject or a.subject_id == subject]
 
 
+def wire(fx: Effects) -> list[tuple[str, wg.CoordinatorMessage]]:
+    """The effects' messages as the actor sends them (the core says them as domain values)."""
+    return [(sid, coordinator_message_pb(out)) for sid, out in fx.messages]
+
+
 def messages(fx: Effects, kind: str, session_id: str | None = None) -> list[wg.CoordinatorMessage]:
     return [
         m
-        for sid, m in fx.messages
+        for sid, m in wire(fx)
         if m.WhichOneof("msg") == kind and (session_id is None or sid == session_id)
     ]
 
@@ -268,7 +274,7 @@ class Harness:
         return self.run(self.core.commit_request(sid, job_id, epoch, self.now))
 
     def result(self, sid: str, r: wg.JobResult) -> Effects:
-        return self.run(self.core.result(sid, r, self.now))
+        return self.run(self.core.result(sid, job_report_from_pb(r), self.now))
 
     def success(
         self,

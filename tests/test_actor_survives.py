@@ -11,31 +11,34 @@ import grpc
 import pytest
 from conftest import coordinator_server, publish
 
+from coordinator import step
 from coordinator.errors import CoordinatorError
+from coordinator.leasing import commands
 from coordinator.leasing.effects import Effects
 from postroom.v1 import publishing_pb2_grpc
 
 
-def _bug(now: float) -> Effects:
+def _bug(state: step.CoordinatorState, cmd: commands.Ack, now: float) -> Effects:
     raise ZeroDivisionError("a bug in handling one event")
 
 
 @pytest.mark.anyio
 async def test_one_failing_event_or_command_is_refused_and_the_actor_goes_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(step._HANDLERS, commands.Ack, _bug)  # a bug in one command's handler
     async with (
         coordinator_server(tmp_path) as env,
         grpc.aio.insecure_channel(env.address) as channel,
     ):
         stub = publishing_pb2_grpc.PublishingStub(channel)
-        await env.coordinator.post(_bug)  # a worker message's event
+        await env.coordinator.post(commands.Ack("s-1", "j-1", 1))  # a worker message's command
 
-        def failing_command(now: float) -> tuple[Effects, None]:
+        async def failing_command(now: float) -> tuple[Effects, None]:
             raise KeyError("a bug in one command")
 
         with pytest.raises(CoordinatorError) as refused:
-            await env.coordinator.call_sync(failing_command)
+            await env.coordinator.call(failing_command)
         assert refused.value.status_code is grpc.StatusCode.INTERNAL
         assert "incident" in str(refused.value)
         # Everything else still works, through the same actor.

@@ -3,7 +3,7 @@ deadline passed while the coordinator was away) is not kept alive by its heartbe
 
 from __future__ import annotations
 
-from lease_harness import Harness, make_post, one_assign
+from lease_harness import Harness, make_post, one_assign, wire
 
 from coordinator.domain import JobStatus, Target
 from coordinator.leasing.effects import Effects
@@ -57,7 +57,7 @@ def test_a_dropped_lease_that_held_a_commit_permit_waits_for_its_deadline_then_v
     h.ack("s1", assign.job_id, assign.lease_epoch)
     h.commit("s1", assign.job_id, assign.lease_epoch)
     h.advance(h.config.heartbeat_interval_s * 3)
-    assert beat(h, "s1", []).messages[0][1].WhichOneof("msg") == "heartbeat_ack"
+    assert wire(beat(h, "s1", []))[0][1].WhichOneof("msg") == "heartbeat_ack"
     assert h.core.leases[assign.job_id].session_id is None  # no longer renewed
     h.advance(h.config.lease_ttl_s + h.config.expiry_margin_s + 0.01)
     beat(h, "s1", [])

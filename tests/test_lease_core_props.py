@@ -33,8 +33,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from lease_harness import Harness, make_post
+from lease_harness import Harness, make_post, wire
 
+from coordinator.convert import job_report_from_pb
 from coordinator.domain import (
     LEASED_STATUSES,
     TERMINAL_JOB_STATUSES,
@@ -166,7 +167,7 @@ class LeaseProtocol(RuleBasedStateMachine):
 
     def emit(self, fx: Effects) -> Effects:
         """The batch is already applied (Harness.run); check and route the messages."""
-        for sid, msg in fx.messages:
+        for sid, msg in wire(fx):
             kind = msg.WhichOneof("msg")
             if kind == "commit_grant":
                 self.check_grant(sid, msg.commit_grant)
@@ -239,9 +240,9 @@ class LeaseProtocol(RuleBasedStateMachine):
             lingering = [
                 j
                 for j, e in session.lingering.items()
-                if (lease := self.h.core.leases.get(j)) is not None
-                and lease.epoch == e
-                and lease.session_id is None
+                if (kept := self.h.core.leases.get(j)) is not None
+                and kept.epoch == e
+                and kept.session_id is None
                 and self.h.core.jobs[j].target == target
             ]
             assert len(same) + len(lingering) <= session.per_account, (
@@ -317,7 +318,7 @@ class LeaseProtocol(RuleBasedStateMachine):
         run.reported = r
         w.sent.append(Sent("result", run.job_id, run.epoch, r))
         fx = self.emit(self.h.result(w.session, r))
-        (ack,) = [m.result_ack for sid, m in fx.messages if m.WhichOneof("msg") == "result_ack"]
+        (ack,) = [m.result_ack for sid, m in wire(fx) if m.WhichOneof("msg") == "result_ack"]
         if (
             ack.accepted
             and not r.success
@@ -681,7 +682,7 @@ class LeaseProtocol(RuleBasedStateMachine):
             core.commit_request(w.session, run.job_id, run.epoch, self.now)
         elif what == "success" and (run.posted or run.found):
             run.reported = self.success_of(run)
-            core.result(w.session, run.reported, self.now)
+            core.result(w.session, job_report_from_pb(run.reported), self.now)
         elif what == "failure" and not run.found:
             run.reported = wg.JobResult(
                 job_id=run.job_id,
@@ -690,7 +691,7 @@ class LeaseProtocol(RuleBasedStateMachine):
                 error_class=pb.ERROR_CLASS_TRANSIENT,
                 error_message="timeout",
             )
-            core.result(w.session, run.reported, self.now)
+            core.result(w.session, job_report_from_pb(run.reported), self.now)
         self.restart()
 
     # ---- operators ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ commit permit, and the worker never posts on one.
 from __future__ import annotations
 
 import pytest
-from lease_harness import Harness, make_post, one_assign
+from lease_harness import Harness, make_post, one_assign, wire
 
 from coordinator.domain import JobStatus, Target
 from postroom.v1 import types_pb2
@@ -32,7 +32,7 @@ def exhaust_with_ambiguous_failures(h: Harness, max_attempts: int = 2) -> tuple[
         assert not assign.verify_only
         h.ack("s1", assign.job_id, assign.lease_epoch)
         grant = h.commit("s1", assign.job_id, assign.lease_epoch)
-        assert grant.messages[0][1].WhichOneof("msg") == "commit_grant"
+        assert wire(grant)[0][1].WhichOneof("msg") == "commit_grant"
         h.failure("s1", assign.job_id, assign.lease_epoch, TRANSIENT, message="HTTP 500")
         h.advance(3600)
         h.heartbeat("s1")  # the worker stayed connected meanwhile
@@ -51,7 +51,7 @@ def test_a_verify_only_lease_is_never_granted_a_commit_permit() -> None:
     h = Harness()
     job_id, assign = exhaust_with_ambiguous_failures(h)
     fx = h.commit("s1", job_id, assign.lease_epoch)
-    [(_, msg)] = fx.messages
+    [(_, msg)] = wire(fx)
     assert msg.WhichOneof("msg") == "commit_deny"
     assert "only look" in msg.commit_deny.reason
 

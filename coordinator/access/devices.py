@@ -20,7 +20,6 @@ from coordinator.access.registry import ENROLL_HINT, Credentials
 from coordinator.domain import Target
 from coordinator.errors import PermissionDenied
 from coordinator.leasing.core import LeaseCore
-from coordinator.leasing.effects import Effects
 
 CERT_NAME_KEYS = ("x509_common_name", "x509_subject_alternative_name")
 
@@ -51,23 +50,6 @@ def identify(
             "a certificate whose CN (or a SAN) is its --device-id"
         )
     return credentials.device(device_id, token, capabilities)
-
-
-def open_checked(
-    core: LeaseCore,
-    credentials: Credentials,
-    enrollment: DeviceEnrollment | None,
-    session_id: str,
-    now: float,
-    **session: Any,
-) -> Effects:
-    """core.open_session, unless the identity the Hello proved was revoked, replaced, or
-    authentication turned on, while the Hello waited in the mailbox: then the stream just ends."""
-    if not still_valid(credentials, enrollment):
-        fx = Effects()
-        fx.close_sessions.append(session_id)
-        return fx
-    return core.open_session(session_id, now, **session)
 
 
 def still_valid(credentials: Credentials, enrollment: DeviceEnrollment | None) -> bool:

@@ -25,9 +25,8 @@ from coordinator.domain import (
 )
 from coordinator.errors import NotFound
 from coordinator.gates import GateBook
-from coordinator.leasing.effects import (
-    Effects,
-)
+from coordinator.leasing import outbound as o
+from coordinator.leasing.effects import Effects
 from coordinator.leasing.postbook import PostBook
 from coordinator.leasing.queue import ReadyQueue
 from coordinator.leasing.state import Lease, LeaseConfig, Session
@@ -36,7 +35,6 @@ from coordinator.retry import (
 )
 from coordinator.store.base import JobWrite
 from coordinator.transitions import check_job
-from postroom.v1 import worker_gateway_pb2 as wg
 
 SYSTEM = "system"
 
@@ -98,8 +96,7 @@ class CoreBase(abc.ABC):
         return lease
 
     def _drop(self, fx: Effects, session_id: str, job_id: str, epoch: int, reason: str) -> None:
-        drop = wg.Drop(job_id=job_id, lease_epoch=epoch, reason=reason)
-        fx.send(session_id, wg.CoordinatorMessage(drop=drop))
+        fx.send(session_id, o.Drop(job_id, epoch, reason))
 
     def _stale_reason(self, job_id: str, epoch: int) -> str:
         lease = self.leases.get(job_id)

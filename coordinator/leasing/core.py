@@ -30,6 +30,7 @@ from coordinator.domain import (
     Target,
     WorkerKind,
 )
+from coordinator.leasing import outbound as o
 from coordinator.leasing.base import run_row
 from coordinator.leasing.effects import (
     AttemptStarted,
@@ -50,7 +51,6 @@ from coordinator.leasing.state import LeaseConfig as LeaseConfig
 from coordinator.leasing.state import Session as Session
 from coordinator.store.base import JobWrite
 from coordinator.transitions import check_job
-from postroom.v1 import worker_gateway_pb2 as wg
 
 SYSTEM = "system"
 
@@ -84,7 +84,7 @@ class LeaseCore(Intake):
         session.per_account = max(0, per_account_slots)
         self.sessions[session_id] = session
         heapq.heappush(self._beats, (now, session_id))
-        resumed: list[wg.HeldJob] = []
+        resumed: list[o.HeldJob] = []
         refused: list[str] = []  # held under a lease that is over: the worker drops them
         for job_id, epoch in held:
             lease = self.leases.get(job_id)
@@ -100,9 +100,7 @@ class LeaseCore(Intake):
                 lease.deadline = now + self.config.lease_ttl_s
                 lease.granted_at = now
                 session.jobs.add(job_id)
-                resumed.append(
-                    wg.HeldJob(job_id=job_id, lease_epoch=epoch, committed=lease.run.committed)
-                )
+                resumed.append(o.HeldJob(job_id, epoch, lease.run.committed))
             else:
                 refused.append(f"{job_id}@{epoch}")
         device = self.devices.get(device_id)
@@ -126,15 +124,15 @@ class LeaseCore(Intake):
                 },
             )
         )
-        welcome = wg.Welcome(
-            session_id=session_id,
-            heartbeat_interval_ms=int(self.config.heartbeat_interval_s * 1000),
-            lease_ttl_ms=int(self.config.lease_ttl_s * 1000),
-            resumed=resumed,
-            max_chunk_bytes=self.config.max_chunk_bytes,
-            max_asset_bytes=self.config.max_asset_bytes,
+        welcome = o.Welcome(
+            session_id,
+            self.config.heartbeat_interval_s,
+            self.config.lease_ttl_s,
+            tuple(resumed),
+            self.config.max_chunk_bytes,
+            self.config.max_asset_bytes,
         )
-        fx.send(session_id, wg.CoordinatorMessage(welcome=welcome))
+        fx.send(session_id, welcome)
         fx.extend(self.dispatch(now))
         return fx
 
@@ -160,8 +158,7 @@ class LeaseCore(Intake):
         for job_id in session.jobs:
             self.leases[job_id].deadline = deadline
         self.devices[session.device_id].last_seen_at = now
-        ack = wg.HeartbeatAck(seq=seq, lease_deadline_unix_ms=int(deadline * 1000))
-        fx.send(session_id, wg.CoordinatorMessage(heartbeat_ack=ack))
+        fx.send(session_id, o.HeartbeatAck(seq, deadline))
         return fx
 
     def _reconcile(self, session: Session, held: set[tuple[str, int]], now: float) -> Effects:
@@ -257,15 +254,27 @@ class LeaseCore(Intake):
         return fx
 
     def screenshot(
-        self, session_id: str, job_id: str, epoch: int, rec: ScreenshotRecord, now: float
+        self,
+        session_id: str,
+        job_id: str,
+        epoch: int,
+        upload_id: str,
+        rec: ScreenshotRecord,
+        now: float,
     ) -> Effects:
+        """Record a stored screenshot. Its ack goes out with the batch, after the row's commit:
+        the worker deletes its copy on that ack, so it must never precede the row."""
         fx = Effects()
         lease = self._lease_of(session_id, job_id, epoch)
         if lease is None:
-            self._drop(fx, session_id, job_id, epoch, self._stale_reason(job_id, epoch))
+            reason = self._stale_reason(job_id, epoch)
+            error = f"FAILED_PRECONDITION: {reason}"
+            fx.send(session_id, o.ScreenshotAck(job_id, upload_id, False, error=error))
+            self._drop(fx, session_id, job_id, epoch, reason)
             return fx
         lease.run.screenshots.append(rec)
         fx.batch.screenshots.append((lease.run.id, rec))
+        fx.send(session_id, o.ScreenshotAck(job_id, upload_id, True, asset_id=rec.asset_id))
         return fx
 
     def lease_is_current(self, session_id: str, job_id: str, epoch: int) -> bool:
@@ -291,8 +300,7 @@ class LeaseCore(Intake):
         elif lease.deadline - now < self.config.commit_min_left_s:
             reason = f"lease has {lease.deadline - now:.1f}s left; renew first"
         if reason or lease is None or job is None:
-            deny = wg.CommitDeny(job_id=job_id, lease_epoch=epoch, reason=reason)
-            fx.send(session_id, wg.CoordinatorMessage(commit_deny=deny))
+            fx.send(session_id, o.CommitDeny(job_id, epoch, reason))
             fx.signals.append(CommitDecided(False))
             fx.batch.audits.append(
                 AuditEvent(
@@ -314,10 +322,7 @@ class LeaseCore(Intake):
         fx.batch.audits.append(
             AuditEvent("JOB_COMMIT_GRANTED", job_id, self._actor(session_id), now, {"epoch": epoch})
         )
-        grant = wg.CommitGrant(
-            job_id=job_id, lease_epoch=epoch, lease_deadline_unix_ms=int(lease.deadline * 1000)
-        )
-        fx.send(session_id, wg.CoordinatorMessage(commit_grant=grant))
+        fx.send(session_id, o.CommitGrant(job_id, epoch, lease.deadline))
         fx.signals.append(CommitDecided(True))
         return fx
 
@@ -329,8 +334,7 @@ class LeaseCore(Intake):
             return fx
         job = self.jobs[job_id]
         if lease.confirmed:
-            confirm = wg.ConfirmJob(job_id=job_id, lease_epoch=epoch)
-            fx.send(session_id, wg.CoordinatorMessage(confirm=confirm))
+            fx.send(session_id, o.Confirm(job_id, epoch))
         elif job.status is not JobStatus.AWAITING_CONFIRM:
             self._move(fx, job, JobStatus.AWAITING_CONFIRM, now)
             lease.awaiting_since = now
@@ -512,24 +516,6 @@ class LeaseCore(Intake):
         fx.changed_jobs[job.id] = snapshot
         self.book.touch(job.post_id)
         self.book.round_started(job.post_id, now)
-        assign = wg.Assign(
-            job_id=job.id,
-            lease_epoch=job.lease_epoch,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            lease_deadline_unix_ms=int(deadline * 1000),
-            post_id=job.post_id,
-            platform=job.platform,
-            account=job.account,
-            text=job.text,
-            media=list(job.media),
-            content_hash=job.content_hash,
-            platform_key=job.platform_key,
-            verify_first=job.verify_first or verify_only,
-            verify_only=verify_only,
-            require_confirm=job.require_confirm,
-            idempotency_key=job.idempotency_key,
-        )
-        fx.send(session.id, wg.CoordinatorMessage(assign=assign))
+        fx.send(session.id, o.Assign(snapshot, deadline, verify_only))
         fx.signals.append(AttemptStarted(snapshot, session.id))
         fx.signals.append(Dispatched(max(0.0, now - job.not_before)))

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from coordinator.domain import Job, StepLogEntry
+from coordinator.leasing.outbound import Outbound
 from coordinator.store.base import WriteBatch
-from postroom.v1 import worker_gateway_pb2 as wg
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,8 @@ Signal = AttemptStarted | AttemptEnded | LeaseExpired | CommitDecided | RateLimi
 @dataclass(slots=True)
 class Effects:
     batch: WriteBatch = field(default_factory=WriteBatch)
-    messages: list[tuple[str, wg.CoordinatorMessage]] = field(default_factory=list)
+    # (session id, what to tell it): turned into wire messages at the edge (convert.py).
+    messages: list[tuple[str, Outbound]] = field(default_factory=list)
     # Jobs whose status or fields changed (snapshots), for watchers and metrics.
     changed_jobs: dict[str, Job] = field(default_factory=dict)
     # Step logs, for watchers: (job_id, run_id, attempt, entry).
@@ -67,7 +68,7 @@ class Effects:
     close_sessions: list[str] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
 
-    def send(self, session_id: str, msg: wg.CoordinatorMessage) -> None:
+    def send(self, session_id: str, msg: Outbound) -> None:
         self.messages.append((session_id, msg))
 
     def extend(self, other: Effects) -> None:

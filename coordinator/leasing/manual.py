@@ -7,11 +7,11 @@ import dataclasses
 
 from coordinator.domain import AuditEvent, JobStatus, iso_utc
 from coordinator.errors import FailedPrecondition
+from coordinator.leasing import outbound as o
 from coordinator.leasing.base import run_row
 from coordinator.leasing.effects import AttemptEnded, Effects
 from coordinator.leasing.operator import OperatorActions
 from coordinator.transitions import check_job
-from postroom.v1 import worker_gateway_pb2 as wg
 
 
 class ManualActions(OperatorActions):
@@ -55,10 +55,8 @@ class ManualActions(OperatorActions):
         lease = self._end_lease(job)
         if lease is not None:
             if lease.session_id is not None:
-                stop = wg.CancelJob(
-                    job_id=job_id, lease_epoch=lease.epoch, reason=f"published by hand ({actor})"
-                )
-                fx.send(lease.session_id, wg.CoordinatorMessage(cancel=stop))
+                stop = o.Cancel(job_id, lease.epoch, f"published by hand ({actor})")
+                fx.send(lease.session_id, stop)
             job.lease_epoch += 1  # fences the stopped attempt for good
             lease.run.ended_at, lease.run.outcome = now, "resolved_by_hand"
             fx.batch.runs.append(run_row(lease.run))

@@ -13,12 +13,12 @@ from coordinator.domain import (
     Target,
 )
 from coordinator.errors import FailedPrecondition
+from coordinator.leasing import outbound as o
 from coordinator.leasing.effects import (
     Effects,
 )
 from coordinator.leasing.outcomes import AttemptOutcomes
 from coordinator.leasing.state import Lease
-from postroom.v1 import worker_gateway_pb2 as wg
 
 SYSTEM = "system"
 
@@ -34,8 +34,7 @@ class OperatorActions(AttemptOutcomes):
         lease.awaiting_since = None
         self._move(fx, job, JobStatus.RUNNING, now, actor=actor, action="JOB_CONFIRMED")
         if lease.session_id is not None:
-            msg = wg.ConfirmJob(job_id=job_id, lease_epoch=lease.epoch)
-            fx.send(lease.session_id, wg.CoordinatorMessage(confirm=msg))
+            fx.send(lease.session_id, o.Confirm(job_id, lease.epoch))
         return fx
 
     def _confirm_overdue(self, lease: Lease, now: float) -> bool:
@@ -52,8 +51,7 @@ class OperatorActions(AttemptOutcomes):
         timeout = self.config.confirm_timeout_s
         message = f"{CONFIRM_TIMEOUT_PREFIX}{timeout:g}s; nothing was posted"
         if lease.session_id is not None:
-            msg = wg.CancelJob(job_id=job_id, lease_epoch=lease.epoch, reason=message)
-            fx.send(lease.session_id, wg.CoordinatorMessage(cancel=msg))
+            fx.send(lease.session_id, o.Cancel(job_id, lease.epoch, message))
         job.last_error_class, job.last_error = None, message
         details: dict[str, object] = {
             "target": str(job.target),
@@ -86,8 +84,7 @@ class OperatorActions(AttemptOutcomes):
                 f"job {job_id} is publishing right now (commit permit granted); wait for its result"
             )
         if lease is not None and lease.session_id is not None:
-            msg = wg.CancelJob(job_id=job_id, lease_epoch=lease.epoch, reason=reason)
-            fx.send(lease.session_id, wg.CoordinatorMessage(cancel=msg))
+            fx.send(lease.session_id, o.Cancel(job_id, lease.epoch, reason))
         job.last_error = reason or job.last_error
         self._finish_attempt(fx, job, JobStatus.CANCELLED, "cancelled", now, actor=actor)
         fx.extend(self.dispatch(now))

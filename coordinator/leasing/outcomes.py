@@ -12,7 +12,9 @@ from coordinator.domain import (
     JobStatus,
     LoginState,
 )
+from coordinator.leasing import outbound as o
 from coordinator.leasing.base import CoreBase, run_row
+from coordinator.leasing.commands import JobReport
 from coordinator.leasing.effects import (
     AttemptEnded,
     Effects,
@@ -27,23 +29,18 @@ from coordinator.retry import (
     decide,
     decide_lease_lost,
 )
-from postroom.v1 import types_pb2
-from postroom.v1 import worker_gateway_pb2 as wg
 
 SYSTEM = "system"
 
 
 class AttemptOutcomes(CoreBase):
-    def result(self, session_id: str, r: wg.JobResult, now: float) -> Effects:
+    def result(self, session_id: str, r: JobReport, now: float) -> Effects:
         fx = Effects()
         job = self.jobs.get(r.job_id)
-        lease = self._lease_of(session_id, r.job_id, r.lease_epoch)
+        lease = self._lease_of(session_id, r.job_id, r.epoch)
 
         def answer(accepted: bool, reason: str = "") -> None:
-            ack = wg.ResultAck(
-                job_id=r.job_id, lease_epoch=r.lease_epoch, accepted=accepted, reason=reason
-            )
-            fx.send(session_id, wg.CoordinatorMessage(result_ack=ack))
+            fx.send(session_id, o.ResultAck(r.job_id, r.epoch, accepted, reason))
 
         if job is None:
             answer(False, f"job {r.job_id} is not leased to you (unknown or finished)")
@@ -59,11 +56,11 @@ class AttemptOutcomes(CoreBase):
             lease is None
             and r.success
             and session is not None
-            and self._committed_by.get(job.id) == (r.lease_epoch, session.device_id)
+            and self._committed_by.get(job.id) == (r.epoch, session.device_id)
             and job.status not in TERMINAL_JOB_STATUSES
         )
         if lease is None and not late_success:
-            answer(False, self._stale_reason(r.job_id, r.lease_epoch))
+            answer(False, self._stale_reason(r.job_id, r.epoch))
             return fx
         if (
             r.success
@@ -78,8 +75,8 @@ class AttemptOutcomes(CoreBase):
                 "verify_first attempt"
             )
             answer(False, reason)
-            self._drop(fx, session_id, job.id, r.lease_epoch, reason)
-            refused = {"epoch": r.lease_epoch, "reason": reason}
+            self._drop(fx, session_id, job.id, r.epoch, reason)
+            refused = {"epoch": r.epoch, "reason": reason}
             fx.batch.audits.append(
                 AuditEvent("JOB_RESULT_REFUSED", job.id, self._actor(session_id), now, refused)
             )
@@ -88,10 +85,8 @@ class AttemptOutcomes(CoreBase):
             return fx
         current = self.leases.get(job.id)
         if late_success and current is not None and current.session_id is not None:
-            cancel = wg.CancelJob(
-                job_id=job.id, lease_epoch=current.epoch, reason="an earlier attempt published it"
-            )
-            fx.send(current.session_id, wg.CoordinatorMessage(cancel=cancel))
+            cancel = o.Cancel(job.id, current.epoch, "an earlier attempt published it")
+            fx.send(current.session_id, cancel)
         run = current.run if current is not None else None
         if r.success:
             job.result_post_id, job.result_url = r.platform_post_id, r.url
@@ -116,13 +111,14 @@ class AttemptOutcomes(CoreBase):
                 execution_time_ms=r.execution_time_ms,
             )
         else:
-            error_class = _error_class(r.error_class)
+            error_class = r.error_class
             committed = run is not None and run.committed
             verified_absent = r.verified_absent and current is not None and current.verify_only
+            message = r.error_message  # the command is a value: never written to
             if verified_absent:
                 # It looked and the post is not there: the job failed for good, nothing hidden.
                 job.verify_first = False
-                r.error_message = (
+                message = (
                     f"a final look found no post on the platform (before it: {job.last_error})"
                 )
             elif (
@@ -137,14 +133,14 @@ class AttemptOutcomes(CoreBase):
                 error_class = ErrorClass.TRANSIENT
             failure = Failure(
                 error_class,
-                r.error_message,
-                r.retry_at_unix_ms / 1000 if r.retry_at_unix_ms else None,
+                message,
+                r.retry_at,
                 r.quota_cap,
             )
             if run is not None:
                 run.error_class, run.error, run.failed_step = (
                     error_class,
-                    r.error_message,
+                    message,
                     (r.failed_step + (f" ({r.selector})" if r.selector else "")),
                 )
             self._fail_attempt(fx, job, failure, now, session_id, r.execution_time_ms)
@@ -365,15 +361,6 @@ class AttemptOutcomes(CoreBase):
                 error_class="TRANSIENT",
             )
         return fx
-
-
-def _error_class(value: int) -> ErrorClass:
-    try:
-        name = types_pb2.ErrorClass.Name(value)  # type: ignore[arg-type]
-        return ErrorClass(name.removeprefix("ERROR_CLASS_"))
-    except ValueError:
-        # Unspecified, or a class newer than this coordinator: retryable, the safe default.
-        return ErrorClass.TRANSIENT
 
 
 def _gate_reason(failure: Failure) -> str:

@@ -1,0 +1,107 @@
+"""What the core tells a worker, as domain values. coordinator/convert.py turns each into its
+CoordinatorMessage at the edge (the actor, after the commit), so nothing in the core builds wire
+messages, and the Assign gets its attempt's traceparent there rather than patched afterwards.
+Times are in seconds (the wire's milliseconds are the edge's business)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coordinator.domain import Job
+
+
+@dataclass(frozen=True, slots=True)
+class HeldJob:
+    job_id: str
+    epoch: int
+    committed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    session_id: str
+    heartbeat_interval_s: float
+    lease_ttl_s: float
+    resumed: tuple[HeldJob, ...]
+    max_chunk_bytes: int
+    max_asset_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    seq: int
+    lease_deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """A lease: `job` is the snapshot written with it (read-only)."""
+
+    job: Job
+    lease_deadline: float
+    verify_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    job_id: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommitGrant:
+    job_id: str
+    epoch: int
+    lease_deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommitDeny:
+    job_id: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    job_id: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    job_id: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAck:
+    job_id: str
+    epoch: int
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenshotAck:
+    job_id: str
+    upload_id: str
+    ok: bool
+    asset_id: str = ""
+    error: str = ""
+
+
+Outbound = (
+    Welcome
+    | HeartbeatAck
+    | Assign
+    | Drop
+    | CommitGrant
+    | CommitDeny
+    | Confirm
+    | Cancel
+    | ResultAck
+    | ScreenshotAck
+)
