@@ -216,6 +216,16 @@ class Coordinator:
             raise item.error
         return item.result  # type: ignore[no-any-return]
 
+    async def read(self, fn: Callable[[float], T]) -> T:
+        """Answer an operator's read inside the actor, between commands: the one place reads
+        of live state come from (a consistent view; `fn` must return copies, never live
+        objects)."""
+
+        async def run(now: float) -> tuple[Effects, T]:
+            return Effects(), fn(now)
+
+        return await self.call(run)
+
     def watch(
         self, job_id: str
     ) -> tuple[MemoryObjectSendStream[pub.JobEvent], MemoryObjectReceiveStream[pub.JobEvent]]:

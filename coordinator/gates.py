@@ -135,14 +135,17 @@ class GateBook:
             gate.in_flight.discard(job_id)
 
     def views(self, now: float, extra: Iterable[Target] = ()) -> list[GateView]:
-        for target in extra:
-            self.gate(target)
+        """The gates as operators and gauges see them at `now`, plus `extra` targets (shown open
+        if they have no gate yet). Reads only: nothing here changes a gate."""
         out: list[GateView] = []
-        for target in sorted(self._gates):
-            gate = self._gates[target]
+        for target in sorted(set(self._gates) | set(extra)):
+            gate = self._gates.get(target) or Gate(target)
             quota = self.quota(target)
-            used = self._quota_used(gate, quota, now) if quota else 0
-            open_at = self.open_at(target, now)
+            counted = [t for t in gate.commits if t > now - quota.window_s] if quota else []
+            used = len(counted) + len(gate.in_flight) if quota else 0
+            open_at = gate.closed_until
+            if quota is not None and used >= quota.limit:
+                open_at = max(open_at, counted[0] + quota.window_s if counted else float("inf"))
             closed = open_at > now
             reason = gate.reason if gate.closed_until > now else ""
             if closed and not reason and quota is not None:

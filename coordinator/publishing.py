@@ -15,7 +15,7 @@ import anyio
 import anyio.to_process
 import grpc
 
-from coordinator import content_rules, posts
+from coordinator import content_rules, posts, reads
 from coordinator.access.approval import check_not_author
 from coordinator.access.interceptor import actor_name, current_principal, require_role
 from coordinator.access.records import Role
@@ -41,6 +41,7 @@ from coordinator.domain import (
     Target,
 )
 from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
+from coordinator.gates import GateView
 from coordinator.leasing.effects import Effects
 from coordinator.store.base import JobFilter
 from coordinator.validation import (
@@ -214,7 +215,8 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
             # every target's rules; a schedule-only edit of an older post is not re-judged.
             # Judged here, outside the actor (a long text takes a while); inside, only if the
             # post changed meanwhile.
-            current = self.core.posts.get(post_id) or await self.store.get_post(post_id)
+            live = await self.co.read(lambda now: reads.post(self.core, post_id))
+            current = live or await self.store.get_post(post_id)
             merged = (
                 text if text is not None else current.text,
                 tuple(media) if media is not None else current.media,
@@ -415,19 +417,9 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     async def ListDevices(
         self, request: pub.ListDevicesRequest, context: Ctx
     ) -> pub.ListDevicesResponse:
-        sessions = {s.device_id: s for s in self.core.sessions.values()}
-        out = []
-        for dev in sorted(self.core.devices.values(), key=lambda d: d.id):
-            session = sessions.get(dev.id)
-            out.append(
-                device_pb(
-                    dev,
-                    online=session is not None,
-                    free_slots=session.free_slots if session else 0,
-                    job_ids=sorted(session.jobs) if session else [],
-                )
-            )
-        return pub.ListDevicesResponse(devices=out)
+        return pub.ListDevicesResponse(
+            devices=await self.co.read(lambda now: reads.devices(self.core))
+        )
 
     @rpc
     async def CheckLogin(
@@ -436,17 +428,13 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         device_id = require_id(request.device_id, "device_id")
         target = check_target(request.platform, request.account)
         actor = actor_name(request.actor)
-        if device_id not in self.core.devices:
-            raise NotFound(f"device {device_id} has never connected")
-        session = next((s for s in self.core.sessions.values() if s.device_id == device_id), None)
-        if session is None:
-            raise FailedPrecondition(f"device {device_id} is offline; start it, then check again")
-        if not session.serves(target):
-            raise FailedPrecondition(f"device {device_id} does not serve {target}")
+        session_id = await self.co.read(
+            lambda now: reads.login_session(self.core, device_id, target)
+        )
         request_id = uuid.uuid4().hex
         answered = self.co.expect_login_check(request_id)
         check = wg.LoginCheck(request_id=request_id, target=target_pb(target))
-        self.co.send_now(session.id, wg.CoordinatorMessage(login_check=check))
+        self.co.send_now(session_id, wg.CoordinatorMessage(login_check=check))
         with anyio.move_on_after(self.co.config.login_check_timeout_s):
             await answered.wait()
         result = self.co.take_login_check(request_id)
@@ -460,12 +448,13 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         state = login_state_from_pb(result.state)
         message = result.message[:MAX_LOGIN_MESSAGE_CHARS]
 
-        async def run(now: float) -> tuple[Effects, list[str]]:
-            return self.core.login_checked(device_id, target, state, message, actor, now)
+        async def run(now: float) -> tuple[Effects, tuple[list[str], pb.Device]]:
+            fx, requeued = self.core.login_checked(device_id, target, state, message, actor, now)
+            dev = device_pb(self.core.devices[device_id], online=True, free_slots=0, job_ids=[])
+            return fx, (requeued, dev)
 
-        requeued = await self.co.call(run)
-        dev = self.core.devices[device_id]
-        badges = device_pb(dev, online=True, free_slots=0, job_ids=[]).logins
+        requeued, device = await self.co.call(run)
+        badges = device.logins
         mine = next(
             (
                 b
@@ -518,9 +507,7 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     async def ListRateLimits(
         self, request: pub.ListRateLimitsRequest, context: Ctx
     ) -> pub.ListRateLimitsResponse:
-        now = self.co.clock.now()
-        known = {j.target for j in self.core.jobs.values()}
-        views = self.core.gates.views(now, extra=sorted(known))
+        now, views = await self.co.read(lambda now: (now, reads.gates(self.core, now)))
         if request.closed_only:
             views = [v for v in views if v.closed]
         return pub.ListRateLimitsResponse(gates=[gate_pb(v) for v in views], now=ts(now))
@@ -532,10 +519,9 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         target = check_target(request.platform, request.account)
         actor = actor_name(request.actor)
 
-        async def run(now: float) -> tuple[Effects, None]:
-            return self.core.reopen_gate(target, actor, now), None
+        async def run(now: float) -> tuple[Effects, GateView]:
+            fx = self.core.reopen_gate(target, actor, now)
+            (view,) = [v for v in self.core.gates.views(now, extra=[target]) if v.target == target]
+            return fx, view
 
-        await self.co.call(run)
-        now = self.co.clock.now()
-        view = next(v for v in self.core.gates.views(now, extra=[target]) if v.target == target)
-        return gate_pb(view)
+        return gate_pb(await self.co.call(run))
