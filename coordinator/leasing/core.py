@@ -242,8 +242,8 @@ class LeaseCore(Intake):
         self, session_id: str, job_id: str, epoch: int, entry: StepLogEntry, now: float
     ) -> Effects:
         fx = Effects()
-        if not entry.at:
-            entry.at = now
+        if not entry.at:  # a copy: the command that carried it stays as it was (replay)
+            entry = dataclasses.replace(entry, at=now)
         lease = self._lease_of(session_id, job_id, epoch)
         if lease is None:
             self._drop(fx, session_id, job_id, epoch, self._stale_reason(job_id, epoch))
