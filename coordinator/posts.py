@@ -221,14 +221,7 @@ async def schedule(
             continue
         key = idempotency_key(post.id, target, when)
         same_key = next((j for j in mine if j.idempotency_key == key), None)
-        for old in mine:
-            if old is not same_key and old.status in (
-                JobStatus.QUEUED,
-                JobStatus.NEEDS_LOGIN,
-                JobStatus.FAILED,
-            ):
-                _rewrite(fx, old, JobStatus.CANCELLED, now, last_error="superseded by a reschedule")
-                touched.append(old)
+        touched += _supersede(fx, mine, same_key, now, actor)
         if same_key is not None:
             if same_key.status is JobStatus.CANCELLED:
                 skipped.append(str(target))
@@ -236,7 +229,7 @@ async def schedule(
             _refresh_content(
                 same_key, post, target, max(when, core.gates.closed_until(target)), now
             )
-            _rewrite(fx, same_key, JobStatus.QUEUED, now)
+            _rewrite(fx, same_key, JobStatus.QUEUED, now, actor)
             touched.append(same_key)
             continue
         job = Job(
@@ -374,10 +367,33 @@ def _refresh_content(job: Job, post: Post, target: Target, when: float, now: flo
         job.max_attempts = job.counted_attempts + post.max_attempts
 
 
-def _rewrite(fx: Effects, job: Job, new: JobStatus, now: float, last_error: str = "") -> None:
+# A reschedule cancels a target's jobs of an earlier schedule that are still waiting.
+_SUPERSEDABLE = frozenset({JobStatus.QUEUED, JobStatus.NEEDS_LOGIN, JobStatus.FAILED})
+
+
+def _supersede(fx: Effects, mine: list[Job], keep: Job | None, now: float, actor: str) -> list[Job]:
+    """Cancel a target's waiting jobs of an earlier schedule (all but `keep`)."""
+    out = []
+    for old in mine:
+        if old is not keep and old.status in _SUPERSEDABLE:
+            reason = "superseded by a reschedule"
+            _rewrite(fx, old, JobStatus.CANCELLED, now, actor, last_error=reason)
+            out.append(old)
+    return out
+
+
+def _rewrite(
+    fx: Effects, job: Job, new: JobStatus, now: float, actor: str, last_error: str = ""
+) -> None:
+    """A reschedule's write of one job; a change of status is checked and audited, as the
+    core's own transitions are."""
     old = job.status
     if old is not new:
         check_job(job.id, old, new)
+        details: dict[str, object] = {"from": old.value, "to": new.value, "by": "reschedule"}
+        if last_error:
+            details["reason"] = last_error
+        fx.batch.audits.append(AuditEvent(f"JOB_{new.value}", job.id, actor, now, details))
     job.status, job.updated_at = new, now
     if last_error:
         job.last_error = last_error

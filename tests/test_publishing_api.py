@@ -5,6 +5,7 @@ republishes; time, cancellation, WatchJob, filters and audit paging behave as a 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -508,3 +509,23 @@ async def test_list_audit_events_pages_and_since(tmp_path: Path) -> None:
             pub.ListAuditEventsRequest(subject_id=early.id, action="post_approved")
         )
         assert [(e.action, e.actor) for e in mine.events] == [("POST_APPROVED", "user:approver")]
+
+
+@pytest.mark.anyio
+async def test_a_job_a_reschedule_supersedes_is_cancelled_with_an_audit_entry(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as (env, stub):
+        post = await publish(stub, scheduled_at=rfc3339(env.clock.now() + 600))
+        (old,) = job_ids(post)
+        later = rfc3339(env.clock.now() + 1200)
+        post = await stub.SchedulePost(pub.SchedulePostRequest(post_id=post.id, scheduled_at=later))
+        (new,) = job_ids(post)
+        assert new != old
+        gone = await stub.GetJob(pub.GetJobRequest(job_id=old))
+        assert gone.status == pb.JOB_STATUS_CANCELLED
+        events = (await stub.ListAuditEvents(pub.ListAuditEventsRequest())).events
+        (entry,) = [e for e in events if e.subject_id == old and e.action == "JOB_CANCELLED"]
+        details = json.loads(entry.details_json)
+        assert (details["from"], details["to"]) == ("QUEUED", "CANCELLED")
+        assert details["reason"] == "superseded by a reschedule"
