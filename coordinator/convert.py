@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -283,40 +284,79 @@ def gate_pb(view: GateView) -> pb.RateLimitGate:
 
 def coordinator_message_pb(out: o.Outbound, traceparent: str = "") -> wg.CoordinatorMessage:
     """The wire message for what the core tells a worker; `traceparent` only for an Assign (its
-    attempt's span, which the actor starts when the lease is committed)."""
-    match out:
-        case o.Assign():
-            return wg.CoordinatorMessage(assign=_assign_pb(out, traceparent))
-        case o.HeartbeatAck(seq, deadline):
-            ack = wg.HeartbeatAck(seq=seq, lease_deadline_unix_ms=_ms(deadline))
-            return wg.CoordinatorMessage(heartbeat_ack=ack)
-        case o.ResultAck(job_id, epoch, accepted, reason):
-            ra = wg.ResultAck(job_id=job_id, lease_epoch=epoch, accepted=accepted, reason=reason)
-            return wg.CoordinatorMessage(result_ack=ra)
-        case o.CommitGrant(job_id, epoch, deadline):
-            grant = wg.CommitGrant(
-                job_id=job_id, lease_epoch=epoch, lease_deadline_unix_ms=_ms(deadline)
-            )
-            return wg.CoordinatorMessage(commit_grant=grant)
-        case o.CommitDeny(job_id, epoch, reason):
-            deny = wg.CommitDeny(job_id=job_id, lease_epoch=epoch, reason=reason)
-            return wg.CoordinatorMessage(commit_deny=deny)
-        case o.Drop(job_id, epoch, reason):
-            drop = wg.Drop(job_id=job_id, lease_epoch=epoch, reason=reason)
-            return wg.CoordinatorMessage(drop=drop)
-        case o.Confirm(job_id, epoch):
-            return wg.CoordinatorMessage(confirm=wg.ConfirmJob(job_id=job_id, lease_epoch=epoch))
-        case o.Cancel(job_id, epoch, reason):
-            cancel = wg.CancelJob(job_id=job_id, lease_epoch=epoch, reason=reason)
-            return wg.CoordinatorMessage(cancel=cancel)
-        case o.ScreenshotAck(job_id, upload_id, ok, asset_id, error):
-            sa = wg.ScreenshotAck(
-                job_id=job_id, upload_id=upload_id, ok=ok, asset_id=asset_id, error=error
-            )
-            return wg.CoordinatorMessage(screenshot_ack=sa)
-        case o.Welcome():
-            return wg.CoordinatorMessage(welcome=_welcome_pb(out))
-    raise TypeError(f"no wire message for {type(out).__name__}")
+    attempt's span, which the actor starts when the lease is committed). One dict lookup per
+    message: this runs for every message the coordinator sends."""
+    if type(out) is o.Assign:
+        return wg.CoordinatorMessage(assign=_assign_pb(out, traceparent))
+    return _TO_WIRE[type(out)](out)
+
+
+def _heartbeat_ack(out: o.HeartbeatAck) -> wg.CoordinatorMessage:
+    ack = wg.HeartbeatAck(seq=out.seq, lease_deadline_unix_ms=_ms(out.lease_deadline))
+    return wg.CoordinatorMessage(heartbeat_ack=ack)
+
+
+def _result_ack(out: o.ResultAck) -> wg.CoordinatorMessage:
+    ack = wg.ResultAck(
+        job_id=out.job_id, lease_epoch=out.epoch, accepted=out.accepted, reason=out.reason
+    )
+    return wg.CoordinatorMessage(result_ack=ack)
+
+
+def _commit_grant(out: o.CommitGrant) -> wg.CoordinatorMessage:
+    grant = wg.CommitGrant(
+        job_id=out.job_id,
+        lease_epoch=out.epoch,
+        lease_deadline_unix_ms=_ms(out.lease_deadline),
+    )
+    return wg.CoordinatorMessage(commit_grant=grant)
+
+
+def _commit_deny(out: o.CommitDeny) -> wg.CoordinatorMessage:
+    deny = wg.CommitDeny(job_id=out.job_id, lease_epoch=out.epoch, reason=out.reason)
+    return wg.CoordinatorMessage(commit_deny=deny)
+
+
+def _drop(out: o.Drop) -> wg.CoordinatorMessage:
+    drop = wg.Drop(job_id=out.job_id, lease_epoch=out.epoch, reason=out.reason)
+    return wg.CoordinatorMessage(drop=drop)
+
+
+def _confirm(out: o.Confirm) -> wg.CoordinatorMessage:
+    return wg.CoordinatorMessage(confirm=wg.ConfirmJob(job_id=out.job_id, lease_epoch=out.epoch))
+
+
+def _cancel(out: o.Cancel) -> wg.CoordinatorMessage:
+    cancel = wg.CancelJob(job_id=out.job_id, lease_epoch=out.epoch, reason=out.reason)
+    return wg.CoordinatorMessage(cancel=cancel)
+
+
+def _screenshot_ack(out: o.ScreenshotAck) -> wg.CoordinatorMessage:
+    ack = wg.ScreenshotAck(
+        job_id=out.job_id,
+        upload_id=out.upload_id,
+        ok=out.ok,
+        asset_id=out.asset_id,
+        error=out.error,
+    )
+    return wg.CoordinatorMessage(screenshot_ack=ack)
+
+
+def _welcome(out: o.Welcome) -> wg.CoordinatorMessage:
+    return wg.CoordinatorMessage(welcome=_welcome_pb(out))
+
+
+_TO_WIRE: dict[type[Any], Callable[[Any], wg.CoordinatorMessage]] = {
+    o.HeartbeatAck: _heartbeat_ack,
+    o.ResultAck: _result_ack,
+    o.CommitGrant: _commit_grant,
+    o.CommitDeny: _commit_deny,
+    o.Drop: _drop,
+    o.Confirm: _confirm,
+    o.Cancel: _cancel,
+    o.ScreenshotAck: _screenshot_ack,
+    o.Welcome: _welcome,
+}
 
 
 def _ms(seconds: float) -> int:
@@ -361,29 +401,30 @@ def _welcome_pb(out: o.Welcome) -> wg.Welcome:
 
 
 def error_class_from_pb(value: int) -> ErrorClass:
-    try:
-        name = pb.ErrorClass.Name(value)  # type: ignore[arg-type]
-        return ErrorClass(name.removeprefix("ERROR_CLASS_"))
-    except ValueError:
-        # Unspecified, or a class newer than this coordinator: retryable, the safe default.
-        return ErrorClass.TRANSIENT
+    # Unspecified, or a class newer than this coordinator: retryable, the safe default.
+    return _ERROR_CLASSES.get(value, ErrorClass.TRANSIENT)
+
+
+_ERROR_CLASSES: dict[int, ErrorClass] = {
+    pb.ErrorClass.Value(f"ERROR_CLASS_{c.value}"): c for c in ErrorClass
+}
 
 
 def job_report_from_pb(r: wg.JobResult) -> JobReport:
-    return JobReport(
-        job_id=r.job_id,
-        epoch=r.lease_epoch,
-        success=r.success,
-        platform_post_id=r.platform_post_id,
-        url=r.url,
-        found_existing=r.found_existing,
-        error_class=error_class_from_pb(r.error_class),
-        error_message=r.error_message,
-        retry_at=r.retry_at_unix_ms / 1000 if r.retry_at_unix_ms else None,
-        quota_cap=r.quota_cap,
-        not_created=r.not_created,
-        verified_absent=r.verified_absent,
-        failed_step=r.failed_step,
-        selector=r.selector,
-        execution_time_ms=r.execution_time_ms,
+    return JobReport(  # positional, in JobReport's order: one of these per result
+        r.job_id,
+        r.lease_epoch,
+        r.success,
+        r.platform_post_id,
+        r.url,
+        r.found_existing,
+        _ERROR_CLASSES.get(r.error_class, ErrorClass.TRANSIENT),
+        r.error_message,
+        r.retry_at_unix_ms / 1000 if r.retry_at_unix_ms else None,
+        r.quota_cap,
+        r.not_created,
+        r.verified_absent,
+        r.failed_step,
+        r.selector,
+        r.execution_time_ms,
     )
