@@ -31,10 +31,15 @@ from coordinator.retry import (
 )
 
 SYSTEM = "system"
+UNPERMITTED = (
+    "a success counts only after a commit permit, or as a post found by a verify_first attempt"
+)
 
 
 class AttemptOutcomes(CoreBase):
     def result(self, session_id: str, r: JobReport, now: float) -> Effects:
+        """A worker's report of how an attempt ended: accepted only from the current lease, or
+        as a late success from the epoch (and device) that held the commit permit."""
         fx = Effects()
         job = self.jobs.get(r.job_id)
         lease = self._lease_of(session_id, r.job_id, r.epoch)
@@ -68,85 +73,83 @@ class AttemptOutcomes(CoreBase):
             and not lease.run.committed
             and not (r.found_existing and (lease.verify_only or job.verify_first))
         ):
-            # Nothing may be published without a permit, so this claims a post that was never
-            # allowed (a broken or hostile worker): refused, and the job runs again elsewhere.
-            reason = (
-                "a success counts only after a commit permit, or as a post found by a "
-                "verify_first attempt"
-            )
-            answer(False, reason)
-            self._drop(fx, session_id, job.id, r.epoch, reason)
-            refused = {"epoch": r.epoch, "reason": reason}
-            fx.batch.audits.append(
-                AuditEvent("JOB_RESULT_REFUSED", job.id, self._actor(session_id), now, refused)
-            )
-            fx.extend(self._recover(job.id, now, reason="success reported without a permit"))
-            fx.extend(self.dispatch(now))
+            answer(False, UNPERMITTED)
+            fx.extend(self._refuse_unpermitted(session_id, job, r.epoch, now))
             return fx
         current = self.leases.get(job.id)
         if late_success and current is not None and current.session_id is not None:
             cancel = o.Cancel(job.id, current.epoch, "an earlier attempt published it")
             fx.send(current.session_id, cancel)
-        run = current.run if current is not None else None
         if r.success:
-            job.result_post_id, job.result_url = r.platform_post_id, r.url
-            job.last_error_class, job.last_error = None, ""
-            job.verify_first = False
-            details: dict[str, object] = {
-                "target": str(job.target),
-                "attempt": job.attempt,
-                "post_id": r.platform_post_id,
-                "url": r.url,
-                "found_existing": r.found_existing,
-            }
-            # One JOB_SUCCEEDED entry per success: the transition's, with the result in it.
-            self._finish_attempt(
-                fx,
-                job,
-                JobStatus.SUCCEEDED,
-                "succeeded",
-                now,
-                actor=self._actor(session_id),
-                details=details,
-                execution_time_ms=r.execution_time_ms,
-            )
+            self._succeeded(fx, session_id, job, r, now)
         else:
-            error_class = r.error_class
-            committed = run is not None and run.committed
-            verified_absent = r.verified_absent and current is not None and current.verify_only
-            message = r.error_message  # the command is a value: never written to
-            if verified_absent:
-                # It looked and the post is not there: the job failed for good, nothing hidden.
-                job.verify_first = False
-                message = (
-                    f"a final look found no post on the platform (before it: {job.last_error})"
-                )
-            elif (
-                committed
-                and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED)
-                and not r.not_created
-            ):
-                # The platform may have the post: the next attempt looks before posting. Once
-                # max_attempts are used up, the next attempts only look (verify_only): a job
-                # whose post exists must not end FAILED, and nothing is posted past the limit.
-                job.verify_first = True
-                error_class = ErrorClass.TRANSIENT
-            failure = Failure(
-                error_class,
-                message,
-                r.retry_at,
-                r.quota_cap,
-            )
-            if run is not None:
-                run.error_class, run.error, run.failed_step = (
-                    error_class,
-                    message,
-                    (r.failed_step + (f" ({r.selector})" if r.selector else "")),
-                )
-            self._fail_attempt(fx, job, failure, now, session_id, r.execution_time_ms)
+            self._failed(fx, session_id, job, r, now)
         answer(True)
         fx.extend(self.dispatch(now))
         return fx
+
+    def _refuse_unpermitted(self, session_id: str, job: Job, epoch: int, now: float) -> Effects:
+        """Nothing may be published without a permit, so this success claims a post that was
+        never allowed (a broken or hostile worker): refused, and the job runs again elsewhere."""
+        fx = Effects()
+        self._drop(fx, session_id, job.id, epoch, UNPERMITTED)
+        refused = {"epoch": epoch, "reason": UNPERMITTED}
+        fx.batch.audits.append(
+            AuditEvent("JOB_RESULT_REFUSED", job.id, self._actor(session_id), now, refused)
+        )
+        fx.extend(self._recover(job.id, now, reason="success reported without a permit"))
+        fx.extend(self.dispatch(now))
+        return fx
+
+    def _succeeded(self, fx: Effects, session_id: str, job: Job, r: JobReport, now: float) -> None:
+        job.result_post_id, job.result_url = r.platform_post_id, r.url
+        job.last_error_class, job.last_error = None, ""
+        job.verify_first = False
+        details: dict[str, object] = {
+            "target": str(job.target),
+            "attempt": job.attempt,
+            "post_id": r.platform_post_id,
+            "url": r.url,
+            "found_existing": r.found_existing,
+        }
+        # One JOB_SUCCEEDED entry per success: the transition's, with the result in it.
+        self._finish_attempt(
+            fx,
+            job,
+            JobStatus.SUCCEEDED,
+            "succeeded",
+            now,
+            actor=self._actor(session_id),
+            details=details,
+            execution_time_ms=r.execution_time_ms,
+        )
+
+    def _failed(self, fx: Effects, session_id: str, job: Job, r: JobReport, now: float) -> None:
+        current = self.leases.get(job.id)
+        run = current.run if current is not None else None
+        error_class = r.error_class
+        committed = run is not None and run.committed
+        verified_absent = r.verified_absent and current is not None and current.verify_only
+        message = r.error_message  # the command is a value: never written to
+        if verified_absent:
+            # It looked and the post is not there: the job failed for good, nothing hidden.
+            job.verify_first = False
+            message = f"a final look found no post on the platform (before it: {job.last_error})"
+        elif (
+            committed
+            and error_class in (ErrorClass.TRANSIENT, ErrorClass.UI_CHANGED)
+            and not r.not_created
+        ):
+            # The platform may have the post: the next attempt looks before posting. Once
+            # max_attempts are used up, the next attempts only look (verify_only): a job
+            # whose post exists must not end FAILED, and nothing is posted past the limit.
+            job.verify_first = True
+            error_class = ErrorClass.TRANSIENT
+        failure = Failure(error_class, message, r.retry_at, r.quota_cap)
+        if run is not None:
+            step = r.failed_step + (f" ({r.selector})" if r.selector else "")
+            run.error_class, run.error, run.failed_step = error_class, message, step
+        self._fail_attempt(fx, job, failure, now, session_id, r.execution_time_ms)
 
     def _finish_attempt(
         self,
