@@ -41,6 +41,10 @@ T0 = 1_800_000_000.0  # 2027-01-15, virtual time starts here
 SANDBOX_ANY = (Target("sandbox", "*"),)
 
 
+class Unaudited(AssertionError):
+    """A job's status changed with no audit entry about it in the same batch."""
+
+
 class CasMiss(AssertionError):
     """A batch wrote over a row that had moved (the core lost track of what it owns), or moved a
     row in a way the transition tables do not allow."""
@@ -123,6 +127,7 @@ class ModelStore:
             self.jobs[job.id] = dataclasses.replace(job)
 
     def apply(self, batch: WriteBatch) -> None:
+        audited = {a.subject_id for a in batch.audits}
         for post in batch.new_posts:
             self.posts[post.id] = dataclasses.replace(post)
         for job in batch.new_jobs:
@@ -140,6 +145,11 @@ class ModelStore:
                 )
             if jw.job.status is not stored.status and not job_can(stored.status, jw.job.status):
                 raise CasMiss(f"job {jw.job.id}: {stored.status} -> {jw.job.status} is not allowed")
+            if jw.job.status is not stored.status and jw.job.id not in audited:
+                raise Unaudited(
+                    f"job {jw.job.id}: {stored.status.value} -> {jw.job.status.value} written "
+                    "without an audit entry in its batch"
+                )
             self.jobs[jw.job.id] = dataclasses.replace(jw.job)
         for pw in batch.post_writes:
             stored_post = self.posts.get(pw.post.id)
