@@ -734,6 +734,31 @@ class LeaseProtocol(RuleBasedStateMachine):
         )
         self.emit(self.h.run(fx))
 
+    @rule(pick=picks)
+    @step
+    def operator_resolves_by_hand(self, pick: int) -> None:
+        """A person publishes the post by hand (or finds the one a worker made) and says so."""
+        if pick % 7:
+            return  # rare: jobs must live long enough to meet trouble
+        job_id = self.pick_job(pick)
+        try:
+            fx = self.h.core.resolve(job_id, "https://by.hand/1", "h1", "user:op", "", self.now)
+        except (FailedPrecondition, NotFound):
+            return
+        if not self.platform.get(job_id):
+            self.platform.setdefault(job_id, []).append(("person", 0))
+        self.event("resolved by hand")
+        self.emit(self.h.run(fx))
+        assert self.h.store.jobs[job_id].status is JobStatus.SUCCEEDED
+
+    @rule(where=st.sampled_from(TARGETS), device=workers_st)
+    @step
+    def login_check_finds_it_signed_out(self, where: Target, device: str) -> None:
+        fx, _ = self.h.core.login_checked(
+            device, where, LoginState.NEEDS_LOGIN, "signed out", "user:op", self.now
+        )
+        self.emit(self.h.run(fx))
+
     # ---- invariants --------------------------------------------------------------------------
 
     @invariant()
