@@ -4,8 +4,7 @@ CoordinatorError
 ├── InvalidArgument        -> INVALID_ARGUMENT   (the request itself is wrong)
 ├── NotFound               -> NOT_FOUND
 ├── FailedPrecondition     -> FAILED_PRECONDITION (valid request, wrong state)
-│   ├── TransitionRefused      a status change not in the transition table
-│   └── StaleLease             a message about a lease that is no longer current
+│   └── TransitionRefused      a status change not in the transition table
 ├── ConcurrentUpdate       -> ABORTED            (a compare-and-set missed: someone else moved it)
 ├── ResourceExhausted      -> RESOURCE_EXHAUSTED (oversized chunk or asset)
 ├── Unauthenticated        -> UNAUTHENTICATED  (no credential, or an unknown or revoked one)
@@ -43,10 +42,6 @@ class TransitionRefused(FailedPrecondition):
         self.subject_id = subject_id
         self.current = current
         self.target = target
-
-
-class StaleLease(FailedPrecondition):
-    pass
 
 
 class ConcurrentUpdate(CoordinatorError):

@@ -4,7 +4,7 @@
 A table maps each command type (coordinator/leasing/commands.py) to one small handler over the
 lease core; nothing here does I/O or reads the clock. The actor (coordinator/actor.py) is the
 only caller: it commits the effects' writes in one transaction, then sends their messages.
-Read top to bottom: the state, the table, then one handler per command.
+Read top to bottom: the state, the entry point, one handler per command, then the table.
 """
 
 from __future__ import annotations

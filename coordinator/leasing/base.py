@@ -29,14 +29,12 @@ from coordinator.leasing import outbound as o
 from coordinator.leasing.effects import Effects
 from coordinator.leasing.postbook import PostBook
 from coordinator.leasing.queue import ReadyQueue
-from coordinator.leasing.state import Lease, LeaseConfig, Session
+from coordinator.leasing.state import SYSTEM, Lease, LeaseConfig, Session
 from coordinator.retry import (
     RetryPolicies,
 )
 from coordinator.store.base import JobWrite
 from coordinator.transitions import check_job
-
-SYSTEM = "system"
 
 
 class CoreBase(abc.ABC):

@@ -46,13 +46,12 @@ from coordinator.leasing.state import DEFAULT_CONFIRM_TIMEOUT_S as DEFAULT_CONFI
 from coordinator.leasing.state import DEFAULT_HEARTBEAT_INTERVAL_S as DEFAULT_HEARTBEAT_INTERVAL_S
 from coordinator.leasing.state import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_MAX_CHUNK_BYTES
 from coordinator.leasing.state import DEFAULT_RUN_TIMEOUT_S as DEFAULT_RUN_TIMEOUT_S
+from coordinator.leasing.state import SYSTEM
 from coordinator.leasing.state import Lease as Lease
 from coordinator.leasing.state import LeaseConfig as LeaseConfig
 from coordinator.leasing.state import Session as Session
 from coordinator.store.base import JobWrite
 from coordinator.transitions import check_job
-
-SYSTEM = "system"
 
 
 class LeaseCore(Intake):

@@ -20,8 +20,6 @@ from coordinator.leasing.effects import (
 from coordinator.leasing.outcomes import AttemptOutcomes
 from coordinator.leasing.state import Lease
 
-SYSTEM = "system"
-
 
 class OperatorActions(AttemptOutcomes):
     def confirm(self, job_id: str, actor: str, now: float) -> Effects:

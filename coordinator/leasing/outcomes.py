@@ -21,6 +21,7 @@ from coordinator.leasing.effects import (
     LeaseExpired,
     RateLimitHit,
 )
+from coordinator.leasing.state import SYSTEM
 from coordinator.retry import (
     Fail,
     Failure,
@@ -30,7 +31,6 @@ from coordinator.retry import (
     decide_lease_lost,
 )
 
-SYSTEM = "system"
 UNPERMITTED = (
     "a success counts only after a commit permit, or as a post found by a verify_first attempt"
 )

@@ -25,10 +25,10 @@ from coordinator.domain import (
     iso_utc,
 )
 from coordinator.leasing.effects import Effects
+from coordinator.leasing.state import SYSTEM
 from coordinator.poststatus import derive_post_status
 from coordinator.store.base import PostWrite
 
-SYSTEM = "system"
 # Once scheduled, a post's status is derived from its jobs (before that, operators set it).
 DERIVED_STATUSES = frozenset(
     {PostStatus.SCHEDULED, PostStatus.PUBLISHING, PostStatus.PUBLISHED, PostStatus.FAILED}
