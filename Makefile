@@ -73,7 +73,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy postroom coordinator worker sandbox postroom_cli postroom_vault bench tests
 
 test: install check-proto pds
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25
 
 demo: install
 	$(VENV)/bin/postroom demo
