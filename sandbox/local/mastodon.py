@@ -15,30 +15,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from sandbox.local import LocalServerError, wait_for
+from sandbox.local import LocalProcess, LocalServerError, free_port, wait_for
 
 READY_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
 ADMIN = "mock-admin"  # a seeded admin account, for moderation actions (suspend)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def mastodon_mock_missing() -> str | None:
@@ -52,15 +39,15 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
-class MastodonMock:
+class MastodonMock(LocalProcess):
+    name = "mastodon-mock"
+
     def __init__(self, workdir: Path, users: Mapping[str, str]) -> None:
+        super().__init__(workdir / "mastodon-mock.out")  # not *.log: the rig greps those
         self.workdir = workdir
         self.users = {**users, ADMIN: "mock-admin-token"}
         self.port = 0
         self.url = ""
-        self.log_path = workdir / "mastodon-mock.out"  # not *.log: the rig greps those
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._http = httpx.Client(timeout=10.0)
 
     # ---- process -------------------------------------------------------------------------
 
@@ -69,7 +56,7 @@ class MastodonMock:
         if missing is not None:
             raise LocalServerError(missing)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = self.workdir / "mastodon-mock.toml"
         lines = [
@@ -89,43 +76,15 @@ class MastodonMock:
             sys.executable, "-m", "mastodon_mock", "serve", "--config", str(config),
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
+        self.spawn(argv, cwd=self.workdir)
         wait_for("mastodon-mock to answer", self._ready, READY_TIMEOUT_S)
 
     def _ready(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise LocalServerError(
-                f"mastodon-mock exited {self._proc.returncode}:\n"
-                + self.log_path.read_text(errors="replace")[-2000:]
-            )
+        self.check_running()
         try:
             return self._http.get(f"{self.url}/api/v1/instance").status_code == 200
         except httpx.TransportError:
             return False
-
-    def stop(self) -> None:
-        self._http.close()
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(STOP_TIMEOUT_S)
-
-    def __enter__(self) -> MastodonMock:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- the API, as a test looks at it --------------------------------------------------
 

@@ -15,20 +15,16 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from sandbox.local import LocalServerError, wait_for
+from sandbox.local import LocalProcess, LocalServerError, wait_for
 
 PDS_DIR = Path(__file__).resolve().parent.parent / "pds"
 READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 POST_COLLECTION = "app.bsky.feed.post"
 
 
@@ -57,15 +53,15 @@ class PdsAccount:
     access_jwt: str
 
 
-class PdsServer:
+class PdsServer(LocalProcess):
+    name = "the PDS"
+
     def __init__(self, workdir: Path, *, rate_limits: bool = False) -> None:
+        super().__init__(workdir / "pds.out")  # not *.log: the platform rig greps those
         self.workdir = workdir
         self.rate_limits = rate_limits
         self.url = ""
         self.admin_password = ""
-        self.log_path = workdir / "pds.out"  # not *.log: the platform rig greps those
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._http = httpx.Client(timeout=10.0)
 
     # ---- process -------------------------------------------------------------------------
 
@@ -83,17 +79,10 @@ class PdsServer:
         ]  # fmt: skip
         if self.rate_limits:
             argv.append("--rate-limits")
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+        self.spawn(argv)
 
         def started() -> dict[str, Any] | None:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise LocalServerError(
-                    f"the PDS exited {self._proc.returncode}: {self._log_tail()}"
-                )
+            self.check_running()
             if not ready.exists():
                 return None
             info: dict[str, Any] = json.loads(ready.read_text())
@@ -102,31 +91,6 @@ class PdsServer:
         info = wait_for("the PDS to be ready", started, READY_TIMEOUT_S)
         self.url = str(info["url"])
         self.admin_password = str(info["adminPassword"])
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_TIMEOUT_S)
-        self._http.close()
-
-    def _log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
-
-    def __enter__(self) -> PdsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- the PDS's own API, as a client would call it --------------------------------------
 

@@ -29,8 +29,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,14 +37,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
-from sandbox.local import LocalServerError, wait_for
+from sandbox.local import LocalProcess, LocalServerError, free_port, wait_for
 
 READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 MANAGE_TIMEOUT_S = 120.0
 PROJECT = "mysite"
 SETTINGS = f"{PROJECT}.settings.postroom"
@@ -139,13 +135,6 @@ def spirit_missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # `spirit startproject` shells out to django-admin: the venv's bin/ goes first on PATH.
     env = dict(os.environ)
@@ -205,7 +194,9 @@ def spirit_template(cache_dir: Path | None = None) -> Path:
     return ready
 
 
-class SpiritForum:
+class SpiritForum(LocalProcess):
+    name = "django-spirit"
+
     def __init__(
         self,
         workdir: Path,
@@ -214,6 +205,7 @@ class SpiritForum:
         template: Path | None = None,
         ratelimit_never_expires: bool = True,
     ) -> None:
+        super().__init__(workdir / "spirit.out")  # not *.log: the rig greps those
         self.workdir = workdir
         self.users = dict(users)
         self.template = template
@@ -223,9 +215,6 @@ class SpiritForum:
         self.url = ""
         self.user_ids: dict[str, int] = {}
         self._sessions: dict[str, str] = {}
-        self.log_path = workdir / "spirit.out"  # not *.log: the rig greps those
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._http = httpx.Client(timeout=10.0)
 
     # ---- process -------------------------------------------------------------------------
 
@@ -233,7 +222,7 @@ class SpiritForum:
         self.workdir.mkdir(parents=True, exist_ok=True)
         template = self.template or spirit_template(self.workdir)
         shutil.copytree(template, self.project)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = _SETTINGS.format(site_url=self.url + "/", never_expires=self.never_expires)
         (self.project / PROJECT / "settings" / "postroom.py").write_text(settings)
@@ -243,10 +232,7 @@ class SpiritForum:
             sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}",
             "--noreload", f"--settings={SETTINGS}",
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv, cwd=self.project, env=_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
+        self.spawn(argv, cwd=self.project, env=_env())
         wait_for("django-spirit to answer", self._ready, READY_TIMEOUT_S)
 
     def _seed(self) -> None:
@@ -264,36 +250,11 @@ class SpiritForum:
         self._sessions = seeded["sessions"]
 
     def _ready(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise LocalServerError(
-                f"django-spirit exited {self._proc.returncode}:\n"
-                + self.log_path.read_text(errors="replace")[-2000:]
-            )
+        self.check_running()
         try:
             return self._http.get(self.url + "/").status_code == 200
         except httpx.TransportError:
             return False
-
-    def stop(self) -> None:
-        self._http.close()
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(STOP_TIMEOUT_S)
-
-    def __enter__(self) -> SpiritForum:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- the forum, as a test looks at it ------------------------------------------------
 
