@@ -14,7 +14,7 @@ import pytest
 from conftest import coordinator_server, publish
 
 from coordinator.content_rules import TextLimits
-from coordinator.main import parse_args
+from coordinator.options import parse_args
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as pb

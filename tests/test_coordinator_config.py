@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO_ROOT, coordinator_process
 
 from coordinator.domain import Target
-from coordinator.main import parse_args
+from coordinator.options import parse_args
 from coordinator.retry import RetryPolicy
 
 

@@ -1,0 +1,247 @@
+"""`postroom coordinator`'s command line, checked and parsed once into a frozen ServerOptions.
+
+Each group of flags is added by one function and read back by one; a usage error exits 2 with
+argparse's message, naming the flag to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from coordinator.access.options import SecurityOptions, add_flags
+from coordinator.actor import CoordinatorConfig
+from coordinator.content_rules import TextLimits, parse_text_limit
+from coordinator.domain import KNOWN_PLATFORMS
+from coordinator.gates import Quota, parse_quota
+from coordinator.leasing.core import (
+    DEFAULT_CLAIM_TIMEOUT_S,
+    DEFAULT_CONFIRM_TIMEOUT_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_RUN_TIMEOUT_S,
+    LeaseConfig,
+)
+from coordinator.retry import RetryPolicies, RetryPolicy, parse_policy
+from postroom.address import split_host_port
+
+DESCRIPTION = (
+    "`postroom coordinator`: parse the command line once, build the parts, serve until SIGTERM."
+)
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DB = "sqlite:///postroom.db"
+DEFAULT_ASSETS = "postroom-assets"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    listen: str
+    db: str
+    assets: Path
+    metrics_listen: str
+    ready_file: Path | None
+    log_format: Literal["text", "json"]
+    log_level: str
+    coordinator: CoordinatorConfig
+    text_limits: TextLimits = field(default_factory=TextLimits)
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+
+
+def parse_args(argv: list[str]) -> ServerOptions:
+    """The command line, checked and parsed once into ServerOptions (usage errors exit 2)."""
+    p = argparse.ArgumentParser(prog="postroom coordinator", description=DESCRIPTION)
+    _add_address_flags(p)
+    _add_lease_flags(p)
+    _add_retry_flags(p)
+    _add_limit_flags(p)
+    _add_process_flags(p)
+    add_flags(p)
+    a = p.parse_args(argv)
+    # Checked in this order, so the first usage error named is the same whatever else is wrong.
+    for flag, value in (("--listen", a.listen), ("--metrics-listen", a.metrics_listen)):
+        try:
+            split_host_port(value)
+        except ValueError as exc:
+            p.error(f"{flag}: {exc}")
+    quotas = _quotas(p, a.quota)
+    text_limits = _text_limits(p, a.text_limit)
+    lease = _lease_config(p, a)
+    retry = _retry_policies(p, a)
+    try:
+        security = SecurityOptions.from_args(a, a.listen)
+    except ValueError as exc:
+        p.error(str(exc))
+    return ServerOptions(
+        listen=a.listen,
+        db=a.db,
+        assets=a.assets,
+        metrics_listen=a.metrics_listen,
+        ready_file=a.ready_file,
+        log_format=a.log_format,
+        log_level=a.log_level,
+        coordinator=CoordinatorConfig(lease=lease, retry=retry, quotas=quotas),
+        text_limits=TextLimits(MappingProxyType(text_limits)),
+        security=security,
+    )
+
+
+def _add_address_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="gRPC address (default %(default)s)")
+    p.add_argument(
+        "--db",
+        default=os.environ.get("POSTROOM_DB", DEFAULT_DB),
+        help="sqlite:///PATH (default %(default)s)",
+    )
+    p.add_argument(
+        "--assets",
+        default=DEFAULT_ASSETS,
+        type=Path,
+        help="screenshot directory (default %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default=DEFAULT_METRICS_LISTEN,
+        help="Prometheus /metrics address (default %(default)s)",
+    )
+
+
+def _add_lease_flags(p: argparse.ArgumentParser) -> None:
+    def seconds(flag: str, default: float | None, text: str) -> None:
+        p.add_argument(flag, type=float, default=default, metavar="SECONDS", help=text)
+
+    seconds(
+        "--heartbeat-interval",
+        DEFAULT_HEARTBEAT_INTERVAL_S,
+        "worker heartbeat interval (default %(default)s)",
+    )
+    seconds(
+        "--lease-ttl", None, "lease lifetime without a heartbeat (default 3 x heartbeat interval)"
+    )
+    seconds(
+        "--claim-timeout",
+        DEFAULT_CLAIM_TIMEOUT_S,
+        "recover a job claimed but not started after this",
+    )
+    seconds("--run-timeout", DEFAULT_RUN_TIMEOUT_S, "recover a job running longer than this")
+    seconds(
+        "--confirm-timeout-s",
+        DEFAULT_CONFIRM_TIMEOUT_S,
+        "release a job nobody confirmed within this (FAILED, nothing posted; default %(default)g)",
+    )
+
+
+def _add_retry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--retry-initial",
+        type=float,
+        default=RetryPolicy().initial_interval_s,
+        metavar="SECONDS",
+        help="first transient-retry delay (doubles each time)",
+    )
+    p.add_argument(
+        "--retry-max",
+        type=float,
+        default=RetryPolicy().max_interval_s,
+        metavar="SECONDS",
+        help="longest transient-retry delay",
+    )
+    p.add_argument(
+        "--retry-policy",
+        action="append",
+        default=[],
+        metavar="PLATFORM:KEY=VALUE,...",
+        help="per-platform retries: initial, factor, max (seconds), jitter (0-1), rate_limited "
+        "(cap), e.g. x:initial=30,max=900",
+    )
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quota",
+        action="append",
+        default=[],
+        metavar="PLATFORM[:ACCOUNT]=N/SECONDS",
+        help="close the gate before a platform limit, e.g. sandbox=2/3600",
+    )
+    p.add_argument(
+        "--text-limit",
+        action="append",
+        default=[],
+        metavar="PLATFORM[:ACCOUNT]=N",
+        help="a platform's (or one account's) text limit instead of the platform default, e.g. "
+        "mastodon=1000 or mastodon:big-instance=5000 (repeatable)",
+    )
+
+
+def _add_process_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write 'GRPC_PORT METRICS_PORT' here once serving (for scripts)",
+    )
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--log-level", default=os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))
+
+
+def _quotas(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, Quota]:
+    quotas: dict[str, Quota] = {}
+    for spec in specs:
+        try:
+            key, quota = parse_quota(spec)
+        except ValueError as exc:
+            p.error(str(exc))
+        if key.split(":")[0] not in KNOWN_PLATFORMS:
+            p.error(f"--quota {spec!r}: unknown platform")
+        quotas[key] = quota
+    return quotas
+
+
+def _text_limits(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, int]:
+    text_limits: dict[str, int] = {}
+    for spec in specs:
+        try:
+            key, limit = parse_text_limit(spec)
+        except ValueError as exc:
+            p.error(str(exc))
+        text_limits[key] = limit
+    return text_limits
+
+
+def _lease_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> LeaseConfig:
+    if a.heartbeat_interval <= 0:
+        p.error("--heartbeat-interval must be positive")
+    if a.confirm_timeout_s <= 0:
+        p.error("--confirm-timeout-s must be positive (seconds a job waits for `job confirm`)")
+    ttl = a.lease_ttl if a.lease_ttl is not None else 3 * a.heartbeat_interval
+    if ttl <= a.heartbeat_interval:
+        p.error("--lease-ttl must be longer than --heartbeat-interval")
+    return LeaseConfig(
+        heartbeat_interval_s=a.heartbeat_interval,
+        lease_ttl_s=ttl,
+        restart_grace_s=ttl,
+        # At least the worker's own margin (max(1 s, 20 % of the TTL)) plus a little: a permit
+        # granted with less left would be abandoned by the worker, wasting an attempt.
+        commit_min_left_s=min(ttl / 2, max(1.0, 0.2 * ttl) + 0.5),
+        claim_timeout_s=a.claim_timeout,
+        run_timeout_s=a.run_timeout,
+        confirm_timeout_s=a.confirm_timeout_s,
+    )
+
+
+def _retry_policies(p: argparse.ArgumentParser, a: argparse.Namespace) -> RetryPolicies:
+    default_policy = RetryPolicy(initial_interval_s=a.retry_initial, max_interval_s=a.retry_max)
+    per_platform: dict[str, RetryPolicy] = {}
+    for spec in a.retry_policy:
+        try:
+            platform, policy = parse_policy(spec, default_policy)
+        except ValueError as exc:
+            p.error(str(exc))
+        if platform not in KNOWN_PLATFORMS:
+            p.error(f"--retry-policy {spec!r}: unknown platform {platform!r}")
+        per_platform[platform] = policy
+    return RetryPolicies(default=default_policy, per_platform=per_platform)
