@@ -101,7 +101,16 @@ class CoordinatorMetrics:
         # Accounts beyond the bound whose gate is closed / that wait on a login, per platform.
         self._other_closed: dict[str, set[str]] = {}
         self._other_waiting: dict[str, set[str]] = {}
-        r = registry
+        self._accounts_seen: set[tuple[str, str]] = set()
+        self._register_job_metrics(registry)
+        self._register_lease_metrics(registry)
+        self._register_account_metrics(registry)
+        self._job_counts = _JobCountsCollector()
+        registry.register(self._job_counts)
+        self._born_at_zero(platforms)
+
+    def _register_job_metrics(self, r: CollectorRegistry) -> None:
+        """Jobs and their attempts: outcomes, retries, durations, dispatch latency."""
         self.jobs = Counter(
             "postroom_jobs", "Jobs finished, by final outcome.", ["platform", "outcome"], registry=r
         )
@@ -112,18 +121,6 @@ class CoordinatorMetrics:
             "postroom_retries_scheduled",
             "Retries scheduled, by reason.",
             ["platform", "reason"],
-            registry=r,
-        )
-        self.rate_limit_hits = Counter(
-            "postroom_rate_limit_hits",
-            "Rate-limit signals received from a platform.",
-            ["platform", "account"],
-            registry=r,
-        )
-        self.rate_limit_gate_closed = Gauge(
-            "postroom_rate_limit_gate_closed",
-            "1 while the rate-limit gate of (platform, account) is closed.",
-            ["platform", "account"],
             registry=r,
         )
         self.job_duration = Histogram(
@@ -139,6 +136,9 @@ class CoordinatorMetrics:
             buckets=DISPATCH_LATENCY_BUCKETS_S,
             registry=r,
         )
+
+    def _register_lease_metrics(self, r: CollectorRegistry) -> None:
+        """Leases, commit permits and the workers holding them."""
         self.lease_expirations = Counter(
             "postroom_lease_expirations", "Leases that expired, by phase.", ["phase"], registry=r
         )
@@ -148,16 +148,30 @@ class CoordinatorMetrics:
         self.devices_online = Gauge(
             "postroom_devices_online", "Connected workers, by kind.", ["kind"], registry=r
         )
+
+    def _register_account_metrics(self, r: CollectorRegistry) -> None:
+        """Per (platform, account), bounded by `max_account_series` (module docstring)."""
+        self.rate_limit_hits = Counter(
+            "postroom_rate_limit_hits",
+            "Rate-limit signals received from a platform.",
+            ["platform", "account"],
+            registry=r,
+        )
+        self.rate_limit_gate_closed = Gauge(
+            "postroom_rate_limit_gate_closed",
+            "1 while the rate-limit gate of (platform, account) is closed.",
+            ["platform", "account"],
+            registry=r,
+        )
         self.needs_login_accounts = Gauge(
             "postroom_needs_login_accounts",
             "1 while jobs of (platform, account) wait on a login.",
             ["platform", "account"],
             registry=r,
         )
-        self._job_counts = _JobCountsCollector()
-        r.register(self._job_counts)
-        self._accounts_seen: set[tuple[str, str]] = set()
 
+    def _born_at_zero(self, platforms: Iterable[str]) -> None:
+        """The expected label values' series, at 0 from start-up (see LEASE_PHASES)."""
         for phase in LEASE_PHASES:
             self.lease_expirations.labels(phase=phase)
         for result in PERMIT_RESULTS:

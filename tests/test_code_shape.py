@@ -34,7 +34,6 @@ ALLOWED: dict[str, int] = {
     "coordinator/gateway.py::WorkerGatewayService._chunk": 64,
     "coordinator/leasing/core.py::LeaseCore.open_session": 64,
     "coordinator/leasing/outcomes.py::AttemptOutcomes._fail_attempt": 80,
-    "coordinator/metrics.py::CoordinatorMetrics.__init__": 75,
     "coordinator/posts.py::schedule": 73,
     "coordinator/store/sqlite.py::SqliteStore._write": 62,
     # Command-line front ends and benchmark drivers: long, flat option lists and run scripts.
