@@ -15,7 +15,7 @@ import anyio
 import anyio.to_process
 import grpc
 
-from coordinator import content_rules, posts, reads
+from coordinator import content_rules, events_feed, listing, posts, reads
 from coordinator.access.approval import check_not_author
 from coordinator.access.interceptor import actor_name, current_principal, require_role
 from coordinator.access.records import Role
@@ -43,7 +43,6 @@ from coordinator.domain import (
 from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
 from coordinator.gates import GateView
 from coordinator.leasing.effects import Effects
-from coordinator.store.base import JobFilter
 from coordinator.validation import (
     check_content_hash,
     check_filter,
@@ -52,12 +51,8 @@ from coordinator.validation import (
     check_target,
     check_targets,
     check_text,
-    issue_page_token,
-    job_status_filter,
     page_size,
     parse_time,
-    post_status_filter,
-    read_page_token,
     require_id,
 )
 from postroom.v1 import publishing_pb2 as pub
@@ -69,8 +64,6 @@ log = logging.getLogger("postroom.coordinator.publishing")
 R = TypeVar("R")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_ATTEMPTS_LIMIT = 20
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 DEFAULT_AUDIT_PAGE = 1000
 MAX_AUDIT_PAGE = 10_000
 MAX_LOGIN_MESSAGE_CHARS = 1000
@@ -189,13 +182,7 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
 
     @rpc
     async def ListPosts(self, request: pub.ListPostsRequest, context: Ctx) -> pub.ListPostsResponse:
-        status = post_status_filter(request.status)
-        size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
-        scope = f"posts|{status}"
-        offset = read_page_token(scope, request.page_token)
-        found = await self.store.list_posts(status=status, limit=size, offset=offset)
-        token = issue_page_token(scope, offset + size) if len(found) == size else ""
-        return pub.ListPostsResponse(posts=[post_pb(p) for p in found], next_page_token=token)
+        return await listing.list_posts(self.store, request)
 
     @rpc
     async def UpdatePost(self, request: pub.UpdatePostRequest, context: Ctx) -> pb.Post:
@@ -307,19 +294,7 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
 
     @rpc
     async def ListJobs(self, request: pub.ListJobsRequest, context: Ctx) -> pub.ListJobsResponse:
-        flt = JobFilter(
-            status=job_status_filter(request.status),
-            platform=check_filter(request.platform, "platform").lower(),
-            account=check_filter(request.account, "account"),
-            post_id=check_filter(request.post_id, "post_id"),
-            device_id=check_filter(request.device_id, "device_id"),
-        )
-        size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
-        scope = f"jobs|{flt.status}|{flt.platform}|{flt.account}|{flt.post_id}|{flt.device_id}"
-        offset = read_page_token(scope, request.page_token)
-        found = await self.store.list_jobs(flt, limit=size, offset=offset)
-        token = issue_page_token(scope, offset + size) if len(found) == size else ""
-        return pub.ListJobsResponse(jobs=[job_pb(j) for j in found], next_page_token=token)
+        return await listing.list_jobs(self.store, request)
 
     async def WatchJob(
         self, request: pub.WatchJobRequest, context: Ctx
@@ -502,6 +477,16 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         return pub.ListAuditEventsResponse(
             events=[audit_pb(e) for e in events], next_after_seq=next_seq
         )
+
+    async def WatchEvents(
+        self, request: pub.WatchEventsRequest, context: Ctx
+    ) -> AsyncIterator[pb.AuditEvent]:
+        try:
+            feed = events_feed.watch(self.store, request)
+            async for event in feed:
+                yield event
+        except CoordinatorError as exc:  # only before the first event (a bad request)
+            await context.abort(exc.status_code, str(exc))
 
     @rpc
     async def ListRateLimits(

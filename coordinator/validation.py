@@ -13,10 +13,6 @@ corrupted, or for another query) is refused, not fed to the database.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -45,17 +41,11 @@ MAX_ACTOR_CHARS = 128
 MAX_REASON_CHARS = 1000
 MAX_FILTER_CHARS = 256  # ListJobs / ListAuditEvents filters
 MAX_PAGE_TOKEN_CHARS = 200
-MAX_PAGE_OFFSET = 1_000_000_000
 
 # Every time postroom stores or shows lies in [1970-01-01, 2100-01-01) UTC.
 EARLIEST_TIME_S = 0.0
 LATEST_TIME_S = 4_102_444_800.0
 _WINDOW_TEXT = "between 1970-01-01T00:00:00Z and 2100-01-01T00:00:00Z"
-
-# Tokens must survive a coordinator restart (a client paging through a list while it restarts):
-# the key is fixed. The MAC is a check, not a secret: a forged token could only name an offset,
-# and offsets are bounded anyway.
-_PAGE_KEY = b"postroom page token v1"
 
 
 def time_in_window(value: float) -> bool:
@@ -250,35 +240,3 @@ def page_size(value: int, default: int, maximum: int) -> int:
     if value < 0:
         raise InvalidArgument("page_size must not be negative")
     return min(value or default, maximum)
-
-
-def _mac(scope: str, offset: int) -> str:
-    digest = hmac.new(_PAGE_KEY, f"{scope}|{offset}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:12]).decode()
-
-
-def issue_page_token(scope: str, offset: int) -> str:
-    """An opaque token for the page starting at `offset` of the query named by `scope`."""
-    raw = f"{offset}.{_mac(scope, offset)}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def read_page_token(scope: str, token: str) -> int:
-    """The offset a token issued for `scope` stands for; 0 for no token."""
-    if not token:
-        return 0
-    refused = InvalidArgument(
-        "page_token is not one this server gave out for this query; pass the next_page_token "
-        "of the previous response unchanged, with the same filters (or none to start over)"
-    )
-    if len(token) > MAX_PAGE_TOKEN_CHARS:
-        raise refused
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-        number, _, mac = raw.partition(".")
-        offset = int(number)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise refused from None
-    if not 0 <= offset <= MAX_PAGE_OFFSET or not hmac.compare_digest(mac, _mac(scope, offset)):
-        raise refused
-    return offset

@@ -27,6 +27,7 @@ RPC_ROLES: Mapping[str, Role] = MappingProxyType(
         "ListDevices": _V,
         "ListRateLimits": _V,
         "ListAuditEvents": _V,
+        "WatchEvents": _V,
         "WhoAmI": _V,
         # Writing posts and driving them; nothing goes out without an approver.
         "CreatePost": _AU,

@@ -9,7 +9,7 @@ Batches are how the lease actor group-commits many protocol events in one transa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,9 @@ from coordinator.domain import (
     ScreenshotRecord,
     StepLogEntry,
 )
+
+# (created_at, id) of the last row a page showed: the next page starts after it.
+Cursor = tuple[float, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +127,11 @@ class Store(Protocol):
         """Raises NotFound."""
         ...
 
-    async def list_posts(self, *, status: PostStatus | None, limit: int, offset: int) -> list[Post]:
-        """Newest first (created_at desc, id desc)."""
+    async def list_posts(
+        self, *, status: PostStatus | None, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Post]:
+        """Newest first (created_at desc, id desc); with `before`, only posts after that one in
+        this order (a cursor: posts created meanwhile do not shift the page)."""
         ...
 
     async def get_job(self, job_id: str) -> Job:
@@ -138,8 +144,14 @@ class Store(Protocol):
         """Oldest first."""
         ...
 
-    async def list_jobs(self, flt: JobFilter, *, limit: int, offset: int) -> list[Job]:
-        """Newest first (created_at desc, id desc)."""
+    async def jobs_for_posts(self, post_ids: Sequence[str]) -> list[Job]:
+        """The jobs of all these posts, oldest first (one read for a page of posts)."""
+        ...
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Job]:
+        """Newest first (created_at desc, id desc); `before` as for list_posts."""
         ...
 
     async def load_active_jobs(self) -> list[Job]:
@@ -154,6 +166,10 @@ class Store(Protocol):
         self, *, since: float | None, subject_id: str, action: str, after_seq: int, limit: int
     ) -> list[AuditEvent]:
         """Oldest first (seq asc)."""
+        ...
+
+    async def last_audit_seq(self) -> int:
+        """The seq of the newest audit event; 0 when there is none."""
         ...
 
     async def list_devices(self) -> list[DeviceRecord]: ...

@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -36,7 +36,7 @@ from coordinator.domain import (
 )
 from coordinator.errors import NotFound, StoreError
 from coordinator.store import cas
-from coordinator.store.base import JobFilter, WriteBatch
+from coordinator.store.base import Cursor, JobFilter, WriteBatch
 
 T = TypeVar("T")
 
@@ -195,9 +195,16 @@ class InMemoryStore:
             raise NotFound(f"post {post_id} not found")
         return copy.deepcopy(post)
 
-    async def list_posts(self, *, status: PostStatus | None, limit: int, offset: int) -> list[Post]:
+    async def list_posts(
+        self, *, status: PostStatus | None, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Post]:
         await checkpoint()
-        posts = [p for p in self._state.posts.values() if status is None or p.status == status]
+        posts = [
+            p
+            for p in self._state.posts.values()
+            if (status is None or p.status == status)
+            and (before is None or (p.created_at, p.id) < before)
+        ]
         posts.sort(key=lambda p: (p.created_at, p.id), reverse=True)
         return copy.deepcopy(_page(posts, limit, offset))
 
@@ -218,7 +225,15 @@ class InMemoryStore:
         jobs = [j for j in self._state.jobs.values() if j.post_id == post_id]
         return copy.deepcopy(sorted(jobs, key=lambda j: (j.created_at, j.id)))
 
-    async def list_jobs(self, flt: JobFilter, *, limit: int, offset: int) -> list[Job]:
+    async def jobs_for_posts(self, post_ids: Sequence[str]) -> list[Job]:
+        await checkpoint()
+        wanted = set(post_ids)
+        jobs = [j for j in self._state.jobs.values() if j.post_id in wanted]
+        return copy.deepcopy(sorted(jobs, key=lambda j: (j.created_at, j.id)))
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Job]:
         await checkpoint()
         jobs = [
             j
@@ -228,6 +243,7 @@ class InMemoryStore:
             and (not flt.account or j.account == flt.account)
             and (not flt.post_id or j.post_id == flt.post_id)
             and (not flt.device_id or j.device_id == flt.device_id)
+            and (before is None or (j.created_at, j.id) < before)
         ]
         jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         return copy.deepcopy(_page(jobs, limit, offset))
@@ -260,6 +276,10 @@ class InMemoryStore:
             and (not action or e.action == action)
         ]
         return copy.deepcopy(_page(events, limit, 0))
+
+    async def last_audit_seq(self) -> int:
+        await checkpoint()
+        return len(self._state.audits)
 
     async def list_devices(self) -> list[DeviceRecord]:
         await checkpoint()

@@ -38,7 +38,7 @@ from coordinator.domain import (
 )
 from coordinator.errors import ConcurrentUpdate, NotFound, StoreError
 from coordinator.store import access_rows, cas, rows
-from coordinator.store.base import JobFilter, WriteBatch
+from coordinator.store.base import Cursor, JobFilter, WriteBatch
 from coordinator.store.migrations import apply_migrations, load_migrations, load_queries
 from coordinator.store.rows import Params
 
@@ -62,6 +62,12 @@ class _Missed(Exception):
         super().__init__(stage)
         self.stage = stage
         self.cause = cause
+
+
+def _cursor(before: Cursor | None) -> dict[str, Any]:
+    """A page cursor as query parameters (both NULL: from the start)."""
+    at, row_id = before if before is not None else (None, None)
+    return {"before_at": at, "before_id": row_id}
 
 
 @contextlib.contextmanager
@@ -294,9 +300,11 @@ class SqliteStore:
             raise NotFound(f"post {post_id} not found")
         return rows.post_from_row(found[0])
 
-    async def list_posts(self, *, status: PostStatus | None, limit: int, offset: int) -> list[Post]:
+    async def list_posts(
+        self, *, status: PostStatus | None, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Post]:
         params = {"status": None if status is None else status.value, "limit": limit}
-        found = await self._fetch("list_posts", {**params, "offset": offset})
+        found = await self._fetch("list_posts", {**params, "offset": offset, **_cursor(before)})
         return [rows.post_from_row(r) for r in found]
 
     async def get_job(self, job_id: str) -> Job:
@@ -314,8 +322,15 @@ class SqliteStore:
             rows.job_from_row(r) for r in await self._fetch("jobs_for_post", {"post_id": post_id})
         ]
 
-    async def list_jobs(self, flt: JobFilter, *, limit: int, offset: int) -> list[Job]:
+    async def jobs_for_posts(self, post_ids: Sequence[str]) -> list[Job]:
+        found = await self._fetch("jobs_for_posts", {"post_ids": rows.dumps(list(post_ids))})
+        return [rows.job_from_row(r) for r in found]
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Job]:
         params = {
+            **_cursor(before),
             "status": None if flt.status is None else flt.status.value,
             "platform": flt.platform,
             "account": flt.account,
@@ -359,6 +374,9 @@ class SqliteStore:
             "limit": limit,
         }
         return [rows.audit_from_row(r) for r in await self._fetch("list_audit", params)]
+
+    async def last_audit_seq(self) -> int:
+        return int((await self._fetch("last_audit_seq"))[0]["n"])
 
     async def list_devices(self) -> list[DeviceRecord]:
         return [rows.device_from_row(r) for r in await self._fetch("list_devices")]

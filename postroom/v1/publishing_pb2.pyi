@@ -97,7 +97,9 @@ class ListPostsRequest(_message.Message):
     page_size: _builtins.int
     """At most this many (default 100, max 1000)."""
     page_token: _builtins.str
-    """From a previous response's next_page_token."""
+    """From a previous response's next_page_token. A cursor (the last post shown): posts created
+    meanwhile do not shift the next page.
+    """
     def __init__(
         self,
         *,
@@ -121,7 +123,9 @@ class ListPostsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
-    def posts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Post]: ...
+    def posts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Post]:
+        """Each with its warnings and one target_states entry per scheduled target."""
+
     def __init__(
         self,
         *,
@@ -375,6 +379,7 @@ class ListJobsRequest(_message.Message):
     device_id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
+    """From a previous response's next_page_token (a cursor, like ListPosts')."""
     def __init__(
         self,
         *,
@@ -798,6 +803,36 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    SUBJECT_IDS_FIELD_NUMBER: _builtins.int
+    FROM_END_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Only events with seq greater than this (0: from the oldest event)."""
+    from_end: _builtins.bool
+    """Start at the end of the log: only events committed after the call (after_seq unused)."""
+    @_builtins.property
+    def subject_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events about these subjects (a post, job, device or gate id); empty: every event."""
+
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        subject_ids: _abc.Iterable[_builtins.str] | None = ...,
+        from_end: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "from_end", b"from_end", "subject_ids", b"subject_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
 
 @_typing.final
 class ListRateLimitsRequest(_message.Message):

@@ -137,6 +137,11 @@ class PublishingStub:
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=postroom_dot_v1_dot_publishing__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/postroom.v1.Publishing/WatchEvents',
+                request_serializer=postroom_dot_v1_dot_publishing__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_types__pb2.AuditEvent.FromString,
+                _registered_method=True)
         self.ListRateLimits = channel.unary_unary(
                 '/postroom.v1.Publishing/ListRateLimits',
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.ListRateLimitsRequest.SerializeToString,
@@ -334,6 +339,15 @@ class PublishingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Follow the audit log live (what the web console's pages update from): the events with seq
+        greater than after_seq that are already written, oldest first, then each new one as it is
+        committed, until the caller hangs up. Resume after a break with the last seq seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRateLimits(self, request, context):
         """Every rate-limit gate: whether it is closed, why and until when.
         """
@@ -497,6 +511,11 @@ def add_PublishingServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=postroom_dot_v1_dot_publishing__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=postroom_dot_v1_dot_publishing__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=postroom_dot_v1_dot_publishing__pb2.WatchEventsRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_types__pb2.AuditEvent.SerializeToString,
             ),
             'ListRateLimits': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRateLimits,
@@ -1085,6 +1104,33 @@ class Publishing:
             '/postroom.v1.Publishing/ListAuditEvents',
             postroom_dot_v1_dot_publishing__pb2.ListAuditEventsRequest.SerializeToString,
             postroom_dot_v1_dot_publishing__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/postroom.v1.Publishing/WatchEvents',
+            postroom_dot_v1_dot_publishing__pb2.WatchEventsRequest.SerializeToString,
+            postroom_dot_v1_dot_types__pb2.AuditEvent.FromString,
             options,
             channel_credentials,
             insecure,

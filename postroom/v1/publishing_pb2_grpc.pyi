@@ -86,6 +86,11 @@ class PublishingStub:
     """Download a stored screenshot, in chunks."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ListAuditEventsRequest, _publishing_pb2.ListAuditEventsResponse]
     """Audit events, oldest first."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_publishing_pb2.WatchEventsRequest, _types_pb2.AuditEvent]
+    """Follow the audit log live (what the web console's pages update from): the events with seq
+    greater than after_seq that are already written, oldest first, then each new one as it is
+    committed, until the caller hangs up. Resume after a break with the last seq seen.
+    """
     ListRateLimits: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ListRateLimitsRequest, _publishing_pb2.ListRateLimitsResponse]
     """Every rate-limit gate: whether it is closed, why and until when."""
     ReopenRateLimit: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ReopenRateLimitRequest, _types_pb2.RateLimitGate]
@@ -159,6 +164,11 @@ class PublishingAsyncStub(PublishingStub):
     """Download a stored screenshot, in chunks."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ListAuditEventsRequest, _publishing_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Audit events, oldest first."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_publishing_pb2.WatchEventsRequest, _types_pb2.AuditEvent]  # type: ignore[assignment]
+    """Follow the audit log live (what the web console's pages update from): the events with seq
+    greater than after_seq that are already written, oldest first, then each new one as it is
+    committed, until the caller hangs up. Resume after a break with the last seq seen.
+    """
     ListRateLimits: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ListRateLimitsRequest, _publishing_pb2.ListRateLimitsResponse]  # type: ignore[assignment]
     """Every rate-limit gate: whether it is closed, why and until when."""
     ReopenRateLimit: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ReopenRateLimitRequest, _types_pb2.RateLimitGate]  # type: ignore[assignment]
@@ -349,6 +359,17 @@ class PublishingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_publishing_pb2.ListAuditEventsResponse, _abc.Awaitable[_publishing_pb2.ListAuditEventsResponse]]:
         """Audit events, oldest first."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _publishing_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_types_pb2.AuditEvent], _abc.AsyncIterator[_types_pb2.AuditEvent]]:
+        """Follow the audit log live (what the web console's pages update from): the events with seq
+        greater than after_seq that are already written, oldest first, then each new one as it is
+        committed, until the caller hangs up. Resume after a break with the last seq seen.
+        """
 
     @_abc_1.abstractmethod
     def ListRateLimits(

@@ -130,7 +130,8 @@ SELECT * FROM posts WHERE id = :id;
 
 -- name: list_posts
 SELECT * FROM posts
-WHERE :status IS NULL OR status = :status
+WHERE (:status IS NULL OR status = :status)
+  AND (:before_at IS NULL OR (created_at, id) < (:before_at, :before_id))
 ORDER BY created_at DESC, id DESC
 LIMIT :limit OFFSET :offset;
 
@@ -143,6 +144,11 @@ SELECT * FROM jobs WHERE idempotency_key = :key;
 -- name: jobs_for_post
 SELECT * FROM jobs WHERE post_id = :post_id ORDER BY created_at, id;
 
+-- name: jobs_for_posts
+SELECT * FROM jobs
+WHERE post_id IN (SELECT value FROM json_each(:post_ids))
+ORDER BY created_at, id;
+
 -- name: list_jobs
 SELECT * FROM jobs
 WHERE (:status IS NULL OR status = :status)
@@ -150,6 +156,7 @@ WHERE (:status IS NULL OR status = :status)
   AND (:account = '' OR account = :account)
   AND (:post_id = '' OR post_id = :post_id)
   AND (:device_id = '' OR device_id = :device_id)
+  AND (:before_at IS NULL OR (created_at, id) < (:before_at, :before_id))
 ORDER BY created_at DESC, id DESC
 LIMIT :limit OFFSET :offset;
 
@@ -188,6 +195,9 @@ WHERE seq > :after_seq
   AND (:action = '' OR action = :action)
 ORDER BY seq
 LIMIT :limit;
+
+-- name: last_audit_seq
+SELECT COALESCE(MAX(seq), 0) AS n FROM audit_events;
 
 -- name: list_devices
 SELECT * FROM devices ORDER BY id;
