@@ -88,6 +88,17 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("global options")
+    _add_call_options(group, default)
+    _add_identity_options(group, default)
+    _add_tls_options(group, default)
+    return parser
+
+
+_Default = Callable[[object], object]
+
+
+def _add_call_options(group: argparse._ArgumentGroup, default: _Default) -> None:
+    """Where the coordinator is, how long a call may take, how answers are printed."""
     group.add_argument(
         "--coordinator",
         metavar="HOST:PORT",
@@ -104,6 +115,10 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
         default=default(DEFAULT_TIMEOUT_S),
         help=f"deadline per call (default {DEFAULT_TIMEOUT_S:g})",
     )
+
+
+def _add_identity_options(group: argparse._ArgumentGroup, default: _Default) -> None:
+    """Who is asking: the name for the audit log, the operator token."""
     group.add_argument(
         "--as",
         dest="actor",
@@ -122,34 +137,24 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
     # Refused with a pointer (a command line shows in `ps`); without it argparse would take
     # `--token X` as an abbreviation of --token-file.
     group.add_argument("--token", dest="token_flag", default=default(None), help=argparse.SUPPRESS)
-    group.add_argument(
-        "--ca",
-        type=Path,
-        metavar="PATH",
-        default=default(None),
-        help="CA certificate of a TLS coordinator (env POSTROOM_CA)",
-    )
-    group.add_argument(
+
+
+def _add_tls_options(group: argparse._ArgumentGroup, default: _Default) -> None:
+    def path(flag: str, text: str) -> None:
+        group.add_argument(flag, type=Path, metavar="PATH", default=default(None), help=text)
+
+    path("--ca", "CA certificate of a TLS coordinator (env POSTROOM_CA)")
+    path(
         "--tls-cert",
-        type=Path,
-        metavar="PATH",
-        default=default(None),
-        help="client certificate, for a coordinator that requires one (env POSTROOM_TLS_CERT)",
+        "client certificate, for a coordinator that requires one (env POSTROOM_TLS_CERT)",
     )
-    group.add_argument(
-        "--tls-key",
-        type=Path,
-        metavar="PATH",
-        default=default(None),
-        help="the client certificate's key (env POSTROOM_TLS_KEY)",
-    )
+    path("--tls-key", "the client certificate's key (env POSTROOM_TLS_KEY)")
     group.add_argument(
         "--insecure-plaintext",
         action="store_true",
         default=default(False),
         help="talk plaintext to a coordinator beyond loopback (default: TLS there)",
     )
-    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,12 @@ from postroom_cli.render import (
 
 def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     _, sub = add_group(subparsers, "job", common, "follow and steer the jobs of scheduled posts")
+    _register_reads(sub, common)
+    _register_steering(sub, common)
+    _register_downloads(sub, common)
 
+
+def _register_reads(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = add_leaf(sub, "list", _list, common, "jobs, filtered")
     p.add_argument("--status", type=enum_arg(t.JobStatus.DESCRIPTOR, "status"), default=0)
     p.add_argument("--platform", default="")
@@ -58,6 +63,8 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("job_id", metavar="JOB_ID")
 
+
+def _register_steering(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = add_leaf(sub, "cancel", _cancel, common, "cancel a job that has not finished")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--reason", default="")
@@ -82,6 +89,8 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--post-id", default="", metavar="ID", help="the platform's id of the post")
     p.add_argument("--reason", default="", help="why it was posted by hand (for the audit log)")
 
+
+def _register_downloads(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = add_leaf(
         sub,
         "export",
