@@ -35,7 +35,6 @@ ALLOWED: dict[str, int] = {
     "coordinator/leasing/core.py::LeaseCore.open_session": 64,
     "coordinator/leasing/outcomes.py::AttemptOutcomes._fail_attempt": 80,
     "coordinator/posts.py::schedule": 73,
-    "coordinator/store/sqlite.py::SqliteStore._write": 62,
     # Command-line front ends and benchmark drivers: long, flat option lists and run scripts.
     "bench/chaos.py::soak": 84,
     "bench/lease_roundtrip.py::run_worker": 62,

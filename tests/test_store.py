@@ -1,5 +1,6 @@
-"""The Store contract, run against the in-memory fake and SQLite alike; then SQLite's own promises:
-migrations produce the schema, and a SIGKILLed process loses no committed batch."""
+"""The Store contract, run against the in-memory fake, SQLite and PostgreSQL alike; then SQLite's
+own promises: migrations produce the schema, and a SIGKILLed process loses no committed batch.
+(PostgreSQL's own promises: test_store_postgres.py.)"""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
+from pg_rig import empty_tables, pg_database
 
 from coordinator.domain import (
     AuditEvent,
@@ -48,6 +50,9 @@ from coordinator.store import (
     open_store,
 )
 from coordinator.store.migrations import load_migrations
+from coordinator.store.postgres import PostgresStore
+
+__all__ = ["pg_database"]  # a fixture, used through request.getfixturevalue
 
 pytestmark = pytest.mark.anyio
 
@@ -61,9 +66,15 @@ def anyio_backend() -> str:
     return "asyncio"  # aiosqlite needs asyncio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = InMemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
+    s: Store
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_database")
+        await empty_tables(url)
+        s = PostgresStore(url)
+    else:
+        s = InMemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
     await s.open()
     try:
         yield s
@@ -490,8 +501,8 @@ def test_open_store_parses_urls(tmp_path: Path) -> None:
     assert sqlite_path(f"{tmp_path}/bare.db") == f"{tmp_path}/bare.db"
     assert sqlite_path("relative.db") == "relative.db"
     assert isinstance(open_store("memory://"), InMemoryStore)
-    with pytest.raises(InvalidArgument, match="PostgreSQL support arrives in a later release"):
-        open_store("postgresql://user@db/postroom")
+    for url in ("postgresql://user@db/postroom", "postgres://db/p", "postgresql+asyncpg://db/p"):
+        assert isinstance(open_store(url), PostgresStore)
     for bad in ("sqlite:///", "mysql://db/x", "sqlite://x.db", ""):
         with pytest.raises(InvalidArgument):
             open_store(bad)

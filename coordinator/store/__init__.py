@@ -10,6 +10,7 @@ from __future__ import annotations
 from coordinator.errors import InvalidArgument
 from coordinator.store.base import JobFilter, JobWrite, PostWrite, Store, WriteBatch
 from coordinator.store.memory import InMemoryStore
+from coordinator.store.postgres import PostgresStore
 from coordinator.store.sqlite import SqliteStore
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "JobFilter",
     "JobWrite",
     "PostWrite",
+    "PostgresStore",
     "SqliteStore",
     "Store",
     "WriteBatch",
@@ -33,7 +35,8 @@ def open_store(url: str) -> Store:
     - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` (the path is everything after
       the third slash, as in SQLAlchemy URLs), or a bare filesystem path: SqliteStore.
     - `memory://`: InMemoryStore, which keeps nothing across restarts.
-    - `postgresql://...`: not yet, InvalidArgument.
+    - `postgresql://user@host:5432/dbname` (or `postgres://`, `postgresql+asyncpg://`, and any
+      libpq-style query parameters asyncpg takes): PostgresStore.
     """
     url = url.strip()
     if url.startswith(_SQLITE_PREFIX):
@@ -44,10 +47,11 @@ def open_store(url: str) -> Store:
     if url == "memory://":
         return InMemoryStore()
     if url.startswith(_POSTGRES_SCHEMES):
-        raise InvalidArgument("PostgreSQL support arrives in a later release; use sqlite:///PATH")
+        return PostgresStore(url)
     if "://" in url or url.startswith("sqlite:"):
         raise InvalidArgument(
-            f"unsupported store URL {url!r}: use sqlite:///PATH, a bare PATH, or memory://"
+            f"unsupported store URL {url!r}: use sqlite:///PATH, a bare PATH, memory://, or "
+            "postgresql://USER@HOST:PORT/DBNAME"
         )
     if not url:
         raise InvalidArgument("empty store URL: use sqlite:///PATH")

@@ -1,8 +1,9 @@
 """SQL as data: numbered migration files and named queries, read from a package's resources.
 
-A backend's SQL lives in one package (`coordinator.store.sql.sqlite`): `NNNN_name.sql` files are
-migrations, applied in version order, each once and in its own transaction; `queries.sql` holds
-the named queries the store runs (`-- name: <name>` starts each).
+A backend's SQL lives in one package (`coordinator.store.sql.sqlite`, `...postgres`):
+`NNNN_name.sql` files are migrations, applied in version order, each once; `queries.sql` holds
+the named queries the store runs (`-- name: <name>` starts each), beside the ones both dialects
+run as they are (`coordinator/store/sql/shared_queries.sql`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 import aiosqlite
 
 from coordinator.errors import StoreError
 
+SQL_PACKAGE = "coordinator.store.sql"
+SHARED_QUERIES = "shared_queries.sql"
 SQLITE_SQL_PACKAGE = "coordinator.store.sql.sqlite"
+POSTGRES_SQL_PACKAGE = "coordinator.store.sql.postgres"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.sql$")
 _QUERY_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -31,13 +36,15 @@ class Migration:
     statements: tuple[str, ...]
 
 
-def load_migrations(package: str = SQLITE_SQL_PACKAGE) -> list[Migration]:
+def load_migrations(package: str = SQLITE_SQL_PACKAGE, *, split: bool = True) -> list[Migration]:
+    """With `split=False` each script stays one statement (PostgreSQL runs a whole script)."""
     migrations: list[Migration] = []
     for entry in resources.files(package).iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
             script = entry.read_text(encoding="utf-8")
-            migrations.append(Migration(int(match[1]), entry.name, split_statements(script)))
+            statements = split_statements(script) if split else (script,)
+            migrations.append(Migration(int(match[1]), entry.name, statements))
     migrations.sort(key=lambda m: m.version)
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
@@ -69,13 +76,31 @@ def _strip_comments(sql: str) -> str:
 
 
 def load_queries(package: str = SQLITE_SQL_PACKAGE) -> Mapping[str, str]:
-    text = resources.files(package).joinpath("queries.sql").read_text(encoding="utf-8")
-    parts = _QUERY_NAME.split(text)
+    """The package's `queries.sql` and the queries both dialects share (`shared_queries.sql`)."""
+    own = _parse_queries(resources.files(package).joinpath("queries.sql"), package)
+    shared = _parse_queries(resources.files(SQL_PACKAGE).joinpath(SHARED_QUERIES), SQL_PACKAGE)
+    if both := sorted(own.keys() & shared.keys()):
+        raise StoreError(f"{package}/queries.sql repeats shared queries: {both}")
+    return {**shared, **own}
+
+
+def _parse_queries(source: Traversable, where: str) -> dict[str, str]:
+    parts = _QUERY_NAME.split(source.read_text(encoding="utf-8"))
     # parts = [preamble, name1, body1, name2, body2, ...]
     queries = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
     if len(queries) != len(parts) // 2:
-        raise StoreError(f"a query name is used twice in {package}/queries.sql")
+        raise StoreError(f"a query name is used twice in {where}/{source.name}")
     return queries
+
+
+def check_known(applied: set[int], migrations: list[Migration]) -> None:
+    """Refuse a database migrated by a newer postroom."""
+    known = {m.version for m in migrations}
+    if applied - known:
+        raise StoreError(
+            f"the database has schema versions {sorted(applied - known)} that this postroom does "
+            f"not know (it knows up to {max(known, default=0)}); upgrade postroom"
+        )
 
 
 async def apply_migrations(
@@ -88,12 +113,7 @@ async def apply_migrations(
     """
     await conn.execute(queries["create_schema_migrations"])
     applied = {row[0] for row in await conn.execute_fetchall(queries["applied_migrations"])}
-    known = {m.version for m in migrations}
-    if applied - known:
-        raise StoreError(
-            f"the database has schema versions {sorted(applied - known)} that this postroom does "
-            f"not know (it knows up to {max(known, default=0)}); upgrade postroom"
-        )
+    check_known(applied, migrations)
     done: list[int] = []
     for migration in migrations:
         if migration.version in applied:

@@ -1,0 +1,113 @@
+-- Named queries of the PostgreSQL store (with ../shared_queries.sql): the SQLite store's, by the
+-- same names and with the same :named parameters, which coordinator/store/postgres.py numbers
+-- $1, $2... when it loads them (::type casts are left alone). Lists of values come as one JSON
+-- array, unpacked with json_array_elements_text. Parameters only tested against NULL are cast,
+-- so the server knows their type.
+
+-- name: update_post
+-- Compare-and-set: :expected is "|STATUS|STATUS|"; a miss changes no row and raises PRCAS.
+WITH hit AS (UPDATE posts SET
+    text = :text, media = :media, targets = :targets, scheduled_at = :scheduled_at,
+    status = :status, content_hash = :content_hash, created_at = :created_at,
+    updated_at = :updated_at, approved_hash = :approved_hash, approved_by = :approved_by,
+    max_attempts = :max_attempts, require_confirm = :require_confirm
+WHERE id = :id AND strpos(:expected, '|' || status || '|') > 0 RETURNING 1)
+SELECT postroom_missed('post_writes') WHERE NOT EXISTS (SELECT FROM hit);
+
+-- name: update_job
+-- Compare-and-set on (status, lease_epoch): :expected is "|STATUS|STATUS|"; a miss raises PRCAS.
+WITH hit AS (UPDATE jobs SET
+    post_id = :post_id, platform = :platform, account = :account, status = :status,
+    idempotency_key = :idempotency_key, platform_key = :platform_key,
+    content_hash = :content_hash, text = :text, media = :media, scheduled_at = :scheduled_at,
+    created_at = :created_at, updated_at = :updated_at, not_before = :not_before,
+    max_attempts = :max_attempts, attempt = :attempt, rate_limited_count = :rate_limited_count,
+    lease_epoch = :lease_epoch, device_id = :device_id, lease_expires_at = :lease_expires_at,
+    committed_epoch = :committed_epoch, verify_first = :verify_first,
+    require_confirm = :require_confirm, last_error_class = :last_error_class,
+    last_error = :last_error, result_post_id = :result_post_id, result_url = :result_url,
+    resolved_by = :resolved_by
+WHERE id = :id AND lease_epoch = :expected_epoch AND strpos(:expected, '|' || status || '|') > 0
+RETURNING 1)
+SELECT postroom_missed('job_writes') WHERE NOT EXISTS (SELECT FROM hit);
+
+-- name: upsert_run
+-- ON CONFLICT DO UPDATE keeps the row and its seq, which orders a job's runs.
+INSERT INTO runs (
+    id, job_id, attempt, device_id, lease_epoch, started_at, ended_at, outcome, error_class,
+    error, committed, failed_step
+) VALUES (
+    :id, :job_id, :attempt, :device_id, :lease_epoch, :started_at, :ended_at, :outcome,
+    :error_class, :error, :committed, :failed_step
+) ON CONFLICT (id) DO UPDATE SET
+    job_id = excluded.job_id, attempt = excluded.attempt, device_id = excluded.device_id,
+    lease_epoch = excluded.lease_epoch, started_at = excluded.started_at,
+    ended_at = excluded.ended_at, outcome = excluded.outcome, error_class = excluded.error_class,
+    error = excluded.error, committed = excluded.committed, failed_step = excluded.failed_step;
+
+-- name: lock_audit
+-- Held to the end of the batch's transaction: batches that write audit events number them one
+-- at a time, so seqs are handed out in commit order. Readers are not blocked.
+LOCK TABLE audit_events IN SHARE ROW EXCLUSIVE MODE;
+
+-- name: insert_audit
+INSERT INTO audit_events (seq, at, action, subject_id, actor, details_json, execution_time_ms)
+VALUES (:seq, :at, :action, :subject_id, :actor, :details_json, :execution_time_ms);
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION
+);
+
+-- name: lock_schema_migrations
+-- Two processes opening one fresh database: the second waits, then finds the versions applied.
+LOCK TABLE schema_migrations IN EXCLUSIVE MODE;
+
+-- name: list_posts
+SELECT * FROM posts
+WHERE (:status::text IS NULL OR status = :status)
+  AND (:before_at::float8 IS NULL OR (created_at, id) < (:before_at, :before_id::text))
+ORDER BY created_at DESC, id DESC
+LIMIT CASE WHEN :limit < 0 THEN NULL ELSE :limit END OFFSET greatest(:offset, 0);
+
+-- name: jobs_for_posts
+SELECT * FROM jobs
+WHERE post_id IN (SELECT value FROM json_array_elements_text(:post_ids::json))
+ORDER BY created_at, id;
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE (:status::text IS NULL OR status = :status)
+  AND (:platform = '' OR platform = :platform)
+  AND (:account = '' OR account = :account)
+  AND (:post_id = '' OR post_id = :post_id)
+  AND (:device_id = '' OR device_id = :device_id)
+  AND (:before_at::float8 IS NULL OR (created_at, id) < (:before_at, :before_id::text))
+ORDER BY created_at DESC, id DESC
+LIMIT CASE WHEN :limit < 0 THEN NULL ELSE :limit END OFFSET greatest(:offset, 0);
+
+-- name: load_active_jobs
+SELECT * FROM jobs
+WHERE status IN (SELECT value FROM json_array_elements_text(:statuses::json))
+ORDER BY created_at, id;
+
+-- name: job_states_in
+-- What a failed batch is diagnosed against: the rows it named, as they are now.
+SELECT id, status, lease_epoch, idempotency_key FROM jobs
+WHERE id IN (SELECT value FROM json_array_elements_text(:ids::json))
+   OR idempotency_key IN (SELECT value FROM json_array_elements_text(:keys::json));
+
+-- name: post_states_in
+SELECT id, status FROM posts WHERE id IN (SELECT value FROM json_array_elements_text(:ids::json));
+
+-- name: runs_for_job
+SELECT * FROM runs WHERE job_id = :job_id ORDER BY started_at, seq;
+
+-- name: list_audit
+SELECT * FROM audit_events
+WHERE seq > :after_seq
+  AND (:since::float8 IS NULL OR at >= :since)
+  AND (:subject_id = '' OR subject_id = :subject_id)
+  AND (:action = '' OR action = :action)
+ORDER BY seq
+LIMIT CASE WHEN :limit < 0 THEN NULL ELSE :limit END;

@@ -1,0 +1,287 @@
+"""SqlStore: what the SQLite and PostgreSQL stores share, written once.
+
+Both backends run the same named queries (one `queries.sql` per dialect, same names, same
+`:named` parameters bound from the dicts of rows.py). A backend supplies the connection and the
+dialect: how a query runs (`_rows`, `_many`, `_cas`), how audit events get their seq, and its
+transactions (`apply`). What is the same is here: the order in which a batch is written, how a
+miss is diagnosed once the batch is rolled back, and the mapping of every read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from coordinator.access.records import DeviceEnrollment, OperatorToken
+from coordinator.domain import (
+    ACTIVE_JOB_STATUSES,
+    AuditEvent,
+    DeviceRecord,
+    GateRecord,
+    Job,
+    JobStatus,
+    Post,
+    PostStatus,
+    Run,
+)
+from coordinator.errors import ConcurrentUpdate, NotFound
+from coordinator.store import access_rows, cas, rows
+from coordinator.store.base import Cursor, JobFilter, WriteBatch
+from coordinator.store.rows import Params, Row
+
+Conn = TypeVar("Conn")
+
+# DeletePost's statements, in order: a post's screenshot and step-log rows, runs, jobs, the post.
+DELETE_POST_STAGES = (
+    "delete_post_screenshots",
+    "delete_post_logs",
+    "delete_post_runs",
+    "delete_post_jobs",
+    "delete_post",
+)
+
+
+def _cursor(before: Cursor | None) -> Params:
+    """A page cursor as query parameters (both NULL: from the start)."""
+    at, row_id = before if before is not None else (None, None)
+    return {"before_at": at, "before_id": row_id}
+
+
+class Missed(Exception):
+    """A stage of a batch missed (a compare-and-set changed no row, or an insert clashed)."""
+
+    def __init__(self, stage: str, cause: BaseException | None = None) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.cause = cause
+
+
+# (stage, query name, one parameter dict per row, compare-and-set?)
+_Stage = tuple[str, str, list[Params], bool]
+
+
+def _stages_before_audits(batch: WriteBatch) -> list[_Stage]:
+    post_writes = [
+        {**rows.post_params(w.post), "expected": cas.status_token(w.expected_statuses)}
+        for w in batch.post_writes
+    ]
+    job_writes = [
+        {
+            **rows.job_params(w.job),
+            "expected": cas.status_token(w.expected_statuses),
+            "expected_epoch": w.expected_epoch,
+        }
+        for w in batch.job_writes
+    ]
+    return [
+        ("new_posts", "insert_post", [rows.post_params(p) for p in batch.new_posts], False),
+        ("post_writes", "update_post", post_writes, True),
+        ("new_jobs", "insert_job", [rows.job_params(j) for j in batch.new_jobs], False),
+        ("job_writes", "update_job", job_writes, True),
+        ("runs", "upsert_run", [rows.run_params(r) for r in batch.runs], False),
+        ("logs", "insert_log", [rows.log_params(run, e) for run, e in batch.logs], False),
+        (
+            "screenshots",
+            "insert_screenshot",
+            [rows.screenshot_params(run, shot) for run, shot in batch.screenshots],
+            False,
+        ),
+    ]
+
+
+def _stages_after_audits(batch: WriteBatch) -> list[_Stage]:
+    tokens = [access_rows.operator_token_params(t) for t in batch.operator_tokens]
+    enrollments = [access_rows.enrollment_params(e) for e in batch.enrollments]
+    deleted: list[Params] = [{"post_id": post_id} for post_id in batch.deleted_posts]
+    return [
+        ("devices", "upsert_device", [rows.device_params(d) for d in batch.devices], False),
+        ("gates", "upsert_gate", [rows.gate_params(g) for g in batch.gates], False),
+        ("operator_tokens", "upsert_operator_token", tokens, False),
+        ("enrollments", "upsert_enrollment", enrollments, False),
+        # Children first: no row is left without its parent.
+        *((stage, stage, deleted, False) for stage in DELETE_POST_STAGES),
+    ]
+
+
+class SqlStore(ABC, Generic[Conn]):
+    # -- what a dialect supplies ----------------------------------------------------------
+
+    @abstractmethod
+    async def _rows(self, conn: Conn, name: str, params: Params | None = None) -> list[Row]:
+        """Run a named query on `conn`; its rows."""
+
+    @abstractmethod
+    async def _many(self, conn: Conn, stage: str, name: str, params: Sequence[Params]) -> None:
+        """Run a named statement once per dict; a unique clash raises Missed(stage)."""
+
+    @abstractmethod
+    async def _cas(self, conn: Conn, stage: str, name: str, params: Sequence[Params]) -> None:
+        """As _many, and Missed(stage) unless every statement changed its row."""
+
+    @abstractmethod
+    async def _insert_audits(self, conn: Conn, params: Sequence[Params]) -> list[int]:
+        """Insert audit rows numbered after every stored one, consecutively; their seqs."""
+
+    @abstractmethod
+    async def _read(self, queries: Sequence[tuple[str, Params]]) -> list[list[Row]]:
+        """Run named queries on one connection, all seeing the same committed state."""
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def _write(self, conn: Conn, batch: WriteBatch) -> list[int]:
+        """Every row of the batch, inside the caller's transaction; the audit events' seqs."""
+        await self._run_stages(conn, _stages_before_audits(batch))
+        seqs: list[int] = []
+        if batch.audits:
+            seqs = await self._insert_audits(conn, [rows.audit_params(e) for e in batch.audits])
+        await self._run_stages(conn, _stages_after_audits(batch))
+        return seqs
+
+    async def _run_stages(self, conn: Conn, stages: list[_Stage]) -> None:
+        for stage, name, params, compare_and_set in stages:
+            if params:
+                run = self._cas if compare_and_set else self._many
+                await run(conn, stage, name, params)
+
+    async def _diagnose(self, conn: Conn, batch: WriteBatch, missed: Missed) -> ConcurrentUpdate:
+        """Name the row that made the (rolled back) batch miss, from the rows as stored."""
+        error: ConcurrentUpdate | None = None
+        if missed.stage in ("new_posts", "post_writes"):
+            ids = [p.id for p in batch.new_posts] + [w.post.id for w in batch.post_writes]
+            found = await self._rows(conn, "post_states_in", {"ids": rows.dumps(ids)})
+            stored = {r["id"]: PostStatus(r["status"]) for r in found}
+            if missed.stage == "new_posts":
+                error = cas.first_post_clash(batch.new_posts, stored)
+            else:
+                stored.update({p.id: p.status for p in batch.new_posts})
+                error = cas.first_post_miss(batch.post_writes, stored)
+        elif missed.stage in ("new_jobs", "job_writes"):
+            jobs = batch.new_jobs + [w.job for w in batch.job_writes]
+            found = await self._rows(
+                conn,
+                "job_states_in",
+                {
+                    "ids": rows.dumps([j.id for j in jobs]),
+                    "keys": rows.dumps([j.idempotency_key for j in jobs]),
+                },
+            )
+            if missed.stage == "new_jobs":
+                keys = [r["idempotency_key"] for r in found]
+                error = cas.first_job_clash(batch.new_jobs, [r["id"] for r in found], keys)
+            else:
+                states = {r["id"]: (JobStatus(r["status"]), r["lease_epoch"]) for r in found}
+                states.update({j.id: (j.status, j.lease_epoch) for j in batch.new_jobs})
+                error = cas.first_job_miss(batch.job_writes, states)
+        if error is None:  # e.g. a job write that took another job's idempotency key
+            cause = f": {missed.cause}" if missed.cause else ""
+            error = ConcurrentUpdate(f"a batch clashed with stored rows in {missed.stage}{cause}")
+        return error
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def _fetch(self, name: str, params: Params | None = None) -> list[Row]:
+        return (await self._read([(name, params or {})]))[0]
+
+    async def get_post(self, post_id: str) -> Post:
+        found = await self._fetch("get_post", {"id": post_id})
+        if not found:
+            raise NotFound(f"post {post_id} not found")
+        return rows.post_from_row(found[0])
+
+    async def list_posts(
+        self, *, status: PostStatus | None, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Post]:
+        params = {"status": None if status is None else status.value, "limit": limit}
+        found = await self._fetch("list_posts", {**params, "offset": offset, **_cursor(before)})
+        return [rows.post_from_row(r) for r in found]
+
+    async def get_job(self, job_id: str) -> Job:
+        found = await self._fetch("get_job", {"id": job_id})
+        if not found:
+            raise NotFound(f"job {job_id} not found")
+        return rows.job_from_row(found[0])
+
+    async def get_job_by_key(self, idempotency_key: str) -> Job | None:
+        found = await self._fetch("get_job_by_key", {"key": idempotency_key})
+        return rows.job_from_row(found[0]) if found else None
+
+    async def jobs_for_post(self, post_id: str) -> list[Job]:
+        return [
+            rows.job_from_row(r) for r in await self._fetch("jobs_for_post", {"post_id": post_id})
+        ]
+
+    async def jobs_for_posts(self, post_ids: Sequence[str]) -> list[Job]:
+        found = await self._fetch("jobs_for_posts", {"post_ids": rows.dumps(list(post_ids))})
+        return [rows.job_from_row(r) for r in found]
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int, offset: int, before: Cursor | None = None
+    ) -> list[Job]:
+        params = {
+            "status": None if flt.status is None else flt.status.value,
+            "platform": flt.platform,
+            "account": flt.account,
+            "post_id": flt.post_id,
+            "device_id": flt.device_id,
+            "limit": limit,
+            "offset": offset,
+            **_cursor(before),
+        }
+        return [rows.job_from_row(r) for r in await self._fetch("list_jobs", params)]
+
+    async def load_active_jobs(self) -> list[Job]:
+        statuses = rows.dumps(sorted(s.value for s in ACTIVE_JOB_STATUSES))
+        found = await self._fetch("load_active_jobs", {"statuses": statuses})
+        return [rows.job_from_row(r) for r in found]
+
+    async def get_runs(self, job_id: str) -> list[Run]:
+        params = {"job_id": job_id}
+        found_runs, logs, shots = await self._read(
+            [("runs_for_job", params), ("logs_for_job", params), ("screenshots_for_job", params)]
+        )
+        runs = [rows.run_from_row(r) for r in found_runs]
+        by_id = {run.id: run for run in runs}
+        for row in logs:
+            by_id[row["run_id"]].logs.append(rows.log_from_row(row))
+        for row in shots:
+            by_id[row["run_id"]].screenshots.append(rows.screenshot_from_row(row))
+        return runs
+
+    async def list_audit(
+        self, *, since: float | None, subject_id: str, action: str, after_seq: int, limit: int
+    ) -> list[AuditEvent]:
+        params: dict[str, Any] = {
+            "since": since,
+            "subject_id": subject_id,
+            "action": action,
+            "after_seq": after_seq,
+            "limit": limit,
+        }
+        return [rows.audit_from_row(r) for r in await self._fetch("list_audit", params)]
+
+    async def last_audit_seq(self) -> int:
+        return int((await self._fetch("last_audit_seq"))[0]["n"])
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        return [rows.device_from_row(r) for r in await self._fetch("list_devices")]
+
+    async def list_gates(self) -> list[GateRecord]:
+        return [rows.gate_from_row(r) for r in await self._fetch("list_gates")]
+
+    async def count_jobs(self) -> Mapping[tuple[JobStatus, str], int]:
+        found = await self._fetch("count_jobs")
+        return {(JobStatus(r["status"]), r["platform"]): r["n"] for r in found}
+
+    async def count_commits_since(self, platform: str, account: str, since: float) -> int:
+        """Runs granted a commit permit that *started* at or after `since` (see queries.sql)."""
+        params = {"platform": platform, "account": account, "since": since}
+        found = await self._fetch("count_commits_since", params)
+        return int(found[0]["n"])
+
+    async def list_operator_tokens(self) -> list[OperatorToken]:
+        found = await self._fetch("list_operator_tokens")
+        return [access_rows.operator_token_from_row(r) for r in found]
+
+    async def list_enrollments(self) -> list[DeviceEnrollment]:
+        return [access_rows.enrollment_from_row(r) for r in await self._fetch("list_enrollments")]
