@@ -33,6 +33,7 @@ from coordinator.options import ServerOptions, parse_args
 from coordinator.publishing import PublishingService
 from coordinator.reflection import enable_reflection
 from coordinator.store import SqliteStore, Store, open_store
+from coordinator.store.postgres import redacted
 from postroom.address import split_host_port
 from postroom.clock import SystemClock
 from postroom.logs import configure_logging
@@ -151,7 +152,7 @@ async def _load(opts: ServerOptions) -> _Parts:
         store = open_store(opts.db)
         await store.open()
     except CoordinatorError as exc:  # a bad URL, a database that cannot be opened
-        raise StartupError(f"--db {opts.db}: {exc}") from exc
+        raise StartupError(f"--db {redacted(opts.db)}: {exc}") from exc
     registry = CollectorRegistry()
     provider = make_tracer_provider("postroom-coordinator")
     coordinator = Coordinator(
@@ -240,7 +241,7 @@ def _announce(opts: ServerOptions, parts: _Parts, port: int, metrics: MetricsSer
     """The start-up lines, and the ready file scripts wait for (written whole, then renamed)."""
     host = opts.listen.rpartition(":")[0] or "127.0.0.1"
     print(
-        f"coordinator listening on {host}:{port} (metrics {metrics.url}, db {opts.db})",
+        f"coordinator listening on {host}:{port} (metrics {metrics.url}, db {redacted(opts.db)})",
         flush=True,
     )
     print(opts.security.describe(parts.coordinator.credentials), flush=True)

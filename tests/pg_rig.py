@@ -93,7 +93,7 @@ async def empty_tables(url: str) -> None:
         await conn.close()
 
 
-def _run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
+def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run on an event loop of its own thread: the caller may be inside a running loop (an async
     fixture asking for pg_database through request.getfixturevalue)."""
     with ThreadPoolExecutor(1) as pool:
@@ -103,8 +103,8 @@ def _run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """One database for the whole run (tests empty it with empty_tables); its URL."""
-    name = _run_apart(create_database())
+    name = run_apart(create_database())
     try:
         yield database_url(name)
     finally:
-        _run_apart(drop_database(name))
+        run_apart(drop_database(name))

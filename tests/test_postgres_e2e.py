@@ -1,0 +1,60 @@
+"""End to end on PostgreSQL: `coordinator --db postgresql://...` as a real process, with the
+sandbox and real workers. The coordinator is SIGKILLed with jobs in flight and started again on
+the same database: every post is published once, none lost, none twice (the scenario of
+test_e2e_processes.py, run as it is, on a database of its own on the PostgreSQL server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from pg_rig import create_database, database_url, drop_database, run_apart
+from test_e2e_processes import (
+    admin,
+    client,
+)
+from test_e2e_processes import (
+    test_coordinator_killed_with_jobs_in_flight_then_every_post_published_once as killed_scenario,
+)
+
+from postroom_cli.client import PublishingClient
+from postroom_cli.cluster import ClusterConfig, LocalCluster
+from sandbox.admin import SandboxAdmin
+
+__all__ = ["admin", "client"]  # fixtures of test_e2e_processes.py, served by this cluster
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    name = run_apart(create_database())
+    try:
+        yield database_url(name)
+    finally:
+        run_apart(drop_database(name))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[LocalCluster]:
+    config = ClusterConfig(heartbeat_interval_s=0.5, lease_ttl_s=2.0, retry_initial_s=0.3)
+    with LocalCluster(tmp_path_factory.mktemp("pg-e2e"), config) as c:
+        c.db_url = pg_url
+        c.start_sandbox()
+        c.start_coordinator()
+        yield c
+
+
+async def _succeeded_jobs(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'SUCCEEDED'"))
+    finally:
+        await conn.close()
+
+
+def test_coordinator_on_postgres_killed_mid_flight_then_every_post_published_once(
+    cluster: LocalCluster, client: PublishingClient, admin: SandboxAdmin, pg_url: str
+) -> None:
+    killed_scenario(cluster, client, admin)
+    # What the operators saw came from PostgreSQL: the jobs are there, all succeeded.
+    assert run_apart(_succeeded_jobs(pg_url)) == 12
