@@ -97,6 +97,21 @@ chaos: install
 chaos-partitions: install
 	$(PY) -m bench.chaos --posts 1000 --workers 4 --seed $${SEED:-1} --partitions $(ARGS)
 
+# postroom side by side with Celery, arq and procrastinate (../shared/bench-peers/README.md,
+# ~12 min): this commit, cloned and installed in $TMPDIR/peerbench/postroom, against the peers;
+# the report lands in bench/peers-RESULTS.md and bench/peers-results.json and its ratios join the
+# history in bench/results.json (`peer_runs`). `make bench-peers ARGS=--quick`: a 1-minute smoke
+# run, not added to the history.
+.PHONY: bench-peers
+PEER_BENCH_DIR ?= ../shared/bench-peers
+PEER_BENCH_CLONE = $${TMPDIR:-/tmp}/peerbench/postroom
+bench-peers: install
+	rm -rf "$(PEER_BENCH_CLONE)" && git clone -q . "$(PEER_BENCH_CLONE)"
+	$(MAKE) -C "$(PEER_BENCH_CLONE)" install
+	bash $(PEER_BENCH_DIR)/run.sh --out "$(CURDIR)/bench/peers-RESULTS.md" \
+	  --json "$(CURDIR)/bench/peers-results.json" $(ARGS)
+	$(PY) -m bench.peers fold bench/peers-results.json --results bench/results.json
+
 # Hostile-input tests with many more generated inputs (FUZZ_EXAMPLES per RPC and per test;
 # the suite runs 100); the inputs tried per RPC and per worker message land in fuzz-report.jsonl.
 .PHONY: fuzz

@@ -170,15 +170,7 @@ def soak(
     with contextlib.ExitStack() as stack:
         # The cluster stops before the lab goes: its workers live in the lab's namespaces.
         lab = stack.enter_context(NetLab()) if partitions else None
-        config = ClusterConfig(
-            heartbeat_interval_s=0.5,
-            lease_ttl_s=1.5,
-            retry_initial_s=0.2,
-            coordinator_args=("--retry-max", "2"),
-            worker_args=("--request-timeout-s", "1"),
-            host=lab.hub if lab is not None else "127.0.0.1",
-        )
-        cluster = stack.enter_context(LocalCluster(workdir, config))
+        cluster = stack.enter_context(LocalCluster(workdir, _config(lab)))
         cluster.start_sandbox()
         cluster.start_coordinator()
         nodes = {name: lab.add_node(name) for name in names} if lab is not None else {}
@@ -199,19 +191,7 @@ def soak(
             # Publish in small batches so the posts and the chaos overlap.
             batch = min(posts - created, max(1, posts // 20))
             if batch > 0:
-                try:
-                    with cluster.client(timeout_s=5) as client:
-                        for _ in range(batch):
-                            targets = rng.sample(account_names, k=rng.randint(1, 3))
-                            cluster.publish(
-                                client,
-                                f"soak post {created} seed {seed}",
-                                [f"sandbox:{a}" for a in targets],
-                                max_attempts=6,
-                            )
-                            created += 1
-                except Exception as exc:  # the coordinator may be restarting: try again later
-                    say(f"  publish paused: {exc.__class__.__name__}")
+                created = _publish(cluster, rng, account_names, seed, created, batch, say)
             cuts.heal_due(time.monotonic())
             if time.monotonic() >= chaos_end:
                 cuts.heal_all()
@@ -221,26 +201,75 @@ def soak(
             _one_disruption(rng, cluster, names, paused, report, start, cuts)
             time.sleep(rng.uniform(0.2, 0.6))
         cuts.heal_all()
-        for name, child in cluster.workers.items():
-            child.resume()
-            if not child.alive():
-                start(name)
-        if cluster.coordinator is None or not cluster.coordinator.alive():
-            cluster.start_coordinator()
+        _restore(cluster, start)
         admin.clear_faults()
         report.posts = created
         say(f"  chaos over after {time.monotonic() - started:.1f}s; draining")
         drain_started = time.monotonic()
-        jobs = _drain(cluster, drain_timeout_s)
+        _drain(cluster, drain_timeout_s)
         report.drain_s = time.monotonic() - drain_started
-        with cluster.client(timeout_s=30) as client:
-            jobs = all_jobs(client)
-            seqs = all_audit_seqs(client)
-            check(report, jobs, admin.posts(), seqs)
-            check_failures(report, client, jobs)
-        admin.close()
+        _verify(cluster, admin, report)
     report.wall_s = time.monotonic() - started
     return report
+
+
+def _config(lab: NetLab | None) -> ClusterConfig:
+    """Short heartbeats, leases and retries, so that many faults fit in a short soak."""
+    return ClusterConfig(
+        heartbeat_interval_s=0.5,
+        lease_ttl_s=1.5,
+        retry_initial_s=0.2,
+        coordinator_args=("--retry-max", "2"),
+        worker_args=("--request-timeout-s", "1"),
+        host=lab.hub if lab is not None else "127.0.0.1",
+    )
+
+
+def _publish(
+    cluster: LocalCluster,
+    rng: random.Random,
+    accounts: list[str],
+    seed: int,
+    created: int,
+    batch: int,
+    say: Callable[[str], None],
+) -> int:
+    """Up to `batch` more soak posts, each to 1-3 random accounts; the count created so far."""
+    try:
+        with cluster.client(timeout_s=5) as client:
+            for _ in range(batch):
+                targets = rng.sample(accounts, k=rng.randint(1, 3))
+                cluster.publish(
+                    client,
+                    f"soak post {created} seed {seed}",
+                    [f"sandbox:{a}" for a in targets],
+                    max_attempts=6,
+                )
+                created += 1
+    except Exception as exc:  # the coordinator may be restarting: try again later
+        say(f"  publish paused: {exc.__class__.__name__}")
+    return created
+
+
+def _restore(cluster: LocalCluster, start: Callable[[str], None]) -> None:
+    """Every worker running again (paused ones resumed, killed ones restarted), and the
+    coordinator."""
+    for name, child in cluster.workers.items():
+        child.resume()
+        if not child.alive():
+            start(name)
+    if cluster.coordinator is None or not cluster.coordinator.alive():
+        cluster.start_coordinator()
+
+
+def _verify(cluster: LocalCluster, admin: SandboxAdmin, report: SoakReport) -> None:
+    """The invariants, read from the coordinator and the sandbox once everything drained."""
+    with cluster.client(timeout_s=30) as client:
+        jobs = all_jobs(client)
+        seqs = all_audit_seqs(client)
+        check(report, jobs, admin.posts(), seqs)
+        check_failures(report, client, jobs)
+    admin.close()
 
 
 class _Partitions:

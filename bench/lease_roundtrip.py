@@ -153,23 +153,11 @@ async def run_worker(address: str, n: int, slots: int) -> float:
             async for msg in call:
                 kind = msg.WhichOneof("msg")
                 if kind == "assign":
-                    job, epoch = msg.assign.job_id, msg.assign.lease_epoch
-                    held[job] = epoch
-                    outbox.put_nowait(
-                        wg.WorkerMessage(ack=wg.AssignAck(job_id=job, lease_epoch=epoch))
-                    )
-                    req = wg.CommitRequest(job_id=job, lease_epoch=epoch)
-                    outbox.put_nowait(wg.WorkerMessage(commit_request=req))
+                    held[msg.assign.job_id] = msg.assign.lease_epoch
+                    for answer in _ack_and_ask(msg.assign):
+                        outbox.put_nowait(answer)
                 elif kind == "commit_grant":
-                    g = msg.commit_grant
-                    result = wg.JobResult(
-                        job_id=g.job_id,
-                        lease_epoch=g.lease_epoch,
-                        success=True,
-                        platform_post_id=f"rt-{g.job_id}",
-                        url=f"https://sandbox.test/{g.job_id}",
-                    )
-                    outbox.put_nowait(wg.WorkerMessage(result=result))
+                    outbox.put_nowait(_succeeded(msg.commit_grant))
                 elif kind == "result_ack":
                     held.pop(msg.result_ack.job_id, None)
                     if not msg.result_ack.accepted:
@@ -190,6 +178,26 @@ async def run_worker(address: str, n: int, slots: int) -> float:
                 heartbeat.cancel()
             call.cancel()
     raise RuntimeError(f"stream ended after {done} of {n} round trips")
+
+
+def _ack_and_ask(assign: wg.Assign) -> tuple[wg.WorkerMessage, wg.WorkerMessage]:
+    """A job's acknowledgement and, at once, its commit request (a no-op job prepares nothing)."""
+    job, epoch = assign.job_id, assign.lease_epoch
+    return (
+        wg.WorkerMessage(ack=wg.AssignAck(job_id=job, lease_epoch=epoch)),
+        wg.WorkerMessage(commit_request=wg.CommitRequest(job_id=job, lease_epoch=epoch)),
+    )
+
+
+def _succeeded(grant: wg.CommitGrant) -> wg.WorkerMessage:
+    result = wg.JobResult(
+        job_id=grant.job_id,
+        lease_epoch=grant.lease_epoch,
+        success=True,
+        platform_post_id=f"rt-{grant.job_id}",
+        url=f"https://sandbox.test/{grant.job_id}",
+    )
+    return wg.WorkerMessage(result=result)
 
 
 async def _heartbeats(

@@ -21,7 +21,6 @@ the machine skews every figure: the load average is recorded with each run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from rich.table import Table
 
 from bench import browser, dispatch, recovery, screenshot, sessions, store_bench, throughput
 from bench.common import Context, Figure, load_average, machine_info, say, uptime_line
+from bench.peers import write_results
 from bench.profile import py_spy
 
 STORE_FLOOR = 2 * throughput.TARGET_JOBS_PER_S
@@ -113,7 +113,7 @@ def table(figures: list[Figure]) -> Table:
     return t
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
         description=__doc__,
@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=None, help="runs per item (default 3; 1 if --quick)")
     p.add_argument("--no-profile", action="store_true", help="skip item 1's profiled run")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs and databases here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     a = p.parse_args(argv)
     selected = sorted({int(x) for x in a.only.split(",") if x.strip()} or ITEMS)
     unknown = [i for i in selected if i not in ITEMS]
@@ -141,29 +146,57 @@ def main(argv: list[str] | None = None) -> int:
         f"bench: items {selected}, {runs} run(s) each{' (quick)' if a.quick else ''}; "
         f"{uptime_line()}"
     )
-    figures: list[Figure] = []
-    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="postroom-bench-") as tmp:
-        workroot = a.workdir or Path(tmp)
         # Raw py-spy output stays in the work directory (kept only with --workdir); the JSON
         # gets the summaries.
         ctx = Context(
-            runs=runs, quick=a.quick, workroot=workroot, profile=profile, profile_dir=a.workdir
+            runs=runs,
+            quick=a.quick,
+            workroot=a.workdir or Path(tmp),
+            profile=profile,
+            profile_dir=a.workdir,
         )
-        for item in selected:
-            name, fn = ITEMS[item]
-            say(f"item {item}: {name} ({uptime_line()})")
-            t0 = time.monotonic()
-            try:
-                figures += fn(ctx)
-            except Exception as exc:
-                errors[str(item)] = traceback.format_exc()
-                say(f"item {item} failed: {exc!r}")
-                failed = Figure(str(item), f"item{item}", f"{name} (failed)", "")
-                failed.error = repr(exc)
-                figures.append(failed)
-            say(f"item {item} took {time.monotonic() - t0:.0f} s")
+        figures, errors = _run_items(selected, ctx)
+    _print(figures, ctx)
+    if a.out is not None:
+        doc: dict[str, Any] = {
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "duration_s": round(time.time() - started, 1),
+            "command": " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)]),
+            "quick": a.quick,
+            "runs": runs,
+            "machine": machine_info(),
+            "load_average": {"start": load_start, "end": load_average()},
+            "items": [f.to_json() for f in figures],
+            "errors": errors,
+            **ctx.results,
+        }
+        write_results(a.out, doc)
+        say(f"wrote {a.out}")
+    return 1 if errors else 0
 
+
+def _run_items(selected: list[int], ctx: Context) -> tuple[list[Figure], dict[str, str]]:
+    """Each selected item in turn; one that fails is an ERROR row, the others still run."""
+    figures: list[Figure] = []
+    errors: dict[str, str] = {}
+    for item in selected:
+        name, fn = ITEMS[item]
+        say(f"item {item}: {name} ({uptime_line()})")
+        t0 = time.monotonic()
+        try:
+            figures += fn(ctx)
+        except Exception as exc:
+            errors[str(item)] = traceback.format_exc()
+            say(f"item {item} failed: {exc!r}")
+            failed = Figure(str(item), f"item{item}", f"{name} (failed)", "")
+            failed.error = repr(exc)
+            figures.append(failed)
+        say(f"item {item} took {time.monotonic() - t0:.0f} s")
+    return figures, errors
+
+
+def _print(figures: list[Figure], ctx: Context) -> None:
     console = Console(width=200)
     console.print(table(figures))
     for f in figures:
@@ -178,24 +211,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n[bold]coordinator profile, {key}[/bold] ({prof['run']['jobs_per_s']}"
                 " jobs/s under py-spy)\n" + render(prof)
             )
-
-    if a.out is not None:
-        doc: dict[str, Any] = {
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "duration_s": round(time.time() - started, 1),
-            "command": " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)]),
-            "quick": a.quick,
-            "runs": runs,
-            "machine": machine_info(),
-            "load_average": {"start": load_start, "end": load_average()},
-            "items": [f.to_json() for f in figures],
-            "errors": errors,
-            **ctx.results,
-        }
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(doc, indent=2) + "\n")
-        say(f"wrote {a.out}")
-    return 1 if errors else 0
 
 
 if __name__ == "__main__":

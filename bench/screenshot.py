@@ -31,83 +31,90 @@ TARGET_MS = 50.0
 
 def one_run(workdir: Path, uploads: int) -> dict[str, Any]:
     with cluster(workdir) as c:
-        address = c.coordinator_address
+        times_ms = asyncio.run(_drive(c.coordinator_address, uploads))
+    files = [p for p in (workdir / "assets").rglob("*") if p.is_file()]
+    return {
+        "uploads": uploads,
+        "size_bytes": SIZE,
+        "chunk_bytes": CHUNK,
+        "median_ms": round(statistics.median(times_ms), 2),
+        "min_ms": round(min(times_ms), 2),
+        "max_ms": round(max(times_ms), 2),
+        "all_ms": [round(t, 2) for t in times_ms],
+        "asset_files": len(files),
+    }
 
-        async def drive() -> dict[str, Any]:
-            channel = grpc.aio.insecure_channel(
-                address, options=[("grpc.max_send_message_length", 4 * 1024 * 1024)]
+
+class _Shooter:
+    """A lean session that holds one job and uploads screenshots for it."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.assigned: asyncio.Future[wg.Assign] = asyncio.get_running_loop().create_future()
+        self.acks: dict[str, asyncio.Future[tuple[wg.ScreenshotAck, float]]] = {}
+        self.session = LeanSession(channel, "shooter", slots=1, on_message=self._on_message)
+
+    def _on_message(self, s: LeanSession, msg: wg.CoordinatorMessage, at: float) -> None:
+        kind = msg.WhichOneof("msg")
+        if kind == "assign" and not self.assigned.done():
+            s.send(ack(msg.assign))
+            self.assigned.set_result(msg.assign)
+        elif kind == "screenshot_ack":
+            fut = self.acks.get(msg.screenshot_ack.upload_id)
+            if fut is not None and not fut.done():
+                fut.set_result((msg.screenshot_ack, at))
+
+    async def upload(self, assign: wg.Assign) -> float:
+        """One fresh 1 MiB upload; milliseconds from its first chunk sent to its ack read."""
+        data = os.urandom(SIZE)
+        digest = hashlib.sha256(data).hexdigest()
+        upload_id = uuid.uuid4().hex
+        fut: asyncio.Future[tuple[wg.ScreenshotAck, float]]
+        fut = self.acks[upload_id] = asyncio.get_running_loop().create_future()
+        chunks = [
+            wg.ScreenshotChunk(
+                job_id=assign.job_id,
+                lease_epoch=assign.lease_epoch,
+                upload_id=upload_id,
+                label="after_publish",
+                content_type="image/png",
+                sha256=digest,
+                total_size=SIZE,
+                offset=off,
+                data=data[off : off + CHUNK],
+                last=off + CHUNK >= SIZE,
             )
-            assigned: asyncio.Future[wg.Assign] = asyncio.get_running_loop().create_future()
-            acks: dict[str, asyncio.Future[tuple[wg.ScreenshotAck, float]]] = {}
+            for off in range(0, SIZE, CHUNK)
+        ]
+        started = time.time()
+        for chunk in chunks:
+            self.session.send(wg.WorkerMessage(screenshot=chunk))
+        result, at = await asyncio.wait_for(fut, 10)
+        if not result.ok:
+            raise RuntimeError(f"screenshot refused: {result.error}")
+        if result.asset_id != digest:
+            raise RuntimeError("the stored asset id is not the upload's sha256")
+        return (at - started) * 1000
 
-            def on_message(s: LeanSession, msg: wg.CoordinatorMessage, at: float) -> None:
-                kind = msg.WhichOneof("msg")
-                if kind == "assign" and not assigned.done():
-                    s.send(ack(msg.assign))
-                    assigned.set_result(msg.assign)
-                elif kind == "screenshot_ack":
-                    fut = acks.get(msg.screenshot_ack.upload_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result((msg.screenshot_ack, at))
 
-            session = LeanSession(channel, "shooter", slots=1, on_message=on_message)
-            await session.start()
-            pubr = Publisher(address)
-            (post_id,) = await pubr.approved_posts(1, ["sandbox:shots"], text="screenshot")
-            await pubr.schedule([post_id], lambda _i: None)
-            await pubr.close()
-            assign = await asyncio.wait_for(assigned, 10)
-            await asyncio.sleep(0.2)  # the ack is committed: the job is RUNNING
-            times_ms: list[float] = []
-            for _ in range(uploads):
-                data = os.urandom(SIZE)
-                digest = hashlib.sha256(data).hexdigest()
-                upload_id = uuid.uuid4().hex
-                fut: asyncio.Future[tuple[wg.ScreenshotAck, float]] = (
-                    asyncio.get_running_loop().create_future()
-                )
-                acks[upload_id] = fut
-                chunks = [
-                    wg.ScreenshotChunk(
-                        job_id=assign.job_id,
-                        lease_epoch=assign.lease_epoch,
-                        upload_id=upload_id,
-                        label="after_publish",
-                        content_type="image/png",
-                        sha256=digest,
-                        total_size=SIZE,
-                        offset=off,
-                        data=data[off : off + CHUNK],
-                        last=off + CHUNK >= SIZE,
-                    )
-                    for off in range(0, SIZE, CHUNK)
-                ]
-                started = time.time()
-                for chunk in chunks:
-                    session.send(wg.WorkerMessage(screenshot=chunk))
-                result, at = await asyncio.wait_for(fut, 10)
-                if not result.ok:
-                    raise RuntimeError(f"screenshot refused: {result.error}")
-                if result.asset_id != digest:
-                    raise RuntimeError("the stored asset id is not the upload's sha256")
-                times_ms.append((at - started) * 1000)
-                await asyncio.sleep(0.05)
-            await session.close()
-            await channel.close(None)
-            stored = workdir / "assets"
-            files = [p for p in stored.rglob("*") if p.is_file()]
-            return {
-                "uploads": uploads,
-                "size_bytes": SIZE,
-                "chunk_bytes": CHUNK,
-                "median_ms": round(statistics.median(times_ms), 2),
-                "min_ms": round(min(times_ms), 2),
-                "max_ms": round(max(times_ms), 2),
-                "all_ms": [round(t, 2) for t in times_ms],
-                "asset_files": len(files),
-            }
-
-        return asyncio.run(drive())
+async def _drive(address: str, uploads: int) -> list[float]:
+    channel = grpc.aio.insecure_channel(
+        address, options=[("grpc.max_send_message_length", 4 * 1024 * 1024)]
+    )
+    shooter = _Shooter(channel)
+    await shooter.session.start()
+    pubr = Publisher(address)
+    (post_id,) = await pubr.approved_posts(1, ["sandbox:shots"], text="screenshot")
+    await pubr.schedule([post_id], lambda _i: None)
+    await pubr.close()
+    assign = await asyncio.wait_for(shooter.assigned, 10)
+    await asyncio.sleep(0.2)  # the ack is committed: the job is RUNNING
+    times_ms: list[float] = []
+    for _ in range(uploads):
+        times_ms.append(await shooter.upload(assign))
+        await asyncio.sleep(0.05)
+    await shooter.session.close()
+    await channel.close(None)
+    return times_ms
 
 
 def run(ctx: Context) -> list[Figure]:

@@ -33,6 +33,7 @@ from bench.common import (
     worker_has_noop,
 )
 from bench.profile import Recorder, render, summarize
+from postroom_cli.cluster import LocalCluster
 
 Variant = Literal["worker", "lean"]
 WORKERS = 4
@@ -57,79 +58,91 @@ def one_run(
     n_jobs = n_posts * TARGETS_PER_POST
     needs_sandbox = variant == "worker" and not noop
     with cluster(workdir, sandbox=needs_sandbox) as c, Children(workdir) as kids:
-        address = c.coordinator_address
-        worker_pids: dict[str, int] = {}
-        if variant == "worker":
-            extra = ["--log-level", "WARNING", *(["--noop"] if noop else [])]
-            names = [f"w{i}" for i in range(WORKERS)]
-            for name in names:
-                worker_pids[name] = c.start_worker(name, concurrency=SLOTS, extra=extra).pid
-            c.wait_online(names)
-        else:
-            procs = [
-                kids.wire(
-                    f"lean{i}",
-                    "complete",
-                    "--address",
-                    address,
-                    "--prefix",
-                    f"lean{i}-",
-                    "--slots",
-                    str(SLOTS),
-                )
-                for i in range(WORKERS)
-            ]
-            for p in procs:
-                p.wait_line("ready")
-                worker_pids[p.name] = p.pid
+        worker_pids = _start_workers(c, kids, variant, noop)
+        out = asyncio.run(_drain(c, n_posts, n_jobs, worker_pids, profile_out))
+    return {"variant": variant, "adapter": "noop" if noop else "sandbox", **out}
 
-        async def drive() -> dict[str, Any]:
-            pubr, ids, prep_s = await _setup_posts(address, n_posts)
-            # SchedulePost is one call per post where preparing was three: twice the estimate,
-            # plus a second, keeps T after the last schedule call on a loaded machine too.
-            t_due = time.time() + 1.0 + 2 * prep_s / 3
-            sched_started = time.time()
-            await pubr.schedule(ids, lambda _i: t_due)
-            slack = t_due - time.time()
-            recorder = None
-            if profile_out is not None:
-                recorder = Recorder(coordinator_pid(c), profile_out)
-            await asyncio.sleep(max(0.0, t_due - 0.05 - time.time()))
-            meter = CpuMeter({"coordinator": coordinator_pid(c), **worker_pids})
-            deadline = time.monotonic() + 600
-            while count_jobs(c.db_url, "SUCCEEDED") < n_jobs:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{n_jobs} jobs not all SUCCEEDED in 600 s")
-                await asyncio.sleep(0.05)
-            cpu = meter.percent()
-            if recorder is not None:
-                recorder.stop()
-            leased = await pubr.audit_times("JOB_LEASED")
-            # core.result() audits JOB_SUCCEEDED twice (the transition and the result): the
-            # last one of a job is the later, so max() is right either way.
-            succeeded = await pubr.audit_times("JOB_SUCCEEDED")
-            await pubr.close()
-            first, last = min(leased), max(succeeded)
-            out: dict[str, Any] = {
-                "variant": variant,
-                "adapter": "noop" if noop else "sandbox",
-                "jobs": n_jobs,
-                "posts": n_posts,
-                "workers": WORKERS,
-                "slots_per_worker": SLOTS,
-                "seconds": round(last - first, 3),
-                "jobs_per_s": round(n_jobs / (last - first), 1),
-                "leases": len(leased),
-                "succeeded_audit_events": len(succeeded),
-                "schedule_s": round(time.time() - sched_started - max(0.0, slack), 2),
-                "schedule_slack_s": round(slack, 2),
-                "cpu_percent_of_one_core": cpu,
-            }
-            if recorder is not None and profile_out is not None:
-                out["profile"] = summarize(profile_out, recorder.seconds)
-            return out
 
-        return asyncio.run(drive())
+def _start_workers(c: LocalCluster, kids: Children, variant: Variant, noop: bool) -> dict[str, int]:
+    """WORKERS worker processes of the variant, connected; their PIDs by name."""
+    worker_pids: dict[str, int] = {}
+    if variant == "worker":
+        extra = ["--log-level", "WARNING", *(["--noop"] if noop else [])]
+        names = [f"w{i}" for i in range(WORKERS)]
+        for name in names:
+            worker_pids[name] = c.start_worker(name, concurrency=SLOTS, extra=extra).pid
+        c.wait_online(names)
+        return worker_pids
+    address = c.coordinator_address
+    procs = [
+        kids.wire(
+            f"lean{i}",
+            "complete",
+            "--address",
+            address,
+            "--prefix",
+            f"lean{i}-",
+            "--slots",
+            str(SLOTS),
+        )
+        for i in range(WORKERS)
+    ]
+    for p in procs:
+        p.wait_line("ready")
+        worker_pids[p.name] = p.pid
+    return worker_pids
+
+
+async def _drain(
+    c: LocalCluster,
+    n_posts: int,
+    n_jobs: int,
+    worker_pids: dict[str, int],
+    profile_out: Path | None,
+) -> dict[str, Any]:
+    """Schedule every post for one instant T, wait until all jobs SUCCEEDED, read the rate."""
+    pubr, ids, prep_s = await _setup_posts(c.coordinator_address, n_posts)
+    # SchedulePost is one call per post where preparing was three: twice the estimate, plus a
+    # second, keeps T after the last schedule call on a loaded machine too.
+    t_due = time.time() + 1.0 + 2 * prep_s / 3
+    sched_started = time.time()
+    await pubr.schedule(ids, lambda _i: t_due)
+    slack = t_due - time.time()
+    recorder = None
+    if profile_out is not None:
+        recorder = Recorder(coordinator_pid(c), profile_out)
+    await asyncio.sleep(max(0.0, t_due - 0.05 - time.time()))
+    meter = CpuMeter({"coordinator": coordinator_pid(c), **worker_pids})
+    deadline = time.monotonic() + 600
+    while count_jobs(c.db_url, "SUCCEEDED") < n_jobs:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n_jobs} jobs not all SUCCEEDED in 600 s")
+        await asyncio.sleep(0.05)
+    cpu = meter.percent()
+    if recorder is not None:
+        recorder.stop()
+    leased = await pubr.audit_times("JOB_LEASED")
+    # core.result() audits JOB_SUCCEEDED twice (the transition and the result): the last one of
+    # a job is the later, so max() is right either way.
+    succeeded = await pubr.audit_times("JOB_SUCCEEDED")
+    await pubr.close()
+    first, last = min(leased), max(succeeded)
+    out: dict[str, Any] = {
+        "jobs": n_jobs,
+        "posts": n_posts,
+        "workers": WORKERS,
+        "slots_per_worker": SLOTS,
+        "seconds": round(last - first, 3),
+        "jobs_per_s": round(n_jobs / (last - first), 1),
+        "leases": len(leased),
+        "succeeded_audit_events": len(succeeded),
+        "schedule_s": round(time.time() - sched_started - max(0.0, slack), 2),
+        "schedule_slack_s": round(slack, 2),
+        "cpu_percent_of_one_core": cpu,
+    }
+    if recorder is not None and profile_out is not None:
+        out["profile"] = summarize(profile_out, recorder.seconds)
+    return out
 
 
 def run(ctx: Context) -> list[Figure]:

@@ -35,13 +35,6 @@ ALLOWED: dict[str, int] = {
     "coordinator/leasing/core.py::LeaseCore.open_session": 64,
     "coordinator/leasing/outcomes.py::AttemptOutcomes._fail_attempt": 80,
     "coordinator/posts.py::schedule": 73,
-    # Command-line front ends and benchmark drivers: long, flat option lists and run scripts.
-    "bench/chaos.py::soak": 84,
-    "bench/lease_roundtrip.py::run_worker": 62,
-    "bench/run.py::main": 82,
-    "bench/screenshot.py::one_run": 78,
-    "bench/screenshot.py::one_run.drive": 72,
-    "bench/throughput.py::one_run": 78,
 }
 
 
