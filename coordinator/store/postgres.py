@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from coordinator.store.migrations import (
     load_queries,
 )
 from coordinator.store.rows import Params, Row
+from coordinator.store.shards import Fence, hold
 from coordinator.store.sqlbase import Missed, SqlStore
 
 DEFAULT_POOL_MAX_SIZE = 10
@@ -165,19 +167,30 @@ class PostgresStore(SqlStore[Any]):
     # -- writes ---------------------------------------------------------------------------
 
     async def apply(self, batch: WriteBatch) -> None:
+        await self._apply(batch, None)
+
+    async def apply_fenced(self, batch: WriteBatch, fence: Fence) -> None:
+        """apply(batch), only while every lease of the fence stands (shards.py); else
+        OwnershipLost and nothing written."""
+        fence.check_batch(batch)
+        await self._apply(batch, fence)
+
+    async def _apply(self, batch: WriteBatch, fence: Fence | None) -> None:
         if not batch:
             return
         pool = self._require()
-        seqs = await asyncio.shield(self._apply_alone(pool, batch))
+        seqs = await asyncio.shield(self._apply_alone(pool, batch, fence))
         for event, seq in zip(batch.audits, seqs, strict=True):
             event.seq = seq
 
-    async def _apply_alone(self, pool: Any, batch: WriteBatch) -> list[int]:
+    async def _apply_alone(self, pool: Any, batch: WriteBatch, fence: Fence | None) -> list[int]:
         async with self._write_lock:
             with _translated("apply a batch"):
                 async with pool.acquire() as conn:
                     try:
                         async with conn.transaction():
+                            if fence is not None:
+                                await hold(fence, functools.partial(self._rows, conn))
                             return await self._write(conn, batch)
                     except Missed as missed:  # rolled back by now
                         raise await self._diagnose(conn, batch, missed) from missed.cause
@@ -209,6 +222,10 @@ class PostgresStore(SqlStore[Any]):
         return seqs
 
     # -- reads ----------------------------------------------------------------------------
+
+    async def run(self, name: str, params: Params) -> list[Row]:
+        """One named statement (queries.sql) on its own, committed; the rows it returns."""
+        return await self._fetch(name, params)
 
     async def _rows(self, conn: Any, name: str, params: Params | None = None) -> list[Row]:
         query = self._q[name]

@@ -111,3 +111,82 @@ WHERE seq > :after_seq
   AND (:action = '' OR action = :action)
 ORDER BY seq
 LIMIT CASE WHEN :limit < 0 THEN NULL ELSE :limit END;
+
+-- Shard ownership and leaders (0002_ownership.sql; coordinator/store/ownership.py). :now is the
+-- caller's clock, or NULL for the server's, the one clock every coordinator shares.
+
+-- name: count_shards
+SELECT count(*) AS n FROM shard_owners;
+
+-- name: create_shards
+INSERT INTO shard_owners (shard, owner, epoch, heartbeat_at, expires_at)
+SELECT s, '', 0, 0, 0 FROM generate_series(0, :count::int - 1) AS s
+ON CONFLICT (shard) DO NOTHING;
+
+-- name: claim_shards
+-- At most :want shards nobody holds or whose owner's lease ran out, lowest first (only those
+-- listed in :only, a JSON array, unless it is NULL), each one epoch up. Rows another transaction
+-- holds are skipped: a take-over racing this one, or a batch under the shard's fence.
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
+free AS (
+    SELECT shard FROM shard_owners, clock
+    WHERE expires_at <= clock.t
+      AND (:only::text IS NULL
+           OR shard IN (SELECT value::int FROM json_array_elements_text(:only::json)))
+    ORDER BY shard
+    LIMIT :want
+    FOR UPDATE OF shard_owners SKIP LOCKED
+)
+UPDATE shard_owners AS s
+SET owner = :owner, epoch = s.epoch + 1, heartbeat_at = clock.t, expires_at = clock.t + :ttl_s
+FROM free, clock
+WHERE s.shard = free.shard
+RETURNING s.shard, s.owner, s.epoch, s.expires_at;
+
+-- name: renew_shards
+-- :leases is a JSON array of {"shard", "epoch"}; a shard whose epoch moved is not renewed.
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+UPDATE shard_owners AS s
+SET heartbeat_at = clock.t, expires_at = clock.t + :ttl_s
+FROM clock, json_to_recordset(:leases::json) AS held (shard int, epoch bigint)
+WHERE s.shard = held.shard AND s.epoch = held.epoch AND s.owner = :owner
+RETURNING s.shard, s.owner, s.epoch, s.expires_at;
+
+-- name: release_shards
+UPDATE shard_owners AS s SET expires_at = 0
+FROM json_to_recordset(:leases::json) AS held (shard int, epoch bigint)
+WHERE s.shard = held.shard AND s.epoch = held.epoch AND s.owner = :owner;
+
+-- name: hold_shards
+-- A fenced batch's first statement: its shards, still at the epochs it holds, locked until it
+-- commits, so no take-over lands in between (claim_shards skips them).
+SELECT s.shard FROM shard_owners AS s
+JOIN json_to_recordset(:leases::json) AS held (shard int, epoch bigint)
+  ON s.shard = held.shard AND s.epoch = held.epoch
+WHERE s.owner = :owner
+FOR SHARE OF s;
+
+-- name: list_shard_owners
+SELECT shard, owner, epoch, expires_at FROM shard_owners ORDER BY shard;
+
+-- name: elect_leader
+-- Become the leader of :duty if nobody is or the leader's lease ran out (one epoch up), or stay
+-- it (same epoch, lease extended). No row comes back while another leader's lease holds.
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+INSERT INTO leaders AS l (duty, owner, epoch, elected_at, expires_at)
+SELECT :duty, :owner, 1, clock.t, clock.t + :ttl_s FROM clock
+ON CONFLICT (duty) DO UPDATE SET
+    owner = excluded.owner,
+    epoch = CASE WHEN l.owner = excluded.owner AND l.expires_at > excluded.elected_at
+                 THEN l.epoch ELSE l.epoch + 1 END,
+    elected_at = CASE WHEN l.owner = excluded.owner AND l.expires_at > excluded.elected_at
+                      THEN l.elected_at ELSE excluded.elected_at END,
+    expires_at = excluded.expires_at
+WHERE l.owner = excluded.owner OR l.expires_at <= excluded.elected_at
+RETURNING duty, owner, epoch, expires_at;
+
+-- name: hold_leader
+SELECT duty FROM leaders WHERE duty = :duty AND owner = :owner AND epoch = :epoch FOR SHARE;
+
+-- name: resign_leader
+UPDATE leaders SET expires_at = 0 WHERE duty = :duty AND owner = :owner AND epoch = :epoch;

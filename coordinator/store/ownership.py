@@ -1,0 +1,107 @@
+"""ShardOwnership: claim, renew, take over and release shards, and elect leaders, on PostgreSQL.
+
+ownership = ShardOwnership(store)          # an open PostgresStore
+await ownership.open()                     # the shard rows exist, as many as the database has
+mine = await ownership.claim("coord-a", want=32, ttl_s=15)
+fence = Fence.of("coord-a", ownership.shard_count, mine)
+await store.apply_fenced(batch, fence)     # OwnershipLost once another owner took a shard
+mine = await ownership.renew("coord-a", mine, ttl_s=15)   # the ones still held
+
+Times: `now` is the caller's clock (tests pass virtual time); None, the default, takes the
+database server's clock, the one every coordinator shares. Take-overs add one to the epoch;
+renewals keep it. What is not here yet: deciding how many shards each coordinator should hold
+(rebalancing) and the loop that renews them, which belong to the coordinator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from coordinator.errors import StoreError
+from coordinator.store import rows
+from coordinator.store.postgres import PostgresStore
+from coordinator.store.rows import Row
+from coordinator.store.shards import DEFAULT_SHARD_COUNT, LeaderLease, ShardLease
+
+
+def _lease(row: Row) -> ShardLease:
+    return ShardLease(row["shard"], row["owner"], row["epoch"], row["expires_at"])
+
+
+def _leases_json(leases: Sequence[ShardLease]) -> str:
+    return rows.dumps([{"shard": lease.shard, "epoch": lease.epoch} for lease in leases])
+
+
+class ShardOwnership:
+    def __init__(self, store: PostgresStore, *, shard_count: int = DEFAULT_SHARD_COUNT) -> None:
+        if shard_count < 1:
+            raise ValueError(f"shard_count must be at least 1, not {shard_count}")
+        self._store = store
+        self.shard_count = shard_count
+
+    async def open(self) -> None:
+        """Make the shard rows on a fresh database; refuse one partitioned otherwise."""
+        if await self._count() == 0:
+            await self._store.run("create_shards", {"count": self.shard_count})
+        if (found := await self._count()) != self.shard_count:
+            raise StoreError(
+                f"the database is partitioned into {found} shards, not {self.shard_count}: "
+                "every coordinator on one database must use the same shard count"
+            )
+
+    async def _count(self) -> int:
+        return int((await self._store.run("count_shards", {}))[0]["n"])
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        want: int,
+        ttl_s: float,
+        now: float | None = None,
+        only: Sequence[int] | None = None,
+    ) -> list[ShardLease]:
+        """Up to `want` shards that nobody holds or whose lease ran out (a dead or paused
+        owner's: taken over), lowest first, or only among `only`; each one epoch up."""
+        params = {
+            "owner": owner,
+            "want": want,
+            "ttl_s": ttl_s,
+            "now": now,
+            "only": None if only is None else rows.dumps(list(only)),
+        }
+        return sorted(map(_lease, await self._store.run("claim_shards", params)), key=_shard)
+
+    async def renew(
+        self, owner: str, leases: Sequence[ShardLease], *, ttl_s: float, now: float | None = None
+    ) -> list[ShardLease]:
+        """Extend the leases that still stand; a shard taken over meanwhile is not among them."""
+        params = {"owner": owner, "leases": _leases_json(leases), "ttl_s": ttl_s, "now": now}
+        return sorted(map(_lease, await self._store.run("renew_shards", params)), key=_shard)
+
+    async def release(self, owner: str, leases: Sequence[ShardLease]) -> None:
+        """Let the shards go now (a coordinator leaving): the next claim takes them at once."""
+        await self._store.run("release_shards", {"owner": owner, "leases": _leases_json(leases)})
+
+    async def owners(self) -> list[ShardLease]:
+        """Every shard's row, by shard: owner '' and epoch 0 for one never held."""
+        return [_lease(r) for r in await self._store.run("list_shard_owners", {})]
+
+    async def elect(
+        self, duty: str, owner: str, *, ttl_s: float, now: float | None = None
+    ) -> LeaderLease | None:
+        """Become (or stay) the leader of `duty`; None while another leader's lease holds."""
+        params = {"duty": duty, "owner": owner, "ttl_s": ttl_s, "now": now}
+        found = await self._store.run("elect_leader", params)
+        if not found:
+            return None
+        row = found[0]
+        return LeaderLease(row["duty"], row["owner"], row["epoch"], row["expires_at"])
+
+    async def resign(self, lease: LeaderLease) -> None:
+        params = {"duty": lease.duty, "owner": lease.owner, "epoch": lease.epoch}
+        await self._store.run("resign_leader", params)
+
+
+def _shard(lease: ShardLease) -> int:
+    return lease.shard

@@ -1,0 +1,191 @@
+"""Shard ownership and leader election on a real PostgreSQL (coordinator/store/ownership.py):
+claims split the shards without overlap, a dead or paused owner's shards are taken over after
+its TTL, and from then on that owner writes nothing (OwnershipLost), however late it wakes up.
+Time is passed in (`now`), so the TTLs run in virtual time."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import anyio
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from pg_rig import empty_tables, pg_database
+from test_store import all_audit, audit, make_job, seed
+
+from coordinator.domain import GateRecord, Job, JobStatus, Target
+from coordinator.errors import StoreError
+from coordinator.store import JobWrite, PostgresStore, WriteBatch
+from coordinator.store.ownership import ShardOwnership
+from coordinator.store.shards import Fence, OwnershipLost, shard_of
+
+__all__ = ["pg_database"]
+
+pytestmark = pytest.mark.anyio
+
+SHARDS = 8
+TTL_S = 10.0
+T0 = 1_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(pg_database: str) -> AsyncIterator[PostgresStore]:
+    await empty_tables(pg_database)
+    s = PostgresStore(pg_database)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def ownership(store: PostgresStore) -> ShardOwnership:
+    o = ShardOwnership(store, shard_count=SHARDS)
+    await o.open()
+    return o
+
+
+def claim_of(job: Job) -> WriteBatch:
+    """The batch that leases `job` (as stored) to a worker."""
+    new = dataclasses.replace(job, status=JobStatus.CLAIMED, lease_epoch=job.lease_epoch + 1)
+    return WriteBatch(
+        job_writes=[JobWrite(new, frozenset({job.status}), job.lease_epoch)], audits=[audit()]
+    )
+
+
+def test_an_accounts_shard_is_stable_and_accounts_spread_evenly() -> None:
+    # Pinned: a change of hash would move every account of every database to another shard.
+    assert [shard_of("x", f"acct-{i}", 64) for i in range(5)] == [16, 19, 60, 58, 0]
+    assert shard_of("x", "acme", 64) != shard_of("mastodon", "acme", 64)
+    per_shard = Counter(shard_of("x", f"acct-{i}", 64) for i in range(6400))
+    assert len(per_shard) == 64
+    assert min(per_shard.values()) >= 60 and max(per_shard.values()) <= 140
+
+
+async def test_two_owners_claiming_at_once_split_the_shards(ownership: ShardOwnership) -> None:
+    got: dict[str, list[int]] = {}
+
+    async def claim(owner: str) -> None:
+        leases = await ownership.claim(owner, want=SHARDS // 2, ttl_s=TTL_S, now=T0)
+        got[owner] = [lease.shard for lease in leases]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim, "a")
+        tg.start_soon(claim, "b")
+    assert sorted(got["a"] + got["b"]) == list(range(SHARDS))
+    assert await ownership.claim("c", want=SHARDS, ttl_s=TTL_S, now=T0 + 1) == []
+    owners = await ownership.owners()
+    assert {o.epoch for o in owners} == {1}
+    assert {o.owner for o in owners} == {"a", "b"}
+
+
+async def test_a_paused_owner_past_its_ttl_cannot_write_after_another_took_over(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    job = make_job()
+    await seed(store, job)
+    a = await ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0)
+    a = await ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 5)  # alive: lease to T0 + 15
+    assert len(a) == SHARDS
+    assert await ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 14) == []
+
+    # "a" stops (SIGSTOP) with a batch in hand; "b" takes every shard once a's lease ran out.
+    a_batch = claim_of(job)
+    b = await ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 16)
+    assert [lease.epoch for lease in b] == [2] * SHARDS
+
+    # "a" wakes up: its write is refused whole, and its renewal tells it what it lost.
+    with pytest.raises(OwnershipLost, match=r"a lost shards \[0, 1, 2"):
+        await store.apply_fenced(a_batch, Fence.of("a", SHARDS, a))
+    assert (await store.get_job(job.id)).status == JobStatus.QUEUED
+    assert await all_audit(store) == []
+    assert await ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 17) == []
+
+    await store.apply_fenced(claim_of(job), Fence.of("b", SHARDS, b))
+    assert (await store.get_job(job.id)).status == JobStatus.CLAIMED
+
+
+async def test_a_batch_under_a_fence_holds_off_a_take_over_until_it_commits(
+    store: PostgresStore, ownership: ShardOwnership, pg_database: str
+) -> None:
+    [lease] = await ownership.claim("a", want=1, ttl_s=TTL_S, now=T0)
+    conn = await asyncpg.connect(pg_database)
+    try:
+        async with conn.transaction():  # what apply_fenced does first: lock the shard's row
+            held = Fence.of("a", SHARDS, [lease]).lease_params()
+            await conn.fetch(
+                "SELECT s.shard FROM shard_owners s JOIN json_to_recordset($1::json)"
+                " AS h (shard int, epoch bigint) ON s.shard = h.shard AND s.epoch = h.epoch"
+                " FOR SHARE OF s",
+                held,
+            )
+            late = await ownership.claim("b", want=1, ttl_s=TTL_S, now=T0 + 60, only=[0])
+            assert late == []  # expired, but a batch is committing under it: skipped
+    finally:
+        await conn.close()
+    [taken] = await ownership.claim("b", want=1, ttl_s=TTL_S, now=T0 + 60, only=[0])
+    assert (taken.owner, taken.epoch) == ("b", 2)
+
+
+async def test_a_fence_refuses_jobs_and_gates_of_shards_it_does_not_hold(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    job = make_job()
+    await seed(store, job)
+    mine = shard_of(job.platform, job.account, SHARDS)
+    other = next(s for s in range(SHARDS) if s != mine)
+    leases = await ownership.claim("a", want=1, ttl_s=TTL_S, now=T0, only=[other])
+    fence = Fence.of("a", SHARDS, leases)
+    with pytest.raises(OwnershipLost, match=rf"shards \[{mine}\] it does not hold"):
+        await store.apply_fenced(claim_of(job), fence)
+    gate = GateRecord(Target(job.platform, job.account), T0 + 60, "429", 1)
+    with pytest.raises(OwnershipLost):
+        await store.apply_fenced(WriteBatch(gates=[gate]), fence)
+    assert await store.list_gates() == []
+
+
+async def test_released_shards_are_claimed_at_once(ownership: ShardOwnership) -> None:
+    a = await ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0)
+    await ownership.release("a", a[:3])
+    b = await ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 1)  # well within a's TTL
+    assert [(lease.shard, lease.epoch) for lease in b] == [(0, 2), (1, 2), (2, 2)]
+    assert len(await ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 2)) == SHARDS - 3
+
+
+async def test_one_leader_per_duty_elected_by_a_ttl_row(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    a = await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0)
+    assert a is not None and a.epoch == 1
+    assert await ownership.elect("sweeps", "b", ttl_s=TTL_S, now=T0 + 5) is None
+    again = await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 5)  # renewed, same epoch
+    assert again == dataclasses.replace(a, expires_at=T0 + 15)
+    assert (await ownership.elect("timers", "b", ttl_s=TTL_S, now=T0 + 5)) is not None
+
+    b = await ownership.elect("sweeps", "b", ttl_s=TTL_S, now=T0 + 16)  # a's lease ran out
+    assert b is not None and (b.owner, b.epoch) == ("b", 2)
+    with pytest.raises(OwnershipLost, match="a is no longer the leader of sweeps"):
+        await store.apply_fenced(WriteBatch(audits=[audit()]), Fence.of("a", SHARDS, [], a))
+    await store.apply_fenced(WriteBatch(audits=[audit()]), Fence.of("b", SHARDS, [], b))
+    assert len(await all_audit(store)) == 1
+
+    await ownership.resign(a)  # a stale lease resigns nothing
+    assert await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 17) is None
+    await ownership.resign(b)
+    back = await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 18)
+    assert back is not None and back.epoch == 3
+
+
+async def test_every_coordinator_must_use_the_databases_shard_count(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    with pytest.raises(StoreError, match=f"partitioned into {SHARDS} shards, not 16"):
+        await ShardOwnership(store, shard_count=16).open()
