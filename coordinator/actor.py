@@ -17,39 +17,32 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry import trace
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Tracer
 
 from coordinator.access.registry import Credentials
 from coordinator.convert import coordinator_message_pb, job_pb, step_log_pb
 from coordinator.domain import LEASED_STATUSES, JobStatus, Target
 from coordinator.errors import CoordinatorError
 from coordinator.gates import GateBook, Quota
-from coordinator.leasing import outbound
 from coordinator.leasing.commands import Command, Tick
 from coordinator.leasing.core import LeaseConfig, LeaseCore
-from coordinator.leasing.effects import (
-    AttemptEnded,
-    AttemptStarted,
-    CommitDecided,
-    Dispatched,
-    Effects,
-    LeaseExpired,
-    RateLimitHit,
-)
+from coordinator.leasing.effects import Effects
+from coordinator.loading import load
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.observing import BatchObserver
+from coordinator.operator_commands import OperatorCommand
 from coordinator.retry import RetryPolicies
 from coordinator.step import CoordinatorState, handle
 from coordinator.store.base import Store
 from postroom.clock import Clock
-from postroom.tracing import inject_traceparent
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import worker_gateway_pb2 as wg
 
@@ -76,10 +69,12 @@ class CoordinatorConfig:
 
 
 @dataclass(slots=True)
-class _Call(Generic[T]):
-    """An operator command; `fn` may await store reads. The reply comes after the commit."""
+class _Call:
+    """An operator's command (decided by `handle` after the load phase) or read (`read`, run as
+    it is); its caller waits for `done`, set after the commit."""
 
-    fn: Callable[[float], Awaitable[tuple[Effects, T]]]
+    command: OperatorCommand | None = None
+    read: Callable[[float], Any] | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -112,12 +107,12 @@ class Coordinator:
             rand=rand or random.random,
         )
         self.state = CoordinatorState(self.core, self.credentials)
-        self._send, self._recv = anyio.create_memory_object_stream[Command | _Call[Any]](
+        self._send, self._recv = anyio.create_memory_object_stream[Command | _Call](
             DEFAULT_MAILBOX_SIZE
         )
         self._outboxes: dict[str, MemoryObjectSendStream[wg.CoordinatorMessage]] = {}
         self._watchers: dict[str, set[MemoryObjectSendStream[pub.JobEvent]]] = {}
-        self._spans: dict[str, Span] = {}
+        self.observer = BatchObserver(self.tracer, metrics)
         self._login_waiters: dict[str, tuple[anyio.Event, list[wg.LoginCheckResult]]] = {}
         self._wake = anyio.Event()
         self._ticked = anyio.Event()  # set once the actor has run the timer's last Tick
@@ -205,26 +200,25 @@ class Coordinator:
         memory)."""
         await self._send.send(command)
 
-    async def call(self, fn: Callable[[float], Awaitable[tuple[Effects, T]]]) -> T:
-        """Run an operator command inside the actor; returns once its writes are committed."""
-        if self._stopping:
-            raise CoordinatorError("coordinator is shutting down")
-        item: _Call[T] = _Call(fn)
-        await self._send.send(item)
-        await item.done.wait()
-        if item.error is not None:
-            raise item.error
-        return item.result  # type: ignore[no-any-return]
+    async def command(self, command: OperatorCommand) -> Any:
+        """Carry out an operator's command inside the actor; returns its reply once its writes
+        are committed (raises the CoordinatorError that refused it)."""
+        return await self._call(_Call(command=command))
 
     async def read(self, fn: Callable[[float], T]) -> T:
         """Answer an operator's read inside the actor, between commands: the one place reads
         of live state come from (a consistent view; `fn` must return copies, never live
         objects)."""
+        return await self._call(_Call(read=fn))  # type: ignore[no-any-return]
 
-        async def run(now: float) -> tuple[Effects, T]:
-            return Effects(), fn(now)
-
-        return await self.call(run)
+    async def _call(self, item: _Call) -> Any:
+        if self._stopping:
+            raise CoordinatorError("coordinator is shutting down")
+        await self._send.send(item)
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
 
     def watch(
         self, job_id: str
@@ -276,7 +270,7 @@ class Coordinator:
                     first = await self._recv.receive()
                 except anyio.EndOfStream:
                     return
-                items: list[Command | _Call[Any]] = [first]
+                items: list[Command | _Call] = [first]
                 while len(items) < self.config.max_batch:
                     try:
                         items.append(self._recv.receive_nowait())
@@ -284,9 +278,9 @@ class Coordinator:
                         break
                 await self._process(items)
 
-    async def _process(self, items: list[Command | _Call[Any]]) -> None:
+    async def _process(self, items: list[Command | _Call]) -> None:
         pending = Effects()
-        replies: list[_Call[Any]] = []
+        replies: list[_Call] = []
         for item in items:
             now = self.clock.now()
             if not isinstance(item, _Call):
@@ -307,7 +301,7 @@ class Coordinator:
             await self._flush(pending, replies)
             pending, replies = Effects(), []
             try:
-                fx, result = await item.fn(now)
+                fx = await self._decide(item, now)
             except CoordinatorError as exc:
                 item.error = exc
                 item.done.set()
@@ -322,11 +316,18 @@ class Coordinator:
                 item.done.set()
                 continue
             pending.extend(fx)
-            item.result = result
+            item.result = fx.reply
             replies.append(item)
         await self._flush(pending, replies)
 
-    async def _flush(self, fx: Effects, replies: list[_Call[Any]]) -> None:
+    async def _decide(self, item: _Call, now: float) -> Effects:
+        if item.read is not None:
+            return Effects(reply=item.read(now))
+        assert item.command is not None
+        command = await load(self.store, self.state, item.command)  # the load phase
+        return handle(self.state, command, now)
+
+    async def _flush(self, fx: Effects, replies: list[_Call]) -> None:
         now = self.clock.now()
         try:
             fx.extend(self.core.settle_posts(now))
@@ -340,11 +341,11 @@ class Coordinator:
         # From here the batch is durable: what follows must reach the workers and callers, so
         # a failure in metrics, traces or watchers is logged, never raised.
         try:
-            self._observe(fx, now)
+            self.observer.observe(fx, now)
         except Exception:
             log.exception("recording metrics and traces of a batch failed")
         for sid, out in fx.messages:
-            msg = coordinator_message_pb(out, self._traceparent(out))
+            msg = coordinator_message_pb(out, self.observer.traceparent(out))
             if not self.send_now(sid, msg) and sid in self._outboxes:
                 # Outbox full: the worker does not read. Its session dies, not the coordinator.
                 log.warning("session %s outbox overflow; closing it", sid)
@@ -358,74 +359,6 @@ class Coordinator:
         for item in replies:
             item.done.set()
         self._rearm()
-
-    def _traceparent(self, out: outbound.Outbound) -> str:
-        """An Assign carries its attempt's span (started in _observe) to the worker."""
-        if type(out) is not outbound.Assign:
-            return ""
-        span = self._spans.get(out.job.id)
-        return inject_traceparent(span.get_span_context()) if span is not None else ""
-
-    def _observe(self, fx: Effects, now: float) -> None:
-        for sig in fx.signals:
-            match sig:
-                case AttemptStarted(job=job):
-                    span = self.tracer.start_span(
-                        "postroom.job.attempt",
-                        attributes={
-                            "postroom.job_id": job.id,
-                            "postroom.platform": job.platform,
-                            "postroom.account": job.account,
-                            "postroom.attempt": job.attempt,
-                            "postroom.lease_epoch": job.lease_epoch,
-                            "postroom.verify_first": job.verify_first,
-                        },
-                    )
-                    if job.id in self._spans:
-                        self._spans.pop(job.id).end()
-                    self._spans[job.id] = span
-                    if self.metrics:
-                        self.metrics.account_known(job.platform, job.account)
-                        self.metrics.job_attempt_started(job.platform)
-                case AttemptEnded(job=job, outcome=outcome, duration_s=duration):
-                    ended = self._spans.pop(job.id, None)
-                    if ended is not None:
-                        span = ended
-                        span.set_attribute("postroom.outcome", outcome)
-                        if sig.error_class:
-                            span.set_attribute("postroom.error_class", sig.error_class)
-                        if sig.retry_reason:
-                            span.add_event(
-                                "retry_scheduled",
-                                {"reason": sig.retry_reason, "retry_at": sig.retry_at},
-                            )
-                            span.set_attribute(
-                                "postroom.retry_after_s", max(0.0, sig.retry_at - now)
-                            )
-                        span.end()
-                    if self.metrics:
-                        if outcome in ("succeeded", "failed", "needs_login", "cancelled"):
-                            self.metrics.job_finished(job.platform, outcome, duration)
-                        if sig.retry_reason:
-                            self.metrics.retry_scheduled(job.platform, sig.retry_reason)
-                case LeaseExpired(phase=phase):
-                    if self.metrics:
-                        self.metrics.lease_expired(phase)  # type: ignore[arg-type]
-                case CommitDecided(granted=granted):
-                    if self.metrics:
-                        self.metrics.commit_permit(granted)
-                case RateLimitHit(platform=platform, account=account):
-                    attempt_span = self._spans.get(sig.job_id)
-                    if attempt_span is not None:
-                        attempt_span.add_event("gate_closed", {"until": sig.until})
-                    if self.metrics:
-                        self.metrics.rate_limit_hit(platform, account)
-                        # Now, not at the next gauge refresh (up to 5 s away): a gate closed
-                        # for a short Retry-After would otherwise never read 1.
-                        self.metrics.set_gate(platform, account, True)
-                case Dispatched(latency_s=latency):
-                    if self.metrics:
-                        self.metrics.dispatch_latency(latency)
 
     def _notify_watchers(self, fx: Effects) -> None:
         if not self._watchers:

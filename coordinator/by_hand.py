@@ -13,15 +13,12 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from coordinator import posts
+from coordinator import operator_commands as op
 from coordinator.access.interceptor import actor_name
 from coordinator.access.service import rpc
 from coordinator.actor import Coordinator
 from coordinator.convert import job_pb
-from coordinator.domain import Job
 from coordinator.errors import InvalidArgument
-from coordinator.leasing.core import LeaseCore
-from coordinator.leasing.effects import Effects
 from coordinator.store.base import Store
 from coordinator.validation import check_reason, require_id
 from coordinator.worker_input import MAX_PLATFORM_POST_ID_CHARS, MAX_URL_CHARS
@@ -61,14 +58,10 @@ def check_platform_post_id(value: str) -> str:
 
 
 class ByHandRpcs:
-    """Mixed into PublishingService, which sets `co`, `core` and `store`."""
+    """Mixed into PublishingService, which sets `co` and `store`."""
 
     co: Coordinator
-    core: LeaseCore
     store: Store
-
-    async def _ensure_loaded(self, job_id: str) -> Job:
-        raise NotImplementedError  # PublishingService's
 
     @rpc
     async def ResolveJob(self, request: pub.ResolveJobRequest, context: Ctx) -> pb.Job:
@@ -77,12 +70,7 @@ class ByHandRpcs:
         post_id = check_platform_post_id(request.platform_post_id)
         reason = check_reason(request.reason)
         actor = actor_name(request.actor)
-
-        async def run(now: float) -> tuple[Effects, None]:
-            await self._ensure_loaded(job_id)
-            return self.core.resolve(job_id, url, post_id, actor, reason, now), None
-
-        await self.co.call(run)
+        await self.co.command(op.ResolveJob(job_id, url, post_id, actor, reason))
         job = await self.store.get_job(job_id)
         return job_pb(job, await self.store.get_runs(job_id))
 
@@ -93,7 +81,5 @@ class ByHandRpcs:
         post_id = require_id(request.post_id, "post_id")
         reason = check_reason(request.reason)
         actor = actor_name(request.actor)
-        cancelled = await self.co.call(
-            lambda now: posts.delete(self.store, self.core, post_id, reason, actor, now)
-        )
+        cancelled = await self.co.command(op.DeletePost(post_id, reason, actor))
         return pub.DeletePostResponse(post_id=post_id, cancelled_job_ids=cancelled)

@@ -5,6 +5,7 @@ reads from the store, and sends every change through the actor."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import uuid
@@ -15,8 +16,8 @@ import anyio
 import anyio.to_process
 import grpc
 
-from coordinator import content_rules, events_feed, listing, posts, reads
-from coordinator.access.approval import check_not_author
+from coordinator import content_rules, events_feed, listing, reads
+from coordinator import operator_commands as op
 from coordinator.access.interceptor import actor_name, current_principal, require_role
 from coordinator.access.records import Role
 from coordinator.access.service import AccessRpcs
@@ -36,13 +37,11 @@ from coordinator.convert import (
 )
 from coordinator.domain import (
     TERMINAL_JOB_STATUSES,
-    Job,
     Post,
     Target,
 )
-from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
+from coordinator.errors import ConcurrentUpdate, CoordinatorError, InvalidArgument, NotFound
 from coordinator.gates import GateView
-from coordinator.leasing.effects import Effects
 from coordinator.validation import (
     check_content_hash,
     check_filter,
@@ -67,6 +66,9 @@ MAX_ATTEMPTS_LIMIT = 20
 DEFAULT_AUDIT_PAGE = 1000
 MAX_AUDIT_PAGE = 10_000
 MAX_LOGIN_MESSAGE_CHARS = 1000
+# An edit is judged outside the actor; if the post changes meanwhile, it is judged again, a few
+# times at most.
+MAX_EDIT_ROUNDS = 3
 DEFAULT_CONTENT_CHECK_THREADS = 2
 # Texts longer than this with an X target are judged in a worker process (see _check_content).
 IN_PROCESS_CHECK_CHARS = 1_000
@@ -159,21 +161,18 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         actor = actor_name(request.actor)
         await self._check_content(text, media, targets)
         post_id = f"p-{uuid.uuid4().hex[:12]}"
-
-        async def run(now: float) -> tuple[Effects, Any]:
-            return posts.create(
+        await self.co.command(
+            op.CreatePost(
                 post_id=post_id,
                 text=text,
-                media=media,
-                targets=targets,
+                media=tuple(media),
+                targets=tuple(targets),
                 scheduled_at=when,
                 max_attempts=request.max_attempts or 3,
                 require_confirm=request.require_confirm,
                 actor=actor,
-                now=now,
             )
-
-        await self.co.call(run)
+        )
         return await self._post_reply(post_id)
 
     @rpc
@@ -196,46 +195,46 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
             else None
         )
         actor = actor_name(request.actor)
-        check = None
-        if text is not None or media is not None or targets is not None:
-            # The post as it will be (current content merged with the edit) must still meet
-            # every target's rules; a schedule-only edit of an older post is not re-judged.
-            # Judged here, outside the actor (a long text takes a while); inside, only if the
-            # post changed meanwhile.
-            live = await self.co.read(lambda now: reads.post(self.core, post_id))
-            current = live or await self.store.get_post(post_id)
-            merged = (
-                text if text is not None else current.text,
-                tuple(media) if media is not None else current.media,
-                tuple(targets) if targets is not None else current.targets,
-            )
-            await self._check_content(*merged)
-
-            async def check(post: Post) -> None:
-                if (post.text, post.media, post.targets) != merged:
-                    await self._check_post(post)
-
-        await self.co.call(
-            lambda now: posts.update(
-                self.store,
-                self.core,
-                post_id=post_id,
-                text=text,
-                media=media,
-                targets=targets,
-                scheduled_at=when,
-                actor=actor,
-                now=now,
-                check=check,
-            )
+        edit = op.UpdatePost(
+            post_id,
+            text,
+            tuple(media) if media is not None else None,
+            tuple(targets) if targets is not None else None,
+            when,
+            actor,
         )
+        if text is not None or media is not None or targets is not None:
+            await self._judged_edit(edit)
+        else:
+            await self.co.command(edit)
         return await self._post_reply(post_id)
+
+    async def _judged_edit(self, edit: op.UpdatePost) -> None:
+        """The post as it will be (current content merged with the edit) must still meet every
+        target's rules; a schedule-only edit of an older post is not re-judged. Judged here,
+        outside the actor (a long text takes a while); the actor applies the edit only to the
+        content judged, else it says what the post would be now, to judge that."""
+        post_id = edit.post_id
+        live = await self.co.read(lambda now: reads.post(self.core, post_id))
+        current = live or await self.store.get_post(post_id)
+        judged: op.Content = (
+            edit.text if edit.text is not None else current.text,
+            edit.media if edit.media is not None else current.media,
+            edit.targets if edit.targets is not None else current.targets,
+        )
+        for _ in range(MAX_EDIT_ROUNDS):
+            await self._check_content(*judged)
+            reply = await self.co.command(dataclasses.replace(edit, judged=judged))
+            if not isinstance(reply, op.Unjudged):
+                return
+            judged = reply.content  # the post changed meanwhile
+        raise ConcurrentUpdate(f"post {post_id} kept changing under this edit; try it again")
 
     @rpc
     async def SubmitPost(self, request: pub.SubmitPostRequest, context: Ctx) -> pb.Post:
         post_id = require_id(request.post_id, "post_id")
         actor = actor_name(request.actor)
-        await self.co.call(lambda now: posts.submit(self.store, self.core, post_id, actor, now))
+        await self.co.command(op.SubmitPost(post_id, actor))
         return await self._post_reply(post_id)
 
     @rpc
@@ -244,13 +243,7 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         actor = actor_name(request.actor)
         reviewed = check_content_hash(request.content_hash)
         principal = current_principal()  # here: the actor runs in a task of its own
-
-        async def run(now: float) -> tuple[Effects, Post]:
-            # Inside the actor: no edit can slip in between the check and the approval.
-            await check_not_author(self.store, self.co.credentials, post_id, principal)
-            return await posts.approve(self.store, self.core, post_id, reviewed, actor, now)
-
-        await self.co.call(run)
+        await self.co.command(op.ApprovePost(post_id, reviewed, actor, principal))
         return await self._post_reply(post_id)
 
     @rpc
@@ -259,17 +252,7 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
         actor = actor_name(request.actor)
         job_prefix = f"j-{uuid.uuid4().hex[:12]}-"
-        await self.co.call(
-            lambda now: posts.schedule(
-                self.store,
-                self.core,
-                post_id=post_id,
-                scheduled_at=when,
-                new_job_id=job_prefix,
-                actor=actor,
-                now=now,
-            )
-        )
+        await self.co.command(op.SchedulePost(post_id, when, job_prefix, actor))
         return await self._post_reply(post_id)
 
     @rpc
@@ -277,9 +260,7 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         post_id = require_id(request.post_id, "post_id")
         actor = actor_name(request.actor)
         reason = check_reason(request.reason)
-        await self.co.call(
-            lambda now: posts.cancel(self.store, self.core, post_id, reason, actor, now)
-        )
+        await self.co.command(op.CancelPost(post_id, reason, actor))
         return await self._post_reply(post_id)
 
     # ---- jobs ----------------------------------------------------------------------------
@@ -328,29 +309,12 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         finally:
             self.co.unwatch(job_id, send)
 
-    async def _ensure_loaded(self, job_id: str) -> Job:
-        """Inside the actor: the core's job, loading the job's post back if it was finished."""
-        if job_id in self.core.jobs:
-            return self.core.jobs[job_id]
-        job = await self.store.get_job(job_id)
-        post = await self.store.get_post(job.post_id)
-        jobs = await self.store.jobs_for_post(job.post_id)
-        self.core.posts[post.id] = post
-        for j in jobs:
-            self.core.track(j)
-        return self.core.jobs[job_id]
-
     @rpc
     async def CancelJob(self, request: pub.CancelJobRequest, context: Ctx) -> pb.Job:
         job_id = require_id(request.job_id, "job_id")
         actor = actor_name(request.actor)
         reason = check_reason(request.reason) or "cancelled by an operator"
-
-        async def run(now: float) -> tuple[Effects, None]:
-            await self._ensure_loaded(job_id)
-            return self.core.cancel(job_id, actor, reason, now), None
-
-        await self.co.call(run)
+        await self.co.command(op.CancelJob(job_id, actor, reason))
         return await self._job_reply(job_id)
 
     @rpc
@@ -359,31 +323,14 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         actor = actor_name(request.actor)
         if request.force:
             require_role(Role.APPROVER, "retrying through a closed rate-limit gate (--force)")
-
-        async def run(now: float) -> tuple[Effects, None]:
-            job = await self._ensure_loaded(job_id)
-            post = self.core.posts.get(job.post_id)
-            if post is None or post.approved_hash != job.content_hash:
-                raise FailedPrecondition(
-                    f"post {job.post_id} changed since this job was scheduled; approve and "
-                    "schedule the post again instead"
-                )
-            fx = self.core.retry_now(job_id, actor, request.force, now)
-            return fx, None
-
-        await self.co.call(run)
+        await self.co.command(op.RetryJob(job_id, actor, request.force))
         return await self._job_reply(job_id)
 
     @rpc
     async def ConfirmJob(self, request: pub.ConfirmJobRequest, context: Ctx) -> pb.Job:
         job_id = require_id(request.job_id, "job_id")
         actor = actor_name(request.actor)
-
-        async def run(now: float) -> tuple[Effects, None]:
-            await self._ensure_loaded(job_id)
-            return self.core.confirm(job_id, actor, now), None
-
-        await self.co.call(run)
+        await self.co.command(op.ConfirmJob(job_id, actor))
         return await self._job_reply(job_id)
 
     # ---- devices, logins, gates, assets, audit -------------------------------------------
@@ -422,13 +369,9 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
             raise AssertionError("unreachable")
         state = login_state_from_pb(result.state)
         message = result.message[:MAX_LOGIN_MESSAGE_CHARS]
-
-        async def run(now: float) -> tuple[Effects, tuple[list[str], pb.Device]]:
-            fx, requeued = self.core.login_checked(device_id, target, state, message, actor, now)
-            dev = device_pb(self.core.devices[device_id], online=True, free_slots=0, job_ids=[])
-            return fx, (requeued, dev)
-
-        requeued, device = await self.co.call(run)
+        checked = op.LoginChecked(device_id, target, state, message, actor)
+        requeued, record = await self.co.command(checked)
+        device = device_pb(record, online=True, free_slots=0, job_ids=[])
         badges = device.logins
         mine = next(
             (
@@ -503,10 +446,5 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     ) -> pb.RateLimitGate:
         target = check_target(request.platform, request.account)
         actor = actor_name(request.actor)
-
-        async def run(now: float) -> tuple[Effects, GateView]:
-            fx = self.core.reopen_gate(target, actor, now)
-            (view,) = [v for v in self.core.gates.views(now, extra=[target]) if v.target == target]
-            return fx, view
-
-        return gate_pb(await self.co.call(run))
+        view: GateView = await self.co.command(op.ReopenGate(target, actor))
+        return gate_pb(view)

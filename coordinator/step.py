@@ -1,20 +1,28 @@
-"""The coordinator's one entry point for what workers and the timer tell it:
+"""The coordinator's one entry point for everything that changes its state:
 `handle(state, command, now) -> Effects`.
 
-A table maps each command type (coordinator/leasing/commands.py) to one small handler over the
-lease core; nothing here does I/O or reads the clock. The actor (coordinator/actor.py) is the
-only caller: it commits the effects' writes in one transaction, then sends their messages.
+A table maps each command type to one small handler over the lease core: what workers and the
+timer say (coordinator/leasing/commands.py) and what operators ask (coordinator/
+operator_commands.py: posts in coordinator/posts.py, tokens and enrollments in access/changes.py,
+jobs, logins and gates here). Nothing here does I/O or reads the clock. The actor
+(coordinator/actor.py) is the only caller: it loads what an operator command needs from the
+store first (coordinator/loading.py), commits the effects' writes in one transaction, then sends
+their messages and answers the operator with `Effects.reply`.
 Read top to bottom: the state, the entry point, one handler per command, then the table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.access import devices
+from coordinator import operator_commands as op
+from coordinator import posts
+from coordinator.access import changes
 from coordinator.access.registry import Credentials
+from coordinator.errors import FailedPrecondition, NotFound
 from coordinator.leasing import commands as c
 from coordinator.leasing.core import LeaseCore
 from coordinator.leasing.effects import Effects
@@ -22,22 +30,22 @@ from coordinator.leasing.effects import Effects
 
 @dataclass(slots=True)
 class CoordinatorState:
-    """What the commands decide over. The actor's task is its one writer: the core owns jobs,
-    posts, leases, sessions, devices and gates (with their quotas); credentials own operator
-    tokens and device enrollments."""
+    """What the commands decide over; `handle`, run by the actor's task, is its one writer: the
+    core holds jobs, posts, leases, sessions, devices and gates (with their quotas); credentials
+    hold operator tokens and device enrollments."""
 
     core: LeaseCore
     credentials: Credentials
 
 
-def handle(state: CoordinatorState, command: c.Command, now: float) -> Effects:
+def handle(state: CoordinatorState, command: c.Command | op.OperatorCommand, now: float) -> Effects:
     """Decide one command: mutate `state`, return what to write and send (in that order)."""
     return _HANDLERS[type(command)](state, command, now)
 
 
 def _open(state: CoordinatorState, cmd: c.OpenStream, now: float) -> Effects:
     # The identity the Hello proved may have been revoked while it waited in the mailbox.
-    if not devices.still_valid(state.credentials, cmd.enrollment):
+    if not state.credentials.still_valid(cmd.enrollment):
         fx = Effects()
         fx.close_sessions.append(cmd.session_id)
         return fx
@@ -95,6 +103,77 @@ def _tick(state: CoordinatorState, cmd: c.Tick, now: float) -> Effects:
     return state.core.tick(now)
 
 
+# ---- operators: jobs, logins, gates ---------------------------------------------------------
+
+
+def _job(state: CoordinatorState, cmd: op.JobCommand) -> None:
+    """Make sure the core holds the job: a finished post's comes back with the post and all its
+    jobs (what the load phase brought)."""
+    if cmd.job_id in state.core.jobs:
+        return
+    if cmd.loaded is None or cmd.job_id not in {j.id for j in cmd.loaded.jobs}:
+        raise NotFound(f"job {cmd.job_id} does not exist")
+    state.core.adopt(cmd.loaded.post, cmd.loaded.jobs)
+
+
+def _cancel_job(state: CoordinatorState, cmd: op.CancelJob, now: float) -> Effects:
+    _job(state, cmd)
+    return state.core.cancel(cmd.job_id, cmd.actor, cmd.reason, now)
+
+
+def _retry_job(state: CoordinatorState, cmd: op.RetryJob, now: float) -> Effects:
+    _job(state, cmd)
+    job = state.core.jobs[cmd.job_id]
+    post = state.core.posts.get(job.post_id)
+    if post is None or post.approved_hash != job.content_hash:
+        raise FailedPrecondition(
+            f"post {job.post_id} changed since this job was scheduled; approve and schedule the "
+            "post again instead"
+        )
+    return state.core.retry_now(cmd.job_id, cmd.actor, cmd.force, now)
+
+
+def _confirm_job(state: CoordinatorState, cmd: op.ConfirmJob, now: float) -> Effects:
+    _job(state, cmd)
+    return state.core.confirm(cmd.job_id, cmd.actor, now)
+
+
+def _resolve_job(state: CoordinatorState, cmd: op.ResolveJob, now: float) -> Effects:
+    _job(state, cmd)
+    core = state.core
+    return core.resolve(cmd.job_id, cmd.url, cmd.platform_post_id, cmd.actor, cmd.reason, now)
+
+
+def _login_checked(state: CoordinatorState, cmd: op.LoginChecked, now: float) -> Effects:
+    core = state.core
+    fx, requeued = core.login_checked(
+        cmd.device_id, cmd.target, cmd.state, cmd.message, cmd.actor, now
+    )
+    device = core.devices.get(cmd.device_id)
+    copy = dataclasses.replace(device, logins=dict(device.logins)) if device else None
+    fx.reply = (requeued, copy)
+    return fx
+
+
+def _reopen_gate(state: CoordinatorState, cmd: op.ReopenGate, now: float) -> Effects:
+    fx = state.core.reopen_gate(cmd.target, cmd.actor, now)
+    views = state.core.gates.views(now, extra=[cmd.target])
+    (fx.reply,) = [v for v in views if v.target == cmd.target]
+    return fx
+
+
+def _core(
+    fn: Callable[[LeaseCore, Any, float], Effects],
+) -> Callable[[CoordinatorState, Any, float], Effects]:
+    return lambda state, cmd, now: fn(state.core, cmd, now)
+
+
+def _access(
+    fn: Callable[[Credentials, LeaseCore, Any, float], Effects],
+) -> Callable[[CoordinatorState, Any, float], Effects]:
+    return lambda state, cmd, now: fn(state.credentials, state.core, cmd, now)
+
+
 _HANDLERS: dict[type[Any], Callable[[CoordinatorState, Any, float], Effects]] = {
     c.OpenStream: _open,
     c.Heartbeat: _heartbeat,
@@ -107,4 +186,21 @@ _HANDLERS: dict[type[Any], Callable[[CoordinatorState, Any, float], Effects]] = 
     c.Goodbye: _goodbye,
     c.StreamLost: _stream_lost,
     c.Tick: _tick,
+    op.CreatePost: _core(posts.create),
+    op.UpdatePost: _core(posts.update),
+    op.SubmitPost: _core(posts.submit),
+    op.ApprovePost: _core(posts.approve),
+    op.SchedulePost: _core(posts.schedule),
+    op.CancelPost: _core(posts.cancel),
+    op.DeletePost: _core(posts.delete),
+    op.CancelJob: _cancel_job,
+    op.RetryJob: _retry_job,
+    op.ConfirmJob: _confirm_job,
+    op.ResolveJob: _resolve_job,
+    op.LoginChecked: _login_checked,
+    op.ReopenGate: _reopen_gate,
+    op.CreateToken: _access(changes.create_token),
+    op.RevokeToken: _access(changes.revoke_token),
+    op.EnrollDevice: _access(changes.enroll_device),
+    op.RevokeDevice: _access(changes.revoke_device),
 }

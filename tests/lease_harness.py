@@ -3,6 +3,8 @@
 Used by tests/test_lease_core_unit.py and tests/test_lease_core_props.py. `Harness.run(fx)` applies
 every effect batch to `ModelStore` exactly as the shell would (batch first, then messages), and a
 compare-and-set miss fails the test: the core must never write over a row it does not own.
+`Harness.command(cmd)` is the actor's whole path for one command: the load phase
+(coordinator/loading.py, reading the model store), step.handle, then the commit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from coordinator.access.registry import Credentials
 from coordinator.convert import coordinator_message_pb, job_report_from_pb
 from coordinator.domain import (
     TERMINAL_JOB_STATUSES,
@@ -28,10 +31,15 @@ from coordinator.domain import (
     idempotency_key,
     platform_key,
 )
+from coordinator.errors import NotFound
 from coordinator.gates import GateBook, Quota
+from coordinator.leasing.commands import Command
 from coordinator.leasing.core import LeaseConfig, LeaseCore
 from coordinator.leasing.effects import Effects
+from coordinator.loading import load
+from coordinator.operator_commands import OperatorCommand
 from coordinator.retry import RetryPolicies
+from coordinator.step import CoordinatorState, handle
 from coordinator.store.base import WriteBatch
 from coordinator.transitions import job_can, post_can
 from postroom.v1 import types_pb2
@@ -155,7 +163,8 @@ class ModelStore:
             stored_post = self.posts.get(pw.post.id)
             if stored_post is None or stored_post.status not in pw.expected_statuses:
                 raise CasMiss(f"post {pw.post.id} moved under a write")
-            if not post_can(stored_post.status, pw.post.status):
+            moved = pw.post.status is not stored_post.status  # (a rewrite in place is no move)
+            if moved and not post_can(stored_post.status, pw.post.status):
                 raise CasMiss(f"post {pw.post.id}: {stored_post.status} -> {pw.post.status}")
             self.posts[pw.post.id] = dataclasses.replace(pw.post)
         for rec in batch.gates:
@@ -176,6 +185,22 @@ class ModelStore:
             if j.post_id in open_ids
         ]
         return posts, jobs
+
+    # What the load phase reads (async like the real store's; none of them ever suspends).
+
+    async def get_post(self, post_id: str) -> Post:
+        if post_id not in self.posts:
+            raise NotFound(f"post {post_id} does not exist")
+        return dataclasses.replace(self.posts[post_id])
+
+    async def get_job(self, job_id: str) -> Job:
+        if job_id not in self.jobs:
+            raise NotFound(f"job {job_id} does not exist")
+        return dataclasses.replace(self.jobs[job_id])
+
+    async def jobs_for_post(self, post_id: str) -> list[Job]:
+        jobs = [j for j in self.jobs.values() if j.post_id == post_id]
+        return [dataclasses.replace(j) for j in sorted(jobs, key=lambda j: (j.created_at, j.id))]
 
     def actions(self, action: str, subject: str = "") -> list[AuditEvent]:
         hits = [a for a in self.audits if a.action == action]
@@ -224,6 +249,7 @@ class Harness:
         self.now = T0
         self.store = ModelStore()
         self.core = self._new_core()
+        self.state = CoordinatorState(self.core, Credentials())
 
     def _new_core(self) -> LeaseCore:
         return LeaseCore(
@@ -238,6 +264,18 @@ class Harness:
         """The shell's order: commit the batch (CAS-checked), then hand back the messages."""
         self.store.apply(fx.batch)
         return fx
+
+    def command(self, command: Command | OperatorCommand) -> Effects:
+        """The actor's path: load what the command needs, decide it, commit the batch."""
+        if not isinstance(command, Command):
+            loading = load(self.store, self.state, command)  # type: ignore[arg-type]
+            try:
+                loading.send(None)
+            except StopIteration as done:
+                command = done.value
+            else:  # pragma: no cover - the model store never suspends
+                raise AssertionError("the load phase waited on something")
+        return self.run(handle(self.state, command, self.now))
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -354,6 +392,7 @@ class Harness:
     def restart(self) -> None:
         """A new coordinator process: memory gone, state loaded from the store."""
         self.core = self._new_core()
+        self.state = CoordinatorState(self.core, self.state.credentials)
         posts, jobs = self.store.open_posts()
         self.core.load(posts, jobs, self.now)
         self.core.gates.load(self.store.gates.values())

@@ -2,9 +2,13 @@
 
 Random interleavings of sessions opening and dying, heartbeats, acks, commit requests, posts made
 on a model platform, results (success, TRANSIENT, RATE_LIMITED, AUTH_REQUIRED, INVALID_CONTENT),
-replays of old messages, clock jumps, goodbyes, operator actions and coordinator restarts (a new
-LeaseCore loaded from the model store). Coordinator -> worker messages sit in each worker's inbox
-until a rule delivers them, so a worker may act on a stale belief, as a real one does.
+replays of old messages, clock jumps, goodbyes, coordinator restarts (a new LeaseCore loaded
+from the model store), and the operators' whole command set as values through step.handle after
+the load phase (Harness.command): edits (which hold a post's jobs until it is approved and
+scheduled again), reschedules (which supersede waiting jobs), cancelling posts and jobs, retries,
+confirmations of jobs that require one, login checks either way, and posts resolved by hand.
+Coordinator -> worker messages sit in each worker's inbox until a rule delivers them, so a worker
+may act on a stale belief, as a real one does.
 
 The model worker is honest but not lucky: it publishes only after a CommitGrant and only while its
 own lease deadline (learned from Assign, HeartbeatAck, CommitGrant) has not passed; it may die
@@ -35,16 +39,19 @@ from hypothesis.stateful import (
 )
 from lease_harness import Harness, make_post, wire
 
+from coordinator import operator_commands as op
 from coordinator.convert import job_report_from_pb
 from coordinator.domain import (
     LEASED_STATUSES,
     TERMINAL_JOB_STATUSES,
     JobStatus,
     LoginState,
+    PostStatus,
     StepLogEntry,
     Target,
 )
 from coordinator.errors import FailedPrecondition, NotFound
+from coordinator.leasing import commands as c
 from coordinator.leasing.core import LeaseConfig
 from coordinator.leasing.effects import Effects
 from coordinator.retry import RetryPolicies, RetryPolicy
@@ -91,6 +98,8 @@ class WRun:
     epoch: int
     deadline: float
     verify_first: bool
+    confirm: bool = False  # the job requires an operator's confirmation before its permit
+    confirmed: bool = False
     verified: bool = False
     found: bool = False
     granted: bool = False
@@ -150,6 +159,7 @@ class LeaseProtocol(RuleBasedStateMachine):
         self.in_doubt: dict[str, int] = {}
         self.n_sessions = 0
         self.n_posts = 0
+        self.n_schedules = 0
         self.settling = False
         self.steps_ok = True
 
@@ -268,8 +278,16 @@ class LeaseProtocol(RuleBasedStateMachine):
         elif kind == "assign":
             a = msg.assign
             w.runs[(a.job_id, a.lease_epoch)] = WRun(
-                a.job_id, a.lease_epoch, a.lease_deadline_unix_ms / 1000, a.verify_first
+                a.job_id,
+                a.lease_epoch,
+                a.lease_deadline_unix_ms / 1000,
+                a.verify_first,
+                confirm=a.require_confirm,
             )
+        elif kind == "confirm":
+            confirmed = w.runs.get((msg.confirm.job_id, msg.confirm.lease_epoch))
+            if confirmed is not None:
+                confirmed.confirmed = True
         elif kind == "heartbeat_ack":
             deadline = msg.heartbeat_ack.lease_deadline_unix_ms / 1000
             for held in w.runs.values():
@@ -358,6 +376,8 @@ class LeaseProtocol(RuleBasedStateMachine):
             if run.found:
                 self.send_result(w, run, self.success_of(run))
                 return
+        if self.await_confirm(w, run):
+            return
         if not run.granted:
             self.emit(self.h.heartbeat(w.session))
             self.emit(self.h.commit(w.session, run.job_id, run.epoch))
@@ -367,6 +387,14 @@ class LeaseProtocol(RuleBasedStateMachine):
             self.send_result(w, run, self.success_of(run))
         elif run.key in w.runs and not run.granted:
             del w.runs[run.key]  # denied for good (its lease is gone): abandon it
+
+    def await_confirm(self, w: WorkerModel, run: WRun) -> bool:
+        """A job that requires a confirmation: say so and wait (True) until it comes."""
+        if not run.confirm or run.confirmed or run.granted or w.session is None:
+            return False
+        self.emit(self.h.command(c.AwaitingConfirm(w.session, run.job_id, run.epoch)))
+        self.deliver(w, len(w.inbox))
+        return not run.confirmed
 
     def verify(self, run: WRun) -> None:
         self.event("verified")
@@ -393,7 +421,11 @@ class LeaseProtocol(RuleBasedStateMachine):
     def add(self, targets: set[Target], max_attempts: int) -> None:
         self.n_posts += 1
         post, jobs = make_post(
-            f"p{self.n_posts}", sorted(targets), self.now, max_attempts=max_attempts
+            f"p{self.n_posts}",
+            sorted(targets),
+            self.now,
+            max_attempts=max_attempts,
+            require_confirm=self.n_posts % 3 == 0,  # p3, p6: a person confirms each job
         )
         self.emit(self.h.add(post, jobs))
 
@@ -471,6 +503,8 @@ class LeaseProtocol(RuleBasedStateMachine):
             self.publish(w, run)
         elif run.verify_first and not run.verified:
             self.verify(run)
+        elif self.await_confirm(w, run):
+            return
         elif w.session is not None and not run.granted:
             w.sent.append(Sent("commit", run.job_id, run.epoch))
             self.emit(self.h.ack(w.session, run.job_id, run.epoch))
@@ -700,6 +734,18 @@ class LeaseProtocol(RuleBasedStateMachine):
         ids = sorted(self.h.store.jobs)
         return ids[pick % len(ids)]
 
+    def pick_post(self, pick: int) -> str:
+        ids = sorted(self.h.store.posts)
+        return ids[pick % len(ids)]
+
+    def operator(self, command: op.OperatorCommand) -> bool:
+        """An operator's command through the actor's path; False if it was refused."""
+        try:
+            self.emit(self.h.command(command))
+        except (FailedPrecondition, NotFound):
+            return False
+        return True
+
     @rule(pick=picks)
     @step
     def operator_cancels(self, pick: int) -> None:
@@ -708,31 +754,28 @@ class LeaseProtocol(RuleBasedStateMachine):
         job_id = self.pick_job(pick)
         lease = self.h.core.leases.get(job_id)
         committed = lease is not None and lease.run.committed
-        try:
-            fx = self.h.core.cancel(job_id, "user:op", "no longer wanted", self.now)
-        except (FailedPrecondition, NotFound):
+        if not self.operator(op.CancelJob(job_id, "user:op", "no longer wanted")):
             return
         assert not committed, f"{job_id} cancelled while its run holds a commit permit"
-        self.emit(self.h.run(fx))
         assert self.h.store.jobs[job_id].status is JobStatus.CANCELLED
 
     @rule(pick=picks)
     @step
     def operator_retries(self, pick: int) -> None:
-        job_id = self.pick_job(pick)
-        try:
-            fx = self.h.core.retry_now(job_id, "user:op", False, self.now)
-        except (FailedPrecondition, NotFound):
-            return
-        self.emit(self.h.run(fx))
+        self.operator(op.RetryJob(self.pick_job(pick), "user:op", False))
+
+    @rule(pick=picks)
+    @step
+    def operator_confirms(self, pick: int) -> None:
+        waiting = [j for j, job in sorted(self.h.store.jobs.items())
+                   if job.status is JobStatus.AWAITING_CONFIRM]  # fmt: skip
+        if waiting and self.operator(op.ConfirmJob(waiting[pick % len(waiting)], "user:op")):
+            self.event("confirmed")
 
     @rule(where=st.sampled_from(TARGETS), device=workers_st)
     @step
     def login_restored(self, where: Target, device: str) -> None:
-        fx, _ = self.h.core.login_checked(
-            device, where, LoginState.LOGGED_IN, "ok", "user:op", self.now
-        )
-        self.emit(self.h.run(fx))
+        self.operator(op.LoginChecked(device, where, LoginState.LOGGED_IN, "ok", "user:op"))
 
     @rule(pick=picks)
     @step
@@ -741,23 +784,59 @@ class LeaseProtocol(RuleBasedStateMachine):
         if pick % 7:
             return  # rare: jobs must live long enough to meet trouble
         job_id = self.pick_job(pick)
-        try:
-            fx = self.h.core.resolve(job_id, "https://by.hand/1", "h1", "user:op", "", self.now)
-        except (FailedPrecondition, NotFound):
+        before = list(self.platform.get(job_id, []))
+        if not before:  # the person's post, made before they say so
+            self.platform[job_id] = [("person", 0)]
+        if not self.operator(op.ResolveJob(job_id, "https://by.hand/1", "h1", "user:op", "")):
+            if before:
+                self.platform[job_id] = before
+            else:
+                del self.platform[job_id]
             return
-        if not self.platform.get(job_id):
-            self.platform.setdefault(job_id, []).append(("person", 0))
         self.event("resolved by hand")
-        self.emit(self.h.run(fx))
         assert self.h.store.jobs[job_id].status is JobStatus.SUCCEEDED
 
     @rule(where=st.sampled_from(TARGETS), device=workers_st)
     @step
     def login_check_finds_it_signed_out(self, where: Target, device: str) -> None:
-        fx, _ = self.h.core.login_checked(
-            device, where, LoginState.NEEDS_LOGIN, "signed out", "user:op", self.now
-        )
-        self.emit(self.h.run(fx))
+        checked = op.LoginChecked(device, where, LoginState.NEEDS_LOGIN, "signed out", "user:op")
+        self.operator(checked)
+
+    @rule(pick=picks, then=st.sampled_from(["nothing", "approve", "approve and schedule"]))
+    @step
+    def operator_edits(self, pick: int, then: str) -> None:
+        """New text: the approval no longer holds, so the post's jobs are held (never handed out,
+        never granted a permit) until it is approved and scheduled again."""
+        post_id = self.pick_post(pick)
+        edit = op.UpdatePost(post_id, f"edit {pick}", None, None, None, "user:author")
+        if not self.operator(edit):
+            return
+        self.event("edited")
+        if then != "nothing":
+            self.operator(op.ApprovePost(post_id, "", "user:approver"))
+        if then == "approve and schedule":
+            self.reschedule(post_id, None)
+
+    @rule(pick=picks, shift=st.sampled_from([None, 0.0, 5.0, 40.0]))
+    @step
+    def operator_reschedules(self, pick: int, shift: float | None) -> None:
+        """Schedule again, now or later: waiting jobs of the earlier schedule are superseded,
+        published and publishing targets are left alone."""
+        self.reschedule(self.pick_post(pick), None if shift is None else self.now + shift)
+
+    def reschedule(self, post_id: str, when: float | None) -> None:
+        self.n_schedules += 1
+        new_ids = f"{post_id}-s{self.n_schedules}-"
+        if self.operator(op.SchedulePost(post_id, when, new_ids, "user:op")):
+            self.event("rescheduled")
+
+    @rule(pick=picks)
+    @step
+    def operator_cancels_post(self, pick: int) -> None:
+        if pick % 9:
+            return  # rare: posts must live long enough to meet trouble
+        if self.operator(op.CancelPost(self.pick_post(pick), "no longer wanted", "user:op")):
+            self.event("post cancelled")
 
     # ---- invariants --------------------------------------------------------------------------
 
@@ -791,7 +870,8 @@ class LeaseProtocol(RuleBasedStateMachine):
             assert job_id in core.jobs, f"{job_id} ({stored.status}) forgotten by the core"
             if stored.status in LEASED_STATUSES:
                 assert job_id in core.leases, f"{job_id} is {stored.status} with no lease"
-            elif stored.status is JobStatus.QUEUED:
+            elif stored.status is JobStatus.QUEUED and not core._held(core.jobs[job_id]):
+                # (A held job, of an edited post, is queued again by its next schedule.)
                 entries = heaps.get(stored.target, [])
                 assert any(j == job_id and nb == stored.not_before for nb, _, j in entries), (
                     f"{job_id} is QUEUED but not in the ready queue"
@@ -825,6 +905,28 @@ class LeaseProtocol(RuleBasedStateMachine):
                 # A FAILED/CANCELLED job whose post may exist must be marked to look first.
                 assert job.verify_first, f"{job_id} is {job.status} but its post exists: {posts}"
 
+    def people_catch_up(self) -> None:
+        """What operators do for work that waits for them: log in again, confirm, approve an
+        edited post and schedule it again (which also refreshes its held jobs)."""
+        for job in list(self.h.core.jobs.values()):
+            if job.status is JobStatus.NEEDS_LOGIN:
+                self.login_restored(job.target, job.device_id or DEVICES[0])
+            elif job.status is JobStatus.AWAITING_CONFIRM:
+                self.operator(op.ConfirmJob(job.id, "user:op"))
+        for post_id, post in sorted(self.h.store.posts.items()):
+            core = self.h.core
+            held = [j for j in core.jobs_of(post_id) if j.status is JobStatus.QUEUED]
+            if post.status is PostStatus.CANCELLED:
+                # A job that was publishing when its post was cancelled, and then lost its
+                # lease, waits again, held: a person cancels it too.
+                for job in held:
+                    self.operator(op.CancelJob(job.id, "user:op", "post cancelled"))
+                continue
+            if post.status is PostStatus.PENDING_APPROVAL:
+                self.operator(op.ApprovePost(post_id, "", "user:approver"))
+            if any(core._held(j) for j in held):
+                self.reschedule(post_id, None)
+
     def settle_everything(self) -> None:
         self.settling = True
         for w in self.workers.values():
@@ -839,9 +941,7 @@ class LeaseProtocol(RuleBasedStateMachine):
                     if run.key in w.runs:
                         self.step_worker(w, run)
                 self.deliver(w, len(w.inbox))
-            for job in list(self.h.core.jobs.values()):
-                if job.status is JobStatus.NEEDS_LOGIN:
-                    self.login_restored(job.target, job.device_id or DEVICES[0])
+            self.people_catch_up()
             busy = any(w.runs or w.inbox for w in self.workers.values())
             wake = self.h.core.next_wakeup()
             if busy or wake is None or wake <= self.now + 2.0:
@@ -855,7 +955,7 @@ class LeaseProtocol(RuleBasedStateMachine):
 
 TestLeaseProtocol = LeaseProtocol.TestCase
 TestLeaseProtocol.settings = settings(
-    max_examples=800,
+    max_examples=700,
     stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

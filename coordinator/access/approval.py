@@ -30,15 +30,22 @@ async def authors(store: Store, post_id: str) -> set[str]:
     return found
 
 
-async def check_not_author(
-    store: Store, credentials: Credentials, post_id: str, principal: Principal | None
+def applies(credentials: Credentials, principal: Principal | None) -> bool:
+    """Does the four-eyes rule judge this caller (authenticated, self-approval not allowed)?"""
+    return (
+        principal is not None
+        and principal.authenticated
+        and not credentials.policy.allow_self_approval
+    )
+
+
+def check_not_author(
+    post_id: str, principal: Principal | None, found: frozenset[str] | None
 ) -> None:
-    """`principal`: the caller, taken in the RPC's task (the actor runs in its own)."""
-    if principal is None or not principal.authenticated:
+    """`found`: the post's authors (None: the rule does not apply to this approval)."""
+    if principal is None or found is None:
         return
-    if credentials.policy.allow_self_approval:
-        return
-    if principal.actor in await authors(store, post_id):
+    if principal.actor in found:
         raise PermissionDenied(
             f"{principal.actor} created or edited post {post_id}: someone else must approve it "
             "(a deployment may allow this with `postroom coordinator --allow-self-approval`)"

@@ -52,12 +52,6 @@ def identify(
     return credentials.device(device_id, token, capabilities)
 
 
-def still_valid(credentials: Credentials, enrollment: DeviceEnrollment | None) -> bool:
-    if enrollment is None:
-        return not credentials.auth_on
-    return credentials.still_valid(enrollment)
-
-
 def end_status(
     credentials: Credentials,
     core: LeaseCore,
@@ -68,7 +62,7 @@ def end_status(
 ) -> tuple[grpc.StatusCode, str] | None:
     """Why the coordinator ended this stream, as the status its worker should see; None for an
     ordinary end (the worker left, or will reconnect)."""
-    if not still_valid(credentials, enrollment):
+    if not credentials.still_valid(enrollment):
         if enrollment is None:
             return grpc.StatusCode.UNAUTHENTICATED, (
                 f"authentication was turned on: device {device_id} needs a token; {ENROLL_HINT}"

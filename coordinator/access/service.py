@@ -1,14 +1,14 @@
 """The access RPCs of `Publishing` (WhoAmI, tokens, enrollments), mixed into PublishingService.
 
-Every change runs inside the actor: the credential row, its audit event and the sessions it ends
-go out in one batch, and the in-memory Credentials change in the same step, so a revoked token
-or device is refused from the next call on. Secrets are returned once and never logged.
+Every change is a command value (coordinator/operator_commands.py) decided inside the actor by
+access/changes.py: the credential row, its audit event and the sessions it ends go out in one
+batch, and the in-memory Credentials change in the same step, so a revoked token or device is
+refused from the next call on. Secrets are returned once and never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import uuid
@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from coordinator import operator_commands as op
 from coordinator.access.interceptor import current_principal
 from coordinator.access.records import (
     DEVICE_PREFIX,
@@ -31,10 +32,8 @@ from coordinator.access.records import (
 from coordinator.access.registry import OPEN, Credentials
 from coordinator.actor import Coordinator
 from coordinator.convert import target_pb, ts
-from coordinator.domain import KNOWN_PLATFORMS, AuditEvent, Target
-from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument, NotFound
-from coordinator.leasing.core import LeaseCore
-from coordinator.leasing.effects import Effects
+from coordinator.domain import KNOWN_PLATFORMS, Target
+from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument
 from postroom.v1 import access_pb2 as ac
 from postroom.v1 import types_pb2 as pb
 
@@ -127,20 +126,10 @@ def enrolled_accounts(accounts: Sequence[pb.Target]) -> tuple[Target, ...]:
     return tuple(out)
 
 
-def end_device_sessions(core: LeaseCore, device_id: str, reason: str, now: float) -> Effects:
-    """End every session of the device at once; its jobs are recovered like a lost stream's."""
-    fx = Effects()
-    for session in [s for s in core.sessions.values() if s.device_id == device_id]:
-        fx.extend(core.session_lost(session.id, now, reason=reason))
-        fx.close_sessions.append(session.id)
-    return fx
-
-
 class AccessRpcs:
-    """Mixed into PublishingService, which sets `co`, `core` and `store`."""
+    """Mixed into PublishingService, which sets `co`."""
 
     co: Coordinator
-    core: LeaseCore
 
     @property
     def credentials(self) -> Credentials:
@@ -178,34 +167,8 @@ class AccessRpcs:
             )
         secret = new_secret(OPERATOR_PREFIX)
         actor = self._admin_actor()
-
-        async def run(now: float) -> tuple[Effects, OperatorToken]:
-            first = not self.credentials.auth_on
-            token = OperatorToken(
-                id=f"t-{uuid.uuid4().hex[:12]}",
-                name=name,
-                role=role,
-                token_hash=hash_secret(secret),
-                created_at=now,
-                created_by=actor,
-            )
-            self.credentials.put_token(token)
-            fx = Effects()
-            fx.batch.operator_tokens.append(token)
-            details = {"name": name, "role": role.value, "turned_auth_on": first}
-            fx.batch.audits.append(AuditEvent("TOKEN_CREATED", token.id, actor, now, details))
-            if first:
-                # Workers connected while the coordinator was open proved nothing: from now on
-                # every device must present its own token.
-                for session in list(self.core.sessions.values()):
-                    fx.extend(
-                        end_device_sessions(
-                            self.core, session.device_id, "authentication turned on", now
-                        )
-                    )
-            return fx, token
-
-        token = await self.co.call(run)
+        new = op.CreateToken(f"t-{uuid.uuid4().hex[:12]}", name, role, hash_secret(secret), actor)
+        token: OperatorToken = await self.co.command(new)
         return ac.CreateTokenResponse(token=token_pb(token), secret=secret)
 
     @rpc
@@ -226,31 +189,7 @@ class AccessRpcs:
             # Never echo it back: it may be a live secret pasted by mistake.
             raise InvalidArgument("give the token's id (t-…) or name, not its secret")
         actor = self._admin_actor()
-
-        async def run(now: float) -> tuple[Effects, list[OperatorToken]]:
-            creds = self.credentials
-            matches = [t for t in creds.tokens() if t.active and wanted in (t.id, t.name)]
-            if not matches:
-                raise NotFound(f"no active operator token has the id or name {wanted[:80]!r}")
-            admins_left = [
-                t for t in creds.tokens() if t.active and t.role is Role.ADMIN and t not in matches
-            ]
-            if any(t.role is Role.ADMIN for t in matches) and not admins_left:
-                raise FailedPrecondition(
-                    "that would revoke the last admin token: create another admin token first"
-                )
-            fx = Effects()
-            revoked = []
-            for token in matches:
-                token = dataclasses.replace(token, revoked_at=now)
-                creds.put_token(token)
-                fx.batch.operator_tokens.append(token)
-                details = {"name": token.name, "role": token.role.value}
-                fx.batch.audits.append(AuditEvent("TOKEN_REVOKED", token.id, actor, now, details))
-                revoked.append(token)
-            return fx, revoked
-
-        revoked = await self.co.call(run)
+        revoked: list[OperatorToken] = await self.co.command(op.RevokeToken(wanted, actor))
         return ac.RevokeTokenResponse(revoked=[token_pb(t) for t in revoked])
 
     # ---- device enrollments --------------------------------------------------------------
@@ -270,32 +209,8 @@ class AccessRpcs:
             )
         secret = new_secret(DEVICE_PREFIX)
         actor = self._admin_actor()
-
-        async def run(now: float) -> tuple[Effects, DeviceEnrollment]:
-            old = self.credentials.enrollment(name)
-            if old is not None and old.active and not request.rotate:
-                raise FailedPrecondition(
-                    f"device {name} is enrolled already; --rotate gives it a new token (its "
-                    "session ends), or revoke it first"
-                )
-            enrollment = DeviceEnrollment(
-                name=name,
-                accounts=accounts,
-                token_hash=hash_secret(secret),
-                created_at=now,
-                created_by=actor,
-            )
-            self.credentials.put_enrollment(enrollment)
-            fx = Effects()
-            fx.batch.enrollments.append(enrollment)
-            rotated = old is not None and old.active
-            action = "DEVICE_TOKEN_ROTATED" if rotated else "DEVICE_ENROLLED"
-            details = {"accounts": [str(a) for a in accounts]}
-            fx.batch.audits.append(AuditEvent(action, name, actor, now, details))
-            fx.extend(end_device_sessions(self.core, name, "device token replaced", now))
-            return fx, enrollment
-
-        enrollment = await self.co.call(run)
+        enroll = op.EnrollDevice(name, accounts, hash_secret(secret), request.rotate, actor)
+        enrollment: DeviceEnrollment = await self.co.command(enroll)
         return ac.EnrollDeviceResponse(enrollment=enrollment_pb(enrollment), secret=secret)
 
     @rpc
@@ -313,18 +228,4 @@ class AccessRpcs:
         if not name:
             raise InvalidArgument("name is required: the device to revoke")
         actor = self._admin_actor()
-
-        async def run(now: float) -> tuple[Effects, DeviceEnrollment]:
-            enrollment = self.credentials.enrollment(name)
-            if enrollment is None:
-                raise NotFound(f"device {name[:80]!r} is not enrolled")
-            fx = Effects()
-            if enrollment.active:
-                enrollment = dataclasses.replace(enrollment, revoked_at=now)
-                self.credentials.put_enrollment(enrollment)
-                fx.batch.enrollments.append(enrollment)
-                fx.batch.audits.append(AuditEvent("DEVICE_REVOKED", name, actor, now, {}))
-            fx.extend(end_device_sessions(self.core, name, "device revoked", now))
-            return fx, enrollment
-
-        return enrollment_pb(await self.co.call(run))
+        return enrollment_pb(await self.co.command(op.RevokeDevice(name, actor)))

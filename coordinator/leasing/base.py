@@ -4,8 +4,8 @@ LeaseCore (core.py) is one object split along its seams: this base holds the sta
 transition helpers; AttemptOutcomes (outcomes.py) ends attempts (results, retries, recovery);
 OperatorActions (operator.py) are the operators' commands and the confirmation timeout;
 ManualActions (manual.py) records what a person did by hand; Intake (intake.py) loads, adds and
-settles posts; core.py has sessions, worker messages, time and dispatch. Only LeaseCore is
-instantiated.
+settles posts; Scheduling (scheduling.py) takes in, schedules, cancels and deletes a post's
+jobs; core.py has sessions, worker messages, time and dispatch. Only LeaseCore is instantiated.
 """
 
 from __future__ import annotations

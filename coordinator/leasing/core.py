@@ -38,7 +38,7 @@ from coordinator.leasing.effects import (
     Dispatched,
     Effects,
 )
-from coordinator.leasing.intake import Intake
+from coordinator.leasing.scheduling import Scheduling
 
 # Re-exported: the lease core's configuration and values are part of its public face.
 from coordinator.leasing.state import DEFAULT_CLAIM_TIMEOUT_S as DEFAULT_CLAIM_TIMEOUT_S
@@ -54,7 +54,7 @@ from coordinator.store.base import JobWrite
 from coordinator.transitions import check_job
 
 
-class LeaseCore(Intake):
+class LeaseCore(Scheduling):
     # ---- sessions ------------------------------------------------------------------------
 
     def open_session(

@@ -67,6 +67,8 @@ class Effects:
     # Sessions the shell must end (heartbeat silence, superseded by a new stream).
     close_sessions: list[str] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
+    # An operator command's answer, handed to its RPC after the commit (not merged by extend).
+    reply: object = None
 
     def send(self, session_id: str, msg: Outbound) -> None:
         self.messages.append((session_id, msg))
