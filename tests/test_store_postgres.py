@@ -196,3 +196,32 @@ async def test_two_stores_on_one_database_keep_cas_and_audit_order_whole(url: st
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_store_reconnects_after_the_server_drops_its_connections(url: str) -> None:
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        await store.apply(WriteBatch(audits=[audit("before")]))
+        conn = await asyncpg.connect(url)
+        try:  # what a server restart or an idle-connection reaper does
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        outcomes = []
+        for n in range(2):  # the first may find its connection dead: UNAVAILABLE, not a crash
+            try:
+                await store.apply(WriteBatch(audits=[audit(f"after-{n}")]))
+                outcomes.append("written")
+            except StoreError as exc:
+                outcomes.append(f"unavailable: {exc}")
+        assert outcomes[-1] == "written", outcomes
+        assert next(e.action for e in await all_audit(store)) == "before"
+        assert await store.list_audit(
+            since=None, subject_id="", action="after-1", after_seq=0, limit=9
+        )
+    finally:
+        await store.close()

@@ -4,13 +4,14 @@ The SQL is data (coordinator/store/sql/postgres/): the SQLite store's queries by
 and the same :named parameters, which are numbered $1, $2... once, when loaded. What a batch
 writes, and in what order, is sqlbase.py's, shared with SQLite.
 
-Writes: one batch at a time per process (a lock, as SQLite's), each in one transaction on a
-connection of the pool; reads run on other connections alongside. A compare-and-set statement
-that changes no row raises SQLSTATE PRCAS from the server (0001_initial.sql: postroom_missed), so
-a whole stage is one pipelined executemany and still tells a miss. Audit seqs are max + 1 under
-a table lock held to commit, so they are consecutive and in commit order even with several
-processes writing. A batch once started is seen through to COMMIT or ROLLBACK in its own task,
-even if the caller is cancelled (asyncio.shield; close() waits for it).
+Writes: one batch at a time per process (a lock, as SQLite's), each in one transaction on the
+one connection kept for writing; reads run on the pool's connections alongside. A
+compare-and-set statement that changes no row raises SQLSTATE PRCAS from the server
+(0001_initial.sql: postroom_missed), so a whole stage is one pipelined executemany and still
+tells a miss. Audit seqs are max + 1 under a table lock held to commit, so they are consecutive
+and in commit order even with several processes writing. A batch once started is seen through
+to COMMIT or ROLLBACK in its own task, even if the caller is cancelled (asyncio.shield; close()
+waits for it).
 
 asyncpg and connection errors are translated here, once: a unique clash is ConcurrentUpdate,
 anything else StoreError.
@@ -48,6 +49,15 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 CAS_MISSED_SQLSTATE = "PRCAS"
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _COMMENT = re.compile(r"--[^\n]*")
+# What asyncpg raises: server errors, misuse or a closed connection, its own inconsistencies
+# (seen when the server drops a connection mid-transaction), and the network's.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +100,7 @@ def redacted(url: str) -> str:
 def _translated(doing: str) -> Iterator[None]:
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise StoreError(f"PostgreSQL failed to {doing}: {exc}") from exc
 
 
@@ -107,6 +117,9 @@ class PostgresStore(SqlStore[Any]):
         self._pool_max_size = pool_max_size
         self._connect_timeout_s = connect_timeout_s
         self._pool: Any = None
+        # Batches go one at a time through a connection of their own, kept open: no pool
+        # acquire and reset per batch.
+        self._writer: Any = None
         self._write_lock = anyio.Lock()
         self._q = _QUERIES
 
@@ -122,7 +135,7 @@ class PostgresStore(SqlStore[Any]):
             pool = await asyncpg.create_pool(
                 self._url,
                 min_size=1,
-                max_size=self._pool_max_size,
+                max_size=max(1, self._pool_max_size - 1),  # and one for writing
                 timeout=self._connect_timeout_s,
             )
             try:
@@ -156,7 +169,10 @@ class PostgresStore(SqlStore[Any]):
         if pool is None:
             return
         async with self._write_lock:  # let a batch in flight finish first
+            writer, self._writer = self._writer, None
             with _translated("close"):
+                if writer is not None:
+                    await writer.close()
                 await pool.close()
 
     def _require(self) -> Any:
@@ -178,22 +194,32 @@ class PostgresStore(SqlStore[Any]):
     async def _apply(self, batch: WriteBatch, fence: Fence | None) -> None:
         if not batch:
             return
-        pool = self._require()
-        seqs = await asyncio.shield(self._apply_alone(pool, batch, fence))
+        self._require()
+        seqs = await asyncio.shield(self._apply_alone(batch, fence))
         for event, seq in zip(batch.audits, seqs, strict=True):
             event.seq = seq
 
-    async def _apply_alone(self, pool: Any, batch: WriteBatch, fence: Fence | None) -> list[int]:
+    async def _apply_alone(self, batch: WriteBatch, fence: Fence | None) -> list[int]:
         async with self._write_lock:
             with _translated("apply a batch"):
-                async with pool.acquire() as conn:
-                    try:
-                        async with conn.transaction():
-                            if fence is not None:
-                                await hold(fence, functools.partial(self._rows, conn))
-                            return await self._write(conn, batch)
-                    except Missed as missed:  # rolled back by now
-                        raise await self._diagnose(conn, batch, missed) from missed.cause
+                conn = await self._writer_connection()
+                try:
+                    async with conn.transaction():
+                        if fence is not None:
+                            await hold(fence, functools.partial(self._rows, conn))
+                        return await self._write(conn, batch)
+                except Missed as missed:  # rolled back by now
+                    raise await self._diagnose(conn, batch, missed) from missed.cause
+
+    async def _writer_connection(self) -> Any:
+        """The writing connection, made again if the server dropped it (a restart, a reaper)."""
+        if self._writer is None or self._writer.is_closed():
+            self._writer = None
+            self._writer = await self._connect()
+        return self._writer
+
+    async def _connect(self) -> Any:
+        return await asyncpg.connect(self._url, timeout=self._connect_timeout_s)
 
     async def _many(self, conn: Any, stage: str, name: str, params: Sequence[Params]) -> None:
         query = self._q[name]
