@@ -46,6 +46,7 @@ from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 
 log = logging.getLogger("postroom.coordinator.gateway")
+Ctx = grpc.aio.ServicerContext[wg.WorkerMessage, wg.CoordinatorMessage]
 
 HELLO_TIMEOUT_S = 10.0
 SCREENSHOT_LABELS = frozenset({"before_confirm", "after_publish", "on_failure"})
@@ -81,48 +82,18 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
     async def Connect(
         self,
         request_iterator: AsyncIterator[wg.WorkerMessage],
-        context: grpc.aio.ServicerContext[wg.WorkerMessage, wg.CoordinatorMessage],
+        context: Ctx,
     ) -> AsyncIterator[wg.CoordinatorMessage]:
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, TimeoutError):
             return
-        if isinstance(first, Garbage):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.message)
+        opened = await self._open(first, context)
+        if opened is None:
             return
-        hello = self._validate_hello(first)
-        if isinstance(hello, ProtocolViolation):
-            await context.abort(hello.code, str(hello))
-            return
-        capabilities = tuple(Target(c.platform, c.account or "*") for c in hello.capabilities)
-        credentials = self.coordinator.credentials
-        try:  # who it is (its device token), and that it may serve what it claims
-            enrollment = devices.identify(
-                credentials,
-                device_id=hello.device_id,
-                token=hello.token,
-                capabilities=capabilities,
-                context=context,
-            )
-        except CoordinatorError as exc:
-            log.warning("refused a Hello of device %r: %s", hello.device_id[:80], exc)
-            await context.abort(exc.status_code, str(exc))
-            return
-        session_id = f"s-{uuid.uuid4().hex[:12]}"
+        session_id = opened.session_id
         outbox = self.coordinator.open_outbox(session_id)
-        await self.coordinator.post(
-            c.OpenStream(
-                session_id,
-                device_id=hello.device_id,
-                kind=kind_from_pb(hello.kind),
-                capabilities=capabilities,
-                slots=hello.slots,
-                held=tuple((h.job_id, h.lease_epoch) for h in hello.held_jobs),
-                version=hello.version,
-                per_account_slots=hello.per_account_slots,
-                enrollment=enrollment,
-            )
-        )
+        await self.coordinator.post(opened)
         limits = self.limits
         rate = RateLimiter(limits.max_messages_per_s, limits.burst_messages, self._monotonic)
         state = _StreamState(rate)
@@ -139,20 +110,60 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             for upload in state.uploads.values():  # unfinished: their bytes go
                 upload.file.discard()
             state.uploads.clear()
-            reason = state.end_reason or "stream closed"
-            with anyio.CancelScope(shield=True), contextlib.suppress(anyio.ClosedResourceError):
-                await self.coordinator.post(c.StreamLost(session_id, reason))
-            if state.violation is not None:
-                await context.abort(state.violation.code, str(state.violation))
-            ended = devices.end_status(
-                credentials,
-                self.core,
-                enrollment=enrollment,
+            await self._ended(opened, state, context)
+
+    async def _open(self, first: wg.WorkerMessage | Garbage, context: Ctx) -> c.OpenStream | None:
+        """The stream's opening, from its Hello: checked, and its identity proved; None once
+        the stream is aborted with what to fix."""
+        if isinstance(first, Garbage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, first.message)
+            return None
+        hello = self._validate_hello(first)
+        if isinstance(hello, ProtocolViolation):
+            await context.abort(hello.code, str(hello))
+            return None
+        capabilities = tuple(Target(c.platform, c.account or "*") for c in hello.capabilities)
+        try:  # who it is (its device token), and that it may serve what it claims
+            enrollment = devices.identify(
+                self.coordinator.credentials,
                 device_id=hello.device_id,
-                session_id=session_id,
+                token=hello.token,
+                capabilities=capabilities,
+                context=context,
             )
-            if ended is not None:  # revoked, a new token, or replaced by a proven twin
-                await context.abort(*ended)
+        except CoordinatorError as exc:
+            log.warning("refused a Hello of device %r: %s", hello.device_id[:80], exc)
+            await context.abort(exc.status_code, str(exc))
+            return None
+        return c.OpenStream(
+            f"s-{uuid.uuid4().hex[:12]}",
+            device_id=hello.device_id,
+            kind=kind_from_pb(hello.kind),
+            capabilities=capabilities,
+            slots=hello.slots,
+            held=tuple((h.job_id, h.lease_epoch) for h in hello.held_jobs),
+            version=hello.version,
+            per_account_slots=hello.per_account_slots,
+            enrollment=enrollment,
+        )
+
+    async def _ended(self, opened: c.OpenStream, state: _StreamState, context: Ctx) -> None:
+        """The stream is over: the actor hears it, and the worker hears why (a violation, its
+        identity revoked or replaced), if it is not an ordinary end."""
+        reason = state.end_reason or "stream closed"
+        with anyio.CancelScope(shield=True), contextlib.suppress(anyio.ClosedResourceError):
+            await self.coordinator.post(c.StreamLost(opened.session_id, reason))
+        if state.violation is not None:
+            await context.abort(state.violation.code, str(state.violation))
+        ended = devices.end_status(
+            self.coordinator.credentials,
+            self.core,
+            enrollment=opened.enrollment,
+            device_id=opened.device_id,
+            session_id=opened.session_id,
+        )
+        if ended is not None:  # revoked, a new token, or replaced by a proven twin
+            await context.abort(*ended)
 
     def _validate_hello(self, first: wg.WorkerMessage) -> wg.Hello | ProtocolViolation:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
@@ -282,13 +293,9 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         await anyio.to_thread.run_sync(upload.file.write, chunk.data)
         if not chunk.last:
             return None
-        if upload.file.size != upload.total_size:
-            return await refuse(f"INVALID_ARGUMENT: {upload.file.size} bytes, announced "
-                                f"{upload.total_size}")  # fmt: skip
-        digest = upload.file.sha256()
-        if digest != upload.sha256:
-            return await refuse(f"INVALID_ARGUMENT: sha256 mismatch: got {digest}, announced "
-                                f"{upload.sha256 or '(none)'}")  # fmt: skip
+        error = _incomplete(upload)
+        if error:
+            return await refuse(error)
         del state.uploads[chunk.upload_id]
         asset_id = await anyio.to_thread.run_sync(upload.file.finish)
         record = ScreenshotRecord(
@@ -331,3 +338,16 @@ class _StreamState:
     end_reason: str = ""
     violation: Violation | None = None
     uploads: dict[str, _Upload] = field(default_factory=dict)
+
+
+def _incomplete(upload: _Upload) -> str:
+    """Why an upload's last chunk does not complete it (empty: it does)."""
+    if upload.file.size != upload.total_size:
+        return f"INVALID_ARGUMENT: {upload.file.size} bytes, announced {upload.total_size}"
+    digest = upload.file.sha256()
+    if digest != upload.sha256:
+        return (
+            f"INVALID_ARGUMENT: sha256 mismatch: got {digest}, announced "
+            f"{upload.sha256 or '(none)'}"
+        )
+    return ""

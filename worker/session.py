@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from postroom import job_messages
 from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
 from worker.config import (
@@ -49,6 +50,14 @@ class SessionState:
 
 # ---- commands for the shell --------------------------------------------------------------
 
+# What the coordinator says about one job: its own values (postroom/job_messages.py), under the
+# names the runner knows them by.
+Confirm = job_messages.Confirm
+Cancel = job_messages.Cancel
+DropJob = job_messages.Drop
+ResultAcked = job_messages.ResultAck
+ScreenshotAcked = job_messages.ScreenshotAck
+
 
 @dataclass(frozen=True, slots=True)
 class Welcomed:
@@ -76,42 +85,6 @@ class AnswerPermit:
     granted: bool
     reason: str = ""
     deadline: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Confirm:
-    job_id: str
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    job_id: str
-    epoch: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DropJob:
-    job_id: str
-    epoch: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResultAcked:
-    job_id: str
-    epoch: int
-    accepted: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ScreenshotAcked:
-    job_id: str
-    upload_id: str
-    ok: bool
-    error: str
 
 
 @dataclass(frozen=True, slots=True)

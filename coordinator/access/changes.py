@@ -27,14 +27,7 @@ def end_device_sessions(core: LeaseCore, device_id: str, reason: str, now: float
 
 def create_token(creds: Credentials, core: LeaseCore, cmd: CreateToken, now: float) -> Effects:
     first = not creds.auth_on
-    token = OperatorToken(
-        id=cmd.token_id,
-        name=cmd.name,
-        role=cmd.role,
-        token_hash=cmd.token_hash,
-        created_at=now,
-        created_by=cmd.actor,
-    )
+    token = OperatorToken(cmd.token_id, cmd.name, cmd.role, cmd.token_hash, now, cmd.actor)
     creds.put_token(token)
     fx = Effects()
     fx.batch.operator_tokens.append(token)

@@ -22,9 +22,7 @@ from collections.abc import Iterable
 from coordinator.domain import (
     AuditEvent,
     DeviceRecord,
-    Job,
     JobStatus,
-    Run,
     ScreenshotRecord,
     StepLogEntry,
     Target,
@@ -32,13 +30,11 @@ from coordinator.domain import (
 )
 from coordinator.leasing import outbound as o
 from coordinator.leasing.base import run_row
+from coordinator.leasing.dispatch import Dispatching
 from coordinator.leasing.effects import (
-    AttemptStarted,
     CommitDecided,
-    Dispatched,
     Effects,
 )
-from coordinator.leasing.scheduling import Scheduling
 
 # Re-exported: the lease core's configuration and values are part of its public face.
 from coordinator.leasing.state import DEFAULT_CLAIM_TIMEOUT_S as DEFAULT_CLAIM_TIMEOUT_S
@@ -46,15 +42,12 @@ from coordinator.leasing.state import DEFAULT_CONFIRM_TIMEOUT_S as DEFAULT_CONFI
 from coordinator.leasing.state import DEFAULT_HEARTBEAT_INTERVAL_S as DEFAULT_HEARTBEAT_INTERVAL_S
 from coordinator.leasing.state import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_MAX_CHUNK_BYTES
 from coordinator.leasing.state import DEFAULT_RUN_TIMEOUT_S as DEFAULT_RUN_TIMEOUT_S
-from coordinator.leasing.state import SYSTEM
 from coordinator.leasing.state import Lease as Lease
 from coordinator.leasing.state import LeaseConfig as LeaseConfig
 from coordinator.leasing.state import Session as Session
-from coordinator.store.base import JobWrite
-from coordinator.transitions import check_job
 
 
-class LeaseCore(Scheduling):
+class LeaseCore(Dispatching):
     # ---- sessions ------------------------------------------------------------------------
 
     def open_session(
@@ -73,18 +66,43 @@ class LeaseCore(Scheduling):
         fx = Effects()
         for other in [s for s in self.sessions.values() if s.device_id == device_id]:
             # A device has one stream; a new Hello means the old one is dead.
-            fx.extend(
-                self.session_lost(
-                    other.id, now, reason="superseded by a new stream", redispatch=False
-                )
-            )
+            reason = "superseded by a new stream"
+            fx.extend(self.session_lost(other.id, now, reason=reason, redispatch=False))
             fx.close_sessions.append(other.id)
         session = Session(session_id, device_id, kind, capabilities, max(1, slots), now)
         session.per_account = max(0, per_account_slots)
         self.sessions[session_id] = session
         heapq.heappush(self._beats, (now, session_id))
+        resumed, refused = self._resume(session, held, now)
+        device = self.devices.get(device_id)
+        logins = device.logins if device else {}
+        device = DeviceRecord(device_id, kind, capabilities, session.slots, now, version, logins)
+        device.per_account_slots = session.per_account
+        self.devices[device_id] = device
+        fx.batch.devices.append(dataclasses.replace(device, logins=dict(logins)))
+        details = {
+            "kind": kind.value,
+            "slots": session.slots,
+            "per_account_slots": session.per_account,
+            "resumed": [h.job_id for h in resumed],
+            "refused": refused,
+        }
+        actor = f"device:{device_id}"
+        fx.batch.audits.append(AuditEvent("DEVICE_CONNECTED", device_id, actor, now, details))
+        c = self.config
+        welcome = o.Welcome(session_id, c.heartbeat_interval_s, c.lease_ttl_s, tuple(resumed),
+                            c.max_chunk_bytes, c.max_asset_bytes)  # fmt: skip
+        fx.send(session_id, welcome)
+        fx.extend(self.dispatch(now))
+        return fx
+
+    def _resume(
+        self, session: Session, held: Iterable[tuple[str, int]], now: float
+    ) -> tuple[list[o.HeldJob], list[str]]:
+        """The leases a reconnecting worker still holds, back on its new session; and those it
+        holds under a lease that is over (job@epoch: the worker drops them)."""
         resumed: list[o.HeldJob] = []
-        refused: list[str] = []  # held under a lease that is over: the worker drops them
+        refused: list[str] = []
         for job_id, epoch in held:
             lease = self.leases.get(job_id)
             job = self.jobs.get(job_id)
@@ -92,48 +110,17 @@ class LeaseCore(Scheduling):
                 lease is not None
                 and job is not None
                 and lease.epoch == epoch
-                and job.device_id == device_id
+                and job.device_id == session.device_id
                 and (lease.session_id is None or lease.session_id not in self.sessions)
             ):
-                lease.session_id = session_id
+                lease.session_id = session.id
                 lease.deadline = now + self.config.lease_ttl_s
                 lease.granted_at = now
                 session.jobs.add(job_id)
                 resumed.append(o.HeldJob(job_id, epoch, lease.run.committed))
             else:
                 refused.append(f"{job_id}@{epoch}")
-        device = self.devices.get(device_id)
-        logins = device.logins if device else {}
-        device = DeviceRecord(device_id, kind, capabilities, session.slots, now, version, logins)
-        device.per_account_slots = session.per_account
-        self.devices[device_id] = device
-        fx.batch.devices.append(dataclasses.replace(device, logins=dict(logins)))
-        fx.batch.audits.append(
-            AuditEvent(
-                "DEVICE_CONNECTED",
-                device_id,
-                f"device:{device_id}",
-                now,
-                {
-                    "kind": kind.value,
-                    "slots": session.slots,
-                    "per_account_slots": session.per_account,
-                    "resumed": [h.job_id for h in resumed],
-                    "refused": refused,
-                },
-            )
-        )
-        welcome = o.Welcome(
-            session_id,
-            self.config.heartbeat_interval_s,
-            self.config.lease_ttl_s,
-            tuple(resumed),
-            self.config.max_chunk_bytes,
-            self.config.max_asset_bytes,
-        )
-        fx.send(session_id, welcome)
-        fx.extend(self.dispatch(now))
-        return fx
+        return resumed, refused
 
     def heartbeat(
         self,
@@ -339,7 +326,7 @@ class LeaseCore(Scheduling):
             lease.awaiting_since = now
         return fx
 
-    # ---- time: expiry, stuck recovery, dispatch ------------------------------------------
+    # ---- time: expiry, stuck recovery, wake-ups ------------------------------------------
 
     def tick(self, now: float) -> Effects:
         fx = Effects()
@@ -408,113 +395,3 @@ class LeaseCore(Scheduling):
 
     def _open_at_any(self, target: Target) -> float:
         return self.gates.open_at(target, float("-inf"))
-
-    def dispatch(self, now: float) -> Effects:
-        """Hand due jobs to sessions with free slots, one per session per round (fairness)."""
-        fx = Effects()
-        self._dispatched_at = now
-        self._dispatch_forced(fx, now)
-        hungry = [s for s in self.sessions.values() if s.free_slots > 0]
-        while hungry:
-            still: list[Session] = []
-            for session in hungry:
-                job = self.queue.pick(
-                    session.capabilities,
-                    self.jobs,
-                    now,
-                    lambda t: self._gate_open_at(t, now),
-                    self._held,
-                    self._full_accounts(session) if session.per_account else (),
-                )
-                if job is None:
-                    continue
-                if self.force_gate and job.id in self.force_gate:
-                    self.force_gate.discard(job.id)
-                self._assign(fx, session, job, now)
-                if session.free_slots > 0:
-                    still.append(session)
-            hungry = still
-        return fx
-
-    def _dispatch_forced(self, fx: Effects, now: float) -> None:
-        """Jobs an operator retried with --force go first, through a closed gate (the queue
-        would pick by gate and not_before, so another job of the target could jump in)."""
-        for job_id in sorted(self.force_gate):
-            job = self.jobs.get(job_id)
-            if job is None or job.status is not JobStatus.QUEUED:
-                self.force_gate.discard(job_id)
-                continue
-            if job.not_before > now or self._held(job):
-                continue
-            session = next(
-                (
-                    s
-                    for s in self.sessions.values()
-                    if s.free_slots > 0
-                    and s.serves(job.target)
-                    and not (s.per_account and job.target in self._full_accounts(s))
-                ),
-                None,
-            )
-            if session is not None:
-                self.force_gate.discard(job_id)
-                self._assign(fx, session, job, now)
-
-    def _gate_open_at(self, target: Target, now: float) -> float:
-        return self.gates.open_at(target, now)
-
-    def _assign(self, fx: Effects, session: Session, job: Job, now: float) -> None:
-        old_epoch = job.lease_epoch
-        # Its attempts are used up, but an earlier one may have published: only look.
-        verify_only = job.verify_first and job.counted_attempts >= job.max_attempts
-        check_job(job.id, job.status, JobStatus.CLAIMED)
-        job.status = JobStatus.CLAIMED
-        job.lease_epoch += 1
-        job.attempt += 1
-        job.device_id = session.device_id
-        deadline = now + self.config.lease_ttl_s
-        job.lease_expires_at = deadline
-        job.updated_at = now
-        run = Run(
-            id=self._new_id("r"),
-            job_id=job.id,
-            attempt=job.attempt,
-            device_id=session.device_id,
-            lease_epoch=job.lease_epoch,
-            started_at=now,
-        )
-        self.leases[job.id] = Lease(
-            job.id,
-            job.lease_epoch,
-            session.id,
-            deadline,
-            run,
-            verify_only=verify_only,
-            granted_at=now,
-        )
-        session.jobs.add(job.id)
-        self.gates.lease_started(job.target, job.id)
-        snapshot = dataclasses.replace(job)  # read-only from here: one copy serves all three
-        fx.batch.job_writes.append(JobWrite(snapshot, frozenset({JobStatus.QUEUED}), old_epoch))
-        fx.batch.runs.append(run_row(run))
-        fx.batch.audits.append(
-            AuditEvent(
-                "JOB_LEASED",
-                job.id,
-                SYSTEM,
-                now,
-                {
-                    "device": session.device_id,
-                    "epoch": job.lease_epoch,
-                    "attempt": job.attempt,
-                    "verify_first": job.verify_first,
-                    "verify_only": verify_only,
-                },
-            )
-        )
-        fx.changed_jobs[job.id] = snapshot
-        self.book.touch(job.post_id)
-        self.book.round_started(job.post_id, now)
-        fx.send(session.id, o.Assign(snapshot, deadline, verify_only))
-        fx.signals.append(AttemptStarted(snapshot, session.id))
-        fx.signals.append(Dispatched(max(0.0, now - job.not_before)))

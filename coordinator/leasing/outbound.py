@@ -1,13 +1,21 @@
 """What the core tells a worker, as domain values. coordinator/convert.py turns each into its
 CoordinatorMessage at the edge (the actor, after the commit), so nothing in the core builds wire
 messages, and the Assign gets its attempt's traceparent there rather than patched afterwards.
-Times are in seconds (the wire's milliseconds are the edge's business)."""
+Times are in seconds (the wire's milliseconds are the edge's business). Drop, Confirm, Cancel,
+ResultAck and ScreenshotAck are postroom/job_messages.py's, which the worker reads them into."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from coordinator.domain import Job
+
+# The values about one job that the worker reads too: shared, not copied.
+from postroom.job_messages import Cancel as Cancel
+from postroom.job_messages import Confirm as Confirm
+from postroom.job_messages import Drop as Drop
+from postroom.job_messages import ResultAck as ResultAck
+from postroom.job_messages import ScreenshotAck as ScreenshotAck
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +51,6 @@ class Assign:
 
 
 @dataclass(frozen=True, slots=True)
-class Drop:
-    job_id: str
-    epoch: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class CommitGrant:
     job_id: str
     epoch: int
@@ -61,36 +62,6 @@ class CommitDeny:
     job_id: str
     epoch: int
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Confirm:
-    job_id: str
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    job_id: str
-    epoch: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResultAck:
-    job_id: str
-    epoch: int
-    accepted: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ScreenshotAck:
-    job_id: str
-    upload_id: str
-    ok: bool
-    asset_id: str = ""
-    error: str = ""
 
 
 Outbound = (

@@ -11,6 +11,7 @@ from coordinator.domain import (
     Job,
     JobStatus,
     LoginState,
+    Target,
 )
 from coordinator.leasing import outbound as o
 from coordinator.leasing.base import CoreBase, run_row
@@ -225,30 +226,11 @@ class AttemptOutcomes(CoreBase):
             )
         job.last_error_class, job.last_error = failure.error_class, failure.message
         actor = self._actor(session_id)
-        base = {
-            "target": str(job.target),
-            "attempt": job.attempt,
-            "error_class": failure.error_class.value,
-            "error": failure.message,
-            "execution_time_ms": execution_time_ms,
-        }
+        base = _failure_details(job, failure, execution_time_ms)
         match decision:
             case RetryAt(at=at, reason=reason):
                 if failure.error_class is ErrorClass.RATE_LIMITED:
-                    job.rate_limited_count += 1
-                    rec = self.gates.close(job.target, at, _gate_reason(failure))
-                    fx.batch.gates.append(rec)
-                    fx.signals.append(RateLimitHit(job.platform, job.account, job.id, at))
-                    fx.batch.audits.append(
-                        AuditEvent(
-                            "GATE_CLOSED",
-                            str(job.target),
-                            actor,
-                            now,
-                            {"until": at, "reason": rec.reason},
-                        )
-                    )
-                    self._hold_queued_behind_gate(fx, job, now)
+                    self._close_gate(fx, job, failure, at, actor, now)
                 # Never a next try before the account's gate opens: it would not happen then.
                 job.not_before = max(at, self.gates.closed_until(job.target))
                 self._finish_attempt(
@@ -266,9 +248,8 @@ class AttemptOutcomes(CoreBase):
                 )
                 self.queue.push(job)
             case Fail(reason=reason):
-                job.last_error = (
-                    reason if failure.error_class is ErrorClass.TRANSIENT else (failure.message)
-                )
+                transient = failure.error_class is ErrorClass.TRANSIENT
+                job.last_error = reason if transient else failure.message
                 self._finish_attempt(
                     fx,
                     job,
@@ -293,10 +274,28 @@ class AttemptOutcomes(CoreBase):
                     details=base,
                     error_class=failure.error_class.value,
                 )
-                device = self.devices.get(device_id)
-                if device is not None:
-                    device.logins[job.target] = (LoginState.NEEDS_LOGIN, now, failure.message)
-                    fx.batch.devices.append(dataclasses.replace(device, logins=dict(device.logins)))
+                self._signed_out(fx, device_id, job.target, failure.message, now)
+
+    def _close_gate(
+        self, fx: Effects, job: Job, failure: Failure, until: float, actor: str, now: float
+    ) -> None:
+        """The platform rate-limited the account: its gate closes until `until`."""
+        job.rate_limited_count += 1
+        rec = self.gates.close(job.target, until, _gate_reason(failure))
+        fx.batch.gates.append(rec)
+        fx.signals.append(RateLimitHit(job.platform, job.account, job.id, until))
+        details = {"until": until, "reason": rec.reason}
+        fx.batch.audits.append(AuditEvent("GATE_CLOSED", str(job.target), actor, now, details))
+        self._hold_queued_behind_gate(fx, job, now)
+
+    def _signed_out(
+        self, fx: Effects, device_id: str, target: Target, message: str, now: float
+    ) -> None:
+        """The device met a login wall for `target`: its badge says so."""
+        device = self.devices.get(device_id)
+        if device is not None:
+            device.logins[target] = (LoginState.NEEDS_LOGIN, now, message)
+            fx.batch.devices.append(dataclasses.replace(device, logins=dict(device.logins)))
 
     @staticmethod
     def _may_verify_again(job: Job, error_class: ErrorClass) -> bool:
@@ -364,6 +363,16 @@ class AttemptOutcomes(CoreBase):
                 error_class="TRANSIENT",
             )
         return fx
+
+
+def _failure_details(job: Job, failure: Failure, execution_time_ms: int) -> dict[str, object]:
+    return {
+        "target": str(job.target),
+        "attempt": job.attempt,
+        "error_class": failure.error_class.value,
+        "error": failure.message,
+        "execution_time_ms": execution_time_ms,
+    }
 
 
 def _gate_reason(failure: Failure) -> str:
