@@ -127,6 +127,8 @@ class LocalCluster:
         self.metrics_url = ""
         self.workers: dict[str, Child] = {}
         self.worker_metrics: dict[str, str] = {}
+        self.console: Child | None = None
+        self.console_url = ""
         self._launches = 0
         self.access = ClusterAccess(workdir) if self.config.auth else None
         self._exposed = not is_loopback_host(self.config.host)
@@ -264,6 +266,21 @@ class LocalCluster:
         self.workers[device_id] = child
         return child
 
+    def start_console(self, *, token_file: Path | None = None) -> str:
+        """The web console (`postroom console`) on loopback; its URL. With `token_file` it is
+        single-user (that token for every request), else people sign in with their tokens."""
+        ready = self.workdir / "console.ready"
+        ready.unlink(missing_ok=True)
+        argv = [self.config.python, "-m", "postroom_cli", "console", "--listen", "127.0.0.1:0"]
+        argv += ["--coordinator", self.coordinator_address, "--ready-file", str(ready)]
+        if token_file is not None:
+            argv += ["--token-file", str(token_file)]
+        if self._exposed and not self._client_tls().wanted:
+            argv.append("--insecure-plaintext")
+        self.console = self._spawn("console", argv)
+        self.console_url = f"http://127.0.0.1:{wait_for_file(ready, self.console)}"
+        return self.console_url
+
     def wait_online(
         self, device_ids: Iterable[str], timeout_s: float = DEFAULT_READY_TIMEOUT_S
     ) -> None:
@@ -334,7 +351,9 @@ class LocalCluster:
         return post.id
 
     def stop_all(self) -> None:
-        """Workers first (they drain), then the coordinator, then the sandbox."""
+        """The console and workers first (they drain), then the coordinator, then the sandbox."""
+        if self.console is not None:
+            self.console.stop()
         for child in list(self.workers.values()):
             child.stop()
         if self.coordinator is not None:
@@ -343,7 +362,7 @@ class LocalCluster:
             self.sandbox.stop()
 
     def kill_all(self) -> None:
-        for child in [*self.workers.values(), self.coordinator, self.sandbox]:
+        for child in [self.console, *self.workers.values(), self.coordinator, self.sandbox]:
             if child is not None and child.alive():
                 child.kill()
 

@@ -221,6 +221,9 @@ def _start(
     cluster.wait_online(WORKERS)
     enrolled = " (each enrolled for its accounts)" if cluster.access is not None else ""
     console.print(f"  workers      {', '.join(WORKERS)} online{enrolled}")
+    # The web console, single-user as the admin (a demo on loopback): nobody has to sign in.
+    token_file = cluster.access.admin_token_file if cluster.access is not None else None
+    console.print(f"  web console  {cluster.start_console(token_file=token_file)}/  (as admin)")
     admin = None
     if sandboxed:
         admin = cluster.sandbox_admin()

@@ -47,6 +47,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "worker": ("worker.main", "main", "run a worker (--kind api|browser)"),
     "sandbox": ("sandbox.server", "main", "run the platform stand-ins with fault injection"),
     "demo": ("postroom_cli.demo", "main", "start everything locally and publish a few posts"),
+    "console": ("postroom_cli.commands.console", "main", "serve the operators' web console"),
     "vault": ("postroom_vault.cli", "main", "Markdown vault workflow (draft, watch)"),
     "browser-login": (
         "postroom_cli.browser_login",

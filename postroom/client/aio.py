@@ -9,6 +9,7 @@ and notebooks). Streams (`watch_job`, `get_asset`, `audit_events`) are async ite
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +64,15 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         """Close the channel; calls after this fail."""
         await self._channel.close(None)
+
+    def as_user(self, token: str) -> AsyncClient:
+        """A client on the same channel that calls with another operator token (a web console
+        passes each person's token, so the coordinator checks their role and the audit log
+        names them). Close only the original: the copy shares its channel."""
+        other = copy.copy(self)
+        other.token = token
+        other._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return other
 
     async def _unary(self, call: Any, request: object) -> Any:
         with self._translated(self.timeout_s):
@@ -235,6 +245,17 @@ class AsyncClient(ClientBase):
     @_doc(Client.watch_job)
     def watch_job(self, job_id: str) -> AsyncIterator[pb.JobEvent]:
         return self._stream(self._stub.WatchJob, pb.WatchJobRequest(job_id=job_id), None)
+
+    def watch_events(
+        self, *, after_seq: int = 0, subject_ids: Iterable[str] = (), from_end: bool = False
+    ) -> AsyncIterator[t.AuditEvent]:
+        """Follow the audit log live: events with seq > after_seq already written, then each
+        new one as it is committed, until you stop iterating. `subject_ids` keeps only events
+        about those posts, jobs, devices or gates; `from_end` starts at the end of the log."""
+        request = pb.WatchEventsRequest(
+            after_seq=after_seq, subject_ids=list(subject_ids), from_end=from_end
+        )
+        return self._stream(self._stub.WatchEvents, request, None)
 
     @_doc(Client.cancel_job)
     async def cancel_job(self, job_id: str, *, reason: str = "", actor: str | None = None) -> t.Job:

@@ -1,0 +1,100 @@
+"""Streams: live page updates (Server-Sent Events fed by the coordinator's WatchEvents), proof
+screenshots (GetAsset, passed through in chunks) and the audit log's JSONL export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from postroom.client.errors import PostroomError
+from postroom_console.pages import AUDIT_PAGE
+from postroom_console.render import audit_json_line
+from postroom_console.web import person, refusal_page
+
+MAX_SUBJECTS = 100  # the coordinator's bound on one WatchEvents
+DEFAULT_PING_S = 15  # keeps proxies from closing an idle stream
+
+
+def _seq(text: str | None) -> int:
+    try:
+        return max(0, int(text or 0))
+    except ValueError:
+        return 0
+
+
+async def events(request: Request) -> Response:
+    """`change` events (id = audit seq) about ?subject=... (all when none). A browser that
+    reconnects sends Last-Event-ID and resumes exactly after it; without either, it starts at
+    the end of the log (a page just rendered has seen everything before)."""
+    _, client = person(request)
+    subjects = [s for s in request.query_params.getlist("subject") if s][:MAX_SUBJECTS]
+    after = _seq(request.headers.get("last-event-id")) or _seq(request.query_params.get("after"))
+
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for event in client.watch_events(
+                after_seq=after, subject_ids=subjects, from_end=after == 0
+            ):
+                data = {"seq": event.seq, "action": event.action, "subject": event.subject_id}
+                yield {"event": "change", "id": str(event.seq), "data": json.dumps(data)}
+        except PostroomError as exc:  # the page keeps working; the status line says why
+            yield {"event": "stopped", "data": json.dumps({"reason": exc.message})}
+
+    return EventSourceResponse(stream(), ping=DEFAULT_PING_S)
+
+
+async def asset(request: Request) -> Response:
+    """A screenshot's bytes, as the coordinator stores them (content-addressed: cacheable)."""
+    _, client = person(request)
+    asset_id = request.path_params["asset_id"]
+    chunks = client.get_asset(asset_id).__aiter__()
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+    except PostroomError as exc:
+        return refusal_page(request, exc, what=f"Screenshot {asset_id}")
+
+    async def body() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first.data
+        async for chunk in chunks:
+            yield chunk.data
+
+    content_type = (first.content_type if first is not None else "") or "application/octet-stream"
+    headers = {"cache-control": "private, max-age=86400, immutable"}
+    if first is not None:
+        headers["content-length"] = str(first.total_size)
+    return StreamingResponse(body(), media_type=content_type, headers=headers)
+
+
+async def audit_export(request: Request) -> Response:
+    """The audit log, filtered as on the page, as JSON lines: every matching event, paged."""
+    _, client = person(request)
+    q = request.query_params
+    subject, action, since = (q.get(k, "").strip() for k in ("subject", "action", "since"))
+    try:  # the first page here, so a bad filter is a readable page rather than a cut stream
+        first = await client.list_audit_events(
+            subject_id=subject, action=action, since=since, page_size=AUDIT_PAGE
+        )
+    except PostroomError as exc:
+        return refusal_page(request, exc, what="Exporting the audit log")
+
+    async def lines() -> AsyncIterator[str]:
+        for event in first.events:
+            yield audit_json_line(event) + "\n"
+        after = first.next_after_seq
+        while after:
+            page = await client.list_audit_events(
+                subject_id=subject, action=action, since=since, after_seq=after, page_size=1000
+            )
+            for event in page.events:
+                yield audit_json_line(event) + "\n"
+            after = page.next_after_seq
+
+    headers = {"content-disposition": 'attachment; filename="postroom-audit.jsonl"'}
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
