@@ -1,17 +1,23 @@
 """Shard ownership and leader election on a real PostgreSQL (coordinator/store/ownership.py):
 claims split the shards without overlap, a dead or paused owner's shards are taken over after
 its TTL, and from then on that owner writes nothing (OwnershipLost), however late it wakes up.
-Time is passed in (`now`), so the TTLs run in virtual time."""
+Time is passed in (`now`), so the TTLs run in virtual time, except in the test with a real
+stopped process, which runs on the server's clock."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 from pg_rig import empty_tables, pg_database
 from test_store import all_audit, audit, make_job, seed
 
@@ -189,3 +195,44 @@ async def test_every_coordinator_must_use_the_databases_shard_count(
 ) -> None:
     with pytest.raises(StoreError, match=f"partitioned into {SHARDS} shards, not 16"):
         await ShardOwnership(store, shard_count=16).open()
+
+
+async def test_a_coordinator_stopped_past_its_ttl_writes_nothing_once_resumed(
+    store: PostgresStore, pg_database: str
+) -> None:
+    """A real process holds every shard on the server's clock, is SIGSTOPped, another owner
+    takes the shards over once its lease has run out, and the process, resumed, is refused."""
+    helper = os.path.join(os.path.dirname(__file__), "ownership_pause_helper.py")
+    shards, ttl_s = 4, 1.0
+    argv = [sys.executable, helper, pg_database, str(shards), str(ttl_s)]
+    async with await anyio.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        lines = BufferedByteReceiveStream(child.stdout)
+        with anyio.fail_after(30):
+            assert await lines.receive_until(b"\n", 256) == b"held"
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            ownership = ShardOwnership(store, shard_count=shards)
+            await ownership.open()
+            taken: list[int] = []
+            with anyio.fail_after(10 * ttl_s):  # poll until the stopped owner's lease runs out
+                while len(taken) < shards:
+                    leases = await ownership.claim("b", want=shards, ttl_s=60)
+                    taken += [lease.shard for lease in leases]
+                    await anyio.sleep(ttl_s / 20)
+            assert {(o.owner, o.epoch) for o in await ownership.owners()} == {("b", 2)}
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        await child.stdin.send(b"write\n")
+        with anyio.fail_after(30):
+            answer = (await lines.receive_until(b"\n", 1024)).decode()
+        assert (
+            answer
+            == "lost: paused-coordinator lost shards [0, 1, 2, 3]: another owner took them over"
+        )
+        await child.stdin.aclose()
+        with anyio.fail_after(30):
+            assert await child.wait() == 0
+    assert await all_audit(store) == []
