@@ -1,8 +1,10 @@
 """The coordinator actor: the one owner of the coordinator's state, and its I/O shell.
 
-Everything that changes state runs inside one task, in mailbox order: worker messages and timer
-ticks (command values posted by the gateway and the timer, decided by coordinator/step.py's
-`handle`, no reply) and operator commands (called by Publishing, with a reply). The loop drains
+Everything that changes state runs inside one task, in mailbox order, as command values decided
+by coordinator/step.py's `handle`: worker messages and timer ticks (posted by the gateway and the
+timer, no reply) and operators' commands (coordinator/operator_commands.py, from Publishing via
+`command`, replied to). An operator's command first gets what it needs from the store (the load
+phase, coordinator/loading.py), after everything before it was committed. The loop drains
 up to `max_batch` items at a time, runs them against the state, then *group-commits*: one
 store transaction for the whole batch (shielded from cancellation), and only then sends the
 resulting messages to the workers' outboxes and answers the callers. So a worker never hears of a

@@ -221,7 +221,6 @@ def cancel(core: LeaseCore, cmd: CancelPost, now: float) -> Effects:
     _save(core, fx, post, old)
     _audit(fx, "POST_CANCELLED", post, cmd.actor, now, reason=cmd.reason)
     if post.id in core.posts:  # a post not open has no unfinished job
-        core.book.touch(post.id)
         fx.extend(core.cancel_jobs(post.id, cmd.actor, cmd.reason or "post cancelled", now))
         fx.extend(core.dispatch(now))
     fx.reply = post

@@ -1,8 +1,9 @@
 """Who may talk to the coordinator: the operator tokens and device enrollments, in memory.
 
 One `Credentials` per coordinator, loaded from the store at start-up. It is changed only inside
-the actor (the access RPCs' `co.call`), in the same batch that writes the rows and their audit
-events, and read by the gRPC edge (the operator interceptor, the WorkerGateway's Hello check).
+the actor (the access commands, coordinator/access/changes.py), in the same step that writes the
+rows and their audit events, and read by the gRPC edge (the operator interceptor, the
+WorkerGateway's Hello check).
 
 Authentication is on when the deployment asks for it (listening beyond loopback, a bootstrap
 admin token file, `--require-auth`) or as soon as the store holds an operator token: creating the

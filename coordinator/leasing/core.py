@@ -3,7 +3,12 @@
 Pure state machine: every method takes the current time, mutates only this object's state and
 returns Effects (a write batch plus messages to send, in that order). It never touches a socket,
 the database or the clock, so the protocol is unit- and property-tested without gRPC
-(tests/test_lease_core_props.py). One LeaseCore is owned by the coordinator's actor.
+(tests/test_lease_core_props.py).
+
+One writer: the core holds the coordinator's jobs, posts, leases, sessions, devices, gates and
+quotas (its GateBook), and only its own methods change them, called by coordinator/step.py's
+`handle` in the actor's task (and, once at start-up, by the actor's load). Everyone else gets
+copies: the snapshots in Effects, and operators' reads run in the actor (coordinator/reads.py).
 
 Invariants it keeps:
 - a job has at most one live lease (one session, one epoch); every lease bumps lease_epoch;

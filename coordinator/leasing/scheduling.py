@@ -136,6 +136,7 @@ class Scheduling(Intake):
         """Cancel an open post's unfinished jobs, except those already publishing (a commit
         permit): their results will be recorded."""
         fx = Effects()
+        self.book.touch(post_id)  # settled next: forgotten once all its jobs are finished
         # Leased jobs last: cancelling one frees a worker slot, and the dispatch that follows
         # must not hand that worker a sibling of this post that is about to be cancelled.
         for job in sorted(self.jobs_of(post_id), key=lambda j: j.id in self.leases):
