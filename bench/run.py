@@ -11,6 +11,7 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
   6  SQLite store alone: lease + complete transitions/s   bench/store_bench.py
   7  browser: Chromium start, one publish on the sandbox composer (p50/p99 of 20), memory
      per open context                                     bench/browser.py
+  8  web console: a page of 1,000 jobs, server side       bench/console.py
 
 Each figure is the median of K runs (default 3) with min and max; `--quick` is one run at smaller
 sizes (a smoke run, not a measurement). With py-spy installed, item 1 gets one extra profiled run
@@ -34,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import browser, dispatch, recovery, screenshot, sessions, store_bench, throughput
+from bench import console as web_console
 from bench.common import Context, Figure, load_average, machine_info, say, uptime_line
 from bench.peers import write_results
 from bench.profile import py_spy
@@ -70,6 +72,7 @@ ITEMS: dict[int, tuple[str, Callable[[Context], list[Figure]]]] = {
     5: ("screenshot", screenshot.run),
     6: ("store", store_item),
     7: ("browser", browser.run),
+    8: ("console", web_console.run),
 }
 
 
