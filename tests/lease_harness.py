@@ -202,6 +202,12 @@ class ModelStore:
         jobs = [j for j in self.jobs.values() if j.post_id == post_id]
         return [dataclasses.replace(j) for j in sorted(jobs, key=lambda j: (j.created_at, j.id))]
 
+    async def list_audit(
+        self, *, since: float | None, subject_id: str, action: str, after_seq: int, limit: int
+    ) -> list[AuditEvent]:
+        hits = [a for a in self.audits if a.subject_id == subject_id and a.action == action]
+        return hits[:limit]
+
     def actions(self, action: str, subject: str = "") -> list[AuditEvent]:
         hits = [a for a in self.audits if a.action == action]
         return [a for a in hits if not subject or a.subject_id == subject]
