@@ -12,12 +12,16 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 from typing import Any
 
 # Platforms the coordinator accepts targets for. Workers advertise which of these they serve.
+# Besides the built-in ones: any an installed package adds through the `postroom.adapters`
+# entry-point group (README: "Add a platform"), read from package metadata only (the coordinator
+# never imports an adapter).
 KNOWN_PLATFORMS: frozenset[str] = frozenset(
     {"sandbox", "x", "instagram", "facebook", "linkedin", "mastodon", "bluesky", "spirit"}
-)
+) | frozenset(ep.name.lower() for ep in entry_points(group="postroom.adapters"))
 DEFAULT_MAX_ATTEMPTS = 3
 # The sandbox's text limit (content_rules.py has each real platform's own).
 MAX_TEXT_CHARS = 10_000

@@ -66,7 +66,7 @@ from worker.config import (
 from worker.errors import SessionRefused, Transient
 from worker.media import MediaLoader
 from worker.metrics import WorkerMetrics
-from worker.platforms.base import AccountHost, PlatformContext
+from worker.platforms.base import AccountHost, PlatformContext, load_job_adapter
 from worker.redact import RedactingFilter, Redactor
 from worker.shell import Worker
 
@@ -186,7 +186,10 @@ def config_from_args(
                 f"--platform {cap.platform} is also in --accounts; a platform is served either "
                 "by its real accounts or by the sandbox, not both"
             )
-    if sandboxed and not (args.sandbox_url or args.noop):
+    plugged = {cap.platform for cap in sandboxed if load_job_adapter(cap.platform) is not None}
+    if any(cap.platform not in plugged for cap in sandboxed) and not (
+        args.sandbox_url or args.noop
+    ):
         raise ValueError(
             "--platform needs --sandbox-url (or --noop); real accounts go in --accounts"
         )
@@ -243,7 +246,8 @@ def build_adapters(
     browser_host: BrowserHost | None = None,
 ) -> AdapterRegistry:
     """Every platform this worker serves -> its adapter: the real accounts' platforms through
-    the account host, the rest through the sandbox (or nowhere, with --noop)."""
+    the account host, a platform another package adds through its plug-in, the rest through
+    the sandbox (or nowhere, with --noop)."""
     if config.noop:
         return AdapterRegistry({platform: noop_factory() for platform in config.platforms})
     registry = AdapterRegistry()
@@ -255,6 +259,12 @@ def build_adapters(
         for platform in browser_host.platforms():
             registry.register(platform, browser_adapters(browser_host))
     real.update(registry.platforms())
+    for platform in config.platforms:
+        plugin = None if platform in real else load_job_adapter(platform)
+        if plugin is not None:  # another package's adapter (README: Add a platform)
+            log.info("platform %s: served by the plug-in %r", platform, plugin)
+            registry.register(platform, plugin)
+            real.add(platform)
     sandboxed = [p for p in config.platforms if p not in real]
     if sandboxed:
         if not config.sandbox_url:

@@ -20,7 +20,7 @@ import abc
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import ClassVar, TypeVar
 
 import httpx
@@ -216,9 +216,40 @@ PlatformClientClass = Callable[[AccountConfig, PlatformContext], PlatformClient]
 def load_platform_class(platform: str) -> PlatformClientClass | None:
     """The client class registered for `platform` in the `postroom.adapters` entry points."""
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=platform):
-        loaded: PlatformClientClass = ep.load()
-        return loaded
+        loaded = _load(ep)
+        if isinstance(loaded, type) and issubclass(loaded, PlatformClient):
+            return loaded
     return None
+
+
+def load_job_adapter(platform: str) -> AdapterFactory | None:
+    """The job adapter plug-in registered for `platform`, if any: a `postroom.adapters` entry
+    point whose object is not a PlatformClient class but a factory of per-job adapters (called
+    with the platform's name; a class implementing PlatformAdapter with `__init__(self,
+    platform)` is one). A worker serves `--platform NAME[:ACCOUNT]` through it, no sandbox."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=platform):
+        loaded = _load(ep)
+        if isinstance(loaded, type) and issubclass(loaded, PlatformClient):
+            continue
+        if not callable(loaded):
+            raise PluginError(
+                f"plug-in {ep.name} = {ep.value}: not a PlatformClient class nor a callable "
+                "that makes a job adapter"
+            )
+        factory: AdapterFactory = loaded
+        return factory
+    return None
+
+
+class PluginError(ValueError):
+    """An installed `postroom.adapters` plug-in cannot be used; the message names it."""
+
+
+def _load(ep: EntryPoint) -> object:
+    try:
+        return ep.load()
+    except Exception as exc:  # a broken plug-in: its name and why, not a traceback
+        raise PluginError(f"plug-in {ep.name} = {ep.value} cannot be loaded: {exc!r}") from exc
 
 
 def known_platforms() -> list[str]:
