@@ -24,6 +24,7 @@ from postroom_console.render import environment
 from postroom_console.web import (
     ConsoleState,
     LoginRequired,
+    coordinator_error,
     http_error,
     login_redirect,
     render,
@@ -145,5 +146,9 @@ def create_app(config: ConsoleConfig) -> Starlette:
     return Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={LoginRequired: login_redirect, HTTPException: http_error},
+        exception_handlers={
+            LoginRequired: login_redirect,
+            HTTPException: http_error,
+            PostroomError: coordinator_error,
+        },
     )

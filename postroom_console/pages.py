@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
-from postroom.client.errors import PostroomError
 from postroom.v1 import types_pb2 as t
 from postroom_cli.render import enum_names
 from postroom_console import calendar
-from postroom_console.web import person, refusal_page, render
+from postroom_console.web import person, render
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000  # the coordinator's own limit
@@ -54,12 +53,9 @@ async def posts_page(request: Request) -> Response:
     session, client = person(request)
     q = request.query_params
     status = _enum_value(t.PostStatus.DESCRIPTOR, "POST_STATUS_", q.get("status", ""))
-    try:
-        page = await client.list_posts(
-            status=status, page_size=_size(request), page_token=q.get("page_token", "")
-        )
-    except PostroomError as exc:
-        return refusal_page(request, exc, what="Listing posts")
+    page = await client.list_posts(
+        status=status, page_size=_size(request), page_token=q.get("page_token", "")
+    )
     platform, account, text = q.get("platform", ""), q.get("account", ""), q.get("q", "")
     # Within the page: by target and by words of the text (the coordinator filters by status).
     posts = [p for p in page.posts if _matches(p, platform, account, text)]
@@ -85,10 +81,7 @@ async def calendar_page(request: Request) -> Response:
     view = request.query_params.get("view", "week")
     view = view if view in calendar.VIEWS else "week"
     anchor = calendar.parse_day(request.query_params.get("date", ""), today=today)
-    try:
-        page = await client.list_posts(page_size=CALENDAR_POSTS)
-    except PostroomError as exc:
-        return refusal_page(request, exc, what="Listing posts")
+    page = await client.list_posts(page_size=CALENDAR_POSTS)
     cal = calendar.build(view, anchor, page.posts, today=today)
     return render(
         request,
@@ -102,11 +95,8 @@ async def calendar_page(request: Request) -> Response:
 async def post_page(request: Request) -> Response:
     session, client = person(request)
     post_id = request.path_params["post_id"]
-    try:
-        post = await client.get_post(post_id)
-        history = await client.list_audit_events(subject_id=post_id, page_size=AUDIT_PAGE)
-    except PostroomError as exc:
-        return refusal_page(request, exc, what=f"Post {post_id}")
+    post = await client.get_post(post_id)
+    history = await client.list_audit_events(subject_id=post_id, page_size=AUDIT_PAGE)
     job_ids = [ts.job_id for ts in post.target_states]
     return render(
         request,
@@ -123,18 +113,15 @@ async def jobs_page(request: Request) -> Response:
     session, client = person(request)
     q = request.query_params
     filters = {k: q.get(k, "").strip() for k in ("status", "platform", "account", "device", "post")}
-    try:
-        page = await client.list_jobs(
-            status=_enum_value(t.JobStatus.DESCRIPTOR, "JOB_STATUS_", filters["status"]),
-            platform=filters["platform"],
-            account=filters["account"],
-            device_id=filters["device"],
-            post_id=filters["post"],
-            page_size=_size(request),
-            page_token=q.get("page_token", ""),
-        )
-    except PostroomError as exc:
-        return refusal_page(request, exc, what="Listing jobs")
+    page = await client.list_jobs(
+        status=_enum_value(t.JobStatus.DESCRIPTOR, "JOB_STATUS_", filters["status"]),
+        platform=filters["platform"],
+        account=filters["account"],
+        device_id=filters["device"],
+        post_id=filters["post"],
+        page_size=_size(request),
+        page_token=q.get("page_token", ""),
+    )
     jobs = list(page.jobs)
     return render(
         request,
@@ -151,16 +138,13 @@ async def jobs_page(request: Request) -> Response:
 async def job_page(request: Request) -> Response:
     session, client = person(request)
     job_id = request.path_params["job_id"]
-    try:
-        job = await client.get_job(job_id)
-        history = await client.list_audit_events(subject_id=job_id, page_size=AUDIT_PAGE)
-        target = f"{job.platform}:{job.account}"
-        gate_events = await client.list_audit_events(
-            subject_id=target, action="GATE_CLOSED", page_size=AUDIT_PAGE
-        )
-        gates = await client.list_rate_limits()
-    except PostroomError as exc:
-        return refusal_page(request, exc, what=f"Job {job_id}")
+    job = await client.get_job(job_id)
+    history = await client.list_audit_events(subject_id=job_id, page_size=AUDIT_PAGE)
+    target = f"{job.platform}:{job.account}"
+    gate_events = await client.list_audit_events(
+        subject_id=target, action="GATE_CLOSED", page_size=AUDIT_PAGE
+    )
+    gates = await client.list_rate_limits()
     gate = next(
         (
             g
@@ -192,10 +176,7 @@ async def job_page(request: Request) -> Response:
 
 async def ratelimits_page(request: Request) -> Response:
     session, client = person(request)
-    try:
-        gates = await client.list_rate_limits()
-    except PostroomError as exc:
-        return refusal_page(request, exc, what="Listing rate limits")
+    gates = await client.list_rate_limits()
     return render(
         request,
         "ratelimits.html",
@@ -207,10 +188,7 @@ async def ratelimits_page(request: Request) -> Response:
 
 async def devices_page(request: Request) -> Response:
     session, client = person(request)
-    try:
-        devices = await client.list_devices()
-    except PostroomError as exc:
-        return refusal_page(request, exc, what="Listing devices")
+    devices = await client.list_devices()
     return render(
         request,
         "devices.html",
@@ -227,16 +205,13 @@ async def audit_page(request: Request) -> Response:
         after = max(0, int(q.get("after", "0") or 0))
     except ValueError:
         after = 0
-    try:
-        page = await client.list_audit_events(
-            subject_id=filters["subject"],
-            action=filters["action"],
-            since=filters["since"],
-            after_seq=after,
-            page_size=AUDIT_PAGE,
-        )
-    except PostroomError as exc:
-        return refusal_page(request, exc, what="Reading the audit log")
+    page = await client.list_audit_events(
+        subject_id=filters["subject"],
+        action=filters["action"],
+        since=filters["since"],
+        after_seq=after,
+        page_size=AUDIT_PAGE,
+    )
     return render(
         request,
         "audit.html",

@@ -98,6 +98,29 @@ def refusal_page(request: Request, exc: PostroomError, *, what: str) -> HTMLResp
     )
 
 
+# What a page is called when the coordinator refuses it, by the first part of its path.
+PAGE_NAMES = {
+    "posts": "Posts",
+    "calendar": "The calendar",
+    "jobs": "Jobs",
+    "ratelimits": "Rate limits",
+    "devices": "Devices",
+    "audit": "The audit log",
+    "audit.jsonl": "Exporting the audit log",
+    "assets": "The screenshot",
+}
+
+
+async def coordinator_error(request: Request, exc: Exception) -> Response:
+    """A page the coordinator refused or could not serve (actions name themselves instead)."""
+    assert isinstance(exc, PostroomError)
+    parts = request.url.path.strip("/").split("/")
+    what = PAGE_NAMES.get(parts[0], "This page")
+    if len(parts) > 1 and parts[0] in ("posts", "jobs"):
+        what = f"{what[:-1]} {parts[1]}"  # "Post p-…", "Job j-…"
+    return refusal_page(request, exc, what=what)
+
+
 async def login_redirect(request: Request, exc: Exception) -> Response:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={_quote(target)}", status_code=303)

@@ -343,7 +343,10 @@ def test_a_viewer_sees_every_page_but_every_action_is_refused(browser: Browser, 
     context.close()
 
 
-def test_an_action_without_the_pages_csrf_token_is_refused(page: Page, run: Run) -> None:
+def test_a_stale_form_or_a_missing_job_gets_a_page_that_says_so(page: Page, run: Run) -> None:
     page.goto("/posts")
     answer = page.request.post("/act/retry", form={"job_id": run.expired_job, "confirmed": "yes"})
     assert answer.status == 403 and "not from this console" in answer.text()
+    assert page.goto("/jobs/j-nope").status == 404  # type: ignore[union-attr]
+    expect(page.get_by_role("heading")).to_have_text("Job j-nope: not done")
+    expect(page.get_by_role("alert")).to_contain_text("NOT_FOUND")

@@ -105,6 +105,7 @@ def _bind(listen: str, parser: argparse.ArgumentParser) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    base = _config(args, parser)  # refusals first: nothing is bound for a bad command line
     sock = _bind(args.listen, parser)
     host, port = sock.getsockname()[:2]
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ready_file is not None:
             args.ready_file.write_text(f"{port}\n")
 
-    config = dataclasses.replace(_config(args, parser), on_ready=ready)
+    config = dataclasses.replace(base, on_ready=ready)
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), log_level="warning", lifespan="on", access_log=False)
     )
