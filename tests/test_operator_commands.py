@@ -8,10 +8,10 @@ import pytest
 from lease_harness import T0, Harness, make_post
 
 from coordinator import operator_commands as op
-from coordinator.access.records import Role
+from coordinator.access.records import OperatorToken, Role
 from coordinator.access.registry import AccessPolicy, Credentials, Principal
 from coordinator.domain import JobStatus, PostStatus, Target
-from coordinator.errors import NotFound, PermissionDenied
+from coordinator.errors import FailedPrecondition, NotFound, PermissionDenied
 from postroom.v1 import types_pb2 as pb
 
 A = Target("sandbox", "a")
@@ -84,3 +84,16 @@ def test_the_load_phase_brings_the_authors_so_an_author_cannot_approve_their_pos
     bob = Principal(Role.APPROVER, "user:bob", "t-2")
     h.command(op.ApprovePost("p9", "", "user:bob", bob))
     assert h.store.posts["p9"].approved_by == "user:bob"
+
+
+def test_the_first_token_must_be_an_admin_and_devices_wait_for_authentication() -> None:
+    h = Harness()
+    with pytest.raises(FailedPrecondition, match="the first token must be an admin token"):
+        h.command(op.CreateToken("t-1", "ann", Role.AUTHOR, "hash1", "user:local"))
+    with pytest.raises(FailedPrecondition, match="device tokens need authentication on"):
+        h.command(op.EnrollDevice("d1", (A,), "hash2", False, "user:local"))
+    token = h.command(op.CreateToken("t-2", "root", Role.ADMIN, "hash3", "user:local")).reply
+    assert isinstance(token, OperatorToken) and token.role is Role.ADMIN
+    assert h.state.credentials.auth_on
+    h.command(op.EnrollDevice("d1", (A,), "hash2", False, "user:root"))
+    assert h.state.credentials.enrollment("d1") is not None

@@ -27,6 +27,11 @@ def end_device_sessions(core: LeaseCore, device_id: str, reason: str, now: float
 
 def create_token(creds: Credentials, core: LeaseCore, cmd: CreateToken, now: float) -> Effects:
     first = not creds.auth_on
+    if first and cmd.role is not Role.ADMIN:
+        raise FailedPrecondition(
+            "the first token must be an admin token (--role admin): it turns authentication "
+            "on, and from then on only tokens can create tokens"
+        )
     token = OperatorToken(cmd.token_id, cmd.name, cmd.role, cmd.token_hash, now, cmd.actor)
     creds.put_token(token)
     fx = Effects()
@@ -68,6 +73,11 @@ def revoke_token(creds: Credentials, core: LeaseCore, cmd: RevokeToken, now: flo
 
 
 def enroll_device(creds: Credentials, core: LeaseCore, cmd: EnrollDevice, now: float) -> Effects:
+    if not creds.auth_on:
+        raise FailedPrecondition(
+            "device tokens need authentication on: create an admin token first "
+            "(`postroom token create --role admin --name NAME`), then enroll with it"
+        )
     old = creds.enrollment(cmd.name)
     if old is not None and old.active and not cmd.rotate:
         raise FailedPrecondition(

@@ -33,7 +33,7 @@ from coordinator.access.registry import OPEN, Credentials
 from coordinator.actor import Coordinator
 from coordinator.convert import target_pb, ts
 from coordinator.domain import KNOWN_PLATFORMS, Target
-from coordinator.errors import CoordinatorError, FailedPrecondition, InvalidArgument
+from coordinator.errors import CoordinatorError, InvalidArgument
 from postroom.v1 import access_pb2 as ac
 from postroom.v1 import types_pb2 as pb
 
@@ -160,11 +160,6 @@ class AccessRpcs:
         role = _ROLES.get(request.role)
         if role is None:
             raise InvalidArgument("role is required: viewer, author, approver or admin")
-        if not self.credentials.auth_on and role is not Role.ADMIN:
-            raise FailedPrecondition(
-                "the first token must be an admin token (--role admin): it turns authentication "
-                "on, and from then on only tokens can create tokens"
-            )
         secret = new_secret(OPERATOR_PREFIX)
         actor = self._admin_actor()
         new = op.CreateToken(f"t-{uuid.uuid4().hex[:12]}", name, role, hash_secret(secret), actor)
@@ -175,7 +170,10 @@ class AccessRpcs:
     async def ListTokens(
         self, request: ac.ListTokensRequest, context: Ctx
     ) -> ac.ListTokensResponse:
-        tokens = [t for t in self.credentials.tokens() if t.active or request.include_revoked]
+        everyone = request.include_revoked
+        tokens = await self.co.read(
+            lambda now: [t for t in self.credentials.tokens() if t.active or everyone]
+        )
         return ac.ListTokensResponse(tokens=[token_pb(t) for t in tokens])
 
     @rpc
@@ -202,11 +200,6 @@ class AccessRpcs:
         if problem := check_name(name, "device name"):
             raise InvalidArgument(problem)
         accounts = enrolled_accounts(request.accounts)
-        if not self.credentials.auth_on:
-            raise FailedPrecondition(
-                "device tokens need authentication on: create an admin token first "
-                "(`postroom token create --role admin --name NAME`), then enroll with it"
-            )
         secret = new_secret(DEVICE_PREFIX)
         actor = self._admin_actor()
         enroll = op.EnrollDevice(name, accounts, hash_secret(secret), request.rotate, actor)
@@ -217,7 +210,10 @@ class AccessRpcs:
     async def ListEnrollments(
         self, request: ac.ListEnrollmentsRequest, context: Ctx
     ) -> ac.ListEnrollmentsResponse:
-        found = [e for e in self.credentials.enrollments() if e.active or request.include_revoked]
+        everyone = request.include_revoked
+        found = await self.co.read(
+            lambda now: [e for e in self.credentials.enrollments() if e.active or everyone]
+        )
         return ac.ListEnrollmentsResponse(enrollments=[enrollment_pb(e) for e in found])
 
     @rpc
