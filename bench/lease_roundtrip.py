@@ -30,6 +30,7 @@ from typing import Literal
 
 import grpc
 
+from bench import wire
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import publishing_pb2_grpc, worker_gateway_pb2_grpc
 from postroom.v1 import types_pb2 as pb
@@ -154,10 +155,11 @@ async def run_worker(address: str, n: int, slots: int) -> float:
                 kind = msg.WhichOneof("msg")
                 if kind == "assign":
                     held[msg.assign.job_id] = msg.assign.lease_epoch
-                    for answer in _ack_and_ask(msg.assign):
-                        outbox.put_nowait(answer)
+                    # A no-op job prepares nothing: its commit request follows the ack at once.
+                    outbox.put_nowait(wire.ack(msg.assign))
+                    outbox.put_nowait(wire.commit_request(msg.assign))
                 elif kind == "commit_grant":
-                    outbox.put_nowait(_succeeded(msg.commit_grant))
+                    outbox.put_nowait(wire.success(msg.commit_grant))
                 elif kind == "result_ack":
                     held.pop(msg.result_ack.job_id, None)
                     if not msg.result_ack.accepted:
@@ -178,26 +180,6 @@ async def run_worker(address: str, n: int, slots: int) -> float:
                 heartbeat.cancel()
             call.cancel()
     raise RuntimeError(f"stream ended after {done} of {n} round trips")
-
-
-def _ack_and_ask(assign: wg.Assign) -> tuple[wg.WorkerMessage, wg.WorkerMessage]:
-    """A job's acknowledgement and, at once, its commit request (a no-op job prepares nothing)."""
-    job, epoch = assign.job_id, assign.lease_epoch
-    return (
-        wg.WorkerMessage(ack=wg.AssignAck(job_id=job, lease_epoch=epoch)),
-        wg.WorkerMessage(commit_request=wg.CommitRequest(job_id=job, lease_epoch=epoch)),
-    )
-
-
-def _succeeded(grant: wg.CommitGrant) -> wg.WorkerMessage:
-    result = wg.JobResult(
-        job_id=grant.job_id,
-        lease_epoch=grant.lease_epoch,
-        success=True,
-        platform_post_id=f"rt-{grant.job_id}",
-        url=f"https://sandbox.test/{grant.job_id}",
-    )
-    return wg.WorkerMessage(result=result)
 
 
 async def _heartbeats(

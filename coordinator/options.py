@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeVar
 
 from coordinator.access.options import SecurityOptions, add_flags
 from coordinator.actor import CoordinatorConfig
@@ -27,6 +28,8 @@ from coordinator.leasing.core import (
 )
 from coordinator.retry import RetryPolicies, RetryPolicy, parse_policy
 from postroom.address import split_host_port
+
+T = TypeVar("T")
 
 DESCRIPTION = (
     "`postroom coordinator`: parse the command line once, build the parts, serve until SIGTERM."
@@ -110,24 +113,27 @@ def _add_address_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_lease_flags(p: argparse.ArgumentParser) -> None:
-    def seconds(flag: str, default: float | None, text: str) -> None:
-        p.add_argument(flag, type=float, default=default, metavar="SECONDS", help=text)
-
-    seconds(
+    _seconds(
+        p,
         "--heartbeat-interval",
         DEFAULT_HEARTBEAT_INTERVAL_S,
         "worker heartbeat interval (default %(default)s)",
     )
-    seconds(
-        "--lease-ttl", None, "lease lifetime without a heartbeat (default 3 x heartbeat interval)"
+    _seconds(
+        p,
+        "--lease-ttl",
+        None,
+        "lease lifetime without a heartbeat (default 3 x heartbeat interval)",
     )
-    seconds(
+    _seconds(
+        p,
         "--claim-timeout",
         DEFAULT_CLAIM_TIMEOUT_S,
         "recover a job claimed but not started after this",
     )
-    seconds("--run-timeout", DEFAULT_RUN_TIMEOUT_S, "recover a job running longer than this")
-    seconds(
+    _seconds(p, "--run-timeout", DEFAULT_RUN_TIMEOUT_S, "recover a job running longer than this")
+    _seconds(
+        p,
         "--confirm-timeout-s",
         DEFAULT_CONFIRM_TIMEOUT_S,
         "release a job nobody confirmed within this (FAILED, nothing posted; default %(default)g)",
@@ -135,46 +141,45 @@ def _add_lease_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_retry_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    default = RetryPolicy()
+    _seconds(
+        p,
         "--retry-initial",
-        type=float,
-        default=RetryPolicy().initial_interval_s,
-        metavar="SECONDS",
-        help="first transient-retry delay (doubles each time)",
+        default.initial_interval_s,
+        "first transient-retry delay (doubles each time)",
     )
-    p.add_argument(
-        "--retry-max",
-        type=float,
-        default=RetryPolicy().max_interval_s,
-        metavar="SECONDS",
-        help="longest transient-retry delay",
-    )
-    p.add_argument(
+    _seconds(p, "--retry-max", default.max_interval_s, "longest transient-retry delay")
+    _repeatable(
+        p,
         "--retry-policy",
-        action="append",
-        default=[],
-        metavar="PLATFORM:KEY=VALUE,...",
-        help="per-platform retries: initial, factor, max (seconds), jitter (0-1), rate_limited "
-        "(cap), e.g. x:initial=30,max=900",
+        "PLATFORM:KEY=VALUE,...",
+        "per-platform retries: initial, factor, max (seconds), jitter (0-1), rate_limited (cap), "
+        "e.g. x:initial=30,max=900",
     )
+
+
+def _seconds(p: argparse.ArgumentParser, flag: str, default: float | None, text: str) -> None:
+    p.add_argument(flag, type=float, default=default, metavar="SECONDS", help=text)
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    _repeatable(
+        p,
         "--quota",
-        action="append",
-        default=[],
-        metavar="PLATFORM[:ACCOUNT]=N/SECONDS",
-        help="close the gate before a platform limit, e.g. sandbox=2/3600",
+        "PLATFORM[:ACCOUNT]=N/SECONDS",
+        "close the gate before a platform limit, e.g. sandbox=2/3600",
     )
-    p.add_argument(
+    _repeatable(
+        p,
         "--text-limit",
-        action="append",
-        default=[],
-        metavar="PLATFORM[:ACCOUNT]=N",
-        help="a platform's (or one account's) text limit instead of the platform default, e.g. "
+        "PLATFORM[:ACCOUNT]=N",
+        "a platform's (or one account's) text limit instead of the platform default, e.g. "
         "mastodon=1000 or mastodon:big-instance=5000 (repeatable)",
     )
+
+
+def _repeatable(p: argparse.ArgumentParser, flag: str, metavar: str, text: str) -> None:
+    p.add_argument(flag, action="append", default=[], metavar=metavar, help=text)
 
 
 def _add_process_flags(p: argparse.ArgumentParser) -> None:
@@ -188,28 +193,32 @@ def _add_process_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))
 
 
-def _quotas(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, Quota]:
-    quotas: dict[str, Quota] = {}
+def _each(
+    p: argparse.ArgumentParser, specs: list[str], parse: Callable[[str], tuple[str, T]]
+) -> dict[str, T]:
+    """Each repeated spec parsed into its key and value; a bad one is a usage error saying why."""
+    parsed: dict[str, T] = {}
     for spec in specs:
         try:
-            key, quota = parse_quota(spec)
+            key, value = parse(spec)
         except ValueError as exc:
             p.error(str(exc))
+        parsed[key] = value
+    return parsed
+
+
+def _quotas(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, Quota]:
+    def parse(spec: str) -> tuple[str, Quota]:
+        key, quota = parse_quota(spec)
         if key.split(":")[0] not in KNOWN_PLATFORMS:
-            p.error(f"--quota {spec!r}: unknown platform")
-        quotas[key] = quota
-    return quotas
+            raise ValueError(f"--quota {spec!r}: unknown platform")
+        return key, quota
+
+    return _each(p, specs, parse)
 
 
 def _text_limits(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, int]:
-    text_limits: dict[str, int] = {}
-    for spec in specs:
-        try:
-            key, limit = parse_text_limit(spec)
-        except ValueError as exc:
-            p.error(str(exc))
-        text_limits[key] = limit
-    return text_limits
+    return _each(p, specs, parse_text_limit)
 
 
 def _lease_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> LeaseConfig:
@@ -235,13 +244,12 @@ def _lease_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> LeaseCon
 
 def _retry_policies(p: argparse.ArgumentParser, a: argparse.Namespace) -> RetryPolicies:
     default_policy = RetryPolicy(initial_interval_s=a.retry_initial, max_interval_s=a.retry_max)
-    per_platform: dict[str, RetryPolicy] = {}
-    for spec in a.retry_policy:
-        try:
-            platform, policy = parse_policy(spec, default_policy)
-        except ValueError as exc:
-            p.error(str(exc))
+
+    def parse(spec: str) -> tuple[str, RetryPolicy]:
+        platform, policy = parse_policy(spec, default_policy)
         if platform not in KNOWN_PLATFORMS:
-            p.error(f"--retry-policy {spec!r}: unknown platform {platform!r}")
-        per_platform[platform] = policy
+            raise ValueError(f"--retry-policy {spec!r}: unknown platform {platform!r}")
+        return platform, policy
+
+    per_platform = _each(p, a.retry_policy, parse)
     return RetryPolicies(default=default_policy, per_platform=per_platform)
