@@ -176,25 +176,14 @@ async def job_page(request: Request) -> Response:
 
 async def ratelimits_page(request: Request) -> Response:
     session, client = person(request)
-    gates = await client.list_rate_limits()
-    return render(
-        request,
-        "ratelimits.html",
-        session=session,
-        gates=list(gates.gates),
-        now=gates.now,
-    )
+    found = await client.list_rate_limits()
+    return render(request, "ratelimits.html", session=session, gates=found.gates, now=found.now)
 
 
 async def devices_page(request: Request) -> Response:
     session, client = person(request)
-    devices = await client.list_devices()
-    return render(
-        request,
-        "devices.html",
-        session=session,
-        devices=list(devices.devices),
-    )
+    found = await client.list_devices()
+    return render(request, "devices.html", session=session, devices=found.devices)
 
 
 async def audit_page(request: Request) -> Response:
