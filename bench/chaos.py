@@ -10,7 +10,7 @@ jobs and audit log and the sandbox's record: no target published twice, no job l
 every SUCCEEDED job has its post at the sandbox and every post there has a SUCCEEDED job, no job
 FAILED in doubt without looking for its post, and the audit log has no gap.
 
-    python -m bench.chaos --posts 1000 --workers 4 --seed 7 [--partitions]
+    python -m bench.chaos --posts 1000 --workers 4 --seed 7 [--partitions] [--db postgresql://…]
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ def soak(
     workdir: Path,
     quiet: bool = False,
     partitions: bool = False,
+    db_url: str = "",
 ) -> SoakReport:
     rng = random.Random(seed)
     report = SoakReport(seed=seed)
@@ -171,6 +172,7 @@ def soak(
         # The cluster stops before the lab goes: its workers live in the lab's namespaces.
         lab = stack.enter_context(NetLab()) if partitions else None
         cluster = stack.enter_context(LocalCluster(workdir, _config(lab)))
+        cluster.db_url = db_url or cluster.db_url  # default: SQLite in the workdir
         cluster.start_sandbox()
         cluster.start_coordinator()
         nodes = {name: lab.add_node(name) for name in names} if lab is not None else {}
@@ -392,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run each worker in a network namespace and mix network partitions (cuts, "
         "one-way cuts, slow lossy links) into the kills and pauses; needs root, ip, iptables",
     )
+    p.add_argument(
+        "--db",
+        default="",
+        help="the coordinator's --db, e.g. postgresql://USER@HOST/DB (an empty database); "
+        "default SQLite in the work directory",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/chaos-results.json"))
     p.add_argument(
         "--workdir",
@@ -414,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             drain_timeout_s=a.drain_timeout,
             workdir=a.workdir or Path(tmp),
             partitions=a.partitions,
+            db_url=a.db,
         )
     rows = asdict(report)
     violations = rows.pop("violations")
