@@ -82,6 +82,17 @@ class CoreBase(abc.ABC):
         self.jobs[job.id] = job
         self.book.track(job)
 
+    def _new_run(self, job: Job, now: float) -> Run:
+        """The run of the job's current attempt under its current lease, on its device."""
+        return Run(
+            id=self._new_id("r"),
+            job_id=job.id,
+            attempt=job.attempt,
+            device_id=job.device_id,
+            lease_epoch=job.lease_epoch,
+            started_at=now,
+        )
+
     def _held(self, job: Job) -> bool:
         """A job whose content no longer matches the post's approval is never handed out."""
         post = self.posts.get(job.post_id)

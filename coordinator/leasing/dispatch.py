@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from coordinator.domain import AuditEvent, Job, JobStatus, Run, Target
+from coordinator.domain import AuditEvent, Job, JobStatus, Target
 from coordinator.leasing import outbound as o
 from coordinator.leasing.base import run_row
 from coordinator.leasing.effects import AttemptStarted, Dispatched, Effects
@@ -83,14 +83,7 @@ class Dispatching(Scheduling):
         deadline = now + self.config.lease_ttl_s
         job.lease_expires_at = deadline
         job.updated_at = now
-        run = Run(
-            id=self._new_id("r"),
-            job_id=job.id,
-            attempt=job.attempt,
-            device_id=session.device_id,
-            lease_epoch=job.lease_epoch,
-            started_at=now,
-        )
+        run = self._new_run(job, now)
         self.leases[job.id] = Lease(
             job.id,
             job.lease_epoch,

@@ -32,15 +32,8 @@ class Intake(ManualActions):
             if job.committed_epoch and job.committed_epoch == job.lease_epoch:
                 self._committed_by[job.id] = (job.committed_epoch, job.device_id)
             if job.status in LEASED_STATUSES:
-                run = Run(
-                    id=self._new_id("r"),
-                    job_id=job.id,
-                    attempt=job.attempt,
-                    device_id=job.device_id,
-                    lease_epoch=job.lease_epoch,
-                    started_at=now,
-                    committed=job.committed_epoch == job.lease_epoch,
-                )
+                run = self._new_run(job, now)
+                run.committed = job.committed_epoch == job.lease_epoch
                 prev = (runs or {}).get(job.id)
                 if prev is not None and prev.lease_epoch == job.lease_epoch:
                     run.id, run.started_at = prev.id, prev.started_at
