@@ -25,7 +25,7 @@ from coordinator.domain import GateRecord, Job, JobStatus, Target
 from coordinator.errors import StoreError
 from coordinator.store import JobWrite, PostgresStore, WriteBatch
 from coordinator.store.ownership import ShardOwnership
-from coordinator.store.shards import Fence, OwnershipLost, shard_of
+from coordinator.store.shards import Fence, OwnershipLost, ShardLease, fair_share, shard_of
 
 __all__ = ["pg_database"]
 
@@ -74,6 +74,12 @@ def test_an_accounts_shard_is_stable_and_accounts_spread_evenly() -> None:
     per_shard = Counter(shard_of("x", f"acct-{i}", 64) for i in range(6400))
     assert len(per_shard) == 64
     assert min(per_shard.values()) >= 60 and max(per_shard.values()) <= 140
+
+
+def test_a_fair_share_splits_the_shards_evenly_among_live_coordinators() -> None:
+    assert [fair_share(8, ["b", "c", "a"], o) for o in "abc"] == [3, 3, 2]
+    assert fair_share(8, [], "a") == 8  # alone: the one asking counts
+    assert sum(fair_share(64, [f"c{i}" for i in range(7)], f"c{i}") for i in range(7)) == 64
 
 
 async def test_two_owners_claiming_at_once_split_the_shards(ownership: ShardOwnership) -> None:
@@ -164,6 +170,35 @@ async def test_released_shards_are_claimed_at_once(ownership: ShardOwnership) ->
     b = await ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 1)  # well within a's TTL
     assert [(lease.shard, lease.epoch) for lease in b] == [(0, 2), (1, 2), (2, 2)]
     assert len(await ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 2)) == SHARDS - 3
+
+
+async def test_shards_rebalance_as_coordinators_join_die_and_leave(
+    ownership: ShardOwnership,
+) -> None:
+    held: dict[str, list[ShardLease]] = {}
+
+    async def turn(now: float, *owners: str) -> dict[str, int]:
+        for owner in owners:
+            held[owner] = await ownership.rebalance(
+                owner, held.get(owner, []), ttl_s=TTL_S, now=now
+            )
+        return {owner: len(leases) for owner, leases in held.items()}
+
+    assert await turn(T0, "a") == {"a": 8}
+    # b joins: nothing is free on its first turn; a lets half go on its next; b takes them.
+    assert await turn(T0 + 1, "b", "a", "b") == {"a": 4, "b": 4}
+    assert await turn(T0 + 2, "c", "a", "b", "c") == {"a": 3, "b": 3, "c": 2}
+    # b dies after T0 + 2: its leases and membership run out at T0 + 12, then a and c share.
+    for now in (T0 + 6, T0 + 10):
+        assert await turn(now, "a", "c") == {"a": 3, "b": 3, "c": 2}
+    del held["b"]
+    assert await turn(T0 + 14, "a", "c") == {"a": 4, "c": 4}
+    owners = await ownership.owners()
+    assert {o.shard for o in owners if o.owner == "a"} == {lease.shard for lease in held["a"]}
+    assert {o.owner for o in owners} == {"a", "c"}
+    # a stops cleanly: c takes everything on its next turn, without waiting for a TTL.
+    await ownership.leave("a", held.pop("a"))
+    assert await turn(T0 + 15, "c") == {"c": 8}
 
 
 async def test_one_leader_per_duty_elected_by_a_ttl_row(

@@ -54,13 +54,14 @@ def expected_columns() -> dict[str, str]:
         cols = [re.sub(r"^(\w+ \w+) PK$", r"\1! PK", c) for c in spec.split(", ")]
         columns[table] = ", ".join(c.replace("!! PK", "! PK") for c in cols)
     columns["runs"] += ", seq INTEGER!"
-    # PostgreSQL only (0002_ownership.sql): who owns which shard, who leads which duty.
+    # PostgreSQL only (0002_ownership.sql): shard owners, duty leaders, coordinators alive.
     columns["shard_owners"] = (
         "shard INTEGER! PK, owner TEXT!, epoch INTEGER!, heartbeat_at REAL!, expires_at REAL!"
     )
     columns["leaders"] = (
         "duty TEXT! PK, owner TEXT!, epoch INTEGER!, elected_at REAL!, expires_at REAL!"
     )
+    columns["coordinators"] = "owner TEXT! PK, heartbeat_at REAL!, expires_at REAL!"
     return columns
 
 
@@ -120,7 +121,7 @@ async def test_migrations_produce_the_schema_of_sqlite_once(url: str) -> None:
     assert columns == expected_columns()
     # SQLite's INTEGER PRIMARY KEY is the rowid itself; PostgreSQL indexes those keys.
     rowid_keys = {"step_logs PK (seq)", "screenshots PK (seq)", "audit_events PK (seq)"}
-    ownership = {"shard_owners PK (shard)", "leaders PK (duty)"}
+    ownership = {"shard_owners PK (shard)", "leaders PK (duty)", "coordinators PK (owner)"}
     assert indexes == EXPECTED_INDEXES | rowid_keys | ownership
     assert fks == EXPECTED_FOREIGN_KEYS
     conn = await asyncpg.connect(url)

@@ -7,10 +7,12 @@ fence = Fence.of("coord-a", ownership.shard_count, mine)
 await store.apply_fenced(batch, fence)     # OwnershipLost once another owner took a shard
 mine = await ownership.renew("coord-a", mine, ttl_s=15)   # the ones still held
 
+Or let rebalance() do a whole turn: heartbeat, renew, release or claim to a fair share.
+
 Times: `now` is the caller's clock (tests pass virtual time); None, the default, takes the
 database server's clock, the one every coordinator shares. Take-overs add one to the epoch;
-renewals keep it. What is not here yet: deciding how many shards each coordinator should hold
-(rebalancing) and the loop that renews them, which belong to the coordinator.
+renewals keep it. Not here: the loop that calls rebalance() on a timer and tells the lease core
+which shards it serves, which belong to the coordinator.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from coordinator.errors import StoreError
 from coordinator.store import rows
 from coordinator.store.postgres import PostgresStore
 from coordinator.store.rows import Row
-from coordinator.store.shards import DEFAULT_SHARD_COUNT, LeaderLease, ShardLease
+from coordinator.store.shards import DEFAULT_SHARD_COUNT, LeaderLease, ShardLease, fair_share
 
 
 def _lease(row: Row) -> ShardLease:
@@ -86,6 +88,30 @@ class ShardOwnership:
     async def owners(self) -> list[ShardLease]:
         """Every shard's row, by shard: owner '' and epoch 0 for one never held."""
         return [_lease(r) for r in await self._store.run("list_shard_owners", {})]
+
+    async def rebalance(
+        self, owner: str, leases: Sequence[ShardLease], *, ttl_s: float, now: float | None = None
+    ) -> list[ShardLease]:
+        """One turn of a coordinator's ownership loop (run it well within ttl_s): say it is
+        alive, renew what it holds, let go of what is over its fair share (its highest shards),
+        or claim up to it. The leases it holds now. A coordinator that joins gets shards as the
+        others let them go on their next turns; a dead one's are claimed once its leases and its
+        membership have run out, so within ttl_s plus one turn."""
+        await self._store.run("heartbeat_coordinator", {"owner": owner, "ttl_s": ttl_s, "now": now})
+        members = [r["owner"] for r in await self._store.run("live_coordinators", {"now": now})]
+        share = fair_share(self.shard_count, members, owner)
+        held = await self.renew(owner, leases, ttl_s=ttl_s, now=now) if leases else []
+        if len(held) > share:
+            await self.release(owner, held[share:])
+            return held[:share]
+        if len(held) < share:
+            held += await self.claim(owner, want=share - len(held), ttl_s=ttl_s, now=now)
+        return sorted(held, key=_shard)
+
+    async def leave(self, owner: str, leases: Sequence[ShardLease]) -> None:
+        """A coordinator stopping: its shards can be claimed at once, and it no longer counts."""
+        await self.release(owner, leases)
+        await self._store.run("leave_coordinator", {"owner": owner})
 
     async def elect(
         self, duty: str, owner: str, *, ttl_s: float, now: float | None = None

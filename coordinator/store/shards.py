@@ -35,6 +35,14 @@ def shard_of(platform: str, account: str, shard_count: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % shard_count
 
 
+def fair_share(shard_count: int, members: Sequence[str], owner: str) -> int:
+    """How many shards `owner` should hold among the live `members` (it among them): an even
+    split, the remainder going one each to the first members by name."""
+    ranked = sorted(set(members) | {owner})
+    base, extra = divmod(shard_count, len(ranked))
+    return base + (1 if ranked.index(owner) < extra else 0)
+
+
 @dataclass(frozen=True, slots=True)
 class ShardLease:
     shard: int

@@ -23,3 +23,11 @@ CREATE TABLE leaders (
     elected_at DOUBLE PRECISION NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
 );
+
+-- The coordinators alive, each renewing its row: what a fair share of the shards is counted by
+-- (a coordinator that just joined holds no shard yet, but counts).
+CREATE TABLE coordinators (
+    owner        TEXT NOT NULL PRIMARY KEY,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    expires_at   DOUBLE PRECISION NOT NULL
+);

@@ -190,3 +190,17 @@ SELECT duty FROM leaders WHERE duty = :duty AND owner = :owner AND epoch = :epoc
 
 -- name: resign_leader
 UPDATE leaders SET expires_at = 0 WHERE duty = :duty AND owner = :owner AND epoch = :epoch;
+
+-- name: heartbeat_coordinator
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+INSERT INTO coordinators (owner, heartbeat_at, expires_at)
+SELECT :owner, clock.t, clock.t + :ttl_s FROM clock
+ON CONFLICT (owner) DO UPDATE SET
+    heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at;
+
+-- name: live_coordinators
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+SELECT owner FROM coordinators, clock WHERE expires_at > clock.t ORDER BY owner;
+
+-- name: leave_coordinator
+DELETE FROM coordinators WHERE owner = :owner;
