@@ -33,6 +33,7 @@ from coordinator.access.registry import Credentials
 from coordinator.convert import coordinator_message_pb, job_pb, step_log_pb
 from coordinator.domain import LEASED_STATUSES, JobStatus, Target
 from coordinator.errors import CoordinatorError
+from coordinator.events_feed import AuditBell
 from coordinator.gates import GateBook, Quota
 from coordinator.leasing.commands import Command, Tick
 from coordinator.leasing.core import LeaseConfig, LeaseCore
@@ -115,6 +116,7 @@ class Coordinator:
         self._outboxes: dict[str, MemoryObjectSendStream[wg.CoordinatorMessage]] = {}
         self._watchers: dict[str, set[MemoryObjectSendStream[pub.JobEvent]]] = {}
         self.observer = BatchObserver(self.tracer, metrics)
+        self.audit_bell = AuditBell()  # wakes WatchEvents streams (events_feed.py)
         self._login_waiters: dict[str, tuple[anyio.Event, list[wg.LoginCheckResult]]] = {}
         self._wake = anyio.Event()
         self._ticked = anyio.Event()  # set once the actor has run the timer's last Tick
@@ -340,6 +342,8 @@ class Coordinator:
             # must die and reload from the database rather than send what is not durable.
             with anyio.CancelScope(shield=True):
                 await self.store.apply(fx.batch)
+            if fx.batch.audits:
+                self.audit_bell.ring()
         # From here the batch is durable: what follows must reach the workers and callers, so
         # a failure in metrics, traces or watchers is logged, never raised.
         try:

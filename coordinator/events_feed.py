@@ -2,9 +2,10 @@
 
 Every change the coordinator makes is audited in the same batch as the change itself, so the
 audit log is the one ordered record of what moved: a watcher that remembers the last seq it saw
-resumes exactly there, after a restart of either side. The stream tails the store (the log is
-the source, whichever process or backend wrote it), reading only rows past the last seq sent;
-an idle tail costs one indexed read per interval.
+resumes exactly there, after a restart of either side. The stream reads the store (the log is
+the source), only rows past the last seq sent, and then waits for the actor's bell: rung after
+every committed batch with audit entries, so an idle stream reads nothing until something
+happens. It also looks every few seconds without a ring, for rows another process wrote.
 """
 
 from __future__ import annotations
@@ -20,11 +21,26 @@ from coordinator.validation import check_filter
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 
-# How often an idle stream looks for new rows: what a page's live update may lag by.
-DEFAULT_TAIL_INTERVAL_S = 0.2
+# How often a stream looks for new rows with no ring (rows another process wrote).
+DEFAULT_UNRUNG_INTERVAL_S = 2.0
 # Rows read at once; a watcher far behind catches up in pages of this many.
 TAIL_PAGE = 500
 MAX_SUBJECTS = 100
+
+
+class AuditBell:
+    """Rung after a batch with audit entries commits. A watcher takes `armed()` *before* it
+    reads, so a ring between its read and its wait is never missed."""
+
+    def __init__(self) -> None:
+        self._rung = anyio.Event()
+
+    def armed(self) -> anyio.Event:
+        return self._rung
+
+    def ring(self) -> None:
+        self._rung.set()
+        self._rung = anyio.Event()
 
 
 def check_request(request: pub.WatchEventsRequest) -> frozenset[str]:
@@ -42,14 +58,16 @@ def check_request(request: pub.WatchEventsRequest) -> frozenset[str]:
 async def watch(
     store: Store,
     request: pub.WatchEventsRequest,
+    bell: AuditBell,
     *,
-    interval_s: float = DEFAULT_TAIL_INTERVAL_S,
+    unrung_interval_s: float = DEFAULT_UNRUNG_INTERVAL_S,
 ) -> AsyncIterator[pb.AuditEvent]:
     """Events after request.after_seq (or from the end of the log), then new ones as they land,
     until the caller stops iterating. Raises InvalidArgument before the first event."""
     subjects = check_request(request)
     seq = await store.last_audit_seq() if request.from_end else request.after_seq
     while True:
+        rung = bell.armed()
         events = await store.list_audit(
             since=None, subject_id="", action="", after_seq=seq, limit=TAIL_PAGE
         )
@@ -58,4 +76,5 @@ async def watch(
             if not subjects or event.subject_id in subjects:
                 yield audit_pb(event)
         if len(events) < TAIL_PAGE:
-            await anyio.sleep(interval_s)
+            with anyio.move_on_after(unrung_interval_s):
+                await rung.wait()

@@ -425,7 +425,7 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         self, request: pub.WatchEventsRequest, context: Ctx
     ) -> AsyncIterator[pb.AuditEvent]:
         try:
-            feed = events_feed.watch(self.store, request)
+            feed = events_feed.watch(self.store, request, self.co.audit_bell)
             async for event in feed:
                 yield event
         except CoordinatorError as exc:  # only before the first event (a bad request)
