@@ -164,6 +164,27 @@ async def test_posts_insert_get_list_page_and_filter(store: Store) -> None:
     assert await store.list_posts(status=PostStatus.CANCELLED, limit=10, offset=0) == []
 
 
+async def test_pages_continue_after_a_cursor_and_jobs_come_for_many_posts(store: Store) -> None:
+    # Two posts per created_at: the cursor orders by (created_at, id), as the pages do.
+    posts = [make_post(f"p{i}", created_at=T0 + i // 2) for i in range(5)]
+    jobs = [make_job(f"j{i}", f"p{i}", created_at=T0 + i // 2) for i in range(5)]
+    await store.apply(WriteBatch(new_posts=posts, new_jobs=jobs))
+    first = await store.list_posts(status=None, limit=2, offset=0)
+    assert [p.id for p in first] == ["p4", "p3"]
+    await store.apply(WriteBatch(new_posts=[make_post("p9", created_at=T0 + 9)]))
+    after = (first[-1].created_at, first[-1].id)
+    nxt = await store.list_posts(status=None, limit=2, offset=0, before=after)
+    assert [p.id for p in nxt] == ["p2", "p1"]  # the post added meanwhile shifts nothing
+    job_page = await store.list_jobs(JobFilter(), limit=10, offset=0, before=(T0 + 1, "j3"))
+    assert [j.id for j in job_page] == ["j2", "j1", "j0"]
+    assert [j.id for j in await store.jobs_for_posts(["p3", "p0", "nope"])] == ["j0", "j3"]
+    assert await store.jobs_for_posts([]) == []
+
+    assert await store.last_audit_seq() == 0
+    await store.apply(WriteBatch(audits=[audit(), audit(), audit()]))
+    assert await store.last_audit_seq() == 3
+
+
 async def test_unknown_ids_raise_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.get_post("nope")
