@@ -97,3 +97,13 @@ def test_the_first_token_must_be_an_admin_and_devices_wait_for_authentication() 
     assert h.state.credentials.auth_on
     h.command(op.EnrollDevice("d1", (A,), "hash2", False, "user:root"))
     assert h.state.credentials.enrollment("d1") is not None
+
+
+def test_a_reschedule_that_supersedes_a_job_in_doubt_makes_the_new_job_look_first() -> None:
+    h = Harness()
+    post, jobs = make_post("p1", [A], T0)
+    jobs[0].status, jobs[0].verify_first = JobStatus.FAILED, True  # a permit, then no answer
+    h.add(post, jobs)
+    h.command(op.SchedulePost("p1", T0 + 600, "p1-s1-", "user:op"))
+    assert h.store.jobs["p1-j0"].status is JobStatus.CANCELLED  # superseded
+    assert h.store.jobs["p1-s1-0"].verify_first  # may find the post rather than make another

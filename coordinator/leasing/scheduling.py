@@ -66,6 +66,9 @@ class Scheduling(Intake):
             not_before = max(when, self.gates.closed_until(target))
             if same_key is None:
                 job = self._new_job(post, f"{new_job_id}{n}", target, key, when, not_before, now)
+                # An earlier job of the target may have published (a permit, no answer): the new
+                # one looks on the platform first, or it could post a second time.
+                job.verify_first = any(j.verify_first for j in mine)
                 fx.batch.new_jobs.append(dataclasses.replace(job))
                 details = {"post": post.id, "key": key}
                 fx.batch.audits.append(AuditEvent("JOB_CREATED", job.id, actor, now, details))
