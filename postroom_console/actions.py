@@ -219,6 +219,6 @@ async def act(request: Request) -> Response:
     try:
         message = await action.run(client, form)
     except PostroomError as exc:
-        return refusal_page(request, exc, what=action.title)
+        return refusal_page(request, exc, what=action.title, back=back)
     session.flash.append(message)
     return RedirectResponse(back, status_code=303)

@@ -3,13 +3,16 @@ screenshots (GetAsset, passed through in chunks) and the audit log's JSONL expor
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from postroom.client import AsyncClient
 from postroom.client.errors import PostroomError
 from postroom_console.pages import AUDIT_PAGE
 from postroom_console.render import audit_json_line
@@ -17,6 +20,7 @@ from postroom_console.web import person
 
 MAX_SUBJECTS = 100  # the coordinator's bound on one WatchEvents
 DEFAULT_PING_S = 15  # keeps proxies from closing an idle stream
+T = TypeVar("T")
 
 
 def _seq(text: str | None) -> int:
@@ -26,21 +30,60 @@ def _seq(text: str | None) -> int:
         return 0
 
 
+async def _audit_changes(
+    client: AsyncClient, after: int, subjects: list[str]
+) -> AsyncIterator[dict[str, str]]:
+    async for event in client.watch_events(
+        after_seq=after, subject_ids=subjects, from_end=after == 0
+    ):
+        data = {"seq": event.seq, "action": event.action, "subject": event.subject_id}
+        yield {"event": "change", "id": str(event.seq), "data": json.dumps(data)}
+
+
+async def _step_logs(client: AsyncClient, job_id: str) -> AsyncIterator[dict[str, str]]:
+    """A running job's step log lines (not audited: WatchJob has them), until it ends."""
+    async for event in client.watch_job(job_id):
+        if event.HasField("log"):
+            yield {"event": "change", "data": json.dumps({"log": event.log.log.step})}
+
+
+async def _merged(*sources: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Items of all sources as they come; the tasks reading them end with this generator."""
+    pending = {asyncio.ensure_future(anext(s)): s for s in sources}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                source = pending.pop(future)
+                try:
+                    item = future.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(anext(source))] = source
+                yield item
+    finally:
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 async def events(request: Request) -> Response:
-    """`change` events (id = audit seq) about ?subject=... (all when none). A browser that
-    reconnects sends Last-Event-ID and resumes exactly after it; without either, it starts at
-    the end of the log (a page just rendered has seen everything before)."""
+    """`change` events (id = audit seq) about ?subject=... (all when none), and with ?job=ID
+    that job's step log lines while it runs. A browser that reconnects sends Last-Event-ID and
+    resumes exactly after it; without either, it starts at the end of the log (a page just
+    rendered has seen everything before)."""
     _, client = person(request)
     subjects = [s for s in request.query_params.getlist("subject") if s][:MAX_SUBJECTS]
     after = _seq(request.headers.get("last-event-id")) or _seq(request.query_params.get("after"))
+    job_id = request.query_params.get("job", "")
+    sources = [_audit_changes(client, after, subjects)]
+    if job_id:
+        sources.append(_step_logs(client, job_id))
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         try:
-            async for event in client.watch_events(
-                after_seq=after, subject_ids=subjects, from_end=after == 0
-            ):
-                data = {"seq": event.seq, "action": event.action, "subject": event.subject_id}
-                yield {"event": "change", "id": str(event.seq), "data": json.dumps(data)}
+            async for item in _merged(*sources):
+                yield item
         except PostroomError as exc:  # the page keeps working; the status line says why
             yield {"event": "stopped", "data": json.dumps({"reason": exc.message})}
 

@@ -155,6 +155,7 @@ async def job_page(request: Request) -> Response:
     )
     shots = [s for run in job.runs for s in run.screenshots]
     before_confirm = next((s for s in reversed(shots) if s.label == "before_confirm"), None)
+    finished = job.status in (t.JOB_STATUS_SUCCEEDED, t.JOB_STATUS_FAILED, t.JOB_STATUS_CANCELLED)
     return render(
         request,
         "job.html",
@@ -167,9 +168,9 @@ async def job_page(request: Request) -> Response:
         before_confirm=before_confirm,
         awaiting=job.status == t.JOB_STATUS_AWAITING_CONFIRM,
         retryable=job.status in (*RETRYABLE, t.JOB_STATUS_QUEUED),
-        finished=job.status
-        in (t.JOB_STATUS_SUCCEEDED, t.JOB_STATUS_FAILED, t.JOB_STATUS_CANCELLED),
+        finished=finished,
         live_subjects=[job.id, job.post_id],
+        live_job="" if finished else job.id,
         live_after=_last_seq(list(history.events)),
     )
 

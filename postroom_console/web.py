@@ -70,6 +70,7 @@ def render(
     # Pages that follow subjects live say which; others follow every change from now on.
     context.setdefault("live_subjects", [])
     context.setdefault("live_after", 0)
+    context.setdefault("live_job", "")  # a job page while it runs: its step logs too
     flash = list(session.flash) if session is not None else []
     if session is not None:
         session.flash.clear()
@@ -84,7 +85,9 @@ def render(
     return HTMLResponse(html, status_code=status_code)
 
 
-def refusal_page(request: Request, exc: PostroomError, *, what: str) -> HTMLResponse:
+def refusal_page(
+    request: Request, exc: PostroomError, *, what: str, back: str = "/posts"
+) -> HTMLResponse:
     """The coordinator said no (or could not be reached): say what, why, and what to do."""
     session = state(request).sessions.get(request.cookies.get(COOKIE))
     return render(
@@ -95,6 +98,7 @@ def refusal_page(request: Request, exc: PostroomError, *, what: str) -> HTMLResp
         what=what,
         code=exc.code,
         message=exc.message,
+        back=back,
     )
 
 
@@ -137,6 +141,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
         what="This page",
         code=str(exc.status_code),
         message=str(exc.detail),
+        back="/posts",
     )
 
 

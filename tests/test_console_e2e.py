@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from polling import wait_until
@@ -251,9 +252,15 @@ def test_job_page_shows_its_screenshot_and_follows_the_job_live(page: Page, run:
     expect(page.locator("#live-status")).to_contain_text("Live")
     _shot(page, "job-awaiting-confirm")
     page.evaluate("window.__notReloaded = true")
-
-    with run.cluster.client() as client:  # someone else confirms, elsewhere
-        client.confirm_job(job_id, actor="other")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    # The page's stream, as its script reads it, past every audit entry: step logs only.
+    logs_only = f"{run.url}/events?after={2**62}&job={job_id}"
+    with httpx.stream("GET", logs_only, cookies=cookies, timeout=EXPECT_TIMEOUT_MS / 1000) as sse:
+        assert sse.status_code == 200
+        with run.cluster.client() as client:  # someone else confirms, elsewhere
+            client.confirm_job(job_id, actor="other")
+        first = next(line for line in sse.iter_lines() if line.startswith("data:"))
+    assert '"log"' in first  # a step log line of the run, live (logs are not audited)
     expect(page.locator("h1")).to_contain_text("SUCCEEDED")
     assert page.evaluate("window.__notReloaded === true"), "the page was reloaded, not updated"
     expect(page.locator("table.audit")).to_contain_text("JOB_CONFIRMED")
