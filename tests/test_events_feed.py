@@ -14,6 +14,8 @@ import grpc
 import pytest
 from conftest import InProcess, coordinator_server, publish
 
+from postroom.client import AsyncClient
+from postroom.tls import ClientTls
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as pb
@@ -145,3 +147,30 @@ async def test_watch_events_refuses_a_bad_request(tmp_path: Path) -> None:
                 await take(stub.WatchEvents(request).__aiter__(), 1)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert says in (refused.value.details() or "")
+
+
+@pytest.mark.anyio
+async def test_the_async_client_follows_the_log_and_resumes(tmp_path: Path) -> None:
+    async with (
+        harness(tmp_path, "memory") as (env, _stub),
+        AsyncClient(env.address, token="", tls=ClientTls()) as client,
+    ):
+        first = await client.create_post(text="one", targets=["x:a"])
+        seen = [e async for e in _first(client.watch_events(), 1)]
+        assert [(e.action, e.subject_id) for e in seen] == [("POST_CREATED", first.id)]
+        follow = client.watch_events(after_seq=seen[-1].seq, subject_ids=[first.id])
+        await client.submit_post(first.id)
+        [submitted] = [e async for e in _first(follow, 1)]
+        assert submitted.action == "POST_SUBMITTED" and submitted.seq > seen[-1].seq
+
+
+async def _first(events: AsyncIterator[pb.AuditEvent], n: int) -> AsyncIterator[pb.AuditEvent]:
+    """The first n events of a stream (then it is closed), within the test's wait."""
+    with anyio.fail_after(WAIT_S):
+        count = 0
+        async for event in events:
+            yield event
+            count += 1
+            if count == n:
+                break
+    await events.aclose()  # type: ignore[attr-defined]

@@ -246,12 +246,10 @@ class AsyncClient(ClientBase):
     def watch_job(self, job_id: str) -> AsyncIterator[pb.JobEvent]:
         return self._stream(self._stub.WatchJob, pb.WatchJobRequest(job_id=job_id), None)
 
+    @_doc(Client.watch_events)
     def watch_events(
         self, *, after_seq: int = 0, subject_ids: Iterable[str] = (), from_end: bool = False
     ) -> AsyncIterator[t.AuditEvent]:
-        """Follow the audit log live: events with seq > after_seq already written, then each
-        new one as it is committed, until you stop iterating. `subject_ids` keeps only events
-        about those posts, jobs, devices or gates; `from_end` starts at the end of the log."""
         request = pb.WatchEventsRequest(
             after_seq=after_seq, subject_ids=list(subject_ids), from_end=from_end
         )

@@ -230,6 +230,18 @@ class Client(ClientBase):
         as the job; leave the loop to stop watching."""
         return self._stream(self._stub.WatchJob, pb.WatchJobRequest(job_id=job_id), None)
 
+    def watch_events(
+        self, *, after_seq: int = 0, subject_ids: Iterable[str] = (), from_end: bool = False
+    ) -> Iterator[t.AuditEvent]:
+        """Follow the audit log live: events with seq > after_seq already written, then each
+        new one as it is committed, until you leave the loop. `subject_ids` keeps only events
+        about those posts, jobs, devices or gates; `from_end` starts at the end of the log.
+        Resume after a break with the last `seq` you saw."""
+        request = pb.WatchEventsRequest(
+            after_seq=after_seq, subject_ids=list(subject_ids), from_end=from_end
+        )
+        return self._stream(self._stub.WatchEvents, request, None)
+
     def cancel_job(self, job_id: str, *, reason: str = "", actor: str | None = None) -> t.Job:
         """Cancel a job that has not finished."""
         request = pb.CancelJobRequest(job_id=job_id, actor=actor or self.actor, reason=reason)
