@@ -5,7 +5,10 @@ test_e2e_processes.py, run as it is, on a database of its own on the PostgreSQL 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -58,3 +61,18 @@ def test_coordinator_on_postgres_killed_mid_flight_then_every_post_published_onc
     killed_scenario(cluster, client, admin)
     # What the operators saw came from PostgreSQL: the jobs are there, all succeeded.
     assert run_apart(_succeeded_jobs(pg_url)) == 12
+
+
+def test_a_second_coordinator_on_the_same_postgres_database_refuses_to_start(
+    cluster: LocalCluster, pg_url: str, tmp_path: Path
+) -> None:
+    assert cluster.coordinator is not None and cluster.coordinator.alive()
+    argv = [
+        sys.executable, "-m", "coordinator.main", "--db", pg_url, "--assets", str(tmp_path),
+        "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+    ]  # fmt: skip
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    (line,) = second.stderr.strip().splitlines()
+    assert f"another coordinator is using {pg_url} (server pid " in line
+    assert "one coordinator per database" in line

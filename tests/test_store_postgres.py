@@ -226,3 +226,17 @@ async def test_the_store_reconnects_after_the_server_drops_its_connections(url: 
         )
     finally:
         await store.close()
+
+
+async def test_an_exclusive_store_keeps_a_second_one_out_until_it_is_gone(url: str) -> None:
+    first = PostgresStore(url, exclusive=True)
+    await first.open()
+    try:
+        second = PostgresStore(url, exclusive=True, lock_wait_s=0.2)
+        with pytest.raises(StoreError, match=r"another coordinator is using .* \(server pid \d+"):
+            await second.open()
+        await first.apply(WriteBatch(audits=[audit()]))  # the holder goes on writing
+    finally:
+        await first.close()
+    await second.open()  # the lock went with the first one's session
+    await second.close()

@@ -47,6 +47,9 @@ from coordinator.store.sqlbase import Missed, SqlStore
 DEFAULT_POOL_MAX_SIZE = 10
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 CAS_MISSED_SQLSTATE = "PRCAS"
+DEFAULT_LOCK_WAIT_S = 2.0
+LOCK_POLL_S = 0.1
+DATABASE_LOCK_KEY = int.from_bytes(b"postroom", "big")  # one advisory lock per database
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _COMMENT = re.compile(r"--[^\n]*")
 # What asyncpg raises: server errors, misuse or a closed connection, its own inconsistencies
@@ -111,11 +114,18 @@ class PostgresStore(SqlStore[Any]):
         *,
         pool_max_size: int = DEFAULT_POOL_MAX_SIZE,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        exclusive: bool = False,
+        lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
     ) -> None:
+        """`exclusive`: the coordinator's store. Its writing connection holds a lock on the
+        database for its whole session, so a second coordinator refuses to start (as on SQLite)
+        until the first is gone; a predecessor just killed gets `lock_wait_s` to let go."""
         # SQLAlchemy-style "postgresql+asyncpg://" names the same server.
         self._url = re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
         self._pool_max_size = pool_max_size
         self._connect_timeout_s = connect_timeout_s
+        self._exclusive = exclusive
+        self._lock_wait_s = lock_wait_s
         self._pool: Any = None
         # Batches go one at a time through a connection of their own, kept open: no pool
         # acquire and reset per batch.
@@ -141,6 +151,8 @@ class PostgresStore(SqlStore[Any]):
             try:
                 async with pool.acquire() as conn:
                     await self._migrate(conn)
+                if self._exclusive:  # refuse now, not at the first write
+                    self._writer = await self._connect()
             except BaseException:
                 pool.terminate()
                 raise
@@ -219,7 +231,35 @@ class PostgresStore(SqlStore[Any]):
         return self._writer
 
     async def _connect(self) -> Any:
-        return await asyncpg.connect(self._url, timeout=self._connect_timeout_s)
+        conn = await asyncpg.connect(self._url, timeout=self._connect_timeout_s)
+        try:
+            if self._exclusive:
+                await self._lock_database(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _lock_database(self, conn: Any) -> None:
+        """Take the one-coordinator lock for this session, or StoreError naming its holder.
+
+        A session-level advisory lock: the server lets go the moment the holder's connection
+        ends, a crash included, and a stopped (SIGSTOP) holder keeps it. It is a stand-in until
+        several coordinators share a database by shard (ownership.py), and like the prepared
+        statements it needs session pooling if a PgBouncer is in between."""
+        key = {"hi": DATABASE_LOCK_KEY >> 32, "lo": DATABASE_LOCK_KEY & 0xFFFFFFFF}
+        deadline = time.monotonic() + self._lock_wait_s
+        while not (await self._rows(conn, "try_lock_database", key))[0]["ok"]:
+            if time.monotonic() >= deadline:
+                holders = [
+                    f"server pid {r['pid']} for {r['client']}"
+                    for r in await self._rows(conn, "database_lock_holder", key)
+                ]
+                raise StoreError(
+                    f"another coordinator is using {self.url} ({', '.join(holders) or 'gone'}); "
+                    "one coordinator per database"
+                )
+            await anyio.sleep(LOCK_POLL_S)
 
     async def _many(self, conn: Any, stage: str, name: str, params: Sequence[Params]) -> None:
         query = self._q[name]

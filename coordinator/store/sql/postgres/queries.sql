@@ -204,3 +204,16 @@ SELECT owner FROM coordinators, clock WHERE expires_at > clock.t ORDER BY owner;
 
 -- name: leave_coordinator
 DELETE FROM coordinators WHERE owner = :owner;
+
+-- The one-coordinator lock (postgres.py: PostgresStore(exclusive=True)); the key is one bigint,
+-- passed as its two halves as pg_locks shows them.
+
+-- name: try_lock_database
+SELECT pg_try_advisory_lock((:hi::bigint << 32) | :lo::bigint) AS ok;
+
+-- name: database_lock_holder
+SELECT a.pid, coalesce(host(a.client_addr), 'a local socket') AS client
+FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = :hi::bigint::oid AND l.objid = :lo::bigint::oid;
