@@ -13,7 +13,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -100,11 +100,18 @@ def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """One database for the whole run (tests empty it with empty_tables); its URL."""
+@contextmanager
+def own_database() -> Iterator[str]:
+    """The URL of a new database, dropped on exit; for sync fixtures (any scope)."""
     name = run_apart(create_database())
     try:
         yield database_url(name)
     finally:
         run_apart(drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """One database for the whole run (tests empty it with empty_tables); its URL."""
+    with own_database() as url:
+        yield url

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from pg_rig import create_database, database_url, drop_database, run_apart
+from pg_rig import own_database, run_apart
 from test_e2e_processes import (
     admin,
     client,
@@ -30,11 +30,9 @@ __all__ = ["admin", "client"]  # fixtures of test_e2e_processes.py, served by th
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    name = run_apart(create_database())
-    try:
-        yield database_url(name)
-    finally:
-        run_apart(drop_database(name))
+    """A database of this module's own: its coordinator holds it for the module's life."""
+    with own_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
