@@ -151,6 +151,10 @@ async def test_an_unreachable_server_is_a_store_error_without_the_password() -> 
         await store.open()
     assert "s3cret" not in str(err.value)
     assert redacted("postgres://db/x") == "postgres://db/x"
+    assert redacted("postgresql://db/x?sslmode=require&password=pw") == (
+        "postgresql://db/x?sslmode=require"
+    )
+    assert redacted("sqlite:////var/lib/postroom.db") == "sqlite:////var/lib/postroom.db"
 
 
 def test_named_parameters_are_numbered_once_and_casts_left_alone() -> None:

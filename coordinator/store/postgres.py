@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
@@ -90,13 +90,15 @@ _QUERIES = {name: compile_query(sql) for name, sql in load_queries(POSTGRES_SQL_
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password (user:PASSWORD@ or ?password=), for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in pairs if k != "password"]
+    if parts.password is None and len(query) == len(pairs):
         return url
     netloc = parts.netloc.rpartition("@")[2]
     user = f"{parts.username}@" if parts.username else ""
-    return parts._replace(netloc=f"{user}{netloc}").geturl()
+    return parts._replace(netloc=f"{user}{netloc}", query=urlencode(query)).geturl()
 
 
 @contextlib.contextmanager
