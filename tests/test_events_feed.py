@@ -1,6 +1,6 @@
-"""What the web console reads from the coordinator, over real gRPC on both stores: ListPosts'
-target states, cursor page tokens that do not shift when posts are added, and WatchEvents (the
-audit log, live and resumable by seq)."""
+"""What the web console reads from the coordinator, over real gRPC on every store (the fake,
+SQLite, PostgreSQL): ListPosts' target states, cursor page tokens that do not shift when posts
+are added, and WatchEvents (the audit log, live and resumable by seq)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import anyio
 import grpc
 import pytest
 from conftest import InProcess, coordinator_server, publish
+from pg_rig import scratch_database
 
 from postroom.client import AsyncClient
 from postroom.tls import ClientTls
@@ -23,14 +24,23 @@ from postroom.v1 import types_pb2 as pb
 if TYPE_CHECKING:
     Stub = publishing_pb2_grpc.PublishingAsyncStub
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "postgres"]
 WAIT_S = 5.0
 
 
 @asynccontextmanager
+async def _database(tmp_path: Path, store: str) -> AsyncIterator[str]:
+    if store == "postgres":
+        async with scratch_database() as url:
+            yield url
+    else:
+        yield "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'feed.db'}"
+
+
+@asynccontextmanager
 async def harness(tmp_path: Path, store: str) -> AsyncIterator[tuple[InProcess, Stub]]:
-    db = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'feed.db'}"
     async with (
+        _database(tmp_path, store) as db,
         coordinator_server(tmp_path, db=db) as env,
         grpc.aio.insecure_channel(env.address) as channel,
     ):
