@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import jinja2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -95,6 +96,25 @@ def badge(label: str) -> Markup:
     return Markup(f'<span class="badge {status_class(label)}">{escape(label)}</span>')
 
 
+def account_link(platform: str, account: str) -> Markup:
+    """PLATFORM:ACCOUNT as a link to that account's jobs (where its failures can be retried)."""
+    query = urlencode({"platform": platform, "account": account})
+    return Markup(f'<a href="/jobs?{escape(query)}">{escape(platform)}:{escape(account)}</a>')
+
+
+def target_link(target: t.Target) -> Markup:
+    return account_link(target.platform, target.account)
+
+
+def subject_link(subject: str) -> Markup:
+    """An audit subject as a link to its page: a post, a job, or an account's jobs."""
+    if subject.startswith(("p-", "j-")):
+        page = "posts" if subject.startswith("p-") else "jobs"
+        return Markup(f'<a href="/{page}/{escape(quote(subject))}">{escape(subject)}</a>')
+    platform, sep, account = subject.partition(":")
+    return account_link(platform, account) if sep else escape(subject)
+
+
 def iso(ts: Timestamp) -> str:
     """Machine-readable time for <time datetime=...>."""
     return ts.ToJsonString() if is_set(ts) else ""
@@ -143,6 +163,9 @@ FILTERS: dict[str, Any] = {
     "status_class": status_class,
     "time": time_html,
     "badge": badge,
+    "target_link": target_link,
+    "account_link": account_link,
+    "subject_link": subject_link,
     "when": when,
     "iso": iso,
     "seconds": seconds,
