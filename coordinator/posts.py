@@ -113,7 +113,7 @@ def create(core: LeaseCore, cmd: CreatePost, now: float) -> Effects:
 def update(core: LeaseCore, cmd: UpdatePost, now: float) -> Effects:
     """Edit a post; if the post as it will be is not what the RPC judged, reply Unjudged."""
     fx = Effects()
-    post, _ = _view(core, cmd)
+    post, jobs = _view(core, cmd)
     if post.status not in EDITABLE_CONTENT_STATUSES:
         raise FailedPrecondition(
             f"post {cmd.post_id} is {post.status.value}; it can no longer be edited"
@@ -127,6 +127,11 @@ def update(core: LeaseCore, cmd: UpdatePost, now: float) -> Effects:
     if cmd.scheduled_at is not None and cmd.scheduled_at != post.scheduled_at:
         post.scheduled_at = cmd.scheduled_at
         changed.append("scheduled_at")
+    if {"text", "media", "targets"} & set(changed):
+        # An attempt may be publishing the content as it is, or may have: a job in doubt looks
+        # for its post by its content, and new content would hide that post from it.
+        _refuse_while_live(core, post, jobs, "edited")
+        _refuse_in_doubt(post, jobs, "edit it")
     content = (post.text, post.media, post.targets)
     if cmd.judged is not None and content != cmd.judged:
         fx.reply = Unjudged(content)  # changed meanwhile: judge this content first
@@ -265,10 +270,20 @@ def _check_deletable(core: LeaseCore, post: Post, jobs: Sequence[Job]) -> None:
             f"post {post.id} is published and cannot be deleted; live: {', '.join(live)}. "
             "Delete those posts on the platforms by hand; postroom keeps their record"
         )
+    _refuse_while_live(core, post, jobs, "deleted")
+    _refuse_in_doubt(post, jobs, "delete")
+
+
+def _refuse_while_live(core: LeaseCore, post: Post, jobs: Sequence[Job], what: str) -> None:
     for job in jobs:
         wait = core.permit_wait(job.id)
         if wait:
-            raise FailedPrecondition(f"post {post.id} cannot be deleted yet: {wait}")
+            raise FailedPrecondition(f"post {post.id} cannot be {what} yet: {wait}")
+
+
+def _refuse_in_doubt(post: Post, jobs: Sequence[Job], then: str) -> None:
+    """Refuse while an attempt may have published the post unseen (a permit, no answer): say
+    how to clear that doubt first."""
     # CANCELLED ones are left out: nothing could clear their doubt, and a person cancelled them.
     doubt = [j for j in jobs if j.verify_first and j.status is not JobStatus.CANCELLED]
     if doubt:
@@ -277,5 +292,5 @@ def _check_deletable(core: LeaseCore, post: Post, jobs: Sequence[Job]) -> None:
             f"post {post.id} may be live: an attempt of job {ids} got a commit permit and never "
             "reported. Look on the platform: if the post is there, record it with `postroom job "
             "resolve JOB --published-url URL`; if not, let the job look first (`postroom job "
-            "retry JOB` if it is not queued). Then delete"
+            f"retry JOB` if it is not queued). Then {then}"
         )

@@ -98,6 +98,7 @@ class WRun:
     epoch: int
     deadline: float
     verify_first: bool
+    pkey: str = ""  # the job's platform key when it was assigned
     confirm: bool = False  # the job requires an operator's confirmation before its permit
     confirmed: bool = False
     verified: bool = False
@@ -154,7 +155,9 @@ class LeaseProtocol(RuleBasedStateMachine):
         self.h = Harness(config=CONFIG, retry=RETRY)
         self.workers = {d: WorkerModel(d) for d in DEVICES}
         self.owner: dict[str, str] = {}  # session id -> device
-        self.platform: dict[str, list[tuple[str, int]]] = {}  # job id -> posts (device, epoch)
+        # The account's posts by platform key (post, target, content: what a worker looks for
+        # when it verifies): (job id, device or "person", epoch) of each.
+        self.platform: dict[str, list[tuple[str, str, int]]] = {}
         # Job -> epoch of its latest commit permit, while that run may have posted.
         self.in_doubt: dict[str, int] = {}
         self.n_sessions = 0
@@ -282,6 +285,7 @@ class LeaseProtocol(RuleBasedStateMachine):
                 a.lease_epoch,
                 a.lease_deadline_unix_ms / 1000,
                 a.verify_first,
+                pkey=a.platform_key,
                 confirm=a.require_confirm,
             )
         elif kind == "confirm":
@@ -398,7 +402,7 @@ class LeaseProtocol(RuleBasedStateMachine):
 
     def verify(self, run: WRun) -> None:
         self.event("verified")
-        if self.platform.get(run.job_id):
+        if self.platform.get(run.pkey):
             self.event("verify found")
             run.found = True
             return
@@ -410,11 +414,11 @@ class LeaseProtocol(RuleBasedStateMachine):
 
     def publish(self, w: WorkerModel, run: WRun) -> None:
         assert self.could_publish(run)
-        self.platform.setdefault(run.job_id, []).append((w.device, run.epoch))
+        posts = self.platform.setdefault(run.pkey, [])
+        posts.append((run.job_id, w.device, run.epoch))
         run.posted = True
         self.event("published")
-        posts = self.platform[run.job_id]
-        assert len(posts) == 1, f"{run.job_id} posted twice: {posts}"
+        assert len(posts) == 1, f"{run.job_id}'s post made twice: {posts}"
 
     # ---- work arriving ---------------------------------------------------------------------
 
@@ -784,14 +788,13 @@ class LeaseProtocol(RuleBasedStateMachine):
         if pick % 7:
             return  # rare: jobs must live long enough to meet trouble
         job_id = self.pick_job(pick)
-        before = list(self.platform.get(job_id, []))
-        if not before:  # the person's post, made before they say so
-            self.platform[job_id] = [("person", 0)]
+        pkey = self.h.store.jobs[job_id].platform_key
+        made = not self.platform.get(pkey)
+        if made:  # the person's post, made before they say so
+            self.platform[pkey] = [(job_id, "person", 0)]
         if not self.operator(op.ResolveJob(job_id, "https://by.hand/1", "h1", "user:op", "")):
-            if before:
-                self.platform[job_id] = before
-            else:
-                del self.platform[job_id]
+            if made:
+                del self.platform[pkey]
             return
         self.event("resolved by hand")
         assert self.h.store.jobs[job_id].status is JobStatus.SUCCEEDED
@@ -879,8 +882,8 @@ class LeaseProtocol(RuleBasedStateMachine):
 
     @invariant()
     def never_two_posts_and_never_two_publishers(self) -> None:
-        for job_id, posts in self.platform.items():
-            assert len(posts) <= 1, f"{job_id} posted twice: {posts}"
+        for pkey, posts in self.platform.items():
+            assert len(posts) <= 1, f"{pkey} posted twice: {posts}"
         for job_id in self.h.store.jobs:
             able = self.publishers(job_id)
             assert len(able) <= 1, f"{job_id}: {len(able)} workers may publish it now: {able}"
@@ -898,9 +901,13 @@ class LeaseProtocol(RuleBasedStateMachine):
         }
         assert not unfinished, f"jobs never finished: {unfinished}"
         for job_id, job in jobs.items():
-            posts = self.platform.get(job_id, [])
+            posts = [p for made in self.platform.values() for p in made if p[0] == job_id]
             if job.status is JobStatus.SUCCEEDED:
-                assert len(posts) == 1, f"{job_id} SUCCEEDED with {len(posts)} posts"
+                # Its own post, or the one an earlier job of the target made, which it found.
+                found = self.platform.get(job.platform_key, [])
+                assert len(posts) == 1 or (not posts and len(found) == 1), (
+                    f"{job_id} SUCCEEDED with posts {posts}, {found} under its key"
+                )
             elif posts:
                 # A FAILED/CANCELLED job whose post may exist must be marked to look first.
                 assert job.verify_first, f"{job_id} is {job.status} but its post exists: {posts}"
@@ -991,7 +998,7 @@ def test_the_model_replays_one_known_path_to_a_single_post() -> None:
     (job,) = m.h.store.jobs.values()
     assert job.status is JobStatus.SUCCEEDED
     assert job.result_post_id == f"post-{job.id}"
-    assert m.platform == {job.id: [("D0", 1)]}
+    assert m.platform == {job.platform_key: [(job.id, "D0", 1)]}
     m.one_live_lease_per_job_and_memory_equals_the_store()
     m.no_job_lost()
     m.never_two_posts_and_never_two_publishers()
@@ -1019,7 +1026,7 @@ def test_the_model_replays_a_late_success_after_the_rerun_met_a_login_wall() -> 
     m.open_session("D0", 1)
     m.worker_progresses("D0", 0, 2)  # reads its Welcome, reports the post it made
     assert m.h.store.jobs[job_id].status is JobStatus.SUCCEEDED
-    assert m.platform == {job_id: [("D0", 1)]}
+    assert m.platform == {m.h.store.jobs[job_id].platform_key: [(job_id, "D0", 1)]}
     m.one_live_lease_per_job_and_memory_equals_the_store()
     m.no_job_lost()
     m.never_two_posts_and_never_two_publishers()

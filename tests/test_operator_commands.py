@@ -107,3 +107,21 @@ def test_a_reschedule_that_supersedes_a_job_in_doubt_makes_the_new_job_look_firs
     h.command(op.SchedulePost("p1", T0 + 600, "p1-s1-", "user:op"))
     assert h.store.jobs["p1-j0"].status is JobStatus.CANCELLED  # superseded
     assert h.store.jobs["p1-s1-0"].verify_first  # may find the post rather than make another
+
+
+def test_content_cannot_change_while_an_attempt_may_be_publishing_it_or_may_have() -> None:
+    h = Harness()
+    h.add(*make_post("p1", [A], T0))
+    h.open("s1")
+    h.commit("s1", "p1-j0", 1)  # a live permit: it may be publishing right now
+    edit = op.UpdatePost("p1", "other words", None, None, None, "user:a")
+    with pytest.raises(FailedPrecondition, match="cannot be edited yet: job p1-j0 may be"):
+        h.command(edit)
+    h.lost("s1")
+    h.advance(60)
+    h.tick()  # its lease is over: the job waits to look for the post it may have made
+    assert h.store.jobs["p1-j0"].verify_first
+    with pytest.raises(FailedPrecondition, match=r"may be live: .* Then edit it"):
+        h.command(edit)
+    h.command(op.UpdatePost("p1", None, None, None, T0 + 99, "user:a"))  # a new time is fine
+    assert h.store.posts["p1"].scheduled_at == T0 + 99
