@@ -41,10 +41,13 @@ async def _audit_changes(
 
 
 async def _step_logs(client: AsyncClient, job_id: str) -> AsyncIterator[dict[str, str]]:
-    """A running job's step log lines (not audited: WatchJob has them), until it ends."""
+    """A running job's step log lines (not audited: WatchJob has them), until it ends. The
+    job's first snapshot says the watch stands (`following`): lines from then on come live."""
     async for event in client.watch_job(job_id):
         if event.HasField("log"):
             yield {"event": "change", "data": json.dumps({"log": event.log.log.step})}
+        elif event.job.runs:  # only the first snapshot carries the runs
+            yield {"event": "following", "data": json.dumps({"job": job_id})}
 
 
 async def _merged(*sources: AsyncIterator[T]) -> AsyncIterator[T]:

@@ -71,9 +71,10 @@ def render(
     context.setdefault("live_subjects", [])
     context.setdefault("live_after", 0)
     context.setdefault("live_job", "")  # a job page while it runs: its step logs too
-    flash = list(session.flash) if session is not None else []
-    if session is not None:
-        session.flash.clear()
+    # An htmx refresh swaps only the live region: the messages wait for the next whole page.
+    flash: list[str] = []
+    if session is not None and "hx-request" not in request.headers:
+        flash, session.flash[:] = list(session.flash), []
     html = st.templates.get_template(template).render(
         request=request,
         session=session,
