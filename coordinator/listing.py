@@ -72,6 +72,7 @@ async def list_posts(store: Store, request: pub.ListPostsRequest) -> pub.ListPos
     size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
     scope = f"posts|{status}"
     before = read_cursor(scope, request.page_token)
+    as_of = await store.last_audit_seq()  # first: a change after it has a greater seq
     found = await store.list_posts(status=status, limit=size, offset=0, before=before)
     jobs: dict[str, list[Job]] = defaultdict(list)
     for job in await store.jobs_for_posts([p.id for p in found]) if found else ():
@@ -80,6 +81,7 @@ async def list_posts(store: Store, request: pub.ListPostsRequest) -> pub.ListPos
     return pub.ListPostsResponse(
         posts=[post_pb(p, jobs.get(p.id, ())) for p in found],
         next_page_token=issue_cursor(scope, last.created_at, last.id) if last else "",
+        as_of_seq=as_of,
     )
 
 
@@ -94,9 +96,11 @@ async def list_jobs(store: Store, request: pub.ListJobsRequest) -> pub.ListJobsR
     size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
     scope = f"jobs|{flt.status}|{flt.platform}|{flt.account}|{flt.post_id}|{flt.device_id}"
     before = read_cursor(scope, request.page_token)
+    as_of = await store.last_audit_seq()
     found = await store.list_jobs(flt, limit=size, offset=0, before=before)
     last = found[-1] if len(found) == size else None
     return pub.ListJobsResponse(
         jobs=[job_pb(j) for j in found],
         next_page_token=issue_cursor(scope, last.created_at, last.id) if last else "",
+        as_of_seq=as_of,
     )

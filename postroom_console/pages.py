@@ -72,6 +72,7 @@ async def posts_page(request: Request) -> Response:
             "q": text,
         },
         next_page_token=page.next_page_token,
+        live_after=page.as_of_seq,  # every change after this read refreshes the page
     )
 
 
@@ -89,6 +90,7 @@ async def calendar_page(request: Request) -> Response:
         session=session,
         cal=cal,
         truncated=bool(page.next_page_token),
+        live_after=page.as_of_seq,
     )
 
 
@@ -132,6 +134,7 @@ async def jobs_page(request: Request) -> Response:
         statuses=enum_names(t.JobStatus.DESCRIPTOR),
         retryable=[j for j in jobs if j.status in RETRYABLE],
         next_page_token=page.next_page_token,
+        live_after=page.as_of_seq,  # every change after this read refreshes the page
     )
 
 

@@ -74,6 +74,8 @@ async def test_list_posts_carries_target_states_and_pages_by_cursor(
         assert third == [made[0].id] and token == ""
 
         listed = await stub.ListPosts(pub.ListPostsRequest(page_size=100))
+        log = await stub.ListAuditEvents(pub.ListAuditEventsRequest(page_size=10_000))
+        assert listed.as_of_seq == log.events[-1].seq  # a live view resumes from here
         shown = {p.id: p for p in listed.posts}[made[1].id]
         assert [(t.target.account, t.job_status) for t in shown.target_states] == [
             ("a1", pb.JOB_STATUS_QUEUED)

@@ -121,7 +121,12 @@ class ListPostsResponse(_message.Message):
 
     POSTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AS_OF_SEQ_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    as_of_seq: _builtins.int
+    """The audit log's last seq when this page was read: WatchEvents(after_seq=as_of_seq) shows
+    every change since (a live view of the page misses none).
+    """
     @_builtins.property
     def posts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Post]:
         """Each with its warnings and one target_states entry per scheduled target."""
@@ -131,10 +136,11 @@ class ListPostsResponse(_message.Message):
         *,
         posts: _abc.Iterable[_types_pb2.Post] | None = ...,
         next_page_token: _builtins.str = ...,
+        as_of_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "posts", b"posts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_seq", b"as_of_seq", "next_page_token", b"next_page_token", "posts", b"posts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,7 +411,10 @@ class ListJobsResponse(_message.Message):
 
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AS_OF_SEQ_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    as_of_seq: _builtins.int
+    """As in ListPostsResponse."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Job]: ...
     def __init__(
@@ -413,10 +422,11 @@ class ListJobsResponse(_message.Message):
         *,
         jobs: _abc.Iterable[_types_pb2.Job] | None = ...,
         next_page_token: _builtins.str = ...,
+        as_of_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_seq", b"as_of_seq", "jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
