@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from postroom.address import is_loopback_host
+from postroom.address import is_loopback_host, without_scheme
 
 ENV_CA = "POSTROOM_CA"
 ENV_CLIENT_CERT = "POSTROOM_TLS_CERT"
@@ -28,7 +28,8 @@ class TlsError(Exception):
 
 
 def target_host(target: str) -> str:
-    """The host of a gRPC target `HOST:PORT` (`[::1]:50051` for IPv6)."""
+    """The host of a gRPC target `HOST:PORT` (`[::1]:50051` for IPv6, `dns:///HOST:PORT`)."""
+    target = without_scheme(target)
     host, _, _ = target.rpartition(":")
     return host or target
 

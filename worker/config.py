@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from postroom.address import split_host_port
+from postroom.address import split_host_port, split_targets
 from postroom.tls import ClientTls
 from postroom.v1 import types_pb2
 
@@ -81,6 +81,8 @@ class BackoffPolicy:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig:
+    # One or several coordinators, comma-separated (`coordinators` has them apart): the worker
+    # dials them in turn until one answers, and moves on when its stream breaks.
     coordinator: str
     device_id: str
     capabilities: tuple[Capability, ...]
@@ -115,8 +117,12 @@ class WorkerConfig:
             raise ValueError("at least one --platform is needed")
         if self.request_timeout_s <= 0:
             raise ValueError("request timeout must be > 0")
-        split_host_port(self.coordinator)
+        split_targets(self.coordinator)
         split_host_port(self.metrics_listen)
+
+    @property
+    def coordinators(self) -> tuple[str, ...]:
+        return split_targets(self.coordinator)
 
     @property
     def platforms(self) -> tuple[str, ...]:

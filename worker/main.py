@@ -1,6 +1,7 @@
 """`postroom worker ...`: parse the command line once, wire the worker up, run it until SIGTERM.
 
-    postroom worker --coordinator HOST:PORT --device-id ID [--token-file PATH] --kind api|browser
+    postroom worker --coordinator HOST:PORT[,HOST:PORT...] --device-id ID [--token-file PATH]
+        --kind api|browser
         [--ca PATH] [--tls-cert PATH --tls-key PATH]
         [--accounts FILE] [--media-dir DIR ...] [--platform P[:ACCOUNT] ... --sandbox-url URL]
         [--profiles-dir DIR] [--headed]
@@ -15,6 +16,10 @@ credentials as env:/file: references); `--platform` names sandbox platforms serv
 `--sandbox-url`. A worker may have both. An account with a `playbook` is a browser account
 (worker/browser/): it needs `--kind browser`, publishes through Chromium, and keeps its login in
 `--profiles-dir` (put there by `postroom browser-login`).
+
+Several coordinators (`--coordinator a:50051,b:50051`, or a DNS name with several addresses):
+the worker dials them in turn and, when its stream breaks, moves on to the next one, telling
+it in Hello which jobs it still holds (worker/dialing.py).
 
 Prints `worker ID ready (coordinator HOST:PORT) metrics http://HOST:PORT/metrics` on stdout once
 the first Welcome arrives. Exit status: 0 after a drain (SIGTERM/SIGINT; a second signal stops at
@@ -93,7 +98,13 @@ def build_parser(prog: str = "postroom worker") -> argparse.ArgumentParser:
 
 
 def _coordinator_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    g.add_argument(
+        "--coordinator",
+        required=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the coordinator, or several separated by commas (tried in turn; a name may also "
+        "have several DNS addresses, e.g. dns:///coordinators.example:50051)",
+    )
     g.add_argument("--device-id", required=True, metavar="ID", help="stable worker identity")
     g.add_argument(
         "--token-file",
@@ -300,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         browser = browser_accounts(args, accounts)
         redactor.add(config.token)  # never in a log line, whatever prints it
         try:
-            config.tls.credentials(config.coordinator)  # unreadable files: now, not per dial
+            for target in config.coordinators:  # unreadable files: now, not per dial
+                config.tls.credentials(target)
         except TlsError as exc:
             raise ValueError(str(exc)) from None
         handler = configure_logging(fmt=config.log_format, level=config.log_level)
@@ -499,9 +511,9 @@ async def _serve(worker: Worker, metrics_url: str) -> bool:
 
 async def _announce(worker: Worker, metrics_url: str) -> None:
     await worker.ready.wait()
-    config = worker.config
     print(
-        f"worker {config.device_id} ready (coordinator {config.coordinator}) metrics {metrics_url}",
+        f"worker {worker.config.device_id} ready (coordinator {worker.coordinator}) "
+        f"metrics {metrics_url}",
         flush=True,
     )
 

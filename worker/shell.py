@@ -1,5 +1,6 @@
-"""The worker's I/O shell: one gRPC stream at a time to the coordinator, reconnecting with
-backoff, around the pure protocol of worker/session.py and the `JobRunner` of worker/job_runner.py.
+"""The worker's I/O shell: one gRPC stream at a time to a coordinator, reconnecting with
+backoff and moving on to the next of its addresses (worker/dialing.py), around the pure protocol
+of worker/session.py and the `JobRunner` of worker/job_runner.py.
 
 Per stream: one writer task drains a bounded outbox into the call (the only writer), the reader
 feeds each message to `session.on_message` and carries out the commands, a heartbeat task renews
@@ -12,6 +13,7 @@ drain timeout), half-closes the stream and returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +32,7 @@ from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 from worker import session
 from worker.adapters.base import AdapterRegistry
 from worker.config import DEFAULT_OUTBOX_MESSAGES, WorkerConfig
+from worker.dialing import Rotation
 from worker.errors import SessionError, SessionRefused, StreamBroken
 from worker.job_runner import JobRunner
 from worker.metrics import WorkerMetrics
@@ -46,6 +49,14 @@ _REFUSED = (
     grpc.StatusCode.ALREADY_EXISTS,
 )
 Call = grpc.aio.StreamStreamCall[wg.WorkerMessage, wg.CoordinatorMessage]
+# A name with several addresses (DNS): grpc's resolver gives them all and pick_first tries each
+# in turn until one connects, in a shuffled order so that a fleet of workers spreads out.
+CHANNEL_OPTIONS: tuple[tuple[str, str], ...] = (
+    (
+        "grpc.service_config",
+        json.dumps({"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": True}}]}),
+    ),
+)
 
 
 class _Stream:
@@ -92,6 +103,7 @@ class Worker:
         )
         self.ready = anyio.Event()  # set on the first Welcome
         self.session_id = ""
+        self.coordinator = self.config.coordinators[0]  # the address dialled last
         self.sessions_started = 0  # Welcomes received (reconnects + 1)
         self._stopping = anyio.Event()
         self._stop_reason = ""
@@ -133,37 +145,43 @@ class Worker:
         return self._stopping.is_set() and not self.runner.held_jobs()
 
     async def _connect_loop(self) -> None:
-        attempt = 0
+        rotation = Rotation.starting_at(
+            self.config.coordinators, self.config.reconnect, self._jitter()
+        )
         while not self._drained():
             started = self.sessions_started
+            self.coordinator = rotation.current
             try:
                 try:
-                    await self._session_on_new_channel()
+                    await self._session_on_new_channel(rotation.current)
                 except asyncio.CancelledError:
                     await _own_cancellation()
                     raise StreamBroken("the gRPC call was cancelled under us") from None
                 return
             except StreamBroken as exc:
                 if self.sessions_started > started:
-                    attempt = 0  # it had worked: start the backoff over
+                    rotation.welcomed()  # it had worked: start the backoff over
                 # Say it when it starts, then now and again: a long outage is one story.
-                level = logging.WARNING if attempt % 20 == 0 else logging.DEBUG
-                log.log(
-                    level, "stream to %s: %s (attempt %d)", self.config.coordinator, exc, attempt
-                )
-            delay = self.config.reconnect.delay_s(attempt, self._jitter())
-            attempt += 1
+                level = logging.WARNING if rotation.rounds % 20 == 0 else logging.DEBUG
+                round_ = rotation.rounds
+                log.log(level, "stream to %s: %s (round %d)", rotation.current, exc, round_)
+            delay = rotation.failed(self._jitter())
+            if not delay:
+                continue  # another address to try at once
             with anyio.move_on_after(delay):
                 if self._stopping.is_set():
                     await self.runner.wait_idle()  # nothing left to deliver: done
                 else:
                     await self._stopping.wait()  # re-check at once
 
-    async def _session_on_new_channel(self) -> None:
+    async def _session_on_new_channel(self, target: str) -> None:
         # A fresh channel per attempt, so that our backoff decides when to dial again; a reused
         # channel adds its own reconnect backoff (growing towards 120 s) after failures.
         channel = aio_channel(
-            self.config.coordinator, self.config.tls, interceptors=self._interceptors or None
+            target,
+            self.config.tls,
+            options=CHANNEL_OPTIONS,
+            interceptors=self._interceptors or None,
         )
         try:
             await self._session(wg_grpc.WorkerGatewayStub(channel))
@@ -270,8 +288,9 @@ class Worker:
         if self._metrics is not None:
             self._metrics.set_connected(True)
         log.info(
-            "session %s open: heartbeat %.1fs, lease TTL %.1fs, resumed %d job(s)",
+            "session %s open on %s: heartbeat %.1fs, lease TTL %.1fs, resumed %d job(s)",
             state.session_id,
+            self.coordinator,
             state.heartbeat_interval_s,
             state.lease_ttl_s,
             len(resumed),
