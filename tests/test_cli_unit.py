@@ -188,6 +188,12 @@ class FakePublishing(publishing_pb2_grpc.PublishingServicer):
         next_after = page[-1].seq if len(rest) > len(page) else 0
         return pb.ListAuditEventsResponse(events=page, next_after_seq=next_after)
 
+    def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[t.AuditEvent]:
+        self._record("WatchEvents", request, context)
+        yield from (e for e in self.audit if e.seq > request.after_seq)
+
     def ListRateLimits(
         self, request: pb.ListRateLimitsRequest, context: grpc.ServicerContext
     ) -> pb.ListRateLimitsResponse:
