@@ -178,6 +178,10 @@ def test_every_page_shows_the_run(page: Page, run: Run) -> None:
     expect(partial).to_contain_text("NEEDS_LOGIN")
     expect(partial).to_contain_text("SUCCEEDED")
     _every_field_is_labelled(page)
+    page.keyboard.press("Tab")  # the keyboard's first stop skips the navigation
+    expect(page.locator(":focus")).to_have_text("Skip to content")
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
     _shot(page, "posts")
 
     for view in ("week", "month"):
