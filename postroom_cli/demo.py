@@ -1,9 +1,9 @@
 """`postroom demo`: the whole system on this machine, publishing a few posts with one rate limit.
 
-Starts the sandbox, the coordinator (SQLite in a temporary directory) and two API workers as
-separate processes, publishes posts to several sandbox accounts while the sandbox answers one
-request with 429 + Retry-After, shows live progress, and exits 0 once every post is published
-exactly once. Ctrl-C stops every child cleanly.
+Starts the sandbox, the coordinator (SQLite in a temporary directory, or the database of `--db`,
+e.g. PostgreSQL) and two API workers as separate processes, publishes posts to several sandbox
+accounts while the sandbox answers one request with 429 + Retry-After, shows live progress, and
+exits 0 once every post is published exactly once. Ctrl-C stops every child cleanly.
 
 `--platforms bluesky,mastodon` runs the same flow against real platform software started
 locally (the Bluesky reference PDS, mastodon-mock): the workers get an accounts file, Mastodon
@@ -25,6 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from coordinator.store.postgres import redacted
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.accountsfile import render_accounts
@@ -101,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the database and logs here (default: a temporary directory)",
     )
     parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="the coordinator's database, empty (the demo enrolls its own workers): "
+        "postgresql://USER@HOST/DB (one coordinator on it today) or sqlite:///PATH; "
+        "default SQLite in the work directory",
+    )
+    parser.add_argument(
         "--keep-running",
         action="store_true",
         help="leave everything up after publishing, until Ctrl-C",
@@ -129,6 +137,8 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
     # Authentication on, as a deployment runs: the cluster makes its admin token, an approver
     # (four eyes), enrolls each worker for its accounts and gives the sandbox an admin token.
     cluster = LocalCluster(workdir, ClusterConfig(auth=True))
+    if args.db:
+        cluster.db_url = args.db
     try:
         with cluster, LocalPlatforms(workdir / "platforms", real) as platforms:
             console.print(f"[bold]postroom demo[/] in {workdir}")
@@ -195,7 +205,12 @@ def _start(
     for platform, url in platforms.urls.items():
         console.print(f"  {platform:<12} {url}  (local, account {DEMO_ACCOUNT})")
     address = cluster.start_coordinator()
-    console.print(f"  coordinator  {address}  db {cluster.db_url}")
+    console.print(f"  coordinator  {address}  db {redacted(cluster.db_url)}", highlight=False)
+    if cluster.db_url.startswith(("postgresql:", "postgres:")):
+        console.print(
+            "               one coordinator on PostgreSQL: several on one database are not "
+            "wired together yet"
+        )
     console.print(f"  metrics      {cluster.metrics_url}")
     if cluster.access is not None:
         console.print(
