@@ -96,9 +96,12 @@ async def _retry_account(client: AsyncClient, form: FormData) -> str:
         token = ""
         while True:
             page = await client.list_jobs(
-                status=status, platform=platform, account=account, page_size=MAX_PAGE,
+                status=status,
+                platform=platform,
+                account=account,
+                page_size=MAX_PAGE,
                 page_token=token,
-            )  # fmt: skip
+            )
             job_ids += [j.id for j in page.jobs]
             if not (token := page.next_page_token):
                 break

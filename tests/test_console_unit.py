@@ -88,10 +88,8 @@ def test_after_a_form_a_person_stays_on_this_console(asked: str, goes: str) -> N
 
 def test_an_audit_line_carries_its_details_as_an_object() -> None:
     at = Timestamp(seconds=1_764_000_000)
-    event = t.AuditEvent(
-        seq=7, at=at, action="GATE_CLOSED", subject_id="x:a", actor="system",
-        details_json='{"until": 1.5, "reason": "429 retry-after"}',
-    )  # fmt: skip
+    details = '{"until": 1.5, "reason": "429 retry-after"}'
+    event = t.AuditEvent(seq=7, at=at, action="GATE_CLOSED", subject_id="x:a", details_json=details)
     assert '"details": {"reason": "429 retry-after", "until": 1.5}' in audit_json_line(event)
     odd = t.AuditEvent(seq=8, action="X", details_json="not json")
     assert '"details": "not json"' in audit_json_line(odd)
