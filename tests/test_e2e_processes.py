@@ -356,7 +356,7 @@ def test_sigterm_to_a_running_demo_stops_every_child(tmp_path: Path) -> None:
                 break
         assert any("everything is still running" in line for line in lines), "".join(lines)
         children = _children_of(demo.pid)
-        assert len(children) == 4  # sandbox, coordinator, two workers
+        assert len(children) == 5  # sandbox, coordinator, two workers, the web console
         demo.terminate()
         assert demo.wait(60) == 130
         # The demo waited for each child it stopped, so none is left, not even as a zombie.

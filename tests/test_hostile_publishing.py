@@ -84,9 +84,11 @@ class Rig:
                 )
                 call = stream(request, timeout=CALL_TIMEOUT_S)
                 # The first answer (or the status) is the answer; then we hang up ourselves.
-                with anyio.move_on_after(STREAM_READ_S):
+                with anyio.move_on_after(STREAM_READ_S) as waited:
                     await call.read()
-                if not call.done():
+                # A stream still open (or one our own timeout cancelled while it waited for
+                # its first event, as WatchEvents does when nothing happens) answered properly.
+                if waited.cancelled_caught or not call.done():
                     call.cancel()
                     return grpc.StatusCode.OK, ""
                 return await call.code(), await call.details() or ""
