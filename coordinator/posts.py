@@ -127,9 +127,9 @@ def update(core: LeaseCore, cmd: UpdatePost, now: float) -> Effects:
     if cmd.scheduled_at is not None and cmd.scheduled_at != post.scheduled_at:
         post.scheduled_at = cmd.scheduled_at
         changed.append("scheduled_at")
-    if {"text", "media", "targets"} & set(changed):
+    if {"text", "media"} & set(changed):
         # An attempt may be publishing the content as it is, or may have: a job in doubt looks
-        # for its post by its content, and new content would hide that post from it.
+        # for its post by its content, and new text or media would hide that post from it.
         _refuse_while_live(core, post, jobs, "edited")
         _refuse_in_doubt(post, jobs, "edit it")
     content = (post.text, post.media, post.targets)
