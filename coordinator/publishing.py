@@ -1,6 +1,8 @@
 """`postroom.v1.Publishing`: the operators' API. Validates requests (INVALID_ARGUMENT with a message
 that says what to fix; a post's content against each target platform's rules, content_rules.py),
-reads from the store, and sends every change through the actor."""
+reads from the store (live state through `Coordinator.read`, coordinator/reads.py), and sends
+every change to the actor as a command value (coordinator/operator_commands.py), answering once
+the actor has committed it."""
 
 from __future__ import annotations
 
