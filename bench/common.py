@@ -349,8 +349,10 @@ def cluster(
     lease_ttl_s: float = PRODUCT_LEASE_TTL_S,
     sandbox: bool = False,
     coordinator_args: Sequence[str] = (),
+    db_url: str | None = None,
 ) -> Iterator[LocalCluster]:
-    """A coordinator (and the sandbox if asked) as child processes, on SQLite in `workdir`."""
+    """A coordinator (and the sandbox if asked) as child processes, on SQLite in `workdir`
+    unless `db_url` names another database."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = ClusterConfig(
         heartbeat_interval_s=heartbeat_s,
@@ -358,6 +360,7 @@ def cluster(
         coordinator_args=("--log-level", "WARNING", *coordinator_args),
     )
     with LocalCluster(workdir, config) as c:
+        c.db_url = db_url or c.db_url
         if sandbox:
             c.start_sandbox()
         else:

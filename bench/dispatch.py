@@ -26,9 +26,9 @@ RATE_PER_S = 200.0
 TARGET_P99_MS = 5.0
 
 
-def one_run(workdir: Path, seconds: float) -> dict[str, Any]:
+def one_run(workdir: Path, seconds: float, db_url: str | None = None) -> dict[str, Any]:
     n = int(RATE_PER_S * seconds)
-    with cluster(workdir) as c:
+    with cluster(workdir, db_url=db_url) as c:
         address = c.coordinator_address
 
         async def drive() -> dict[str, Any]:

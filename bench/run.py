@@ -12,6 +12,7 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
   7  browser: Chromium start, one publish on the sandbox composer (p50/p99 of 20), memory
      per open context                                     bench/browser.py
   8  web console: a page of 1,000 jobs, server side       bench/console.py
+  9  PostgreSQL vs SQLite: drain, dispatch p99, restart    bench/postgres.py
 
 Each figure is the median of K runs (default 3) with min and max; `--quick` is one run at smaller
 sizes (a smoke run, not a measurement). With py-spy installed, item 1 gets one extra profiled run
@@ -34,7 +35,16 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from bench import browser, dispatch, recovery, screenshot, sessions, store_bench, throughput
+from bench import (
+    browser,
+    dispatch,
+    postgres,
+    recovery,
+    screenshot,
+    sessions,
+    store_bench,
+    throughput,
+)
 from bench import console as web_console
 from bench.common import Context, Figure, load_average, machine_info, say, uptime_line
 from bench.peers import write_results
@@ -73,6 +83,7 @@ ITEMS: dict[int, tuple[str, Callable[[Context], list[Figure]]]] = {
     6: ("store", store_item),
     7: ("browser", browser.run),
     8: ("console", web_console.run),
+    9: ("PostgreSQL", postgres.run),
 }
 
 

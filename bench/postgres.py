@@ -1,0 +1,279 @@
+"""Item 9: the coordinator on PostgreSQL next to SQLite, same workers, same jobs.
+
+- 9a/9b drain throughput: item 1's set-up (4 real worker processes, --noop, 64 slots each), N
+  jobs due at one instant; jobs/s from the first JOB_LEASED to the last JOB_SUCCEEDED.
+- 9c/9d dispatch latency p99: item 2 as it is (jobs due at 200/s, idle lean sessions).
+- 9e/9f restart: a `bench.wire hold` session holds K leased jobs; the coordinator and that session
+  are SIGKILLed together (this worker does not come back), the coordinator is started again on
+  the same database and port, and a rescuer session waits. 9e/9f: kill -> the new coordinator
+  ready; 9g/9h: kill -> the rescuer holds all K jobs again (a new epoch each). By design that is
+  the restart, then the restart grace (one lease TTL, 3 s here) for workers to come back and
+  claim their jobs, then the expiry margin (1 s).
+
+One coordinator per database (several coordinators on one PostgreSQL are not wired together
+yet), so the figures compare the stores, not a scaling curve.
+
+PostgreSQL: the server of POSTROOM_BENCH_PG (an admin URL; default the project machine's
+postgresql://postgres@127.0.0.1:5432/postgres). Each run makes a database postroom_bench_<hex>
+and drops it. Without a server the item says so in one line and measures nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import asyncpg  # type: ignore[import-untyped]
+import grpc
+
+from bench import dispatch
+from bench.common import (
+    ChildProcess,
+    Children,
+    Context,
+    Figure,
+    Publisher,
+    cluster,
+    count_jobs,
+    say,
+    worker_has_noop,
+)
+from bench.throughput import TARGETS_PER_POST, _setup_posts, _start_workers
+from bench.wire import LeanSession
+from postroom_cli.cluster import LocalCluster
+
+ENV_ADMIN_URL = "POSTROOM_BENCH_PG"
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+CONNECT_TIMEOUT_S = 5.0
+HEARTBEAT_S = 1.0
+LEASE_TTL_S = 3.0
+EXPIRY_MARGIN_S = 1.0
+Store = Literal["sqlite", "postgresql"]
+STORES: tuple[Store, ...] = ("sqlite", "postgresql")
+
+
+def admin_url() -> str:
+    return os.environ.get(ENV_ADMIN_URL, DEFAULT_ADMIN_URL)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(admin_url(), timeout=CONNECT_TIMEOUT_S)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def unreachable() -> str:
+    """Why the PostgreSQL server cannot be used; "" when it can."""
+    try:
+        asyncio.run(_admin("SELECT 1"))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+@contextlib.contextmanager
+def database(store: Store) -> Iterator[str | None]:
+    """None for SQLite (the cluster's file); for PostgreSQL the URL of a new database, dropped
+    on exit."""
+    if store == "sqlite":
+        yield None
+        return
+    name = f"postroom_bench_{secrets.token_hex(6)}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield urlsplit(admin_url())._replace(path=f"/{name}").geturl()
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.asynccontextmanager
+async def succeeded_counter(db_url: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """Counts SUCCEEDED jobs straight from the database (one connection kept open: a
+    PostgreSQL connection per poll would cost the server a process each time)."""
+    if db_url.startswith("sqlite:"):
+
+        async def from_file() -> int:
+            return count_jobs(db_url, "SUCCEEDED")
+
+        yield from_file
+        return
+    conn = await asyncpg.connect(db_url, timeout=CONNECT_TIMEOUT_S)
+
+    async def from_server() -> int:
+        return int(await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'SUCCEEDED'"))
+
+    try:
+        yield from_server
+    finally:
+        await conn.close()
+
+
+# ---- 9a/9b drain throughput -----------------------------------------------------------------
+
+
+def drain_run(workdir: Path, store: Store, n_jobs: int) -> dict[str, Any]:
+    noop = worker_has_noop()
+    n_posts = max(1, n_jobs // TARGETS_PER_POST)
+    with (
+        database(store) as url,
+        cluster(workdir, sandbox=not noop, db_url=url) as c,
+        Children(workdir) as kids,
+    ):
+        workers = _start_workers(c, kids, "worker", noop)
+        out = asyncio.run(_drain(c, n_posts))
+    return {"store": store, "workers": len(workers), **out}
+
+
+async def _drain(c: LocalCluster, n_posts: int) -> dict[str, Any]:
+    pubr, ids, prep_s = await _setup_posts(c.coordinator_address, n_posts)
+    n_jobs = n_posts * TARGETS_PER_POST
+    t_due = time.time() + 1.0 + 2 * prep_s / 3  # after the last schedule call (as item 1)
+    await pubr.schedule(ids, lambda _i: t_due)
+    slack = t_due - time.time()
+    async with succeeded_counter(c.db_url) as succeeded:
+        deadline = time.monotonic() + 600
+        while await succeeded() < n_jobs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n_jobs} jobs not all SUCCEEDED in 600 s")
+            await asyncio.sleep(0.05)
+    leased = await pubr.audit_times("JOB_LEASED")
+    done = await pubr.audit_times("JOB_SUCCEEDED")
+    await pubr.close()
+    seconds = max(done) - min(leased)
+    return {
+        "jobs": n_jobs,
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(n_jobs / seconds, 1),
+        "schedule_slack_s": round(slack, 2),
+    }
+
+
+# ---- 9e..9h restart on the same database ----------------------------------------------------
+
+
+def restart_run(workdir: Path, store: Store, k_jobs: int) -> dict[str, Any]:
+    with (
+        database(store) as url,
+        cluster(workdir, heartbeat_s=HEARTBEAT_S, lease_ttl_s=LEASE_TTL_S, db_url=url) as c,
+        Children(workdir) as kids,
+    ):
+        address = c.coordinator_address
+        args = ["--address", address, "--device-id", "victim", "--slots", str(k_jobs)]
+        victim = kids.wire("victim", "hold", *args)
+        victim.wait_line("ready")
+        out = asyncio.run(_restart(c, victim, k_jobs))
+    return {"store": store, "jobs": k_jobs, "lease_ttl_s": LEASE_TTL_S, **out}
+
+
+async def _restart(c: LocalCluster, victim: ChildProcess, k_jobs: int) -> dict[str, Any]:
+    pubr = Publisher(c.coordinator_address)
+    ids = await pubr.approved_posts(k_jobs, ["sandbox:restart"], text="restart")
+    await pubr.schedule(ids, lambda _i: None)
+    await pubr.close()
+    held = set()
+    for _ in range(k_jobs):
+        held.add((await asyncio.to_thread(victim.wait_line, "held", 30.0)).split()[1])
+    assert c.coordinator is not None
+    killed_at = time.time()
+    victim.signal(signal.SIGKILL)
+    c.coordinator.kill()
+    await asyncio.to_thread(c.start_coordinator)  # same database, same port
+    ready_at = time.time()
+    channel = grpc.aio.insecure_channel(c.coordinator_address)
+    again: dict[str, float] = {}
+    everything = asyncio.get_running_loop().create_future()
+
+    def on_message(s: LeanSession, msg: Any, at: float) -> None:
+        if msg.HasField("assign") and msg.assign.job_id in held:
+            again.setdefault(msg.assign.job_id, at)
+            if len(again) == len(held) and not everything.done():
+                everything.set_result(None)
+
+    rescuer = LeanSession(channel, "rescuer", slots=k_jobs, on_message=on_message)
+    await rescuer.start()
+    async with asyncio.timeout(LEASE_TTL_S + EXPIRY_MARGIN_S + 60):
+        await everything
+    await rescuer.close()
+    await channel.close(None)
+    return {
+        "restart_s": round(ready_at - killed_at, 3),
+        "recovered_s": round(max(again.values()) - killed_at, 3),
+    }
+
+
+# ---- the item -------------------------------------------------------------------------------
+
+
+def _figures() -> dict[str, tuple[Figure, Figure]]:
+    def pair(key: str, items: str, name: str, unit: str, **kw: Any) -> tuple[Figure, Figure]:
+        first, second = items[0], items[1]
+        return (
+            Figure(f"9{first}", f"{key}_sqlite", f"{name}, SQLite", unit, **kw),
+            Figure(f"9{second}", f"{key}_postgresql", f"{name}, PostgreSQL", unit, **kw),
+        )
+
+    bound = LEASE_TTL_S + EXPIRY_MARGIN_S
+    return {
+        "drain": pair("drain", "ab", "drain throughput, 4 real workers", "jobs/s", decimals=0),
+        "p99": pair(
+            "dispatch_p99",
+            "cd",
+            "dispatch latency p99, 200 jobs/s due",
+            "ms",
+            op="<=",
+            target=dispatch.TARGET_P99_MS,
+            decimals=2,
+        ),
+        "restart": pair(
+            "restart", "ef", "coordinator SIGKILLed: kill -> restarted and ready", "s", decimals=2
+        ),
+        "recovered": pair(
+            "restart_recovered",
+            "gh",
+            "coordinator and its worker SIGKILLed: kill -> every job leased again",
+            "s",
+            target_note=f"restart + grace (TTL {LEASE_TTL_S:g} s) + margin = restart + {bound:g} s",
+            decimals=2,
+        ),
+    }
+
+
+def run(ctx: Context) -> list[Figure]:
+    why = unreachable()
+    if why:
+        say(
+            f"  item 9 skipped: no PostgreSQL at {admin_url()} ({why}); start it "
+            f"(pg_ctlcluster ... main start) or point {ENV_ADMIN_URL} at one"
+        )
+        return []
+    n_jobs = 1000 if ctx.quick else 5000
+    seconds = 3.0 if ctx.quick else 15.0
+    k_jobs = 20 if ctx.quick else 100
+    figs = _figures()
+    for r in range(ctx.runs):
+        for i, store in enumerate(STORES):
+            res = drain_run(ctx.workdir(f"pg-drain-{store}-{r}"), store, n_jobs)
+            say(f"  item 9 {store} run {r + 1}: drain {res['jobs_per_s']} jobs/s")
+            figs["drain"][i].add(res["jobs_per_s"], res)
+            with database(store) as url:
+                res = dispatch.one_run(ctx.workdir(f"pg-dispatch-{store}-{r}"), seconds, url)
+            say(f"  item 9 {store} run {r + 1}: dispatch p99 {res['p99_ms']} ms")
+            figs["p99"][i].add(res["p99_ms"], res)
+            res = restart_run(ctx.workdir(f"pg-restart-{store}-{r}"), store, k_jobs)
+            say(
+                f"  item 9 {store} run {r + 1}: restart {res['restart_s']} s, "
+                f"{k_jobs} jobs leased again {res['recovered_s']} s after the kill"
+            )
+            figs["restart"][i].add(res["restart_s"], res)
+            figs["recovered"][i].add(res["recovered_s"], res)
+    return [fig for pair in figs.values() for fig in pair]
