@@ -205,12 +205,7 @@ def _start(
     for platform, url in platforms.urls.items():
         console.print(f"  {platform:<12} {url}  (local, account {DEMO_ACCOUNT})")
     address = cluster.start_coordinator()
-    console.print(f"  coordinator  {address}  db {redacted(cluster.db_url)}", highlight=False)
-    if cluster.db_url.startswith(("postgresql:", "postgres:")):
-        console.print(
-            "               one coordinator on PostgreSQL: several on one database are not "
-            "wired together yet"
-        )
+    _say_database(cluster, address, console)
     console.print(f"  metrics      {cluster.metrics_url}")
     if cluster.access is not None:
         console.print(
@@ -260,6 +255,15 @@ def _start(
         )
     console.print()
     return admin
+
+
+def _say_database(cluster: LocalCluster, address: str, console: Console) -> None:
+    console.print(f"  coordinator  {address}  db {redacted(cluster.db_url)}", highlight=False)
+    if cluster.db_url.startswith(("postgresql:", "postgres:")):
+        console.print(
+            "               one coordinator on PostgreSQL: several on one database are not "
+            "wired together yet"
+        )
 
 
 def _follow(
