@@ -45,6 +45,7 @@ class WorkerMessage(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     LOGIN_CHECK_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -65,6 +66,12 @@ class WorkerMessage(_message.Message):
     def login_check(self) -> Global___LoginCheckResult: ...
     @_builtins.property
     def goodbye(self) -> Global___Goodbye: ...
+    @_builtins.property
+    def batch(self) -> Global___WorkerBatch:
+        """Several messages in one write, taken in order as if sent one by one. Only to a
+        coordinator whose Welcome set accepts_batches; never nested.
+        """
+
     def __init__(
         self,
         *,
@@ -78,16 +85,39 @@ class WorkerMessage(_message.Message):
         result: Global___JobResult | None = ...,
         login_check: Global___LoginCheckResult | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        batch: Global___WorkerBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "awaiting_confirm", b"awaiting_confirm", "commit_request", b"commit_request", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "login_check", b"login_check", "msg", b"msg", "result", b"result", "screenshot", b"screenshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "awaiting_confirm", b"awaiting_confirm", "batch", b"batch", "commit_request", b"commit_request", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "login_check", b"login_check", "msg", b"msg", "result", b"result", "screenshot", b"screenshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "awaiting_confirm", b"awaiting_confirm", "commit_request", b"commit_request", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "login_check", b"login_check", "msg", b"msg", "result", b"result", "screenshot", b"screenshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "awaiting_confirm", b"awaiting_confirm", "batch", b"batch", "commit_request", b"commit_request", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "login_check", b"login_check", "msg", b"msg", "result", b"result", "screenshot", b"screenshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "heartbeat", "ack", "log", "screenshot", "commit_request", "awaiting_confirm", "result", "login_check", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "heartbeat", "ack", "log", "screenshot", "commit_request", "awaiting_confirm", "result", "login_check", "goodbye", "batch"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___WorkerMessage: _TypeAlias = WorkerMessage  # noqa: Y015
+
+@_typing.final
+class WorkerBatch(_message.Message):
+    """Messages a worker had ready at once (its writer coalesces what piles up during a write)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___WorkerMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerBatch: _TypeAlias = WorkerBatch  # noqa: Y015
 
 @_typing.final
 class CoordinatorMessage(_message.Message):
@@ -107,6 +137,7 @@ class CoordinatorMessage(_message.Message):
     SCREENSHOT_ACK_FIELD_NUMBER: _builtins.int
     LOGIN_CHECK_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -133,6 +164,12 @@ class CoordinatorMessage(_message.Message):
     def goodbye(self) -> Global___Goodbye:
         """The coordinator is shutting down: finish or abandon, then reconnect elsewhere/later."""
 
+    @_builtins.property
+    def batch(self) -> Global___CoordinatorBatch:
+        """Several messages in one write, taken in order as if sent one by one. Only to a worker
+        whose Hello set accepts_batches; never nested.
+        """
+
     def __init__(
         self,
         *,
@@ -148,16 +185,39 @@ class CoordinatorMessage(_message.Message):
         screenshot_ack: Global___ScreenshotAck | None = ...,
         login_check: Global___LoginCheck | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        batch: Global___CoordinatorBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "commit_deny", b"commit_deny", "commit_grant", b"commit_grant", "confirm", b"confirm", "drop", b"drop", "goodbye", b"goodbye", "heartbeat_ack", b"heartbeat_ack", "login_check", b"login_check", "msg", b"msg", "result_ack", b"result_ack", "screenshot_ack", b"screenshot_ack", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "batch", b"batch", "cancel", b"cancel", "commit_deny", b"commit_deny", "commit_grant", b"commit_grant", "confirm", b"confirm", "drop", b"drop", "goodbye", b"goodbye", "heartbeat_ack", b"heartbeat_ack", "login_check", b"login_check", "msg", b"msg", "result_ack", b"result_ack", "screenshot_ack", b"screenshot_ack", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "cancel", b"cancel", "commit_deny", b"commit_deny", "commit_grant", b"commit_grant", "confirm", b"confirm", "drop", b"drop", "goodbye", b"goodbye", "heartbeat_ack", b"heartbeat_ack", "login_check", b"login_check", "msg", b"msg", "result_ack", b"result_ack", "screenshot_ack", b"screenshot_ack", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "batch", b"batch", "cancel", b"cancel", "commit_deny", b"commit_deny", "commit_grant", b"commit_grant", "confirm", b"confirm", "drop", b"drop", "goodbye", b"goodbye", "heartbeat_ack", b"heartbeat_ack", "login_check", b"login_check", "msg", b"msg", "result_ack", b"result_ack", "screenshot_ack", b"screenshot_ack", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["welcome", "assign", "heartbeat_ack", "commit_grant", "commit_deny", "drop", "cancel", "confirm", "result_ack", "screenshot_ack", "login_check", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["welcome", "assign", "heartbeat_ack", "commit_grant", "commit_deny", "drop", "cancel", "confirm", "result_ack", "screenshot_ack", "login_check", "goodbye", "batch"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___CoordinatorMessage: _TypeAlias = CoordinatorMessage  # noqa: Y015
+
+@_typing.final
+class CoordinatorBatch(_message.Message):
+    """Messages the coordinator had ready for one stream at once (e.g. one commit's Assigns and acks)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___CoordinatorMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___CoordinatorMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CoordinatorBatch: _TypeAlias = CoordinatorBatch  # noqa: Y015
 
 @_typing.final
 class HeldJob(_message.Message):
@@ -201,6 +261,7 @@ class Hello(_message.Message):
     HELD_JOBS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PER_ACCOUNT_SLOTS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """Stable identity of the worker (required)."""
     token: _builtins.str
@@ -216,6 +277,8 @@ class Hello(_message.Message):
     """At most this many of its jobs for one (platform, account) at once; 0 = no bound beyond slots.
     Browser workers send 1: one page in one persistent profile per account.
     """
+    accepts_batches: _builtins.bool
+    """This worker understands CoordinatorMessage.batch (older workers leave it false)."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Target]:
         """(platform, account) pairs this worker can publish to; the credentials stay on the worker."""
@@ -235,10 +298,11 @@ class Hello(_message.Message):
         held_jobs: _abc.Iterable[Global___HeldJob] | None = ...,
         version: _builtins.str = ...,
         per_account_slots: _builtins.int = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "device_id", b"device_id", "held_jobs", b"held_jobs", "kind", b"kind", "per_account_slots", b"per_account_slots", "slots", b"slots", "token", b"token", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "capabilities", b"capabilities", "device_id", b"device_id", "held_jobs", b"held_jobs", "kind", b"kind", "per_account_slots", b"per_account_slots", "slots", b"slots", "token", b"token", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,6 +320,7 @@ class Welcome(_message.Message):
     RESUMED_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MAX_ASSET_BYTES_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     heartbeat_interval_ms: _builtins.int
     """Send a Heartbeat this often."""
@@ -265,6 +330,8 @@ class Welcome(_message.Message):
     """Largest ScreenshotChunk.data accepted."""
     max_asset_bytes: _builtins.int
     """Largest screenshot accepted, in bytes."""
+    accepts_batches: _builtins.bool
+    """This coordinator understands WorkerMessage.batch (older coordinators leave it false)."""
     @_builtins.property
     def resumed(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldJob]:
         """Held jobs from Hello that this session keeps (current epoch); the worker drops the others."""
@@ -278,10 +345,11 @@ class Welcome(_message.Message):
         resumed: _abc.Iterable[Global___HeldJob] | None = ...,
         max_chunk_bytes: _builtins.int = ...,
         max_asset_bytes: _builtins.int = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ttl_ms", b"lease_ttl_ms", "max_asset_bytes", b"max_asset_bytes", "max_chunk_bytes", b"max_chunk_bytes", "resumed", b"resumed", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ttl_ms", b"lease_ttl_ms", "max_asset_bytes", b"max_asset_bytes", "max_chunk_bytes", b"max_chunk_bytes", "resumed", b"resumed", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
