@@ -12,7 +12,10 @@ from coordinator.access.records import OperatorToken, Role
 from coordinator.access.registry import AccessPolicy, Credentials, Principal
 from coordinator.domain import JobStatus, PostStatus, Target
 from coordinator.errors import FailedPrecondition, NotFound, PermissionDenied
+from coordinator.leasing import outbound as o
+from coordinator.leasing.effects import Effects
 from postroom.v1 import types_pb2 as pb
+from postroom.v1 import worker_gateway_pb2 as wg
 
 A = Target("sandbox", "a")
 B = Target("sandbox", "b")
@@ -125,3 +128,52 @@ def test_content_cannot_change_while_an_attempt_may_be_publishing_it_or_may_have
         h.command(edit)
     h.command(op.UpdatePost("p1", None, None, None, T0 + 99, "user:a"))  # a new time is fine
     assert h.store.posts["p1"].scheduled_at == T0 + 99
+
+
+def cancelled_while_publishing(h: Harness) -> None:
+    """p1 to A: its worker got the commit permit, then the post was cancelled (a publishing job
+    is left to finish), then the worker died without a word and its lease ran out."""
+    h.add(*make_post("p1", [A], T0))
+    h.open("s1", slots=1)
+    h.ack("s1", "p1-j0", 1)
+    h.commit("s1", "p1-j0", 1)
+    h.command(op.CancelPost("p1", "stop this", "user:op"))
+    assert h.job("p1-j0").status is JobStatus.RUNNING
+    h.lost("s1")
+    h.advance(120)
+    h.tick()
+
+
+def _assigns(fx: Effects) -> list[o.Assign]:
+    return [m for _, m in fx.messages if isinstance(m, o.Assign)]
+
+
+def test_a_cancelled_posts_job_in_doubt_only_looks_and_found_it_is_published() -> None:
+    h = Harness()
+    cancelled_while_publishing(h)
+    (assign,) = _assigns(h.open("s2", slots=1))
+    assert assign.verify_only  # it may look, never publish
+    denied = h.commit("s2", "p1-j0", 2)
+    assert [type(m) for _, m in denied.messages] == [o.CommitDeny]
+    h.success("s2", "p1-j0", 2, found_existing=True)
+    assert h.store.jobs["p1-j0"].status is JobStatus.SUCCEEDED  # the person sees it went out
+
+
+def test_a_cancelled_posts_job_in_doubt_found_absent_ends_cancelled_not_requeued() -> None:
+    h = Harness()
+    cancelled_while_publishing(h)
+    h.open("s2", slots=1)
+    h.result(
+        "s2",
+        wg.JobResult(
+            job_id="p1-j0",
+            lease_epoch=2,
+            success=False,
+            error_class=pb.ERROR_CLASS_TRANSIENT,
+            error_message="not found on the platform",
+            verified_absent=True,
+        ),
+    )
+    job = h.store.jobs["p1-j0"]
+    assert job.status is JobStatus.CANCELLED  # terminal: nothing waits under a cancelled post
+    assert h.store.actions("JOB_CANCELLED", "p1-j0")

@@ -20,6 +20,7 @@ from coordinator.domain import (
     Job,
     JobStatus,
     Post,
+    PostStatus,
     Run,
     Target,
 )
@@ -94,9 +95,18 @@ class CoreBase(abc.ABC):
         )
 
     def _held(self, job: Job) -> bool:
-        """A job whose content no longer matches the post's approval is never handed out."""
+        """A job whose content no longer matches the post's approval is never handed out, nor
+        one of a cancelled post, unless it is in doubt: then it may still go out to look."""
         post = self.posts.get(job.post_id)
-        return post is None or post.approved_hash != job.content_hash
+        if post is None:
+            return True
+        if post.status is PostStatus.CANCELLED:
+            return not job.verify_first
+        return post.approved_hash != job.content_hash
+
+    def _post_cancelled(self, job: Job) -> bool:
+        post = self.posts.get(job.post_id)
+        return post is not None and post.status is PostStatus.CANCELLED
 
     def _lease_of(self, session_id: str, job_id: str, epoch: int) -> Lease | None:
         lease = self.leases.get(job_id)

@@ -283,7 +283,7 @@ class LeaseCore(Dispatching):
         elif job.status not in (JobStatus.CLAIMED, JobStatus.RUNNING):
             reason = f"job is {job.status.value}"
         elif lease.verify_only:
-            reason = "this attempt may only look for the post (its attempts are used up)"
+            reason = "this attempt may only look for the post (attempts used up, or post cancelled)"
         elif job.require_confirm and not lease.confirmed:
             reason = "job requires an operator's confirmation first"
         elif self._held(job):

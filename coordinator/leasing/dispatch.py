@@ -73,8 +73,11 @@ class Dispatching(Scheduling):
 
     def _assign(self, fx: Effects, session: Session, job: Job, now: float) -> None:
         old_epoch = job.lease_epoch
-        # Its attempts are used up, but an earlier one may have published: only look.
-        verify_only = job.verify_first and job.counted_attempts >= job.max_attempts
+        # An earlier attempt may have published, and either its attempts are used up or its
+        # post was cancelled while it was publishing: only look, never publish.
+        verify_only = job.verify_first and (
+            job.counted_attempts >= job.max_attempts or self._post_cancelled(job)
+        )
         check_job(job.id, job.status, JobStatus.CLAIMED)
         job.status = JobStatus.CLAIMED
         job.lease_epoch += 1

@@ -150,6 +150,20 @@ class AttemptOutcomes(CoreBase):
         if run is not None:
             step = r.failed_step + (f" ({r.selector})" if r.selector else "")
             run.error_class, run.error, run.failed_step = error_class, message, step
+        if verified_absent and self._post_cancelled(job):
+            # Its post was cancelled while it was publishing, and that did not land: cancelled.
+            job.last_error_class, job.last_error = error_class, message
+            self._finish_attempt(
+                fx,
+                job,
+                JobStatus.CANCELLED,
+                "cancelled",
+                now,
+                actor=self._actor(session_id),
+                action="JOB_CANCELLED",
+                details={"reason": "post cancelled; a look found no post on the platform"},
+            )
+            return
         self._fail_attempt(fx, job, failure, now, session_id, r.execution_time_ms)
 
     def _finish_attempt(
