@@ -34,7 +34,9 @@ class Stored:
 
 @dataclass(frozen=True, slots=True)
 class CreatePost:
-    """A new post, a DRAFT: nothing is published until it is approved and scheduled."""
+    """A new post, a DRAFT: nothing is published until it is approved and scheduled. `approve`
+    (and `schedule`, which needs it): approved by its creator (`principal`, whom the four-eyes
+    rule must allow) and scheduled in the same step, its jobs' ids prefixed `new_job_id`."""
 
     post_id: str
     text: str
@@ -44,6 +46,17 @@ class CreatePost:
     max_attempts: int
     require_confirm: bool
     actor: str
+    approve: bool = False
+    schedule: bool = False
+    new_job_id: str = ""
+    principal: Principal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePosts:
+    """Many new posts, one commit: all of them or none. Replies with their (post, jobs)."""
+
+    items: tuple[CreatePost, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +245,7 @@ PostCommand = UpdatePost | SubmitPost | ApprovePost | SchedulePost | CancelPost 
 JobCommand = CancelJob | RetryJob | ConfirmJob | ResolveJob
 OperatorCommand = (
     CreatePost
+    | CreatePosts
     | PostCommand
     | JobCommand
     | LoginChecked

@@ -30,6 +30,7 @@ from coordinator.operator_commands import (
     ApprovePost,
     CancelPost,
     CreatePost,
+    CreatePosts,
     DeletePost,
     PostCommand,
     SchedulePost,
@@ -90,6 +91,28 @@ def _adopt(core: LeaseCore, cmd: PostCommand) -> None:
 
 
 def create(core: LeaseCore, cmd: CreatePost, now: float) -> Effects:
+    """A DRAFT; with `approve` (and `schedule`) approved and scheduled in the same step. Replies
+    with the post."""
+    fx, post, _ = create_one(core, cmd, now)
+    fx.reply = post
+    return fx
+
+
+def create_many(core: LeaseCore, cmd: CreatePosts, now: float) -> Effects:
+    """All of the posts in one batch (nothing here can refuse one of them once the RPC checked
+    them). Replies with each post and its jobs, in order."""
+    fx = Effects()
+    created: list[tuple[Post, list[Job]]] = []
+    for item in cmd.items:
+        one, post, jobs = create_one(core, item, now)
+        fx.extend(one)
+        created.append((post, jobs))
+    fx.reply = created
+    return fx
+
+
+def create_one(core: LeaseCore, cmd: CreatePost, now: float) -> tuple[Effects, Post, list[Job]]:
+    """The effects, and copies of the new post and its jobs as they are after this step."""
     fx = Effects()
     post = Post(
         id=cmd.post_id,
@@ -104,10 +127,31 @@ def create(core: LeaseCore, cmd: CreatePost, now: float) -> Effects:
         max_attempts=cmd.max_attempts,
         require_confirm=cmd.require_confirm,
     )
-    fx.batch.new_posts.append(dataclasses.replace(post))
-    _audit(fx, "POST_CREATED", post, cmd.actor, now, targets=[str(t) for t in cmd.targets])
-    fx.reply = post
-    return fx
+    targets = [str(t) for t in cmd.targets]
+    if not cmd.approve:
+        fx.batch.new_posts.append(dataclasses.replace(post))
+        _audit(fx, "POST_CREATED", post, cmd.actor, now, targets=targets)
+        return fx, dataclasses.replace(post), []
+    # Created, submitted and approved by its creator (the caller may approve, and the four-eyes
+    # rule lets it approve what it wrote: step.py checked), then scheduled: one row per post.
+    _audit(fx, "POST_CREATED", post, cmd.actor, now, targets=targets, approve=True,
+           schedule=cmd.schedule)  # fmt: skip
+    _set_status(post, PostStatus.PENDING_APPROVAL, now)
+    _set_status(post, PostStatus.APPROVED, now)
+    post.approved_hash, post.approved_by = post.content_hash, cmd.actor
+    _audit(fx, "POST_APPROVED", post, cmd.actor, now, content_hash=post.content_hash)
+    if not cmd.schedule:
+        fx.batch.new_posts.append(dataclasses.replace(post))
+        return fx, dataclasses.replace(post), []
+    when = post.scheduled_at if post.scheduled_at is not None else now
+    jobs_fx, touched, skipped = core.schedule_jobs(post, when, cmd.new_job_id, cmd.actor, now)
+    _set_status(post, PostStatus.SCHEDULED, now)
+    fx.batch.new_posts.append(dataclasses.replace(post))  # before its jobs: they refer to it
+    fx.extend(jobs_fx)
+    _audit(fx, "POST_SCHEDULED", post, cmd.actor, now, at=when, jobs=[j.id for j in touched],
+           skipped=skipped)  # fmt: skip
+    fx.extend(core.add_post_jobs(dataclasses.replace(post), touched, now))
+    return fx, dataclasses.replace(post), [dataclasses.replace(j) for j in touched]
 
 
 def update(core: LeaseCore, cmd: UpdatePost, now: float) -> Effects:

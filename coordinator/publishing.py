@@ -65,6 +65,8 @@ log = logging.getLogger("postroom.coordinator.publishing")
 R = TypeVar("R")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_ATTEMPTS_LIMIT = 20
+# Posts a CreatePosts call may carry: one commit (and one reply message) for all of them.
+MAX_CREATE_BATCH = 1000
 DEFAULT_AUDIT_PAGE = 1000
 MAX_AUDIT_PAGE = 10_000
 MAX_LOGIN_MESSAGE_CHARS = 1000
@@ -152,30 +154,61 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
 
     # ---- posts ---------------------------------------------------------------------------
 
-    @rpc
-    async def CreatePost(self, request: pub.CreatePostRequest, context: Ctx) -> pb.Post:
+    async def _new_post(self, request: pub.CreatePostRequest) -> op.CreatePost:
+        """A checked CreatePost request as a command (its content judged against the rules)."""
         text = check_text(request.text)
         targets = check_targets(request.targets)
         media = check_media(request.media)
         when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
         if not 0 <= request.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise InvalidArgument(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+        if request.schedule and not request.approve:
+            raise InvalidArgument("schedule needs approve: only an approved post can be scheduled")
+        if request.approve:
+            require_role(Role.APPROVER, "creating a post approved (approve)")
         actor = actor_name(request.actor)
         await self._check_content(text, media, targets)
-        post_id = f"p-{uuid.uuid4().hex[:12]}"
-        await self.co.command(
-            op.CreatePost(
-                post_id=post_id,
-                text=text,
-                media=tuple(media),
-                targets=tuple(targets),
-                scheduled_at=when,
-                max_attempts=request.max_attempts or 3,
-                require_confirm=request.require_confirm,
-                actor=actor,
-            )
+        return op.CreatePost(
+            post_id=f"p-{uuid.uuid4().hex[:12]}",
+            text=text,
+            media=tuple(media),
+            targets=tuple(targets),
+            scheduled_at=when,
+            max_attempts=request.max_attempts or 3,
+            require_confirm=request.require_confirm,
+            actor=actor,
+            approve=request.approve,
+            schedule=request.schedule,
+            new_job_id=f"j-{uuid.uuid4().hex[:12]}-",
+            principal=current_principal() if request.approve else None,
         )
-        return await self._post_reply(post_id)
+
+    @rpc
+    async def CreatePost(self, request: pub.CreatePostRequest, context: Ctx) -> pb.Post:
+        item = await self._new_post(request)
+        if not item.approve:
+            await self.co.command(item)
+            return await self._post_reply(item.post_id)
+        # Answered from what the step decided (committed by then): no reads after the commit.
+        ((post, jobs),) = await self.co.command(op.CreatePosts((item,)))
+        return post_pb(post, jobs)
+
+    @rpc
+    async def CreatePosts(
+        self, request: pub.CreatePostsRequest, context: Ctx
+    ) -> pub.CreatePostsResponse:
+        if not 1 <= len(request.posts) <= MAX_CREATE_BATCH:
+            raise InvalidArgument(
+                f"posts: {len(request.posts)} given; send between 1 and {MAX_CREATE_BATCH} a call"
+            )
+        items = []
+        for n, one in enumerate(request.posts):
+            try:
+                items.append(await self._new_post(one))
+            except CoordinatorError as exc:
+                raise type(exc)(f"posts[{n}]: {exc}; nothing was created") from exc
+        created = await self.co.command(op.CreatePosts(tuple(items)))
+        return pub.CreatePostsResponse(posts=[post_pb(p, jobs) for p, jobs in created])
 
     @rpc
     async def GetPost(self, request: pub.GetPostRequest, context: Ctx) -> pb.Post:

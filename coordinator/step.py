@@ -21,8 +21,9 @@ from typing import Any
 from coordinator import operator_commands as op
 from coordinator import posts
 from coordinator.access import changes
+from coordinator.access.approval import applies
 from coordinator.access.registry import Credentials
-from coordinator.errors import FailedPrecondition, NotFound
+from coordinator.errors import FailedPrecondition, NotFound, PermissionDenied
 from coordinator.leasing import commands as c
 from coordinator.leasing.core import LeaseCore
 from coordinator.leasing.effects import Effects
@@ -103,7 +104,29 @@ def _tick(state: CoordinatorState, cmd: c.Tick, now: float) -> Effects:
     return state.core.tick(now)
 
 
-# ---- operators: jobs, logins, gates ---------------------------------------------------------
+# ---- operators: new posts, jobs, logins, gates ----------------------------------------------
+
+
+def _may_create_approved(state: CoordinatorState, cmd: op.CreatePost) -> None:
+    """A post approved by its own creator: only where the four-eyes rule lets the caller
+    approve what it wrote (decided here, with the credentials as they are now)."""
+    if cmd.approve and applies(state.credentials, cmd.principal):
+        raise PermissionDenied(
+            f"{cmd.actor} cannot approve a post it creates (four eyes): create it without "
+            "approve, and let someone else approve it (a deployment may allow this with "
+            "`postroom coordinator --allow-self-approval`)"
+        )
+
+
+def _create_post(state: CoordinatorState, cmd: op.CreatePost, now: float) -> Effects:
+    _may_create_approved(state, cmd)
+    return posts.create(state.core, cmd, now)
+
+
+def _create_posts(state: CoordinatorState, cmd: op.CreatePosts, now: float) -> Effects:
+    for item in cmd.items:  # all checked before any changes: all of them, or none
+        _may_create_approved(state, item)
+    return posts.create_many(state.core, cmd, now)
 
 
 def _job(state: CoordinatorState, cmd: op.JobCommand) -> None:
@@ -186,7 +209,8 @@ _HANDLERS: dict[type[Any], Callable[[CoordinatorState, Any, float], Effects]] = 
     c.Goodbye: _goodbye,
     c.StreamLost: _stream_lost,
     c.Tick: _tick,
-    op.CreatePost: _core(posts.create),
+    op.CreatePost: _create_post,
+    op.CreatePosts: _create_posts,
     op.UpdatePost: _core(posts.update),
     op.SubmitPost: _core(posts.submit),
     op.ApprovePost: _core(posts.approve),

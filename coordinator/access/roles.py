@@ -30,7 +30,8 @@ RPC_ROLES: Mapping[str, Role] = MappingProxyType(
         "WatchEvents": _V,
         "WhoAmI": _V,
         # Writing posts and driving them; nothing goes out without an approver.
-        "CreatePost": _AU,
+        "CreatePost": _AU,  # approved at once (approve): approver, checked by the RPC
+        "CreatePosts": _AU,  # likewise, per post
         "UpdatePost": _AU,
         "SubmitPost": _AU,
         "SchedulePost": _AU,

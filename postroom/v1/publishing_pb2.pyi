@@ -31,6 +31,8 @@ class CreatePostRequest(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     REQUIRE_CONFIRM_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The post's text. Required."""
     scheduled_at: _builtins.str
@@ -41,6 +43,13 @@ class CreatePostRequest(_message.Message):
     """Stop every job before its irreversible step until ConfirmJob."""
     actor: _builtins.str
     """Who creates it (for the audit log); defaults to "operator"."""
+    approve: _builtins.bool
+    """Submit and approve it in the same call, as the caller: needs the approver role, and the
+    four-eyes rule must let the caller approve a post it wrote (an open coordinator, or one run
+    with --allow-self-approval); else PERMISSION_DENIED: create it, and let someone else approve.
+    """
+    schedule: _builtins.bool
+    """Schedule it in the same call (at scheduled_at, or now). Needs approve."""
     @_builtins.property
     def media(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -57,14 +66,60 @@ class CreatePostRequest(_message.Message):
         max_attempts: _builtins.int = ...,
         require_confirm: _builtins.bool = ...,
         actor: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+        schedule: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "max_attempts", b"max_attempts", "media", b"media", "require_confirm", b"require_confirm", "scheduled_at", b"scheduled_at", "targets", b"targets", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "approve", b"approve", "max_attempts", b"max_attempts", "media", b"media", "require_confirm", b"require_confirm", "schedule", b"schedule", "scheduled_at", b"scheduled_at", "targets", b"targets", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreatePostRequest: _TypeAlias = CreatePostRequest  # noqa: Y015
+
+@_typing.final
+class CreatePostsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def posts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreatePostRequest]:
+        """At most 1000 posts, each as CreatePost takes it; one commit for all of them."""
+
+    def __init__(
+        self,
+        *,
+        posts: _abc.Iterable[Global___CreatePostRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["posts", b"posts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePostsRequest: _TypeAlias = CreatePostsRequest  # noqa: Y015
+
+@_typing.final
+class CreatePostsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def posts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Post]:
+        """The posts created, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        posts: _abc.Iterable[_types_pb2.Post] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["posts", b"posts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePostsResponse: _TypeAlias = CreatePostsResponse  # noqa: Y015
 
 @_typing.final
 class GetPostRequest(_message.Message):

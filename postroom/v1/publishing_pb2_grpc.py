@@ -42,6 +42,11 @@ class PublishingStub:
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.CreatePostRequest.SerializeToString,
                 response_deserializer=postroom_dot_v1_dot_types__pb2.Post.FromString,
                 _registered_method=True)
+        self.CreatePosts = channel.unary_unary(
+                '/postroom.v1.Publishing/CreatePosts',
+                request_serializer=postroom_dot_v1_dot_publishing__pb2.CreatePostsRequest.SerializeToString,
+                response_deserializer=postroom_dot_v1_dot_publishing__pb2.CreatePostsResponse.FromString,
+                _registered_method=True)
         self.GetPost = channel.unary_unary(
                 '/postroom.v1.Publishing/GetPost',
                 request_serializer=postroom_dot_v1_dot_publishing__pb2.GetPostRequest.SerializeToString,
@@ -194,7 +199,14 @@ class PublishingServicer:
     """
 
     def CreatePost(self, request, context):
-        """Create a post in DRAFT.
+        """Create a post in DRAFT (or, with approve and schedule, approved and scheduled at once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePosts(self, request, context):
+        """Create many posts in one commit: all of them, or none (the first refusal says which item).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -417,6 +429,11 @@ def add_PublishingServicer_to_server(servicer, server):
                     request_deserializer=postroom_dot_v1_dot_publishing__pb2.CreatePostRequest.FromString,
                     response_serializer=postroom_dot_v1_dot_types__pb2.Post.SerializeToString,
             ),
+            'CreatePosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePosts,
+                    request_deserializer=postroom_dot_v1_dot_publishing__pb2.CreatePostsRequest.FromString,
+                    response_serializer=postroom_dot_v1_dot_publishing__pb2.CreatePostsResponse.SerializeToString,
+            ),
             'GetPost': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPost,
                     request_deserializer=postroom_dot_v1_dot_publishing__pb2.GetPostRequest.FromString,
@@ -591,6 +608,33 @@ class Publishing:
             '/postroom.v1.Publishing/CreatePost',
             postroom_dot_v1_dot_publishing__pb2.CreatePostRequest.SerializeToString,
             postroom_dot_v1_dot_types__pb2.Post.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postroom.v1.Publishing/CreatePosts',
+            postroom_dot_v1_dot_publishing__pb2.CreatePostsRequest.SerializeToString,
+            postroom_dot_v1_dot_publishing__pb2.CreatePostsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,7 +36,9 @@ class PublishingStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PublishingAsyncStub: ...
     CreatePost: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.CreatePostRequest, _types_pb2.Post]
-    """Create a post in DRAFT."""
+    """Create a post in DRAFT (or, with approve and schedule, approved and scheduled at once)."""
+    CreatePosts: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.CreatePostsRequest, _publishing_pb2.CreatePostsResponse]
+    """Create many posts in one commit: all of them, or none (the first refusal says which item)."""
     GetPost: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.GetPostRequest, _types_pb2.Post]
     """Fetch one post with its per-target progress and warnings."""
     ListPosts: _grpc.UnaryUnaryMultiCallable[_publishing_pb2.ListPostsRequest, _publishing_pb2.ListPostsResponse]
@@ -114,7 +116,9 @@ class PublishingAsyncStub(PublishingStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePost: _aio.UnaryUnaryMultiCallable[_publishing_pb2.CreatePostRequest, _types_pb2.Post]  # type: ignore[assignment]
-    """Create a post in DRAFT."""
+    """Create a post in DRAFT (or, with approve and schedule, approved and scheduled at once)."""
+    CreatePosts: _aio.UnaryUnaryMultiCallable[_publishing_pb2.CreatePostsRequest, _publishing_pb2.CreatePostsResponse]  # type: ignore[assignment]
+    """Create many posts in one commit: all of them, or none (the first refusal says which item)."""
     GetPost: _aio.UnaryUnaryMultiCallable[_publishing_pb2.GetPostRequest, _types_pb2.Post]  # type: ignore[assignment]
     """Fetch one post with its per-target progress and warnings."""
     ListPosts: _aio.UnaryUnaryMultiCallable[_publishing_pb2.ListPostsRequest, _publishing_pb2.ListPostsResponse]  # type: ignore[assignment]
@@ -195,7 +199,15 @@ class PublishingServicer(metaclass=_abc_1.ABCMeta):
         request: _publishing_pb2.CreatePostRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Post, _abc.Awaitable[_types_pb2.Post]]:
-        """Create a post in DRAFT."""
+        """Create a post in DRAFT (or, with approve and schedule, approved and scheduled at once)."""
+
+    @_abc_1.abstractmethod
+    def CreatePosts(
+        self,
+        request: _publishing_pb2.CreatePostsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_publishing_pb2.CreatePostsResponse, _abc.Awaitable[_publishing_pb2.CreatePostsResponse]]:
+        """Create many posts in one commit: all of them, or none (the first refusal says which item)."""
 
     @_abc_1.abstractmethod
     def GetPost(
