@@ -5,12 +5,13 @@ still holds.
 The rotation is a pure value (worker/dialing.py), tested without I/O; then a real worker against
 scripted fake coordinators in this process; then real processes: the worker's first coordinator
 is down, its second is SIGKILLed with a job in flight and a coordinator comes back on the first
-address with the same database: the worker reconnects there within the backoff bound and the
-post is published exactly once.
+address with the same database (a SQLite file, or a PostgreSQL database of the test's own): the
+worker reconnects there within the backoff bound and the post is published exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ import anyio
 import grpc
 import httpx
 import pytest
+from pg_rig import own_database
 from polling import wait_until
 from test_worker_stream import FakeCoordinator, Platform, assign, make_worker
 
@@ -194,10 +196,14 @@ async def test_a_name_with_several_addresses_reaches_the_one_that_answers() -> N
 # ---- real processes ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """The coordinator on a SQLite file, or on a PostgreSQL database of this test's own."""
     config = ClusterConfig(heartbeat_interval_s=0.5, lease_ttl_s=3.0, retry_initial_s=0.3)
-    with LocalCluster(tmp_path, config) as c:
+    with contextlib.ExitStack() as stack:  # the database outlives the cluster's processes
+        url = stack.enter_context(own_database()) if request.param == "postgresql" else ""
+        c = stack.enter_context(LocalCluster(tmp_path, config))
+        c.db_url = url or c.db_url
         c.start_sandbox()
         c.start_coordinator()
         yield c
