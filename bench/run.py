@@ -13,6 +13,7 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
      per open context                                     bench/browser.py
   8  web console: a page of 1,000 jobs, server side       bench/console.py
   9  PostgreSQL vs SQLite: drain, dispatch p99, restart    bench/postgres.py
+ 10  enqueue, 1 client, sequential: 4 calls, 1 call, batches of 100   bench/enqueue.py
 
 Each figure is the median of K runs (default 3) with min and max; `--quick` is one run at smaller
 sizes (a smoke run, not a measurement). With py-spy installed, item 1 gets one extra profiled run
@@ -38,6 +39,7 @@ from rich.table import Table
 from bench import (
     browser,
     dispatch,
+    enqueue,
     postgres,
     recovery,
     screenshot,
@@ -84,6 +86,7 @@ ITEMS: dict[int, tuple[str, Callable[[Context], list[Figure]]]] = {
     7: ("browser", browser.run),
     8: ("console", web_console.run),
     9: ("PostgreSQL", postgres.run),
+    10: ("enqueue", enqueue.run),
 }
 
 

@@ -309,23 +309,22 @@ def test_post_create_sends_every_field_and_prints_the_id(
     assert (request.max_attempts, request.require_confirm, request.actor) == (5, True, "alice")
 
 
-def test_post_create_approve_schedule_runs_the_whole_flow(fake: FakePublishing) -> None:
+def test_post_create_approve_schedule_is_one_call(fake: FakePublishing) -> None:
     argv = ("post", "create", "--text", "hi", "--target", "x:acme", "--approve", "--schedule")
     assert run(fake, *argv) == 0
-    flow = [name for name, _ in fake.calls]
-    assert flow == ["CreatePost", "SubmitPost", "ApprovePost", "SchedulePost"]
-    [approve] = fake.requests("ApprovePost")
-    assert isinstance(approve, pb.ApprovePostRequest)
-    assert (approve.post_id, approve.content_hash, approve.actor) == ("p-1", "h-1", "tester")
+    [request] = fake.requests("CreatePost")
+    assert [name for name, _ in fake.calls] == ["CreatePost"]
+    assert isinstance(request, pb.CreatePostRequest)
+    assert (request.approve, request.schedule, request.actor) == (True, True, "tester")
 
 
 def test_post_create_failure_midway_says_the_post_exists(
     fake: FakePublishing, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake.errors["ApprovePost"] = (grpc.StatusCode.PERMISSION_DENIED, "tester may not approve")
-    assert run(fake, "post", "create", "--text", "hi", "--target", "x:acme", "--approve") == 1
+    fake.errors["SubmitPost"] = (grpc.StatusCode.PERMISSION_DENIED, "tester may not submit")
+    assert run(fake, "post", "create", "--text", "hi", "--target", "x:acme", "--submit") == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: PERMISSION_DENIED: tester may not approve")
+    assert err.startswith("error: PERMISSION_DENIED: tester may not submit")
     assert "post p-1 was created" in err
 
 

@@ -9,13 +9,16 @@ from pathlib import Path
 import grpc
 import pytest
 from access_rig import secure_coordinator
+from conftest import coordinator_server
 from lease_harness import Harness, assigns
 
+import postroom
 from coordinator import operator_commands as op
 from coordinator.access.records import Role
 from coordinator.access.registry import AccessPolicy, Credentials, Principal
 from coordinator.domain import JobStatus, PostStatus, Target
 from coordinator.errors import PermissionDenied
+from postroom.tls import ClientTls
 from postroom.v1 import access_pb2 as ac
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
@@ -130,3 +133,22 @@ async def test_over_grpc_a_batch_is_bounded_and_all_or_nothing(tmp_path: Path) -
         assert {p.status for p in made.posts} == {pb.POST_STATUS_SCHEDULED}
         jobs = await stub.call("ListJobs", pub.ListJobsRequest(page_size=1000))
         assert isinstance(jobs, pub.ListJobsResponse) and len(jobs.jobs) == 100
+
+
+@pytest.mark.anyio
+async def test_the_python_client_creates_ready_posts_one_by_one_and_in_batches(
+    tmp_path: Path,
+) -> None:
+    async with (
+        coordinator_server(tmp_path) as env,
+        postroom.AsyncClient(env.address, token="", tls=ClientTls()) as client,
+    ):
+        one = await client.create_post(
+            text="hello", targets=["sandbox:acme"], approve=True, schedule=True
+        )
+        assert one.status == pb.POST_STATUS_SCHEDULED and one.approved_by == f"user:{client.actor}"
+        made = await client.create_posts([request(f"n{i}", approve=True) for i in range(3)])
+        assert [p.text for p in made] == ["n0", "n1", "n2"]
+        assert {p.status for p in made} == {pb.POST_STATUS_APPROVED}
+        with pytest.raises(postroom.InvalidArgument, match=r"posts\[0\]: .*schedule needs"):
+            await client.create_posts([request(schedule=True)])

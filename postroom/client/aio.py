@@ -103,6 +103,8 @@ class AsyncClient(ClientBase):
         max_attempts: int = 0,
         require_confirm: bool = False,
         actor: str | None = None,
+        approve: bool = False,
+        schedule: bool = False,
     ) -> t.Post:
         built = rq.create_post(
             request,
@@ -113,9 +115,17 @@ class AsyncClient(ClientBase):
             max_attempts=max_attempts,
             require_confirm=require_confirm,
             actor=actor or self.actor,
+            approve=approve,
+            schedule=schedule,
         )
         post: t.Post = await self._unary(self._stub.CreatePost, built)
         return post
+
+    @_doc(Client.create_posts)
+    async def create_posts(self, requests: Iterable[pb.CreatePostRequest]) -> list[t.Post]:
+        built = rq.create_posts(requests, self.actor)
+        made: pb.CreatePostsResponse = await self._unary(self._stub.CreatePosts, built)
+        return list(made.posts)
 
     @_doc(Client.get_post)
     async def get_post(self, post_id: str) -> t.Post:

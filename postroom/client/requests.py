@@ -52,6 +52,8 @@ def create_post(
     max_attempts: int,
     require_confirm: bool,
     actor: str,
+    approve: bool = False,
+    schedule: bool = False,
 ) -> pb.CreatePostRequest:
     if request is not None:
         return _with_actor(request, actor)
@@ -63,7 +65,13 @@ def create_post(
         max_attempts=max_attempts,
         require_confirm=require_confirm,
         actor=actor,
+        approve=approve,
+        schedule=schedule,
     )
+
+
+def create_posts(requests: Iterable[pb.CreatePostRequest], actor: str) -> pb.CreatePostsRequest:
+    return pb.CreatePostsRequest(posts=[_with_actor(r, actor) for r in requests])
 
 
 def update_post(

@@ -92,10 +92,14 @@ class Client(ClientBase):
         max_attempts: int = 0,
         require_confirm: bool = False,
         actor: str | None = None,
+        approve: bool = False,
+        schedule: bool = False,
     ) -> t.Post:
         """Create a post in DRAFT. `targets`: "PLATFORM:ACCOUNT" strings or `Target`s;
         `scheduled_at`: RFC 3339, empty for "when scheduled"; `require_confirm`: every job
-        stops before its irreversible step until `confirm_job`."""
+        stops before its irreversible step until `confirm_job`. `approve` (and `schedule`):
+        approved (and scheduled) in the same call, by you: needs the approver role and a
+        coordinator whose four-eyes rule lets you approve what you wrote."""
         built = rq.create_post(
             request,
             text=text,
@@ -105,8 +109,17 @@ class Client(ClientBase):
             max_attempts=max_attempts,
             require_confirm=require_confirm,
             actor=actor or self.actor,
+            approve=approve,
+            schedule=schedule,
         )
         return self._unary(self._stub.CreatePost, built)
+
+    def create_posts(self, requests: Iterable[pb.CreatePostRequest]) -> list[t.Post]:
+        """Create many posts in one call and one commit (at most 1000): all of them, or none
+        and an error naming the first refused (`posts[N]: ...`). Each request as `create_post`
+        takes it (`approve`/`schedule` included); the posts come back in the same order."""
+        built = rq.create_posts(requests, self.actor)
+        return list(self._unary(self._stub.CreatePosts, built).posts)
 
     def get_post(self, post_id: str) -> t.Post:
         """A post with its warnings and per-target progress (`target_states`)."""

@@ -37,8 +37,15 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         help="stop every job before its irreversible step until `job confirm`",
     )
     p.add_argument("--submit", action="store_true", help="also submit it for approval")
-    p.add_argument("--approve", action="store_true", help="also submit and approve it (--as)")
-    p.add_argument("--schedule", action="store_true", help="also schedule it (with --approve)")
+    p.add_argument(
+        "--approve",
+        action="store_true",
+        help="also approve it, in the same call (you need the approver role, and the four-eyes "
+        "rule must let you approve what you wrote)",
+    )
+    p.add_argument(
+        "--schedule", action="store_true", help="also schedule it, in that call (with --approve)"
+    )
 
     p = add_leaf(
         sub, "update", _update, common, "edit a post (an approved post needs approval again)"
@@ -135,16 +142,14 @@ def _create(args: argparse.Namespace, ctx: Context) -> int:
         max_attempts=args.max_attempts,
         require_confirm=args.require_confirm,
         actor=ctx.actor,
+        # One call, one commit: created, approved and scheduled, or nothing at all.
+        approve=args.approve,
+        schedule=args.schedule,
     )
     post = ctx.client.create_post(request)
     try:
-        if args.submit or args.approve:
+        if args.submit and not args.approve:
             post = ctx.client.submit_post(post.id, actor=ctx.actor)
-        if args.approve:
-            # Bind the approval to exactly what was just created.
-            post = ctx.client.approve_post(post.id, actor=ctx.actor, content_hash=post.content_hash)
-        if args.schedule:
-            post = ctx.client.schedule_post(post.id, actor=ctx.actor)
     except CliError as exc:
         state = post_status(post.status)
         note = f"{exc.message} (post {post.id} was created and is {state})"
