@@ -89,6 +89,12 @@ class FakePublishing(publishing_pb2_grpc.PublishingServicer):
     def CreatePost(self, request: pb.CreatePostRequest, context: grpc.ServicerContext) -> t.Post:
         return self._post("CreatePost", request, context)
 
+    def CreatePosts(
+        self, request: pb.CreatePostsRequest, context: grpc.ServicerContext
+    ) -> pb.CreatePostsResponse:
+        self._record("CreatePosts", request, context)
+        return pb.CreatePostsResponse(posts=[self.post] * len(request.posts))
+
     def GetPost(self, request: pb.GetPostRequest, context: grpc.ServicerContext) -> t.Post:
         return self._post("GetPost", request, context)
 
