@@ -385,6 +385,7 @@ def _welcome_pb(out: o.Welcome) -> wg.Welcome:
         ],
         max_chunk_bytes=out.max_chunk_bytes,
         max_asset_bytes=out.max_asset_bytes,
+        accepts_batches=True,  # WorkerMessage.batch (coordinator/gateway.py unpacks it)
     )
 
 

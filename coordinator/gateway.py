@@ -42,6 +42,7 @@ from coordinator.worker_input import (
     check_message,
     cut,
 )
+from postroom.coalesce import Coalescer
 from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 
@@ -92,6 +93,7 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         if opened is None:
             return
         session_id = opened.session_id
+        batches = isinstance(first, wg.WorkerMessage) and first.hello.accepts_batches
         outbox = self.coordinator.open_outbox(session_id)
         await self.coordinator.post(opened)
         limits = self.limits
@@ -100,8 +102,19 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         reader = asyncio.create_task(self._read(session_id, request_iterator, state))
         try:
             async with outbox:
-                async for msg in outbox:
-                    yield msg
+                # What the actor queued meanwhile (one commit's Assigns, acks and grants for
+                # this stream) goes out in one write to a worker that takes batches.
+                pending = Coalescer(outbox, wg.CoordinatorMessage.ByteSize)
+                while True:
+                    try:
+                        msgs = await pending.next_batch()
+                    except anyio.EndOfStream:
+                        break
+                    if len(msgs) > 1 and batches:
+                        yield wg.CoordinatorMessage(batch=wg.CoordinatorBatch(messages=msgs))
+                    else:
+                        for msg in msgs:
+                            yield msg
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -191,9 +204,9 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             async for msg in messages:
                 if isinstance(msg, Garbage):
                     raise Violation(grpc.StatusCode.INVALID_ARGUMENT, msg.message)
-                state.rate.take(worker_input.cost(msg))
-                if await self._message(session_id, msg, state):
-                    break
+                for one in worker_input.unbatch(msg):
+                    state.rate.take(worker_input.cost(one))
+                    await self._message(session_id, one, state)
             if not state.end_reason:
                 state.end_reason = "stream ended without goodbye (worker lost)"
         except Violation as exc:
@@ -209,9 +222,8 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             # Ending the outbox ends the response stream, and with it the handler.
             self.coordinator.close_outbox(session_id)
 
-    async def _message(self, session_id: str, msg: wg.WorkerMessage, state: _StreamState) -> bool:
-        """Hand one message to the actor; True when the stream is done (Goodbye is not: the
-        worker still reports its jobs after it)."""
+    async def _message(self, session_id: str, msg: wg.WorkerMessage, state: _StreamState) -> None:
+        """Hand one message to the actor (after Goodbye too: the worker still reports its jobs)."""
         post = self.coordinator.post
         kind = check_message(msg)
         if kind == "heartbeat":
@@ -245,9 +257,11 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "Hello may only be the first message of a stream",
             )
+        elif kind == "batch":
+            raise Violation(grpc.StatusCode.INVALID_ARGUMENT, "a batch inside a batch: send "
+                            "WorkerMessage.batch only at the top level")  # fmt: skip
         else:  # a kind newer than this coordinator: a newer worker's, harmless to skip
             log.debug("session %s: skipped a message of unknown kind", session_id)
-        return False
 
     async def _chunk(self, session_id: str, chunk: wg.ScreenshotChunk, state: _StreamState) -> None:
         limits = self.core.config

@@ -17,7 +17,7 @@ Pure functions and one small per-stream rate limiter; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -160,6 +160,16 @@ def cost(msg: wg.WorkerMessage) -> float:
     if kind == "screenshot":
         return 1.0 + len(msg.screenshot.data) / 65_536
     return 1.0
+
+
+def unbatch(msg: wg.WorkerMessage) -> Sequence[wg.WorkerMessage]:
+    """The messages one wire message carries, in order (a batch inside a batch is handed on as it
+    is, and refused as a message)."""
+    if msg.WhichOneof("msg") != "batch":
+        return (msg,)
+    if not msg.batch.messages:
+        raise _invalid("an empty WorkerMessage.batch: send at least one message in a batch")
+    return msg.batch.messages
 
 
 def check_id(value: str, name: str) -> None:

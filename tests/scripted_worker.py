@@ -55,9 +55,12 @@ class ScriptedWorker:
         kind: pb.WorkerKind.ValueType = pb.WORKER_KIND_API,
         credentials: grpc.ChannelCredentials | None = None,
         per_account_slots: int = 0,
+        batches: bool = False,
     ) -> None:
         """`token`: the device token its Hello carries; `credentials`: dial with TLS;
-        `per_account_slots`: jobs of one account at once (0: no bound beyond slots)."""
+        `per_account_slots`: jobs of one account at once (0: no bound beyond slots);
+        `batches`: its Hello says it takes CoordinatorMessage.batch (unpacked on arrival, each
+        wire message also kept in `wire`)."""
         self.address = address
         self.device_id = device_id
         self.capabilities = list(capabilities)
@@ -66,7 +69,9 @@ class ScriptedWorker:
         self.token = token
         self.kind = kind
         self.credentials = credentials
+        self.batches = batches
         self.received: list[wg.CoordinatorMessage] = []
+        self.wire: list[wg.CoordinatorMessage] = []  # as read, batches not unpacked
         self.welcome: wg.Welcome | None = None
         self._inbox: list[wg.CoordinatorMessage] = []
         self._arrived = asyncio.Event()
@@ -108,9 +113,12 @@ class ScriptedWorker:
                     self._end_code = await call.code()
                     self._end_details = await call.details() or ""
                     break
-                self.received.append(msg)
-                self._inbox.append(msg)
-                self._track(msg)
+                self.wire.append(msg)
+                batch = msg.batch.messages if msg.WhichOneof("msg") == "batch" else [msg]
+                for one in batch:
+                    self.received.append(one)
+                    self._inbox.append(one)
+                    self._track(one)
                 self._wake()
         except grpc.aio.AioRpcError as exc:
             self._end_code, self._end_details = exc.code(), exc.details() or ""
@@ -236,6 +244,7 @@ class ScriptedWorker:
             per_account_slots=self.per_account_slots,
             held_jobs=held_jobs,
             version="scripted-worker",
+            accepts_batches=self.batches,
         )
         await self.send(wg.WorkerMessage(hello=hello))
         self.welcome = (await self.next("welcome")).welcome

@@ -62,7 +62,8 @@ class FakeSession:
 
     def __init__(self, hello: wg.Hello) -> None:
         self.hello = hello
-        self.log: list[wg.WorkerMessage] = []
+        self.log: list[wg.WorkerMessage] = []  # batches unpacked
+        self.wire_kinds: list[str] = []  # as read
         self.outbox: asyncio.Queue[wg.CoordinatorMessage | None] = asyncio.Queue()
         self.worker_done = asyncio.Event()  # the worker half-closed (or the stream broke)
         self.auto_ack_heartbeats = True
@@ -72,7 +73,13 @@ class FakeSession:
     def send(self, **fields: Any) -> None:
         self.outbox.put_nowait(wg.CoordinatorMessage(**fields))
 
-    def welcome(self, resumed: list[wg.HeldJob] | None = None, *, ttl_ms: int = TTL_MS) -> None:
+    def welcome(
+        self,
+        resumed: list[wg.HeldJob] | None = None,
+        *,
+        ttl_ms: int = TTL_MS,
+        accepts_batches: bool = False,
+    ) -> None:
         self.send(
             welcome=wg.Welcome(
                 session_id=f"s-{id(self)}",
@@ -81,6 +88,7 @@ class FakeSession:
                 resumed=resumed or [],
                 max_chunk_bytes=1024,
                 max_asset_bytes=1 << 20,
+                accepts_batches=accepts_batches,
             )
         )
 
@@ -106,6 +114,11 @@ class FakeSession:
                 await self._changed.wait()
 
     def received(self, msg: wg.WorkerMessage) -> None:
+        self.wire_kinds.append(str(msg.WhichOneof("msg")))
+        if msg.HasField("batch"):
+            for one in msg.batch.messages:
+                self.received(one)
+            return
         self.log.append(msg)
         self._changed.set()
         if msg.WhichOneof("msg") == "heartbeat" and self.auto_ack_heartbeats:
@@ -280,6 +293,31 @@ async def test_credit_never_more_jobs_running_than_slots() -> None:
         hb = (await s.next("heartbeat")).heartbeat
         assert len(hb.active) == 3  # held until their ResultAck
         assert worker.runner.running_count() == 2
+
+
+@pytest.mark.parametrize("batching", [False, True])
+async def test_batches_only_to_a_coordinator_that_takes_them(batching: bool) -> None:
+    platform = Platform()
+    async with fake_coordinator() as (address, fake), running_worker(address, platform):
+        s = await fake.next_session()
+        assert s.hello.accepts_batches
+        s.welcome(accepts_batches=batching)
+        jobs = [wg.CoordinatorMessage(assign=assign(j)) for j in ("j1", "j2")]
+        s.send(batch=wg.CoordinatorBatch(messages=jobs))  # both are run, in order
+        for _ in jobs:
+            asked = (await s.next("commit_request")).commit_request
+            s.send(commit_grant=wg.CommitGrant(job_id=asked.job_id, lease_epoch=1))
+        results = [(await s.next("result")).result for _ in jobs]
+        assert sorted((r.job_id, r.success) for r in results) == [("j1", True), ("j2", True)]
+        for j in ("j1", "j2"):
+            about = [m.WhichOneof("msg") for m in s.log if _job_of(m) == j]
+            assert about.index("ack") < about.index("commit_request") < about.index("result")
+        if not batching:  # an older coordinator never gets a message it cannot read
+            assert "batch" not in s.wire_kinds
+
+
+def _job_of(msg: wg.WorkerMessage) -> str:
+    return str(getattr(getattr(msg, str(msg.WhichOneof("msg"))), "job_id", ""))
 
 
 async def test_commit_waits_for_the_permit() -> None:

@@ -10,7 +10,7 @@ skew: a renewal counts from when *we sent* the heartbeat it answers, never later
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -46,6 +46,7 @@ class SessionState:
     started_at: float = 0.0  # when the stream opened (just before Hello was sent)
     last_heard: float = 0.0  # when the coordinator last sent anything
     leaving: str = ""  # set once either side said Goodbye: take no new jobs on this session
+    peer_batches: bool = False  # the Welcome said the coordinator takes WorkerMessage.batch
 
 
 # ---- commands for the shell --------------------------------------------------------------
@@ -150,6 +151,7 @@ def hello(config: WorkerConfig, held: Iterable[wg.HeldJob]) -> wg.WorkerMessage:
             per_account_slots=config.per_account_slots,
             held_jobs=list(held),
             version=config.version,
+            accepts_batches=True,
         )
     )
 
@@ -174,7 +176,22 @@ def is_silent(state: SessionState, now: float) -> bool:
     return state.phase is SessionPhase.ACTIVE and now - state.last_heard > state.lease_ttl_s
 
 
+def batch(messages: Sequence[wg.WorkerMessage]) -> wg.WorkerMessage:
+    """One wire message carrying `messages` in order (a lone one goes as itself)."""
+    if len(messages) == 1:
+        return messages[0]
+    return wg.WorkerMessage(batch=wg.WorkerBatch(messages=messages))
+
+
 # ---- messages we receive ------------------------------------------------------------------
+
+
+def unbatch(msg: wg.CoordinatorMessage) -> Sequence[wg.CoordinatorMessage]:
+    """The messages one wire message carries, in order; a batch inside a batch is handed on as
+    it is, and `on_message` calls it a violation."""
+    if msg.WhichOneof("msg") == "batch":
+        return msg.batch.messages
+    return (msg,)
 
 
 def on_message(
@@ -189,6 +206,8 @@ def on_message(
     match kind:
         case "welcome":
             return state, [Violation("a second Welcome")]
+        case "batch":
+            return state, [Violation("a batch inside a batch")]
         case "assign":
             return _assign(state, msg.assign, now)
         case "heartbeat_ack":
@@ -230,6 +249,7 @@ def _welcome(state: SessionState, w: wg.Welcome) -> tuple[SessionState, list[Com
         heartbeat_interval_s=(w.heartbeat_interval_ms / 1000.0) or state.heartbeat_interval_s,
         lease_ttl_s=(w.lease_ttl_ms / 1000.0) or state.lease_ttl_s,
         limits=StreamLimits(max_chunk_bytes=w.max_chunk_bytes, max_asset_bytes=w.max_asset_bytes),
+        peer_batches=w.accepts_batches,
     )
     return state, [Welcomed(tuple(w.resumed), state.started_at + state.lease_ttl_s)]
 

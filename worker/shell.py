@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry.trace import Tracer
 
 from postroom.clock import Clock, SystemClock, sleep_for
+from postroom.coalesce import Coalescer
 from postroom.tls import aio_channel
 from postroom.v1 import types_pb2
 from postroom.v1 import worker_gateway_pb2 as wg
@@ -219,8 +220,19 @@ class Worker:
     async def _write(self, stream: _Stream, tg: TaskGroup) -> None:
         try:
             async with stream.inbox:
-                async for msg in stream.inbox:
-                    await _grpc(stream.call.write(msg))
+                # What piles up during a write goes out in the next one, as one batch when the
+                # coordinator takes batches (its Welcome said so; none comes before it).
+                pending = Coalescer(stream.inbox, wg.WorkerMessage.ByteSize)
+                while True:
+                    try:
+                        msgs = await pending.next_batch()
+                    except anyio.EndOfStream:
+                        break
+                    if stream.state.peer_batches:
+                        await _grpc(stream.call.write(session.batch(msgs)))
+                    else:
+                        for msg in msgs:
+                            await _grpc(stream.call.write(msg))
             await _grpc(stream.call.done_writing())
         except StreamBroken as exc:
             stream.fail(exc, tg)
@@ -235,13 +247,15 @@ class Worker:
                 msg = await self._next(stream)
                 if msg is None:
                     return
-                await self._handle(stream, tg, msg)
+                for one in session.unbatch(msg):
+                    await self._handle(stream, tg, one)
         welcome_scope.deadline = float("inf")
         while True:
             msg = await self._next(stream)
             if msg is None:
                 return
-            await self._handle(stream, tg, msg)
+            for one in session.unbatch(msg):
+                await self._handle(stream, tg, one)
 
     async def _next(self, stream: _Stream) -> wg.CoordinatorMessage | None:
         """The next message; None at the EOF that answers our own half-close."""
