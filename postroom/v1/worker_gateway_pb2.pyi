@@ -633,17 +633,25 @@ class CommitRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     LEASE_EPOCH_FIELD_NUMBER: _builtins.int
+    COMMIT_BOUND_MS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     lease_epoch: _builtins.int
+    commit_bound_ms: _builtins.int
+    """The worker's irreversible act ends within this many milliseconds of sending this request:
+    no request of it leaves later, and one still running then is aborted (its connections
+    reset). A worker lost after its permit is then rerun (looking first) once that bound has
+    passed rather than at its lease deadline. 0: no bound (the lease deadline bounds it).
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         lease_epoch: _builtins.int = ...,
+        commit_bound_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_epoch", b"lease_epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_bound_ms", b"commit_bound_ms", "job_id", b"job_id", "lease_epoch", b"lease_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
