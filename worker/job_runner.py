@@ -92,6 +92,7 @@ class JobRunner:
         self._tracer = tracer or trace.NoOpTracer()
         self._lease_ttl_s = lease_ttl_s
         self._jobs: dict[str, RunningJob] = {}
+        self._running: set[RunningJob] = set()  # held jobs in a _RUNNING_PHASES phase
         self._tg: TaskGroup | None = None
         self._link: _Link | None = None
         self._changed = anyio.Event()
@@ -168,9 +169,10 @@ class JobRunner:
             case cmd.StartJob(assign=a, deadline=deadline):
                 self._assign(a, deadline)
             case cmd.Renew(deadline=deadline):
+                # Deadlines only move later: the lease watcher wakes early at worst, never late,
+                # so it is not woken here.
                 for held in self._jobs.values():
                     held.deadline = max(held.deadline, deadline)
-                self._wake()
             case cmd.AnswerPermit(job_id, epoch, granted, reason):
                 self._answer_permit(job_id, epoch, granted, reason)
             case cmd.Confirm(job_id, epoch):
@@ -215,7 +217,6 @@ class JobRunner:
         # The grant's lease deadline is not taken: it is the coordinator's clock, and our own
         # estimate from the heartbeats it answered is never later than the true one.
         job.permit.set()
-        self._wake()
 
     def _cancel(self, job_id: str, epoch: int, reason: str) -> None:
         job = self._current(job_id, epoch)
@@ -239,6 +240,7 @@ class JobRunner:
         if not accepted:
             log.warning("result of job %s refused: %s", job_id, reason)
         del self._jobs[job_id]
+        self._running.discard(job)
         self._wake()
 
     # ---- queries --------------------------------------------------------------------------
@@ -251,7 +253,7 @@ class JobRunner:
         return job.phase if job is not None else None
 
     def running_count(self) -> int:
-        return sum(1 for job in self._jobs.values() if job.phase in _RUNNING_PHASES)
+        return len(self._running)
 
     async def check_login(
         self, platform: str, account: str
@@ -295,7 +297,15 @@ class JobRunner:
         job.phase = phase
         if state_msg is not None:
             job.last_state_msg = state_msg
-        self._wake()
+        # A phase change neither adds a deadline nor frees a job: nobody waits for it (the lease
+        # watcher checks the phase when it wakes); only the in-flight gauge follows it.
+        before = len(self._running)
+        if phase in _RUNNING_PHASES and self.holds(job):
+            self._running.add(job)
+        else:
+            self._running.discard(job)
+        if len(self._running) != before:
+            self._set_in_flight()
 
     def enter_step(self, job: RunningJob, step: str) -> None:
         job.step = step
@@ -328,16 +338,22 @@ class JobRunner:
     def abandon(self, job: RunningJob, reason: str) -> None:
         """Stop the job's task and forget the job; nothing is reported."""
         job.scope.cancel()
+        self._running.discard(job)
         if self._jobs.get(job.job_id) is job:
             del self._jobs[job.job_id]
             log.info("job %s (epoch %d) abandoned: %s", job.job_id, job.epoch, reason)
         self._wake()
 
     def _wake(self) -> None:
+        """Something the lease watcher or wait_idle waits for: a new job (an earlier deadline),
+        a job gone, or a new lease TTL."""
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
+        self._set_in_flight()
+
+    def _set_in_flight(self) -> None:
         if self._metrics is not None:
-            self._metrics.set_jobs_in_flight(self.running_count())
+            self._metrics.set_jobs_in_flight(len(self._running))
 
     async def _watch_leases(self) -> None:
         """Stop every running job whose unrenewed deadline minus the margin has passed."""
