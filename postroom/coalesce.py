@@ -16,9 +16,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 T = TypeVar("T")
 
-# Far below gRPC's 4 MiB message limit: a batch of big messages (screenshot chunks, Assigns of
-# long posts) still goes through, and a bigger batch would save nothing measurable.
-DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
+# Half the coordinator's 1 MiB receive limit (README "Limits"): the batch's own framing (a few
+# bytes a message) cannot push it over, two 256 KiB screenshot chunks still share a write, and a
+# bigger batch would save nothing measurable. A single message bigger than this goes alone.
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024
 DEFAULT_MAX_BATCH_MESSAGES = 256
 
 

@@ -16,14 +16,17 @@ from anyio.streams.memory import MemoryObjectSendStream
 from conftest import coordinator_server, job_ids, publish
 from scripted_worker import ScriptedWorker, StreamEnded
 
+from coordinator.main import GRPC_SERVER_OPTIONS
 from postroom.coalesce import Coalescer
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
+from worker.config import DEFAULT_MAX_CHUNK_BYTES
 
 pytestmark = pytest.mark.anyio
 TARGETS = [("sandbox", "a"), ("sandbox", "b"), ("sandbox", "c")]
+SERVER_MAX_RECEIVE_BYTES = dict(GRPC_SERVER_OPTIONS)["grpc.max_receive_message_length"]
 
 
 def _batch(*msgs: wg.WorkerMessage) -> wg.WorkerMessage:
@@ -139,3 +142,19 @@ async def _coalesce(send: MemoryObjectSendStream[bytes], pending: Coalescer[byte
     assert await pending.next_batch() == [b"x"]  # carried over, in order
     with pytest.raises(anyio.EndOfStream):
         await pending.next_batch()
+
+
+async def test_batches_of_screenshot_chunks_stay_within_the_coordinators_message_limit() -> None:
+    chunk = b"x" * DEFAULT_MAX_CHUNK_BYTES  # 256 KiB, the largest a worker sends
+    send, recv = anyio.create_memory_object_stream[wg.WorkerMessage](10)
+    with send, recv:
+        for offset in range(4):
+            sc = wg.ScreenshotChunk(job_id="j", upload_id="u", offset=offset, data=chunk)
+            send.send_nowait(wg.WorkerMessage(screenshot=sc))
+        pending = Coalescer(recv, wg.WorkerMessage.ByteSize)
+        offsets: list[int] = []
+        while len(offsets) < 4:
+            wire = wg.WorkerMessage(batch=wg.WorkerBatch(messages=await pending.next_batch()))
+            assert wire.ByteSize() < SERVER_MAX_RECEIVE_BYTES
+            offsets += [m.screenshot.offset for m in wire.batch.messages]
+        assert offsets == [0, 1, 2, 3]
