@@ -37,15 +37,8 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         help="stop every job before its irreversible step until `job confirm`",
     )
     p.add_argument("--submit", action="store_true", help="also submit it for approval")
-    p.add_argument(
-        "--approve",
-        action="store_true",
-        help="also approve it, in the same call (you need the approver role, and the four-eyes "
-        "rule must let you approve what you wrote)",
-    )
-    p.add_argument(
-        "--schedule", action="store_true", help="also schedule it, in that call (with --approve)"
-    )
+    p.add_argument("--approve", action="store_true", help="also approve it, in the same call")
+    p.add_argument("--schedule", action="store_true", help="also schedule it (with --approve)")
 
     p = add_leaf(
         sub, "update", _update, common, "edit a post (an approved post needs approval again)"
