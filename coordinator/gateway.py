@@ -238,7 +238,8 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
             await self._chunk(session_id, msg.screenshot, state)
         elif kind == "commit_request":
             req = msg.commit_request
-            await post(c.CommitRequest(session_id, req.job_id, req.lease_epoch))
+            bound_s = max(0, req.commit_bound_ms) / 1000
+            await post(c.CommitRequest(session_id, req.job_id, req.lease_epoch, bound_s))
         elif kind == "awaiting_confirm":
             ac = msg.awaiting_confirm
             await post(c.AwaitingConfirm(session_id, ac.job_id, ac.lease_epoch))

@@ -81,7 +81,7 @@ def _screenshot(state: CoordinatorState, cmd: c.Screenshot, now: float) -> Effec
 
 
 def _commit_request(state: CoordinatorState, cmd: c.CommitRequest, now: float) -> Effects:
-    return state.core.commit_request(cmd.session_id, cmd.job_id, cmd.epoch, now)
+    return state.core.commit_request(cmd.session_id, cmd.job_id, cmd.epoch, now, cmd.bound_s)
 
 
 def _awaiting_confirm(state: CoordinatorState, cmd: c.AwaitingConfirm, now: float) -> Effects:

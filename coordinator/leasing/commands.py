@@ -64,9 +64,13 @@ class Screenshot:
 
 @dataclass(frozen=True, slots=True)
 class CommitRequest:
+    """`bound_s`: the worker's irreversible act ends within this long of the request (0: no
+    bound given; its lease deadline bounds it)."""
+
     session_id: str
     job_id: str
     epoch: int
+    bound_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

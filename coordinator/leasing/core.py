@@ -186,8 +186,9 @@ class LeaseCore(Dispatching):
         self, session_id: str, now: float, *, reason: str, redispatch: bool = True
     ) -> Effects:
         """The stream ended (EOF, error, heartbeat silence, superseded). Leases before their
-        commit permit are recovered at once; committed ones wait for their deadline (the worker
-        may reconnect and report), then are rerun with verify_first."""
+        commit permit are recovered at once; committed ones wait until their worker surely
+        stopped (its deadline, or the commit bound it gave if earlier; it may reconnect and
+        report meanwhile), then are rerun with verify_first."""
         fx = Effects()
         session = self.sessions.pop(session_id, None)
         if session is None:
@@ -271,7 +272,11 @@ class LeaseCore(Dispatching):
     def lease_is_current(self, session_id: str, job_id: str, epoch: int) -> bool:
         return self._lease_of(session_id, job_id, epoch) is not None
 
-    def commit_request(self, session_id: str, job_id: str, epoch: int, now: float) -> Effects:
+    def commit_request(
+        self, session_id: str, job_id: str, epoch: int, now: float, bound_s: float = 0.0
+    ) -> Effects:
+        """Grant or deny the irreversible act. `bound_s`: the worker's act ends within this long
+        of its request (it was sent before now, so now + bound_s is no earlier than its end)."""
         fx = Effects()
         lease = self._lease_of(session_id, job_id, epoch)
         job = self.jobs.get(job_id)
@@ -307,6 +312,7 @@ class LeaseCore(Dispatching):
         self._committed_by[job_id] = (epoch, lease.run.device_id)
         job.verify_first = False  # this run verified (or did not need to) before asking
         lease.run.committed = True
+        lease.commit_ends_at = now + bound_s if bound_s > 0 else None
         self.gates.lease_committed(job.target, job.id, now)
         self._write(fx, job, {job.status}, epoch, now)
         fx.batch.runs.append(run_row(lease.run))
@@ -348,8 +354,8 @@ class LeaseCore(Dispatching):
                 fx.extend(self.confirm_timed_out(job_id, now))
                 continue
             if lease.session_id is None:
-                if now > lease.deadline + self.config.expiry_margin_s:
-                    fx.extend(self._recover(job_id, now, reason="lease deadline passed"))
+                if now > self.orphan_due(lease):
+                    fx.extend(self._recover(job_id, now, reason=_orphan_reason(lease)))
                 continue
             age = now - lease.run.started_at
             stuck = (job.status is JobStatus.CLAIMED and age > self.config.claim_timeout_s) or (
@@ -378,13 +384,18 @@ class LeaseCore(Dispatching):
             times.append(due)
         for lease in self.leases.values():
             if lease.session_id is None:
-                times.append(lease.deadline + self.config.expiry_margin_s + 0.001)
+                times.append(self.orphan_due(lease) + 0.001)
             if lease.awaiting_since is not None:
                 times.append(lease.awaiting_since + self.config.confirm_timeout_s + 0.001)
         oldest = self._oldest_heartbeat()
         if oldest is not None:
             times.append(oldest + self.config.lease_ttl_s + 0.001)
         return min(times) if times else None
+
+    def orphan_due(self, lease: Lease) -> float:
+        """When a lease no stream renews may be recovered: once its worker surely stopped, plus
+        the margin for what was already on its way."""
+        return lease.acts_until() + self.config.expiry_margin_s
 
     def _oldest_heartbeat(self) -> float | None:
         """min(last_heartbeat) over the sessions: drops entries of closed sessions and beats
@@ -400,3 +411,9 @@ class LeaseCore(Dispatching):
 
     def _open_at_any(self, target: Target) -> float:
         return self.gates.open_at(target, float("-inf"))
+
+
+def _orphan_reason(lease: Lease) -> str:
+    if lease.acts_until() < lease.deadline:
+        return "the worker's commit bound passed"
+    return "lease deadline passed"

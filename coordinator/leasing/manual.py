@@ -21,7 +21,7 @@ class ManualActions(OperatorActions):
         lease = self.leases.get(job_id)
         if lease is None or not lease.run.committed:
             return ""
-        until = iso_utc(lease.deadline + self.config.expiry_margin_s)
+        until = iso_utc(lease.acts_until() + self.config.expiry_margin_s)
         return (
             f"job {job_id} may be publishing right now: its attempt on device "
             f"{lease.run.device_id} holds a commit permit; wait for its result, or for its "

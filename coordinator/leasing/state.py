@@ -79,3 +79,14 @@ class Lease:
     verify_only: bool = False  # this attempt may look for the post, never publish it
     # When the job entered AWAITING_CONFIRM under this lease (None: not waiting for a person).
     awaiting_since: float | None = None
+    # When the permitted irreversible act surely ends (the worker's own bound, counted from when
+    # its request arrived here); None: at the lease deadline. Memory only: after a restart the
+    # deadline stands.
+    commit_ends_at: float | None = None
+
+    def acts_until(self) -> float:
+        """When its worker surely does nothing more for it unless renewed: it stops itself
+        before the deadline, and a permitted act ends by its bound when that comes first."""
+        if self.commit_ends_at is None:
+            return self.deadline
+        return min(self.deadline, self.commit_ends_at)
