@@ -22,6 +22,7 @@ from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
+from worker import session
 from worker.config import DEFAULT_MAX_CHUNK_BYTES
 
 pytestmark = pytest.mark.anyio
@@ -158,3 +159,23 @@ async def test_batches_of_screenshot_chunks_stay_within_the_coordinators_message
             assert wire.ByteSize() < SERVER_MAX_RECEIVE_BYTES
             offsets += [m.screenshot.offset for m in wire.batch.messages]
         assert offsets == [0, 1, 2, 3]
+
+
+# ---- the worker's side, pure -----------------------------------------------------------------
+
+
+def test_the_worker_reads_a_batch_as_its_messages_and_refuses_a_nested_one() -> None:
+    welcome = wg.CoordinatorMessage(welcome=wg.Welcome(session_id="s-1", accepts_batches=True))
+    drop = wg.CoordinatorMessage(drop=wg.Drop(job_id="j", lease_epoch=1))
+    wire = wg.CoordinatorMessage(batch=wg.CoordinatorBatch(messages=[welcome, drop]))
+    state = session.SessionState()
+    commands = []
+    for one in session.unbatch(wire):
+        state, out = session.on_message(state, one, 0.0)
+        commands += out
+    assert state.peer_batches and state.session_id == "s-1"
+    assert [type(c).__name__ for c in commands] == ["Welcomed", "Drop"]
+    _, out = session.on_message(state, wire, 0.0)  # a batch that reached on_message is nested
+    assert out == [session.Violation("a batch inside a batch")]
+    lone = wg.WorkerMessage(goodbye=wg.Goodbye())
+    assert session.batch([lone]) is lone
