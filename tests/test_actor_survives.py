@@ -11,7 +11,9 @@ import grpc
 import pytest
 from conftest import coordinator_server, publish
 
+from coordinator import operator_commands as op
 from coordinator import step
+from coordinator.domain import Target
 from coordinator.errors import CoordinatorError
 from coordinator.leasing import commands
 from coordinator.leasing.effects import Effects
@@ -22,11 +24,16 @@ def _bug(state: step.CoordinatorState, cmd: commands.Ack, now: float) -> Effects
     raise ZeroDivisionError("a bug in handling one event")
 
 
+def _command_bug(state: step.CoordinatorState, cmd: op.ReopenGate, now: float) -> Effects:
+    raise KeyError("a bug in one command")
+
+
 @pytest.mark.anyio
 async def test_one_failing_event_or_command_is_refused_and_the_actor_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(step._HANDLERS, commands.Ack, _bug)  # a bug in one command's handler
+    monkeypatch.setitem(step._HANDLERS, commands.Ack, _bug)  # a bug in one event's handler
+    monkeypatch.setitem(step._HANDLERS, op.ReopenGate, _command_bug)  # and in a command's
     async with (
         coordinator_server(tmp_path) as env,
         grpc.aio.insecure_channel(env.address) as channel,
@@ -34,11 +41,8 @@ async def test_one_failing_event_or_command_is_refused_and_the_actor_goes_on(
         stub = publishing_pb2_grpc.PublishingStub(channel)
         await env.coordinator.post(commands.Ack("s-1", "j-1", 1))  # a worker message's command
 
-        async def failing_command(now: float) -> tuple[Effects, None]:
-            raise KeyError("a bug in one command")
-
         with pytest.raises(CoordinatorError) as refused:
-            await env.coordinator.call(failing_command)
+            await env.coordinator.command(op.ReopenGate(Target("sandbox", "a"), "user:op"))
         assert refused.value.status_code is grpc.StatusCode.INTERNAL
         assert "incident" in str(refused.value)
         # Everything else still works, through the same actor.
