@@ -59,7 +59,7 @@ def test_describe_shows_the_rpc_comments(coordinator: CoordinatorProcess) -> Non
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "// Publishing is what operators, the CLI and grpcurl talk to." in text
-    assert "// Create a post in DRAFT.\n  rpc CreatePost" in text
+    assert "// Create a post in DRAFT (or, with approve and schedule" in text
     assert "rpc WatchJob ( .postroom.v1.WatchJobRequest ) returns ( stream" in text
     fields = grpcurl(coordinator, "describe", "postroom.v1.CreatePostRequest")
     assert "// RFC 3339 time" in fields.stdout
