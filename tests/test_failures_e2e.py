@@ -488,7 +488,10 @@ def test_a_hang_after_the_commit_permit_is_retried_verifying_first(
     job = jobs_by_account(client, post_id)[account]
     first_run, second_run = job.runs
     assert first_run.committed  # the hang came after the commit permit
-    assert first_run.error_class == pb.ERROR_CLASS_TRANSIENT and "timed out" in first_run.error
+    assert first_run.error_class == pb.ERROR_CLASS_TRANSIENT
+    # Whichever ends the call first: the request timeout, or the commit's bound (0.8 x the
+    # worker's lease margin, told to the coordinator with the permit request).
+    assert "timed out" in first_run.error or "within its bound" in first_run.error
     first, second = leases(client, job.id)
     assert first.details["verify_first"] is False
     assert second.details["verify_first"] is True  # the retry looked before posting

@@ -48,6 +48,9 @@ from sandbox.admin import RecordedPost, SandboxAdmin
 
 HEARTBEAT_S = 0.5
 TTL_S = 2.0
+# A worker stops a commit under way by itself, whichever comes first: its lease could not be
+# renewed in time, or the commit's bound (told in its CommitRequest) passed.
+STOPPED_COMMITTING = ("in doubt: its commit was under way", "did not end within its bound")
 EXPIRY_MARGIN_S = 1.0  # coordinator/leasing/state.py DEFAULT_EXPIRY_MARGIN_S
 # A's HTTP timeout outlasts three SYN retransmissions (1 s, 3 s, 7 s): scenario 3's connect.
 A_ARGS = ("--request-timeout-s", "10", "--log-format", "json")
@@ -133,12 +136,16 @@ def worker_log(cluster: LocalCluster, device: str) -> list[dict[str, Any]]:
     return lines
 
 
-def logged(cluster: LocalCluster, device: str, text: str, timeout_s: float = 30) -> float:
-    """Wait until the worker logged a line containing `text`; the line's time (Unix s)."""
+def logged(
+    cluster: LocalCluster, device: str, text: str | tuple[str, ...], timeout_s: float = 30
+) -> float:
+    """Wait until the worker logged a line containing `text` (or one of them); the line's time
+    (Unix s)."""
+    texts = (text,) if isinstance(text, str) else text
 
     def probe() -> float | None:
         for line in worker_log(cluster, device):
-            if text in line["message"]:
+            if any(t in line["message"] for t in texts):
                 return _iso_unix(line["time"])
         return None
 
@@ -294,10 +301,9 @@ def test_cut_while_the_platform_call_is_in_flight_the_next_attempt_finds_the_pos
         cut_at = time.time()
         relet_at, lease = leased_at(client, s.job_id, 2)
         assert lease["device"] == s.b and lease["verify_first"]  # in doubt: look first
-        stopped_at = logged(cluster, s.a, "in doubt: its commit was under way")
-        assert cut_at < stopped_at < relet_at
-        # A lease past its permit waits for its deadline plus the margin.
-        assert relet_at - cut_at >= TTL_S - HEARTBEAT_S + EXPIRY_MARGIN_S - 0.05
+        stopped_at = logged(cluster, s.a, STOPPED_COMMITTING)
+        # A lease past its permit waits until its worker stopped by itself (plus the margin).
+        assert stopped_at < relet_at
         done = wait_status(client, s.job_id, pb.JOB_STATUS_SUCCEEDED)
         verify = [log.message for log in done.runs[-1].logs if log.step == "verify"]
         assert any("not posting again" in m for m in verify), verify
@@ -327,8 +333,8 @@ def test_cut_after_the_permit_before_the_call_leaves_the_worker_never_sends_it_l
         cut_at = time.time()
         relet_at, lease = leased_at(client, s.job_id, 2)
         assert lease["device"] == s.b and lease["verify_first"]
-        stopped_at = logged(cluster, s.a, "in doubt: its commit was under way")
-        assert cut_at < stopped_at < relet_at
+        stopped_at = logged(cluster, s.a, STOPPED_COMMITTING)
+        assert stopped_at < relet_at  # its bound may pass before the cut: either is safe
         confirm(client, s.job_id, 2)  # B looked, found nothing, and waits to post
         done = wait_status(client, s.job_id, pb.JOB_STATUS_SUCCEEDED)
         verify = [log.message for log in done.runs[-1].logs if log.step == "verify"]
@@ -364,7 +370,7 @@ def test_a_request_held_on_the_wire_when_the_lease_is_lost_never_lands_later(
         assert lease["device"] == s.b and lease["verify_first"]
         confirm(client, s.job_id, 2)
         done = wait_status(client, s.job_id, pb.JOB_STATUS_SUCCEEDED)
-        stopped_at = logged(cluster, s.a, "in doubt: its commit was under way")
+        stopped_at = logged(cluster, s.a, STOPPED_COMMITTING)
         assert stopped_at < relet_at
         s.node.heal(s.sandbox_port)
         # TCP would retransmit A's request 0.2, 0.6, 1.4, 3.0, 6.2 s after it was written.

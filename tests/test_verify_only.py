@@ -152,6 +152,9 @@ async def test_the_worker_never_posts_on_a_verify_only_attempt() -> None:
         def commit_refused(self) -> str | None:
             raise AssertionError("a verify-only attempt must not commit")
 
+        async def commit_bound_passed(self) -> None:
+            raise AssertionError("a verify-only attempt must not commit")
+
     adapter = _Adapter()
     spec = JobSpec(
         job_id="j",

@@ -71,6 +71,9 @@ class RunningJob:
     phase: JobPhase = JobPhase.WAITING_SLOT
     step: str = ""  # the step running now (failed_step when it fails)
     committed: bool = False  # the commit permit was granted
+    # When the commit must have ended (the bound told the coordinator, on the worker's clock,
+    # counted from before the CommitRequest left); 0.0: no permit asked yet.
+    commit_ends_at: float = 0.0
     started_at: float = 0.0
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     confirmed: anyio.Event = field(default_factory=anyio.Event)
@@ -95,8 +98,9 @@ class RunningJob:
         msg = wg.AwaitingConfirm(job_id=self.job_id, lease_epoch=self.epoch)
         return wg.WorkerMessage(awaiting_confirm=msg)
 
-    def commit_request(self) -> wg.WorkerMessage:
-        msg = wg.CommitRequest(job_id=self.job_id, lease_epoch=self.epoch)
+    def commit_request(self, bound_s: float = 0.0) -> wg.WorkerMessage:
+        bound_ms = round(bound_s * 1000)
+        msg = wg.CommitRequest(job_id=self.job_id, lease_epoch=self.epoch, commit_bound_ms=bound_ms)
         return wg.WorkerMessage(commit_request=msg)
 
     def log(

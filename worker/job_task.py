@@ -183,12 +183,23 @@ class JobTask:
 
     async def commit_permit(self) -> None:
         job = self._job
-        msg = job.commit_request()
+        bound_s = self.commit_bound_s()
+        # Counted from before the request leaves; the coordinator counts from its arrival, so
+        # the end it expects is never earlier than ours.
+        job.commit_ends_at = self._clock.now() + bound_s
+        msg = job.commit_request(bound_s)
         self._runner.move(job, JobPhase.AWAITING_PERMIT, state_msg=msg)
         await self._runner.emit(msg)
         await job.permit.wait()
         if not job.permit_granted:
             raise LeaseLost(f"commit permit denied: {job.deny_reason or 'no reason given'}")
+        if self._clock.now() >= job.commit_ends_at:
+            # Committing now could outlast the end the coordinator counts on; nothing was sent.
+            raise Transient(
+                f"the commit permit came after the commit's bound ({bound_s:.1f}s from asking); "
+                "nothing was sent",
+                not_created=True,
+            )
 
     def begin_commit(self) -> None:
         reason = self.commit_refused()
@@ -202,10 +213,16 @@ class JobTask:
         job = self._job
         if not self._runner.holds(job):
             return "the job is no longer held (its lease was lost)"
-        left = job.deadline - self._clock.now()
+        now = self._clock.now()
+        left = job.deadline - now
         if left <= self._runner.lease_margin_s():
             return f"lease has {left:.1f}s left: too close to its deadline to commit"
+        if job.commit_ends_at and now >= job.commit_ends_at:
+            return "the commit's bound passed (the coordinator may rerun the job from then on)"
         return None
+
+    async def commit_bound_passed(self) -> None:
+        await self._clock.sleep_until(self._job.commit_ends_at)
 
     def commit_bound_s(self) -> float:
         # A commit that outlasts the margin could still be running when an unrenewed lease

@@ -16,12 +16,15 @@ log line with its duration, inside the lifecycle step that called it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import anyio
+
 from worker.adapters.base import AFTER_PUBLISH, BEFORE_CONFIRM, JobSpec, PlatformAdapter, Published
-from worker.errors import Duplicate, NotFoundOnVerify
+from worker.errors import Duplicate, NotFoundOnVerify, Transient
 from worker.fence import commit_fence
 
 
@@ -56,7 +59,11 @@ class JobHooks(Protocol):
 
     def commit_refused(self) -> str | None:
         """The same check, asked again just before each request of the commit leaves: why the
-        lease no longer allows it, or None."""
+        lease (or the commit's bound) no longer allows it, or None."""
+        ...
+
+    async def commit_bound_passed(self) -> None:
+        """Return once the bound the CommitRequest gave for the commit has passed."""
         ...
 
 
@@ -122,7 +129,7 @@ async def publish(spec: JobSpec, adapter: PlatformAdapter, hooks: JobHooks) -> O
             # doubt, and the next attempt looks first. And no request of it leaves once the lease
             # is lost (a slow connect): worker/fence.py. An operator's cancel does not abort it.
             with commit_fence(hooks.commit_refused):
-                published = await adapter.commit(spec, prepared)
+                published = await _within_bound(adapter.commit(spec, prepared), hooks)
             note.message = f"published {published.post_id} {published.url}"
     except Duplicate as dup:
         async with hooks.step("verify") as note:
@@ -138,3 +145,33 @@ async def publish(spec: JobSpec, adapter: PlatformAdapter, hooks: JobHooks) -> O
         return Outcome(found, found_existing=True)
     await hooks.screenshot(AFTER_PUBLISH)
     return Outcome(published, found_existing=False)
+
+
+async def _within_bound(commit: Awaitable[Published], hooks: JobHooks) -> Published:
+    """The commit, aborted when its bound passes: the coordinator reruns the job from then on
+    (looking first) if this worker is lost, so nothing of it may land later. Aborting closes its
+    connections with a reset (worker/fence.py); what the platform acknowledged is in doubt."""
+    published: Published | None = None
+    failure: Exception | None = None
+    bounded = anyio.CancelScope()
+
+    async def watch() -> None:
+        await hooks.commit_bound_passed()
+        bounded.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        with bounded:
+            try:
+                published = await commit
+            except Exception as exc:  # raised as it is below, not inside a task group's group
+                failure = exc
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if published is None:
+        raise Transient(
+            "the commit did not end within its bound and was aborted; the platform may have the "
+            "post, so the next attempt looks first"
+        )
+    return published
