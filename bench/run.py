@@ -14,6 +14,7 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
   8  web console: a page of 1,000 jobs, server side       bench/console.py
   9  PostgreSQL vs SQLite: drain, dispatch p99, restart    bench/postgres.py
  10  enqueue, 1 client, sequential: 4 calls, 1 call, batches of 100   bench/enqueue.py
+ 11  real worker SIGKILLed after its commit permit, defaults   bench/recovery_permit.py
 
 Each figure is the median of K runs (default 3) with min and max; `--quick` is one run at smaller
 sizes (a smoke run, not a measurement). With py-spy installed, item 1 gets one extra profiled run
@@ -42,6 +43,7 @@ from bench import (
     enqueue,
     postgres,
     recovery,
+    recovery_permit,
     screenshot,
     sessions,
     store_bench,
@@ -87,6 +89,7 @@ ITEMS: dict[int, tuple[str, Callable[[Context], list[Figure]]]] = {
     8: ("console", web_console.run),
     9: ("PostgreSQL", postgres.run),
     10: ("enqueue", enqueue.run),
+    11: ("recovery after the permit", recovery_permit.run),
 }
 
 
