@@ -11,6 +11,7 @@ when its lease deadline minus a safety margin passes unrenewed; it never starts 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -66,9 +67,12 @@ class _Link:
         self.opened = anyio.Event()
 
     async def send(self, msg: wg.WorkerMessage) -> bool:
-        await self.opened.wait()
+        await self.opened.wait()  # also the job's cancellation point before it sends
         try:
-            await self.outbox.send(msg)
+            try:
+                self.outbox.send_nowait(msg)  # no second event-loop turn while there is room
+            except anyio.WouldBlock:
+                await self.outbox.send(msg)
         except _SEND_FAILED:
             return False
         return True
@@ -96,6 +100,7 @@ class JobRunner:
         self._tg: TaskGroup | None = None
         self._link: _Link | None = None
         self._changed = anyio.Event()
+        self._watch_due = math.inf  # when the lease watcher wakes by itself next
         self._upload_lock = anyio.Lock()  # one upload's chunks at a time: contiguous on the wire
         self.lease_aborts: list[LeaseAbort] = []
 
@@ -207,7 +212,8 @@ class JobRunner:
             self, job, adapters=self._adapters, tracer=self._tracer, metrics=self._metrics
         )
         self._tg.start_soon(task.run, self._limiter, name=f"job {job.job_id}")
-        self._wake()
+        if deadline - lease_margin_s(self._lease_ttl_s) < self._watch_due:
+            self._wake()  # the lease watcher must wake sooner than it would
 
     def _answer_permit(self, job_id: str, epoch: int, granted: bool, reason: str) -> None:
         job = self._current(job_id, epoch)
@@ -360,7 +366,9 @@ class JobRunner:
         while True:
             margin = lease_margin_s(self._lease_ttl_s)
             due = [j.deadline - margin for j in self._jobs.values() if j.phase in ACTIVE_PHASES]
-            await _until_changed_or(self._changed, self.clock, min(due) if due else None)
+            self._watch_due = min(due, default=math.inf)
+            wake_at = self._watch_due if due else None
+            await _until_changed_or(self._changed, self.clock, wake_at)
             now = self.clock.now()
             margin = lease_margin_s(self._lease_ttl_s)
             for job in list(self._jobs.values()):
