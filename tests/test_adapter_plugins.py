@@ -71,7 +71,9 @@ class PlugboardAdapter:
 def install_plugin(folder: Path, name: str, entry: str) -> Path:
     """A package as pip installs it: the module and its dist-info, entry point included."""
     folder.mkdir(parents=True, exist_ok=True)
-    dist = folder / f"{name}-1.0.dist-info"
+    # pip's folder name escapes "-" as "_": importlib.metadata reads the name up to the first
+    # "-" and keeps one distribution per name (so "postroom-plugboard-1.0" would be "postroom").
+    dist = folder / f"{name.replace('-', '_')}-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[postroom.adapters]\n{entry}\n")

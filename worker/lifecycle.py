@@ -171,7 +171,7 @@ async def _within_bound(commit: Awaitable[Published], hooks: JobHooks) -> Publis
         raise failure
     if published is None:
         raise Transient(
-            "the commit did not end within its bound and was aborted; the platform may have the "
-            "post, so the next attempt looks first"
+            "in doubt: the commit did not end within its bound and was aborted; the platform may "
+            "have the post, so the next attempt looks first"
         )
     return published
