@@ -1,0 +1,228 @@
+"""Operators may call any coordinator: a standby forwards their calls to the active one.
+
+In cluster mode (several coordinators on one PostgreSQL, coordinator/cluster/) only the active
+coordinator holds the state; a standby has loaded nothing and has no credentials. So while this
+coordinator is not active, `ForwardToActive` (a gRPC server interceptor, installed before the
+access interceptor) hands every call of every service but the ones below to the active
+coordinator, byte for byte: the request bytes as they came (nothing is parsed here), the
+caller's metadata (its `authorization` token: the active one checks it), its remaining deadline;
+then the response bytes (or each message of a stream), the trailing metadata and the status code
+and details exactly as the active one gave them. The caller cannot tell, except for the extra
+hop's latency.
+
+Served locally, always: `postroom.v1.WorkerGateway` (a standby refuses workers itself, naming
+the active one, and each worker rotates), health (each coordinator reports its own role) and
+server reflection (the schema is the same everywhere).
+
+No active coordinator known (a takeover is in progress): UNAVAILABLE, retry in a few seconds.
+A call that was already forwarded once is not forwarded again (`x-postroom-forwarded`): two
+coordinators that each believe the other is active answer UNAVAILABLE instead of ping-ponging.
+
+TLS: a coordinator that serves TLS dials the active one with TLS too (`peer_tls`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from coordinator.access.options import SecurityOptions
+from postroom.tls import ClientTls, aio_channel
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
+else:  # not subscriptable at run time
+    _Interceptor = grpc.aio.ServerInterceptor
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+LOCAL_SERVICES = frozenset(
+    {
+        "postroom.v1.WorkerGateway",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+FORWARDED_HEADER = "x-postroom-forwarded"
+NO_ACTIVE = "no active coordinator yet (a takeover is in progress); retry in a few seconds"
+# The active coordinator's answers pass through whole; the caller's own channel bounds them.
+DEFAULT_MAX_FORWARDED_MESSAGE_BYTES = 64 * 1024 * 1024
+# Old active coordinators' channels kept open (their calls may still be ending) before closing.
+DEFAULT_RETIRED_CHANNELS = 4
+# Metadata the forwarding channel sets itself (pseudo-headers, transport headers).
+_TRANSPORT_KEYS = frozenset({"user-agent", "te", "content-type"})
+
+
+def peer_tls(security: SecurityOptions) -> ClientTls:
+    """How a coordinator dials the active one: TLS when it serves TLS itself.
+
+    The coordinators of one cluster share their CA: trusted is POSTROOM_CA if set, else the
+    `--tls-client-ca` (mutual TLS), else the system's roots; under mutual TLS a coordinator
+    presents its own certificate as its client certificate. The active's `--advertise` address
+    must be a name its certificate covers. A plaintext coordinator dials in plaintext.
+    """
+    if security.tls_cert is None:
+        return ClientTls(insecure_plaintext=True)
+    mutual = security.tls_client_ca is not None
+    return ClientTls.from_env(
+        ca=security.tls_client_ca,
+        cert=security.tls_cert if mutual else None,
+        key=security.tls_key if mutual else None,
+    )
+
+
+def forwarded_metadata(context: Ctx) -> list[tuple[str, str | bytes]]:
+    """The caller's metadata, minus what the transport sets, plus the one-hop marker."""
+    kept: list[tuple[str, str | bytes]] = [
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if not key.startswith((":", "grpc-")) and key not in _TRANSPORT_KEYS
+    ]
+    kept.append((FORWARDED_HEADER, "1"))
+    return kept
+
+
+def _was_forwarded(context: Ctx) -> bool:
+    return any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
+
+
+def _timeout(context: Ctx) -> float | None:
+    left = context.time_remaining()
+    # grpc.aio gives a huge number (or None) when the caller set no deadline.
+    return None if left is None or left > 1e8 else max(left, 0.0)
+
+
+def _pairs(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
+    """grpc.aio.Metadata (or a tuple of pairs) as the tuple of pairs a context takes."""
+    return tuple((key, value) for key, value in metadata or ())
+
+
+async def _pass_back(context: Ctx, exc: grpc.aio.AioRpcError) -> None:
+    """The active's error status as it gave it (code, details, trailing metadata)."""
+    await context.abort(exc.code(), exc.details() or "", _pairs(exc.trailing_metadata()))
+
+
+async def _pass_initial(context: Ctx, call: grpc.aio.Call) -> None:
+    initial = _pairs(await call.initial_metadata())
+    if initial:
+        await context.send_initial_metadata(initial)
+
+
+class ForwardToActive(_Interceptor):
+    """While `is_active()` is false, forward non-local calls to `active_address()`."""
+
+    def __init__(
+        self,
+        *,
+        is_active: Callable[[], bool],
+        active_address: Callable[[], str | None],
+        tls: ClientTls,
+        local_services: frozenset[str] = LOCAL_SERVICES,
+        channel_options: Sequence[tuple[str, int | str]] = (
+            ("grpc.max_receive_message_length", DEFAULT_MAX_FORWARDED_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", DEFAULT_MAX_FORWARDED_MESSAGE_BYTES),
+        ),
+    ) -> None:
+        self._is_active = is_active
+        self._active_address = active_address
+        self._tls = tls
+        self._local = local_services
+        self._options = tuple(channel_options)
+        self._channel: tuple[str, grpc.aio.Channel] | None = None
+        self._retired: list[grpc.aio.Channel] = []
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        found = await continuation(handler_call_details)
+        method = handler_call_details.method
+        service = method.lstrip("/").rpartition("/")[0]
+        if found is None or service in self._local or self._is_active():
+            return found
+        shape: Any = found  # grpc-stubs types the behaviours as sync functions
+        if shape.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(self._unary(method))
+        if shape.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(self._stream(method))
+
+        async def refuse(request: Any, context: Ctx) -> Any:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{method}: a client-streaming call is not forwarded by a standby coordinator; "
+                f"call the active one ({self._active_address() or 'none yet'})",
+            )
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def _target(self, context: Ctx) -> grpc.aio.Channel:
+        """The channel to the active coordinator, or abort UNAVAILABLE."""
+        address = self._active_address()
+        if address is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NO_ACTIVE)
+            raise AssertionError("abort() raises")
+        if _was_forwarded(context):
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"forwarded to a coordinator that is not active either (it believes {address} "
+                "is); a takeover is in progress: retry in a few seconds",
+            )
+        return await self.channel(address)
+
+    async def channel(self, address: str) -> grpc.aio.Channel:
+        """One cached channel to the active; an old active's channel is retired, then closed."""
+        if self._channel is not None and self._channel[0] == address:
+            return self._channel[1]
+        if self._channel is not None:
+            self._retired.append(self._channel[1])
+        while len(self._retired) > DEFAULT_RETIRED_CHANNELS:
+            await self._retired.pop(0).close(None)
+        channel = aio_channel(address, self._tls, options=self._options)
+        self._channel = (address, channel)
+        return channel
+
+    def _unary(self, method: str) -> Callable[[bytes, Ctx], Awaitable[bytes]]:
+        async def forward(request: bytes, context: Ctx) -> bytes:
+            channel = await self._target(context)
+            call = channel.unary_unary(method, None, None)(
+                request, metadata=forwarded_metadata(context), timeout=_timeout(context)
+            )
+            try:
+                response: bytes = await call
+                await _pass_initial(context, call)
+                context.set_trailing_metadata(_pairs(await call.trailing_metadata()))
+            except grpc.aio.AioRpcError as exc:
+                await _pass_back(context, exc)
+                raise  # abort() raises; this keeps type checkers honest
+            return response
+
+        return forward
+
+    def _stream(self, method: str) -> Callable[[bytes, Ctx], AsyncIterator[bytes]]:
+        async def forward(request: bytes, context: Ctx) -> AsyncIterator[bytes]:
+            channel = await self._target(context)
+            call = channel.unary_stream(method, None, None)(
+                request, metadata=forwarded_metadata(context), timeout=_timeout(context)
+            )
+            try:
+                await _pass_initial(context, call)
+                async for message in call:
+                    yield message
+                context.set_trailing_metadata(_pairs(await call.trailing_metadata()))
+            except grpc.aio.AioRpcError as exc:
+                await _pass_back(context, exc)
+                raise
+            finally:
+                call.cancel()  # the caller hung up (or we are done): end the active's side too
+
+        return forward
+
+    async def close(self) -> None:
+        """Close every channel (the server has stopped)."""
+        channels = [*self._retired, *([self._channel[1]] if self._channel else [])]
+        self._channel, self._retired = None, []
+        for channel in channels:
+            await channel.close(None)
