@@ -58,10 +58,10 @@ class Missed(Exception):
 
 
 # (stage, query name, one parameter dict per row, compare-and-set?)
-_Stage = tuple[str, str, list[Params], bool]
+Stage = tuple[str, str, list[Params], bool]
 
 
-def _stages_before_audits(batch: WriteBatch) -> list[_Stage]:
+def _stages_before_audits(batch: WriteBatch) -> list[Stage]:
     post_writes = [
         {**rows.post_params(w.post), "expected": cas.status_token(w.expected_statuses)}
         for w in batch.post_writes
@@ -90,7 +90,7 @@ def _stages_before_audits(batch: WriteBatch) -> list[_Stage]:
     ]
 
 
-def _stages_after_audits(batch: WriteBatch) -> list[_Stage]:
+def _stages_after_audits(batch: WriteBatch) -> list[Stage]:
     tokens = [access_rows.operator_token_params(t) for t in batch.operator_tokens]
     enrollments = [access_rows.enrollment_params(e) for e in batch.enrollments]
     deleted: list[Params] = [{"post_id": post_id} for post_id in batch.deleted_posts]
@@ -102,6 +102,13 @@ def _stages_after_audits(batch: WriteBatch) -> list[_Stage]:
         # Children first: no row is left without its parent.
         *((stage, stage, deleted, False) for stage in DELETE_POST_STAGES),
     ]
+
+
+def write_plan(batch: WriteBatch) -> tuple[list[Stage], list[Params], list[Stage]]:
+    """A batch as statements, in the order every backend writes them: the stages before the
+    audit rows, the audit rows, the stages after them."""
+    audits = [rows.audit_params(e) for e in batch.audits]
+    return _stages_before_audits(batch), audits, _stages_after_audits(batch)
 
 
 class SqlStore(ABC, Generic[Conn]):
@@ -131,14 +138,15 @@ class SqlStore(ABC, Generic[Conn]):
 
     async def _write(self, conn: Conn, batch: WriteBatch) -> list[int]:
         """Every row of the batch, inside the caller's transaction; the audit events' seqs."""
-        await self._run_stages(conn, _stages_before_audits(batch))
+        before, audits, after = write_plan(batch)
+        await self._run_stages(conn, before)
         seqs: list[int] = []
-        if batch.audits:
-            seqs = await self._insert_audits(conn, [rows.audit_params(e) for e in batch.audits])
-        await self._run_stages(conn, _stages_after_audits(batch))
+        if audits:
+            seqs = await self._insert_audits(conn, audits)
+        await self._run_stages(conn, after)
         return seqs
 
-    async def _run_stages(self, conn: Conn, stages: list[_Stage]) -> None:
+    async def _run_stages(self, conn: Conn, stages: list[Stage]) -> None:
         for stage, name, params, compare_and_set in stages:
             if params:
                 run = self._cas if compare_and_set else self._many

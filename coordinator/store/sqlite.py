@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar, cast
 
 import aiosqlite
 import anyio
@@ -27,11 +28,12 @@ from coordinator.errors import StoreError
 from coordinator.store.base import WriteBatch
 from coordinator.store.migrations import apply_migrations, load_migrations, load_queries
 from coordinator.store.rows import Params, Row
-from coordinator.store.sqlbase import Missed, SqlStore
+from coordinator.store.sqlbase import Missed, SqlStore, Stage, write_plan
 
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 _UNIQUE_ERRORS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
 _QUERIES = load_queries()
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -40,6 +42,69 @@ def _translated(doing: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise StoreError(f"sqlite failed to {doing}: {exc}") from exc
+
+
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: object) -> T:
+    """`fn(sqlite3_connection, *args)` on the connection's own thread: one hand-off.
+    (aiosqlite's `_execute` is what its public methods use; it has no public name.)"""
+    result = await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call]
+    return cast(T, result)
+
+
+def _write_batch(
+    db: sqlite3.Connection,
+    queries: Mapping[str, str],
+    before: Sequence[Stage],
+    audits: Sequence[Params],
+    after: Sequence[Stage],
+) -> list[int]:
+    """BEGIN IMMEDIATE, one executemany per kind of row, COMMIT, on the connection's thread;
+    the audit rows' seqs. Any error rolls it back and is raised (a missed compare-and-set or a
+    unique clash as Missed, for the caller to diagnose)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        _write_stages(db, queries, before)
+        seqs: list[int] = []
+        if audits:
+            _execute_many(db, queries, "audits", "insert_audit", audits)
+            # One write lock, no explicit seqs: AUTOINCREMENT handed out consecutive numbers.
+            last = int(db.execute(queries["last_seq"]).fetchone()[0])
+            seqs = list(range(last - len(audits) + 1, last + 1))
+        _write_stages(db, queries, after)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # "no transaction is active": nothing to undo
+            db.execute("ROLLBACK")
+        raise
+    return seqs
+
+
+def _write_stages(
+    db: sqlite3.Connection, queries: Mapping[str, str], stages: Sequence[Stage]
+) -> None:
+    for stage, name, params, compare_and_set in stages:
+        if not params:
+            continue
+        changed = _execute_many(db, queries, stage, name, params)
+        if compare_and_set and changed != len(params):
+            raise Missed(stage)
+
+
+def _execute_many(
+    db: sqlite3.Connection,
+    queries: Mapping[str, str],
+    stage: str,
+    name: str,
+    params: Sequence[Params],
+) -> int:
+    """executemany; returns the number of rows changed."""
+    try:
+        return db.executemany(queries[name], params).rowcount
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorname in _UNIQUE_ERRORS:
+            raise Missed(stage, exc) from exc
+        # A foreign key (a row whose parent does not exist), NOT NULL...: a caller's bug.
+        raise StoreError(f"{stage}: {exc} ({exc.sqlite_errorname})") from exc
 
 
 class SqliteStore(SqlStore[aiosqlite.Connection]):
@@ -111,55 +176,35 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
             event.seq = seq
 
     async def _apply_locked(self, conn: aiosqlite.Connection, batch: WriteBatch) -> list[int]:
+        before, audits, after = write_plan(batch)  # rows -> parameters here, on the event loop
         try:
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                seqs = await self._write(conn, batch)
-                await conn.execute("COMMIT")
-                return seqs
-            except BaseException:
-                # Unconditional: after a native asyncio cancel the statement we were awaiting
-                # (even BEGIN) may still be queued on the connection's thread, so in_transaction
-                # cannot be trusted yet. The thread runs ROLLBACK after it, in order; "no
-                # transaction is active" (the COMMIT got through) is harmless.
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
-                raise
+            # The whole transaction is one call on the connection's thread (one hand-off per
+            # commit, not one per statement): a cancelled caller cannot leave it half done.
+            return await _in_thread(conn, _write_batch, self._q, before, audits, after)
         except Missed as missed:
             with _translated("find the row a batch missed"):
                 raise await self._diagnose(conn, batch, missed) from missed.cause
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite failed to apply a batch: {exc}") from exc
 
+    # SqlStore's statement-at-a-time writes (apply() above writes a batch in one call).
+
     async def _many(
         self, conn: aiosqlite.Connection, stage: str, name: str, params: Sequence[Params]
     ) -> None:
-        await self._execute_many(conn, stage, name, params)
+        await _in_thread(conn, _execute_many, self._q, stage, name, params)
 
     async def _cas(
         self, conn: aiosqlite.Connection, stage: str, name: str, params: Sequence[Params]
     ) -> None:
-        if await self._execute_many(conn, stage, name, params) != len(params):
+        changed = await _in_thread(conn, _execute_many, self._q, stage, name, params)
+        if changed != len(params):
             raise Missed(stage)
-
-    async def _execute_many(
-        self, conn: aiosqlite.Connection, stage: str, name: str, params: Sequence[Params]
-    ) -> int:
-        """executemany; returns the number of rows changed."""
-        try:
-            cursor = await conn.executemany(self._q[name], params)
-        except sqlite3.IntegrityError as exc:
-            if exc.sqlite_errorname in _UNIQUE_ERRORS:
-                raise Missed(stage, exc) from exc
-            # A foreign key (a row whose parent does not exist), NOT NULL...: a caller's bug.
-            raise StoreError(f"{stage}: {exc} ({exc.sqlite_errorname})") from exc
-        return cursor.rowcount
 
     async def _insert_audits(
         self, conn: aiosqlite.Connection, params: Sequence[Params]
     ) -> list[int]:
         await self._many(conn, "audits", "insert_audit", params)
-        # One write lock, no explicit seqs: AUTOINCREMENT handed out consecutive numbers.
         last = next(iter(await conn.execute_fetchall(self._q["last_seq"])))[0]
         return list(range(last - len(params) + 1, last + 1))
 

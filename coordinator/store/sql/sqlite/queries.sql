@@ -5,21 +5,23 @@
 -- prepared across executemany calls.
 
 -- name: update_post
--- Compare-and-set: :expected is "|STATUS|STATUS|"; a miss changes no row.
+-- Compare-and-set: :expected is "|STATUS|STATUS|"; a miss changes no row. id and created_at
+-- never change (the index on them is not rewritten).
 UPDATE posts SET
     text = :text, media = :media, targets = :targets, scheduled_at = :scheduled_at,
-    status = :status, content_hash = :content_hash, created_at = :created_at,
+    status = :status, content_hash = :content_hash,
     updated_at = :updated_at, approved_hash = :approved_hash, approved_by = :approved_by,
     max_attempts = :max_attempts, require_confirm = :require_confirm
 WHERE id = :id AND instr(:expected, '|' || status || '|') > 0;
 
 -- name: update_job
--- Compare-and-set on (status, lease_epoch): :expected is "|STATUS|STATUS|".
+-- Compare-and-set on (status, lease_epoch): :expected is "|STATUS|STATUS|". A job's identity
+-- (post_id, platform, account, idempotency_key, created_at) never changes: left out of the SET,
+-- its indexes are not rewritten on every transition (half of an UPDATE's cost).
 UPDATE jobs SET
-    post_id = :post_id, platform = :platform, account = :account, status = :status,
-    idempotency_key = :idempotency_key, platform_key = :platform_key,
+    status = :status, platform_key = :platform_key,
     content_hash = :content_hash, text = :text, media = :media, scheduled_at = :scheduled_at,
-    created_at = :created_at, updated_at = :updated_at, not_before = :not_before,
+    updated_at = :updated_at, not_before = :not_before,
     max_attempts = :max_attempts, attempt = :attempt, rate_limited_count = :rate_limited_count,
     lease_epoch = :lease_epoch, device_id = :device_id, lease_expires_at = :lease_expires_at,
     committed_epoch = :committed_epoch, verify_first = :verify_first,
@@ -30,7 +32,8 @@ WHERE id = :id AND lease_epoch = :expected_epoch AND instr(:expected, '|' || sta
 
 -- name: upsert_run
 -- ON CONFLICT DO UPDATE keeps the row (and its rowid, which orders a job's runs); INSERT OR
--- REPLACE would delete it and trip the foreign keys of its logs.
+-- REPLACE would delete it and trip the foreign keys of its logs. A run's job never changes (its
+-- index is not rewritten).
 INSERT INTO runs (
     id, job_id, attempt, device_id, lease_epoch, started_at, ended_at, outcome, error_class,
     error, committed, failed_step
@@ -38,7 +41,7 @@ INSERT INTO runs (
     :id, :job_id, :attempt, :device_id, :lease_epoch, :started_at, :ended_at, :outcome,
     :error_class, :error, :committed, :failed_step
 ) ON CONFLICT (id) DO UPDATE SET
-    job_id = excluded.job_id, attempt = excluded.attempt, device_id = excluded.device_id,
+    attempt = excluded.attempt, device_id = excluded.device_id,
     lease_epoch = excluded.lease_epoch, started_at = excluded.started_at,
     ended_at = excluded.ended_at, outcome = excluded.outcome, error_class = excluded.error_class,
     error = excluded.error, committed = excluded.committed, failed_step = excluded.failed_step;
