@@ -9,6 +9,7 @@ chosen by the OS (port 0) and learned from ready files.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from postroom.address import is_loopback_host
-from postroom.tls import ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ClientTls
+from postroom.tls import ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ClientTls, sync_channel
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.client import PublishingClient
@@ -97,6 +101,39 @@ def wait_for_file(path: Path, child: Child, timeout_s: float = DEFAULT_READY_TIM
     raise ClusterError(f"{child.name} not ready after {timeout_s:g}s:\n{child.log_tail()}")
 
 
+LISTENING = re.compile(r"coordinator listening on \S+:(\d+) \(metrics (\S+),")
+
+
+def wait_for_listening(
+    child: Child, log_offset: int, timeout_s: float = DEFAULT_READY_TIMEOUT_S
+) -> tuple[int, str]:
+    """A coordinator's port and metrics URL from its start-up line in its log after
+    `log_offset` (a standby writes no ready file until it is active)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(child.log_path, "rb") as log:
+            log.seek(log_offset)
+            found = LISTENING.search(log.read().decode(errors="replace"))
+        if found:
+            return int(found.group(1)), found.group(2)
+        if not child.alive():
+            raise ClusterError(
+                f"{child.name} exited with {child.popen.returncode}:\n{child.log_tail()}"
+            )
+        time.sleep(POLL_INTERVAL_S)
+    raise ClusterError(f"{child.name} not listening after {timeout_s:g}s:\n{child.log_tail()}")
+
+
+@dataclass(slots=True)
+class Peer:
+    """One of several coordinators on one PostgreSQL database."""
+
+    name: str
+    child: Child
+    address: str
+    metrics_url: str
+
+
 @dataclass(slots=True)
 class ClusterConfig:
     heartbeat_interval_s: float = 1.0
@@ -113,6 +150,8 @@ class ClusterConfig:
     # Operator and device tokens, and a sandbox admin token, all made by the cluster
     # (cluster_access.py); what `postroom demo` runs.
     auth: bool = False
+    # Several coordinators (start_coordinators): their --ownership-ttl (None: the default).
+    ownership_ttl_s: float | None = None
 
 
 class LocalCluster:
@@ -126,6 +165,7 @@ class LocalCluster:
         self.coordinator_address = ""
         self.metrics_url = ""
         self.workers: dict[str, Child] = {}
+        self.peers: dict[str, Peer] = {}  # several coordinators on one PostgreSQL
         self.worker_metrics: dict[str, str] = {}
         self.console: Child | None = None
         self.console_url = ""
@@ -176,6 +216,13 @@ class LocalCluster:
         ready = self.workdir / "coordinator.ready"
         ready.unlink(missing_ok=True)
         listen = self.coordinator_address or f"{self.config.host}:0"
+        self.coordinator = self._spawn("coordinator", self._coordinator_argv(listen, ready, extra))
+        grpc_port, metrics_port = wait_for_file(ready, self.coordinator).split()
+        self.coordinator_address = f"{self.config.host}:{grpc_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        return self.coordinator_address
+
+    def _coordinator_argv(self, listen: str, ready: Path, extra: Sequence[str]) -> list[str]:
         c = self.config
         argv = [
             c.python,
@@ -206,10 +253,84 @@ class LocalCluster:
             argv.append("--insecure-plaintext")
         if self._exposed and self.access is None:
             argv.append("--insecure-no-auth")
-        self.coordinator = self._spawn("coordinator", argv)
-        grpc_port, metrics_port = wait_for_file(ready, self.coordinator).split()
-        self.coordinator_address = f"{self.config.host}:{grpc_port}"
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        return argv
+
+    # ---- several coordinators on one PostgreSQL ------------------------------------------
+
+    def start_coordinators(self, n: int, extra: Sequence[str] = ()) -> list[str]:
+        """`n` coordinators on one PostgreSQL database (`coord-1` ... `coord-n`), each on a port
+        of its own; returns their addresses once one of them is active. Operators' clients call
+        the first (any would do: a standby forwards them to the active one), workers get all."""
+        if not self.db_url.startswith(("postgresql:", "postgres:")):
+            raise ClusterError("several coordinators need a PostgreSQL --db")
+        for i in range(1, n + 1):
+            self.start_peer(f"coord-{i}", extra)
+        first = self.peers["coord-1"]
+        self.coordinator, self.coordinator_address = first.child, first.address
+        self.metrics_url = first.metrics_url
+        self.wait_active()
+        return [peer.address for peer in self.peers.values()]
+
+    def start_peer(self, name: str, extra: Sequence[str] = ()) -> Peer:
+        """Start (or restart, on its old port) one coordinator of several; it comes up as a
+        standby and takes over when no other is active."""
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        old = self.peers.get(name)
+        listen = old.address if old is not None else f"{self.config.host}:0"
+        ttl = self.config.ownership_ttl_s
+        more = ["--name", name, *(["--ownership-ttl", str(ttl)] if ttl else []), *extra]
+        log = self.workdir / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        child = self._spawn(name, self._coordinator_argv(listen, ready, more))
+        port, metrics_url = wait_for_listening(child, offset)
+        peer = Peer(name, child, f"{self.config.host}:{port}", metrics_url)
+        self.peers[name] = peer
+        if old is not None and self.coordinator is old.child:
+            self.coordinator = child
+        return peer
+
+    def coordinator_targets(self, first: int = 0) -> str:
+        """The workers' `--coordinator` list: every coordinator, starting at the `first`th."""
+        if not self.peers:
+            return self.coordinator_address
+        addresses = [peer.address for peer in self.peers.values()]
+        first %= len(addresses)
+        return ",".join(addresses[first:] + addresses[:first])
+
+    def active_peer(self) -> Peer | None:
+        """The coordinator that serves now (its health says SERVING), if any."""
+        for peer in self.peers.values():
+            if peer.child.alive() and self.serving(peer.address):
+                return peer
+        return None
+
+    def serving(self, address: str, timeout_s: float = 2.0) -> bool:
+        """Its health says SERVING: the active coordinator (a standby says NOT_SERVING)."""
+        with sync_channel(address, self._client_tls()) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+                )
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def wait_active(self, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> Peer:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            peer = self.active_peer()
+            if peer is not None:
+                return peer
+            time.sleep(POLL_INTERVAL_S)
+        tails = "\n".join(f"--- {p.name}:\n{p.child.log_tail(10)}" for p in self.peers.values())
+        raise ClusterError(f"no coordinator active after {timeout_s:g}s:\n{tails}")
+
+    def use_live_peer(self) -> str:
+        """Point operators' clients at a coordinator that is running (another if theirs died)."""
+        live = [p for p in self.peers.values() if p.child.alive()]
+        if live and self.coordinator_address not in {p.address for p in live}:
+            self.coordinator_address = live[0].address
         return self.coordinator_address
 
     def start_worker(
@@ -241,7 +362,7 @@ class LocalCluster:
             "-m",
             "worker.main",
             "--coordinator",
-            self.coordinator_address,
+            self.coordinator_targets(len(self.workers)),
             "--device-id",
             device_id,
             "--kind",
@@ -356,13 +477,16 @@ class LocalCluster:
             self.console.stop()
         for child in list(self.workers.values()):
             child.stop()
+        for peer in self.peers.values():
+            peer.child.stop()
         if self.coordinator is not None:
             self.coordinator.stop()
         if self.sandbox is not None:
             self.sandbox.stop()
 
     def kill_all(self) -> None:
-        for child in [self.console, *self.workers.values(), self.coordinator, self.sandbox]:
+        peers = [peer.child for peer in self.peers.values()]
+        for child in [self.console, *self.workers.values(), *peers, self.coordinator, self.sandbox]:
             if child is not None and child.alive():
                 child.kill()
 
