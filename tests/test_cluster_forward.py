@@ -11,6 +11,7 @@ coordinator is active.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,14 @@ async def test_while_no_coordinator_is_active_the_caller_is_told_to_retry(tmp_pa
         stream = stub.WatchEvents(pub.WatchEventsRequest())
         code, details = await status_of(stream.read())
         assert (code, details) == (grpc.StatusCode.UNAVAILABLE, NO_ACTIVE)
+        # The active one it knows of has just died (nobody listens there any more).
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            standby.role.leader = dead = f"127.0.0.1:{s.getsockname()[1]}"
+        code, details = await status_of(stub.ListPosts(pub.ListPostsRequest()))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert f"the active coordinator at {dead} does not answer" in details
+        assert "retry in a few seconds" in details
 
 
 @pytest.mark.anyio

@@ -53,6 +53,8 @@ NO_ACTIVE = "no active coordinator yet (a takeover is in progress); retry in a f
 DEFAULT_MAX_FORWARDED_MESSAGE_BYTES = 64 * 1024 * 1024
 # Old active coordinators' channels kept open (their calls may still be ending) before closing.
 DEFAULT_RETIRED_CHANNELS = 4
+# How gRPC itself says that no connection could be made (not an answer of the active one).
+_UNREACHABLE = "failed to connect to all addresses"
 # Metadata the forwarding channel sets itself (pseudo-headers, transport headers).
 _TRANSPORT_KEYS = frozenset({"user-agent", "te", "content-type"})
 
@@ -101,9 +103,16 @@ def _pairs(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
     return tuple((key, value) for key, value in metadata or ())
 
 
-async def _pass_back(context: Ctx, exc: grpc.aio.AioRpcError) -> None:
-    """The active's error status as it gave it (code, details, trailing metadata)."""
-    await context.abort(exc.code(), exc.details() or "", _pairs(exc.trailing_metadata()))
+async def _pass_back(context: Ctx, exc: grpc.aio.AioRpcError, address: str) -> None:
+    """The active's error status as it gave it (code, details, trailing metadata); or, when it
+    could not be reached at all (gRPC's own words), which address did not answer and why."""
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and details.startswith(_UNREACHABLE):
+        details = (
+            f"the active coordinator at {address} does not answer ({details}); if it died, "
+            "another takes over within the ownership TTL: retry in a few seconds"
+        )
+    await context.abort(exc.code(), details, _pairs(exc.trailing_metadata()))
 
 
 async def _pass_initial(context: Ctx, call: grpc.aio.Call) -> None:
@@ -158,8 +167,8 @@ class ForwardToActive(_Interceptor):
 
         return grpc.unary_unary_rpc_method_handler(refuse)
 
-    async def _target(self, context: Ctx) -> grpc.aio.Channel:
-        """The channel to the active coordinator, or abort UNAVAILABLE."""
+    async def _target(self, context: Ctx) -> tuple[str, grpc.aio.Channel]:
+        """The active coordinator's address and a channel to it, or abort UNAVAILABLE."""
         address = self._active_address()
         if address is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, NO_ACTIVE)
@@ -170,7 +179,7 @@ class ForwardToActive(_Interceptor):
                 f"forwarded to a coordinator that is not active either (it believes {address} "
                 "is); a takeover is in progress: retry in a few seconds",
             )
-        return await self.channel(address)
+        return address, await self.channel(address)
 
     async def channel(self, address: str) -> grpc.aio.Channel:
         """One cached channel to the active; an old active's channel is retired, then closed."""
@@ -186,7 +195,7 @@ class ForwardToActive(_Interceptor):
 
     def _unary(self, method: str) -> Callable[[bytes, Ctx], Awaitable[bytes]]:
         async def forward(request: bytes, context: Ctx) -> bytes:
-            channel = await self._target(context)
+            address, channel = await self._target(context)
             call = channel.unary_unary(method, None, None)(
                 request, metadata=forwarded_metadata(context), timeout=_timeout(context)
             )
@@ -195,7 +204,7 @@ class ForwardToActive(_Interceptor):
                 await _pass_initial(context, call)
                 context.set_trailing_metadata(_pairs(await call.trailing_metadata()))
             except grpc.aio.AioRpcError as exc:
-                await _pass_back(context, exc)
+                await _pass_back(context, exc, address)
                 raise  # abort() raises; this keeps type checkers honest
             return response
 
@@ -203,7 +212,7 @@ class ForwardToActive(_Interceptor):
 
     def _stream(self, method: str) -> Callable[[bytes, Ctx], AsyncIterator[bytes]]:
         async def forward(request: bytes, context: Ctx) -> AsyncIterator[bytes]:
-            channel = await self._target(context)
+            address, channel = await self._target(context)
             call = channel.unary_stream(method, None, None)(
                 request, metadata=forwarded_metadata(context), timeout=_timeout(context)
             )
@@ -213,7 +222,7 @@ class ForwardToActive(_Interceptor):
                     yield message
                 context.set_trailing_metadata(_pairs(await call.trailing_metadata()))
             except grpc.aio.AioRpcError as exc:
-                await _pass_back(context, exc)
+                await _pass_back(context, exc, address)
                 raise
             finally:
                 call.cancel()  # the caller hung up (or we are done): end the active's side too
