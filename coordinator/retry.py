@@ -20,6 +20,10 @@ DEFAULT_JITTER_FRACTION = 0.2
 DEFAULT_MAX_RATE_LIMITED = 50
 # A 429 without any usable retry signal closes the gate this long.
 DEFAULT_RATE_LIMIT_S = 60.0
+# A 429 whose instant had passed when its result was decided (held across a reconnect, a slow
+# link, a busy coordinator: the limit has lifted) closes the gate this long. Not 0: a worker
+# whose clock runs behind would otherwise send every retry straight back into the limit.
+DEFAULT_LIFTED_RATE_LIMIT_S = 1.0
 # The longest a platform's retry signal may close a gate: a monthly cap (X's post limits reset
 # monthly) fits; an absurd one (2^62 ms, relayed by an honest worker) is cut to this, so the
 # result is still taken and committed rather than refused and re-sent forever.
@@ -34,6 +38,7 @@ class RetryPolicy:
     jitter_fraction: float = DEFAULT_JITTER_FRACTION
     max_rate_limited: int = DEFAULT_MAX_RATE_LIMITED
     default_rate_limit_s: float = DEFAULT_RATE_LIMIT_S
+    lifted_rate_limit_s: float = DEFAULT_LIFTED_RATE_LIMIT_S
     max_rate_limit_s: float = DEFAULT_MAX_RATE_LIMIT_S
 
     def backoff_s(self, counted_attempts: int, rand: float) -> float:
@@ -118,9 +123,11 @@ def decide(failure: Failure, job: Job, policy: RetryPolicy, now: float, rand: fl
         case ErrorClass.RATE_LIMITED:
             if job.rate_limited_count + 1 > policy.max_rate_limited:
                 return Fail(f"rate limited {job.rate_limited_count + 1} times; giving up")
-            at = failure.retry_at if failure.retry_at is not None else 0.0
-            if not at > now:  # also NaN
+            at = failure.retry_at
+            if at is None or at != at:  # no instant, or NaN
                 at = now + policy.default_rate_limit_s
+            elif at <= now:  # it has lifted: not the no-signal default (a minute's stall)
+                at = now + policy.lifted_rate_limit_s
             return RetryAt(min(at, now + policy.max_rate_limit_s), "rate_limited")
         case ErrorClass.AUTH_REQUIRED:
             return NeedsLogin(failure.message or "login required")

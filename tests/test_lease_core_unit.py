@@ -617,6 +617,22 @@ def test_a_rate_limit_closes_the_gate_for_every_worker_until_retry_at(h: Harness
     }
 
 
+def test_a_rate_limit_reported_after_its_instant_holds_the_account_a_second(h: Harness) -> None:
+    """A 429 with Retry-After: 1 whose result comes in 2 s late (held across a reconnect): the
+    account's jobs go out again a second later, not after the 60 s of a 429 without a time."""
+    (limited,) = publish(h, "p1", ACME)
+    a = one_assign(h.open("s1", device="A", slots=2))
+    fx = h.failure(
+        "s1", limited, a.lease_epoch, pb.ERROR_CLASS_RATE_LIMITED, message="429", retry_at=h.now - 2
+    )
+    assert messages(fx, "result_ack")[0].result_ack.accepted
+    assert h.store.gates[ACME].closed_until == h.now + 1.0
+    (later,) = publish(h, "p2", ACME)
+    h.advance(1.0)
+    h.heartbeat("s1")
+    assert {x.job_id for x in assigns(h.tick())} == {limited, later}
+
+
 def test_a_quota_of_two_lets_exactly_two_through() -> None:
     h = Harness(config=CONFIG, quotas={"sandbox": Quota(2, 3600.0)})
     ids = [publish(h, f"p{n}", ACME)[0] for n in range(3)]

@@ -15,6 +15,7 @@ from coordinator.retry import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_INITIAL_INTERVAL_S,
     DEFAULT_JITTER_FRACTION,
+    DEFAULT_LIFTED_RATE_LIMIT_S,
     DEFAULT_MAX_INTERVAL_S,
     DEFAULT_RATE_LIMIT_S,
     Decision,
@@ -110,11 +111,20 @@ def test_rate_limited_waits_until_the_platforms_instant() -> None:
     assert got == RetryAt(NOW + 900.0, "rate_limited")
 
 
-@pytest.mark.parametrize("retry_at", [None, NOW, NOW - 5.0], ids=["missing", "now", "past"])
+@pytest.mark.parametrize("retry_at", [None, float("nan")], ids=["missing", "nan"])
 def test_rate_limited_without_a_usable_instant_waits_the_default(retry_at: float | None) -> None:
     got = decide(Failure(ErrorClass.RATE_LIMITED, "429", retry_at), job(counted=1), POLICY, NOW, 0)
     assert got == RetryAt(NOW + DEFAULT_RATE_LIMIT_S, "rate_limited")
     assert DEFAULT_RATE_LIMIT_S == 60.0
+
+
+@pytest.mark.parametrize("retry_at", [NOW, NOW - 2.0], ids=["now", "past"])
+def test_rate_limited_whose_instant_has_passed_retries_a_second_later(retry_at: float) -> None:
+    """A 429 (Retry-After: 1) whose result reached the coordinator late, e.g. held across a
+    reconnect: the limit has lifted, so the account waits a second, not the 60 s default."""
+    got = decide(Failure(ErrorClass.RATE_LIMITED, "429", retry_at), job(counted=1), POLICY, NOW, 0)
+    assert got == RetryAt(NOW + DEFAULT_LIFTED_RATE_LIMIT_S, "rate_limited")
+    assert DEFAULT_LIFTED_RATE_LIMIT_S == 1.0
 
 
 def test_rate_limited_uses_the_platform_policys_default() -> None:
