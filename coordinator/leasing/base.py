@@ -11,7 +11,6 @@ jobs; core.py has sessions, worker messages, time and dispatch. Only LeaseCore i
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Callable, Iterable
 
 from coordinator.domain import (
@@ -27,6 +26,7 @@ from coordinator.domain import (
 from coordinator.errors import NotFound
 from coordinator.gates import GateBook
 from coordinator.leasing import outbound as o
+from coordinator.leasing.copies import snapshot
 from coordinator.leasing.effects import Effects
 from coordinator.leasing.postbook import PostBook
 from coordinator.leasing.queue import ReadyQueue
@@ -141,9 +141,9 @@ class CoreBase(abc.ABC):
         self, fx: Effects, job: Job, expected: Iterable[JobStatus], epoch: int, now: float
     ) -> None:
         job.updated_at = now
-        snapshot = dataclasses.replace(job)  # read-only from here: one copy serves both
-        fx.batch.job_writes.append(JobWrite(snapshot, frozenset(expected), epoch))
-        fx.changed_jobs[job.id] = snapshot
+        copy = snapshot(job)  # read-only from here: one copy serves both
+        fx.batch.job_writes.append(JobWrite(copy, frozenset(expected), epoch))
+        fx.changed_jobs[job.id] = copy
         self.book.touch(job.post_id)
 
     def _move(
@@ -208,4 +208,6 @@ class CoreBase(abc.ABC):
 
 def run_row(run: Run) -> Run:
     """A copy of the run without logs/screenshots (those are appended as their own rows)."""
-    return dataclasses.replace(run, logs=[], screenshots=[])
+    copy = snapshot(run)
+    copy.logs, copy.screenshots = [], []
+    return copy

@@ -4,11 +4,10 @@ an Assign written before it is sent)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from coordinator.domain import AuditEvent, Job, JobStatus, Target
 from coordinator.leasing import outbound as o
 from coordinator.leasing.base import run_row
+from coordinator.leasing.copies import snapshot
 from coordinator.leasing.effects import AttemptStarted, Dispatched, Effects
 from coordinator.leasing.scheduling import Scheduling
 from coordinator.leasing.state import SYSTEM, Lease, Session
@@ -98,8 +97,8 @@ class Dispatching(Scheduling):
         )
         session.jobs.add(job.id)
         self.gates.lease_started(job.target, job.id)
-        snapshot = dataclasses.replace(job)  # read-only from here: one copy serves all three
-        fx.batch.job_writes.append(JobWrite(snapshot, frozenset({JobStatus.QUEUED}), old_epoch))
+        copy = snapshot(job)  # read-only from here: one copy serves all three
+        fx.batch.job_writes.append(JobWrite(copy, frozenset({JobStatus.QUEUED}), old_epoch))
         fx.batch.runs.append(run_row(run))
         fx.batch.audits.append(
             AuditEvent(
@@ -116,9 +115,9 @@ class Dispatching(Scheduling):
                 },
             )
         )
-        fx.changed_jobs[job.id] = snapshot
+        fx.changed_jobs[job.id] = copy
         self.book.touch(job.post_id)
         self.book.round_started(job.post_id, now)
-        fx.send(session.id, o.Assign(snapshot, deadline, verify_only))
-        fx.signals.append(AttemptStarted(snapshot, session.id))
+        fx.send(session.id, o.Assign(copy, deadline, verify_only))
+        fx.signals.append(AttemptStarted(copy, session.id))
         fx.signals.append(Dispatched(max(0.0, now - job.not_before)))

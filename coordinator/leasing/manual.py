@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from coordinator.domain import AuditEvent, JobStatus, iso_utc
 from coordinator.errors import FailedPrecondition
 from coordinator.leasing import outbound as o
 from coordinator.leasing.base import run_row
+from coordinator.leasing.copies import snapshot
 from coordinator.leasing.effects import AttemptEnded, Effects
 from coordinator.leasing.operator import OperatorActions
 from coordinator.transitions import check_job
@@ -60,7 +59,7 @@ class ManualActions(OperatorActions):
             job.lease_epoch += 1  # fences the stopped attempt for good
             lease.run.ended_at, lease.run.outcome = now, "resolved_by_hand"
             fx.batch.runs.append(run_row(lease.run))
-            ended = AttemptEnded(dataclasses.replace(job), "resolved_by_hand",
+            ended = AttemptEnded(snapshot(job), "resolved_by_hand",
                                  now - lease.run.started_at)  # fmt: skip
             fx.signals.append(ended)
         job.status = JobStatus.SUCCEEDED

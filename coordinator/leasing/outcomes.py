@@ -16,6 +16,7 @@ from coordinator.domain import (
 from coordinator.leasing import outbound as o
 from coordinator.leasing.base import CoreBase, run_row
 from coordinator.leasing.commands import JobReport
+from coordinator.leasing.copies import snapshot
 from coordinator.leasing.effects import (
     AttemptEnded,
     Effects,
@@ -198,7 +199,7 @@ class AttemptOutcomes(CoreBase):
             fx.batch.runs.append(run_row(lease.run))
             fx.signals.append(
                 AttemptEnded(
-                    dataclasses.replace(job),
+                    snapshot(job),
                     outcome,
                     now - lease.run.started_at,
                     error_class,
@@ -206,7 +207,7 @@ class AttemptOutcomes(CoreBase):
                     retry_at,
                 )
             )
-            self.book.record_result(dataclasses.replace(job))
+            self.book.record_result(snapshot(job))
 
     def _hold_queued_behind_gate(self, fx: Effects, failed: Job, now: float) -> None:
         """The gate of `failed`'s account just closed: the account's other waiting jobs show

@@ -10,7 +10,6 @@ jobs are all finished so the core can forget them.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 from coordinator.domain import (
@@ -24,6 +23,7 @@ from coordinator.domain import (
     Target,
     iso_utc,
 )
+from coordinator.leasing.copies import snapshot
 from coordinator.leasing.effects import Effects
 from coordinator.leasing.state import SYSTEM
 from coordinator.poststatus import derive_post_status
@@ -75,9 +75,7 @@ class PostBook:
                 if new is not post.status:
                     old = post.status
                     post.status, post.updated_at = new, now
-                    fx.batch.post_writes.append(
-                        PostWrite(dataclasses.replace(post), frozenset({old}))
-                    )
+                    fx.batch.post_writes.append(PostWrite(snapshot(post), frozenset({old})))
                     fx.batch.audits.append(
                         AuditEvent(
                             "POST_STATUS_CHANGED",

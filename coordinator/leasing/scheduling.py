@@ -18,6 +18,7 @@ from coordinator.domain import (
     idempotency_key,
     platform_key,
 )
+from coordinator.leasing.copies import snapshot
 from coordinator.leasing.effects import Effects
 from coordinator.leasing.intake import Intake
 
@@ -31,9 +32,9 @@ class Scheduling(Intake):
         as copies, so a command on it works on the core's own objects like on an open post's."""
         if post.id in self.posts:
             return
-        self.book.add(dataclasses.replace(post))
+        self.book.add(snapshot(post))
         for job in jobs:
-            self.track(dataclasses.replace(job))
+            self.track(snapshot(job))
 
     def jobs_of(self, post_id: str) -> list[Job]:
         """An open post's jobs (the core holds all of them), oldest first, as the store lists
@@ -69,7 +70,7 @@ class Scheduling(Intake):
                 # An earlier job of the target may have published (a permit, no answer): the new
                 # one looks on the platform first, or it could post a second time.
                 job.verify_first = any(j.verify_first for j in mine)
-                fx.batch.new_jobs.append(dataclasses.replace(job))
+                fx.batch.new_jobs.append(snapshot(job))
                 details = {"post": post.id, "key": key}
                 fx.batch.audits.append(AuditEvent("JOB_CREATED", job.id, actor, now, details))
                 touched.append(job)
