@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ from coordinator.observing import BatchObserver
 from coordinator.operator_commands import OperatorCommand
 from coordinator.retry import RetryPolicies
 from coordinator.step import CoordinatorState, handle
-from coordinator.store.base import Store
+from coordinator.store.base import Store, WriteBatch
 from postroom.clock import Clock
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import worker_gateway_pb2 as wg
@@ -94,8 +94,12 @@ class Coordinator:
         tracer: Tracer | None = None,
         rand: Callable[[], float] | None = None,
         credentials: Credentials | None = None,
+        commit: Callable[[WriteBatch], Awaitable[None]] | None = None,
     ) -> None:
+        """`commit`: how a batch is written (default store.apply; with several coordinators,
+        under the fence of this one's shards: coordinator/cluster/member.py)."""
         self.store = store
+        self._commit = commit or store.apply
         # Operator tokens and device enrollments: changed only inside the actor (access/).
         self.credentials = credentials or Credentials()
         self.clock = clock
@@ -152,7 +156,7 @@ class Coordinator:
             self.core.devices[dev.id] = dev
         fx = self.core.settle_posts(now)
         if fx.batch:
-            await self.store.apply(fx.batch)
+            await self._commit(fx.batch)
         log.info("loaded %d open posts, %d active jobs", len(posts), len(active))
 
     def _quota_targets(self, jobs: list[Any]) -> list[tuple[Target, Quota]]:
@@ -346,7 +350,7 @@ class Coordinator:
             # Crash-only: if the store cannot commit, memory and disk disagree; the process
             # must die and reload from the database rather than send what is not durable.
             with anyio.CancelScope(shield=True):
-                await self.store.apply(fx.batch)
+                await self._commit(fx.batch)
             if fx.batch.audits:
                 self.audit_bell.ring()
         # From here the batch is durable: what follows must reach the workers and callers, so

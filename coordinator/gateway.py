@@ -73,8 +73,11 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         *,
         limits: GatewayLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        refusal: Callable[[], str | None] | None = None,
     ) -> None:
+        """`refusal`: why a stream is refused now (a standby coordinator: cluster/role.py)."""
         self.coordinator = coordinator
+        self._refusal = refusal
         self.core = coordinator.core
         self.assets = assets
         self.limits = limits or GatewayLimits()
@@ -85,6 +88,8 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         request_iterator: AsyncIterator[wg.WorkerMessage],
         context: Ctx,
     ) -> AsyncIterator[wg.CoordinatorMessage]:
+        if self._refusal is not None and (why := self._refusal()) is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, why)
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, TimeoutError):

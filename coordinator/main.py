@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,10 @@ from coordinator.access.options import ExposureRefused
 from coordinator.access.registry import Credentials
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore
+from coordinator.cluster.member import ClusterConfig, ClusterMember
+from coordinator.cluster.role import ClusterRole
+from coordinator.cluster.serve import ClusterServing
+from coordinator.cluster.standby import StandbyRefusal
 from coordinator.dblock import DatabaseInUse, DatabaseLock
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.errors import CoordinatorError
@@ -33,7 +40,8 @@ from coordinator.options import ServerOptions, parse_args
 from coordinator.publishing import PublishingService
 from coordinator.reflection import enable_reflection
 from coordinator.store import SqliteStore, Store, open_store
-from coordinator.store.postgres import redacted
+from coordinator.store.ownership import ShardOwnership
+from coordinator.store.postgres import PostgresStore, redacted
 from postroom.address import split_host_port
 from postroom.clock import SystemClock
 from postroom.logs import configure_logging
@@ -113,6 +121,7 @@ class _Parts:
     provider: TracerProvider
     coordinator: Coordinator
     tls: grpc.ServerCredentials | None = None
+    member: ClusterMember | None = None  # several coordinators on one PostgreSQL
 
 
 async def _serve(opts: ServerOptions) -> None:
@@ -135,9 +144,21 @@ async def _serve(opts: ServerOptions) -> None:
         raise
     try:
         await server.start()
-        await health.serving(True)
-        _announce(opts, parts, port, metrics_server)
-        await _run_until_signal(parts.coordinator, server, health)
+        if parts.member is not None:  # a standby until it holds every shard
+            parts.member.role.address = opts.advertise or _bound_address(opts.listen, port)
+            _announce(opts, parts, port, metrics_server, ready=False)
+            await ClusterServing(
+                parts.member,
+                parts.coordinator,
+                server,
+                health.serving,
+                lambda: _write_ready(opts, port, metrics_server.port),
+                DEFAULT_DRAIN_GRACE_S,
+            ).run_until_signal()
+        else:
+            await health.serving(True)
+            _announce(opts, parts, port, metrics_server)
+            await _run_until_signal(parts.coordinator, server, health)
     finally:
         with anyio.CancelScope(shield=True):
             await parts.store.close()
@@ -155,6 +176,7 @@ async def _load(opts: ServerOptions) -> _Parts:
         raise StartupError(f"--db {redacted(opts.db)}: {exc}") from exc
     registry = CollectorRegistry()
     provider = make_tracer_provider("postroom-coordinator")
+    member = await _join(opts, store, registry) if isinstance(store, PostgresStore) else None
     coordinator = Coordinator(
         store=store,
         clock=SystemClock(),
@@ -162,9 +184,39 @@ async def _load(opts: ServerOptions) -> _Parts:
         metrics=CoordinatorMetrics(registry, platforms=sorted(KNOWN_PLATFORMS)),
         tracer=provider.get_tracer("postroom.coordinator"),
         credentials=Credentials(policy=opts.security.policy()),
+        commit=member.commit if member is not None else None,
     )
-    await coordinator.load()
-    return _Parts(store=store, registry=registry, provider=provider, coordinator=coordinator)
+    if member is None:
+        await coordinator.load()
+    else:  # loaded when it takes over (cluster/serve.py); the tokens now, for the checks
+        for token in await store.list_operator_tokens():
+            coordinator.credentials.put_token(token)
+    return _Parts(store, registry, provider, coordinator, member=member)
+
+
+async def _join(
+    opts: ServerOptions, store: PostgresStore, registry: CollectorRegistry
+) -> ClusterMember:
+    """Cluster mode: the shard rows, and this coordinator's part in the ownership turns."""
+    ownership = ShardOwnership(store)
+    try:
+        await ownership.open()
+    except CoordinatorError as exc:
+        await store.close()
+        raise StartupError(f"--db {redacted(opts.db)}: {exc}") from exc
+    name = opts.name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    role = ClusterRole(name=name, address="")
+    config = ClusterConfig(ttl_s=opts.ownership_ttl_s)
+    return ClusterMember(store, ownership, role, config, registry=registry)
+
+
+def _bound_address(listen: str, port: int) -> str:
+    """What the others tell workers to dial: the bound address, or this host's name for a
+    wildcard one."""
+    host = listen.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 async def _secure(opts: ServerOptions, parts: _Parts) -> grpc.ServerCredentials | None:
@@ -205,6 +257,9 @@ def _grpc_server(
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
         OperatorAuth(parts.coordinator.credentials)
     ]
+    role = parts.member.role if parts.member is not None else None
+    if role is not None:  # before the tokens' check: a standby has loaded none
+        interceptors.insert(0, StandbyRefusal(role))
     if exporters_from_env():  # tracing asked for: instrument the gRPC calls too
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
@@ -213,7 +268,10 @@ def _grpc_server(
     publishing = PublishingService(parts.coordinator, assets, text_limits=opts.text_limits)
     # Not the generated add_*_to_server: requests that do not parse get INVALID_ARGUMENT.
     wire.add_publishing(server, publishing)
-    wire.add_worker_gateway(server, WorkerGatewayService(parts.coordinator, assets))
+    refusal = role.refusal if role is not None else None
+    wire.add_worker_gateway(
+        server, WorkerGatewayService(parts.coordinator, assets, refusal=refusal)
+    )
     health = _Health(health_aio.HealthServicer())
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     enable_reflection(SERVICE_NAMES, server)
@@ -237,17 +295,25 @@ def _bind(server: grpc.aio.Server, listen: str, tls: grpc.ServerCredentials | No
     return port
 
 
-def _announce(opts: ServerOptions, parts: _Parts, port: int, metrics: MetricsServer) -> None:
-    """The start-up lines, and the ready file scripts wait for (written whole, then renamed)."""
+def _announce(
+    opts: ServerOptions, parts: _Parts, port: int, metrics: MetricsServer, *, ready: bool = True
+) -> None:
+    """The start-up lines, and the ready file scripts wait for (in a cluster: once active)."""
     host = opts.listen.rpartition(":")[0] or "127.0.0.1"
     print(
         f"coordinator listening on {host}:{port} (metrics {metrics.url}, db {redacted(opts.db)})",
         flush=True,
     )
     print(opts.security.describe(parts.coordinator.credentials), flush=True)
+    if ready:
+        _write_ready(opts, port, metrics.port)
+
+
+def _write_ready(opts: ServerOptions, port: int, metrics_port: int) -> None:
+    """The ready file scripts wait for, written whole, then renamed."""
     if opts.ready_file is not None:
         tmp = opts.ready_file.with_suffix(".tmp")
-        tmp.write_text(f"{port} {metrics.port}\n")
+        tmp.write_text(f"{port} {metrics_port}\n")
         tmp.replace(opts.ready_file)
 
 

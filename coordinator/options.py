@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 
 from coordinator.access.options import SecurityOptions, add_flags
 from coordinator.actor import CoordinatorConfig
+from coordinator.cluster.member import DEFAULT_OWNERSHIP_TTL_S
 from coordinator.content_rules import TextLimits, parse_text_limit
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.gates import Quota, parse_quota
@@ -52,6 +53,12 @@ class ServerOptions:
     coordinator: CoordinatorConfig
     text_limits: TextLimits = field(default_factory=TextLimits)
     security: SecurityOptions = field(default_factory=SecurityOptions)
+    # Several coordinators on one PostgreSQL (coordinator/cluster/): this one's id (None: made
+    # up at start), the address the others name to workers (None: the bound gRPC address), and
+    # how long a shard lease holds without renewal.
+    name: str | None = None
+    advertise: str | None = None
+    ownership_ttl_s: float = DEFAULT_OWNERSHIP_TTL_S
 
 
 def parse_args(argv: list[str]) -> ServerOptions:
@@ -62,14 +69,20 @@ def parse_args(argv: list[str]) -> ServerOptions:
     _add_retry_flags(p)
     _add_limit_flags(p)
     _add_process_flags(p)
+    _add_cluster_flags(p)
     add_flags(p)
     a = p.parse_args(argv)
     # Checked in this order, so the first usage error named is the same whatever else is wrong.
-    for flag, value in (("--listen", a.listen), ("--metrics-listen", a.metrics_listen)):
+    addresses = [("--listen", a.listen), ("--metrics-listen", a.metrics_listen)]
+    if a.advertise is not None:
+        addresses.append(("--advertise", a.advertise))
+    for flag, value in addresses:
         try:
             split_host_port(value)
         except ValueError as exc:
             p.error(f"{flag}: {exc}")
+    if a.ownership_ttl <= 0:
+        p.error(f"--ownership-ttl: must be more than 0 seconds, not {a.ownership_ttl:g}")
     quotas = _quotas(p, a.quota)
     text_limits = _text_limits(p, a.text_limit)
     lease = _lease_config(p, a)
@@ -89,6 +102,9 @@ def parse_args(argv: list[str]) -> ServerOptions:
         coordinator=CoordinatorConfig(lease=lease, retry=retry, quotas=quotas),
         text_limits=TextLimits(MappingProxyType(text_limits)),
         security=security,
+        name=a.name,
+        advertise=a.advertise,
+        ownership_ttl_s=a.ownership_ttl,
     )
 
 
@@ -97,7 +113,8 @@ def _add_address_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
         default=os.environ.get("POSTROOM_DB", DEFAULT_DB),
-        help="sqlite:///PATH (default %(default)s)",
+        help="sqlite:///PATH, memory://, or postgresql://USER@HOST:PORT/DBNAME (several "
+        "coordinators may share one PostgreSQL database) (default %(default)s)",
     )
     p.add_argument(
         "--assets",
@@ -191,6 +208,31 @@ def _add_process_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--log-level", default=os.environ.get("POSTROOM_LOG_LEVEL", "INFO"))
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several coordinators on one PostgreSQL (--db postgresql://...)")
+    g.add_argument(
+        "--name",
+        default=None,
+        help="this coordinator's id among the others (default HOSTNAME-PID-RANDOM)",
+    )
+    g.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST:PORT",
+        help="the address the other coordinators give workers and operators for this one "
+        "(default the bound --listen address)",
+    )
+    g.add_argument(
+        "--ownership-ttl",
+        type=float,
+        default=DEFAULT_OWNERSHIP_TTL_S,
+        metavar="SECONDS",
+        help="how long the active coordinator's shard leases hold without renewal; a standby "
+        "takes over a dead active within about 1.25x this (default %(default)gs; keep it well "
+        "under --lease-ttl)",
+    )
 
 
 def _each(

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from pg_rig import own_database, run_apart
+from polling import wait_until
 from test_e2e_processes import (
     admin,
     client,
@@ -61,16 +62,21 @@ def test_coordinator_on_postgres_killed_mid_flight_then_every_post_published_onc
     assert run_apart(_succeeded_jobs(pg_url)) == 12
 
 
-def test_a_second_coordinator_on_the_same_postgres_database_refuses_to_start(
+def test_a_second_coordinator_on_the_same_postgres_database_stands_by(
     cluster: LocalCluster, pg_url: str, tmp_path: Path
 ) -> None:
     assert cluster.coordinator is not None and cluster.coordinator.alive()
     argv = [
         sys.executable, "-m", "coordinator.main", "--db", pg_url, "--assets", str(tmp_path),
-        "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+        "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--name", "second",
     ]  # fmt: skip
-    second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert second.returncode == 2
-    (line,) = second.stderr.strip().splitlines()
-    assert f"another coordinator is using {pg_url} (server pid " in line
-    assert "one coordinator per database" in line
+    log = tmp_path / "second.log"
+    with open(log, "wb") as out:
+        second = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until("the second one standing by", lambda: "standby: second at" in log.read_text())
+        assert second.poll() is None  # it waits for the shards (coordinator/cluster/)
+    finally:
+        second.terminate()
+        assert second.wait(60) == 0
+    assert cluster.coordinator.alive()

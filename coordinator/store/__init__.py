@@ -36,8 +36,8 @@ def open_store(url: str) -> Store:
       the third slash, as in SQLAlchemy URLs), or a bare filesystem path: SqliteStore.
     - `memory://`: InMemoryStore, which keeps nothing across restarts.
     - `postgresql://user@host:5432/dbname` (or `postgres://`, `postgresql+asyncpg://`, and any
-      libpq-style query parameters asyncpg takes): PostgresStore, exclusive: one coordinator
-      per database, as the SQLite file lock makes it (coordinator/dblock.py).
+      libpq-style query parameters asyncpg takes): PostgresStore, shared: several coordinators
+      may run on one database, one active and the others standing by (coordinator/cluster/).
     """
     url = url.strip()
     if url.startswith(_SQLITE_PREFIX):
@@ -48,7 +48,7 @@ def open_store(url: str) -> Store:
     if url == "memory://":
         return InMemoryStore()
     if url.startswith(_POSTGRES_SCHEMES):
-        return PostgresStore(url, exclusive=True)
+        return PostgresStore(url)
     if "://" in url or url.startswith("sqlite:"):
         raise InvalidArgument(
             f"unsupported store URL {url!r}: use sqlite:///PATH, a bare PATH, memory://, or "

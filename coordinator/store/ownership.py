@@ -18,12 +18,22 @@ which shards it serves, which belong to the coordinator.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from coordinator.errors import StoreError
 from coordinator.store import rows
 from coordinator.store.postgres import PostgresStore
 from coordinator.store.rows import Row
 from coordinator.store.shards import DEFAULT_SHARD_COUNT, LeaderLease, ShardLease, fair_share
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A shard's current owner: its epoch, and its advertised address (None if not live)."""
+
+    owner: str
+    epoch: int
+    address: str | None
 
 
 def _lease(row: Row) -> ShardLease:
@@ -62,10 +72,14 @@ class ShardOwnership:
         ttl_s: float,
         now: float | None = None,
         only: Sequence[int] | None = None,
+        reclaim: bool = False,
     ) -> list[ShardLease]:
         """Up to `want` shards that nobody holds or whose lease ran out (a dead or paused
-        owner's: taken over), lowest first, or only among `only`; each one epoch up."""
+        owner's: taken over), lowest first, or only among `only`; each one epoch up.
+        `reclaim`: also those still held under `owner`'s name (a process restarted with the
+        same name: its first claim)."""
         params = {
+            "reclaim": reclaim,
             "owner": owner,
             "want": want,
             "ttl_s": ttl_s,
@@ -89,15 +103,36 @@ class ShardOwnership:
         """Every shard's row, by shard: owner '' and epoch 0 for one never held."""
         return [_lease(r) for r in await self._store.run("list_shard_owners", {})]
 
+    async def heartbeat(
+        self, owner: str, *, ttl_s: float, address: str = "", now: float | None = None
+    ) -> None:
+        """Say `owner` is alive for ttl_s more, reachable at `address` (its advertised one)."""
+        params = {"owner": owner, "ttl_s": ttl_s, "now": now, "address": address}
+        await self._store.run("heartbeat_coordinator", params)
+
+    async def holder(self, shard: int, *, now: float | None = None) -> Holder | None:
+        """Who holds `shard` now (its lease standing), with its address; None if nobody."""
+        found = await self._store.run("shard_holder", {"shard": shard, "now": now})
+        if not found:
+            return None
+        row = found[0]
+        return Holder(row["owner"], row["epoch"], row["address"] or None)
+
     async def rebalance(
-        self, owner: str, leases: Sequence[ShardLease], *, ttl_s: float, now: float | None = None
+        self,
+        owner: str,
+        leases: Sequence[ShardLease],
+        *,
+        ttl_s: float,
+        now: float | None = None,
+        address: str = "",
     ) -> list[ShardLease]:
         """One turn of a coordinator's ownership loop (run it well within ttl_s): say it is
         alive, renew what it holds, let go of what is over its fair share (its highest shards),
         or claim up to it. The leases it holds now. A coordinator that joins gets shards as the
         others let them go on their next turns; a dead one's are claimed once its leases and its
         membership have run out, so within ttl_s plus one turn."""
-        await self._store.run("heartbeat_coordinator", {"owner": owner, "ttl_s": ttl_s, "now": now})
+        await self.heartbeat(owner, ttl_s=ttl_s, address=address, now=now)
         members = [r["owner"] for r in await self._store.run("live_coordinators", {"now": now})]
         share = fair_share(self.shard_count, members, owner)
         held = await self.renew(owner, leases, ttl_s=ttl_s, now=now) if leases else []

@@ -50,6 +50,7 @@ CAS_MISSED_SQLSTATE = "PRCAS"
 DEFAULT_LOCK_WAIT_S = 2.0
 LOCK_POLL_S = 0.1
 DATABASE_LOCK_KEY = int.from_bytes(b"postroom", "big")  # one advisory lock per database
+MIGRATION_LOCK_KEY = int.from_bytes(b"prmigrat", "big")  # held by a migration's transaction
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _COMMENT = re.compile(r"--[^\n]*")
 # What asyncpg raises: server errors, misuse or a closed connection, its own inconsistencies
@@ -99,6 +100,11 @@ def redacted(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     user = f"{parts.username}@" if parts.username else ""
     return parts._replace(netloc=f"{user}{netloc}", query=urlencode(query)).geturl()
+
+
+def _lock_key(key: int) -> Params:
+    """An advisory lock's bigint key as its two halves, as pg_locks shows them."""
+    return {"hi": key >> 32, "lo": key & 0xFFFFFFFF}
 
 
 @contextlib.contextmanager
@@ -163,10 +169,12 @@ class PostgresStore(SqlStore[Any]):
     async def _migrate(self, conn: Any) -> list[int]:
         """Apply, in one transaction, every migration not yet recorded; the versions applied."""
         migrations = load_migrations(POSTGRES_SQL_PACKAGE, split=False)
-        with contextlib.suppress(asyncpg.UniqueViolationError):  # another process made it
-            await conn.execute(self._q["create_schema_migrations"].sql)
         done: list[int] = []
         async with conn.transaction():
+            # Several coordinators starting at once on a fresh database: one migrates, the
+            # others wait here, then find every version applied.
+            await self._rows(conn, "lock_migrations", _lock_key(MIGRATION_LOCK_KEY))
+            await conn.execute(self._q["create_schema_migrations"].sql)
             await conn.execute(self._q["lock_schema_migrations"].sql)
             applied = {r["version"] for r in await self._rows(conn, "applied_migrations")}
             check_known(applied, migrations)
@@ -249,7 +257,7 @@ class PostgresStore(SqlStore[Any]):
         ends, a crash included, and a stopped (SIGSTOP) holder keeps it. It is a stand-in until
         several coordinators share a database by shard (ownership.py), and like the prepared
         statements it needs session pooling if a PgBouncer is in between."""
-        key = {"hi": DATABASE_LOCK_KEY >> 32, "lo": DATABASE_LOCK_KEY & 0xFFFFFFFF}
+        key = _lock_key(DATABASE_LOCK_KEY)
         deadline = time.monotonic() + self._lock_wait_s
         while not (await self._rows(conn, "try_lock_database", key))[0]["ok"]:
             if time.monotonic() >= deadline:

@@ -126,11 +126,13 @@ ON CONFLICT (shard) DO NOTHING;
 -- name: claim_shards
 -- At most :want shards nobody holds or whose owner's lease ran out, lowest first (only those
 -- listed in :only, a JSON array, unless it is NULL), each one epoch up. Rows another transaction
--- holds are skipped: a take-over racing this one, or a batch under the shard's fence.
+-- holds are skipped: a take-over racing this one, or a batch under the shard's fence. With
+-- :reclaim, also the shards still held under :owner's name: a coordinator restarted with the same
+-- name takes its predecessor's at once (one epoch up, so the predecessor can write no more).
 WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
 free AS (
     SELECT shard FROM shard_owners, clock
-    WHERE expires_at <= clock.t
+    WHERE (expires_at <= clock.t OR (:reclaim::bool AND owner = :owner))
       AND (:only::text IS NULL
            OR shard IN (SELECT value::int FROM json_array_elements_text(:only::json)))
     ORDER BY shard
@@ -193,10 +195,11 @@ UPDATE leaders SET expires_at = 0 WHERE duty = :duty AND owner = :owner AND epoc
 
 -- name: heartbeat_coordinator
 WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
-INSERT INTO coordinators (owner, heartbeat_at, expires_at)
-SELECT :owner, clock.t, clock.t + :ttl_s FROM clock
+INSERT INTO coordinators (owner, heartbeat_at, expires_at, address)
+SELECT :owner, clock.t, clock.t + :ttl_s, :address FROM clock
 ON CONFLICT (owner) DO UPDATE SET
-    heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at;
+    heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at,
+    address = excluded.address;
 
 -- name: live_coordinators
 WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
@@ -204,6 +207,20 @@ SELECT owner FROM coordinators, clock WHERE expires_at > clock.t ORDER BY owner;
 
 -- name: leave_coordinator
 DELETE FROM coordinators WHERE owner = :owner;
+
+-- name: shard_holder
+-- Who holds :shard now (its lease not run out), with the address it advertises if it is live;
+-- no row when nobody does. Shard 0's holder is the active coordinator (coordinator/cluster/).
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+SELECT s.owner, s.epoch, coalesce(c.address, '') AS address
+FROM shard_owners AS s CROSS JOIN clock
+LEFT JOIN coordinators AS c ON c.owner = s.owner AND c.expires_at > clock.t
+WHERE s.shard = :shard AND s.owner <> '' AND s.expires_at > clock.t;
+
+-- name: lock_migrations
+-- Two processes migrating one database at once: the second waits here, inside its migration
+-- transaction, until the first committed (a transaction-level lock: fine behind PgBouncer).
+SELECT pg_advisory_xact_lock((:hi::bigint << 32) | :lo::bigint);
 
 -- The one-coordinator lock (postgres.py: PostgresStore(exclusive=True)); the key is one bigint,
 -- passed as its two halves as pg_locks shows them.

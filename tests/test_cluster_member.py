@@ -1,0 +1,139 @@
+"""The "one active" ownership policy of several coordinators on one PostgreSQL
+(coordinator/cluster/member.py), turn by turn in virtual time (`now`): the first coordinator
+takes every shard and is active, the next stands by naming it; once the active stops renewing,
+the standby takes every shard over after the TTL, and from then on the old active writes
+nothing and steps down (exit code 3). A standby that got only a few shards while a live rival
+holds shard 0 lets them go, and is not active."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import pytest
+from pg_rig import empty_tables, pg_database
+
+from coordinator.cluster.member import EXIT_STEPPED_DOWN, ClusterConfig, ClusterMember
+from coordinator.cluster.role import ClusterRole
+from coordinator.domain import AuditEvent
+from coordinator.store import PostgresStore, WriteBatch
+from coordinator.store.ownership import ShardOwnership
+
+__all__ = ["pg_database"]
+
+pytestmark = pytest.mark.anyio
+
+SHARDS = 8
+TTL_S = 6.0
+T0 = 1_000.0
+
+
+class Exited(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _exit(code: int) -> NoReturn:
+    raise Exited(code)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(pg_database: str) -> AsyncIterator[PostgresStore]:
+    await empty_tables(pg_database)
+    s = PostgresStore(pg_database)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def ownership(store: PostgresStore) -> ShardOwnership:
+    o = ShardOwnership(store, shard_count=SHARDS)
+    await o.open()
+    return o
+
+
+def member(store: PostgresStore, ownership: ShardOwnership, name: str) -> ClusterMember:
+    role = ClusterRole(name=name, address=f"{name}.example:50051")
+    return ClusterMember(store, ownership, role, ClusterConfig(ttl_s=TTL_S), exit=_exit)
+
+
+def audit_batch(what: str) -> WriteBatch:
+    return WriteBatch(audits=[AuditEvent("TEST", what, "system", T0)])
+
+
+async def audited(store: PostgresStore) -> list[str]:
+    return sorted(
+        event.subject_id
+        for event in await store.list_audit(
+            since=None, subject_id="", action="", after_seq=0, limit=100
+        )
+    )
+
+
+async def test_the_first_is_active_the_next_stands_by_and_takes_over_after_the_ttl(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    first = await a.turn(now=T0)
+    assert first.active and [lease.shard for lease in first.held] == list(range(SHARDS))
+    standby = await b.turn(now=T0 + 0.1)
+    assert not standby.active and standby.held == []
+    assert b.role.refusal() == (
+        "standby: this coordinator is not active; the active one is a.example:50051"
+    )
+    await a.commit(audit_batch("written by a"))
+
+    # a stops renewing (paused): b gets nothing until a's leases run out, then everything.
+    assert not (await b.turn(now=T0 + TTL_S / 2)).held
+    took = await b.turn(now=T0 + TTL_S + 0.2)
+    assert took.active and {lease.epoch for lease in took.held} == {2}
+    assert not b.role.is_active()  # serving once loaded (cluster/serve.py sets it)
+    await b.commit(audit_batch("written by b"))
+
+    # a wakes up: its batch is refused, nothing of it written, and it steps down.
+    with pytest.raises(Exited) as exited:
+        await a.commit(audit_batch("written by a after the take-over"))
+    assert exited.value.code == EXIT_STEPPED_DOWN
+    # Its next turn finds the shards gone too.
+    lost = await a.turn(now=T0 + TTL_S + 0.3)
+    assert not lost.active and lost.lost is not None and "took over shard 0 (epoch 2)" in lost.lost
+    owners = await ownership.owners()
+    assert {(o.owner, o.epoch) for o in owners} == {("b", 2)}
+    assert await audited(store) == ["written by a", "written by b"]
+
+
+async def test_a_standby_with_a_few_shards_lets_them_go_while_a_live_rival_holds_shard_0(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    # Two coordinators starting at once on a fresh database: a's claim got the lower half only
+    # (b's raced it). b claims the rest, but a holds shard 0, so b gives them back.
+    lower = list(range(SHARDS // 2))
+    a.held = await ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0, only=lower)
+    turn = await b.turn(now=T0 + 0.1)
+    assert not turn.active and turn.held == [] and b.fence is None
+    # a's next turn claims them: it is the one active.
+    again = await a.turn(now=T0 + 0.2)
+    assert again.active and len(again.held) == SHARDS
+
+
+async def test_a_clean_stop_lets_the_standby_take_over_at_its_next_turn(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    assert (await a.turn(now=T0)).active
+    assert not (await b.turn(now=T0 + 0.1)).active
+    await a.leave()
+    took = await b.turn(now=T0 + 0.2)  # well within a's TTL
+    assert took.active and {lease.epoch for lease in took.held} == {2}
+    live = [row["owner"] for row in await store.run("live_coordinators", {"now": T0 + 0.3})]
+    assert live == ["b"]
