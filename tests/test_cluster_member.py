@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
+import anyio
 import pytest
-from pg_rig import empty_tables, pg_database
+from pg_rig import empty_tables, pg_database, scratch_database
 
 from coordinator.cluster.member import EXIT_STEPPED_DOWN, ClusterConfig, ClusterMember
 from coordinator.cluster.role import ClusterRole
@@ -137,3 +138,17 @@ async def test_a_clean_stop_lets_the_standby_take_over_at_its_next_turn(
     assert took.active and {lease.epoch for lease in took.held} == {2}
     live = [row["owner"] for row in await store.run("live_coordinators", {"now": T0 + 0.3})]
     assert live == ["b"]
+
+
+async def test_coordinators_starting_together_on_a_fresh_database_migrate_it_once() -> None:
+    async with scratch_database() as url:
+        stores = [PostgresStore(url) for _ in range(3)]
+        try:
+            async with anyio.create_task_group() as tg:
+                for s in stores:
+                    tg.start_soon(s.open)
+            versions = await stores[0].run("applied_migrations", {})
+            assert sorted(row["version"] for row in versions) == [1, 2, 3]
+        finally:
+            for s in stores:
+                await s.close()

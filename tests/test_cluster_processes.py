@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pg_rig import own_database, run_apart
@@ -59,6 +60,11 @@ class Coordinator:
             raise AssertionError(f"{self.name} exited:\n{self.text()}")
         match = re.search(r"coordinator listening on (\S+) ", self.text())
         return match[1] if match else None
+
+    def metrics(self) -> str:
+        match = re.search(r"\(metrics (http://\S+)/metrics,", self.text())
+        assert match, self.text()
+        return httpx.get(f"{match[1]}/metrics", timeout=10).text
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -216,12 +222,36 @@ def test_a_clean_stop_of_the_active_lets_the_standby_take_over_before_its_ttl(
 ) -> None:
     # A TTL longer than the wait: only the shards let go can make b active in time.
     with coordinators(tmp_path, pg_url, ttl_s=60.0) as (a, b):
+        assert "postroom_coordinator_active 1.0" in a.metrics()
+        assert "postroom_coordinator_active 0.0" in b.metrics()
+        assert "postroom_shards_owned 64.0" in a.metrics()
+        # A worker given both addresses is online on a; one given only b is refused there.
+        cluster.coordinator_address = a.address
+        both = cluster.start_worker(
+            "cluster-w2",
+            platforms=["sandbox:cluster"],
+            extra=["--coordinator", f"{b.address},{a.address}"],
+        )
+        only_b = cluster.start_worker(
+            "cluster-w3", platforms=["sandbox:cluster"], extra=["--coordinator", b.address]
+        )
+        cluster.wait_online(["cluster-w2"])
+        wait_until("w2 on a", lambda: f"open on {a.address}:" in both.log_tail())
+        refusal = f"standby: this coordinator is not active; the active one is {a.address}"
+        wait_until("w3 refused by b", lambda: refusal in only_b.log_tail(200))
+
         a.popen.send_signal(signal.SIGTERM)
         assert a.popen.wait(STOP_TIMEOUT_S) == 0
         wait_until("b active", b.serving, 40)  # b's next turn: within 15 s
         assert run_apart(_shards(pg_url)) == {("b", 2)}
         assert run_apart(_live(pg_url)) == ["b"]
         assert "active: took over 64 shards (epochs 2) in " in b.text()
+        assert "postroom_coordinator_active 1.0" in b.metrics()
+        # Both workers are on b now: w2 told goodbye by a, w3 no longer refused.
+        cluster.coordinator_address = b.address
+        cluster.wait_online(["cluster-w2", "cluster-w3"])
+        wait_until("w2 on b", lambda: f"open on {b.address}:" in both.log_tail())
+        wait_until("w3 on b", lambda: f"open on {b.address}:" in only_b.log_tail())
 
 
 def _post(text: str) -> pub.CreatePostRequest:
