@@ -155,6 +155,9 @@ async def test_the_worker_never_posts_on_a_verify_only_attempt() -> None:
         async def commit_bound_passed(self) -> None:
             raise AssertionError("a verify-only attempt must not commit")
 
+        def commit_bound_scope(self) -> None:
+            raise AssertionError("a verify-only attempt must not commit")
+
     adapter = _Adapter()
     spec = JobSpec(
         job_id="j",

@@ -182,7 +182,7 @@ class JobRunner:
                 self._answer_permit(job_id, epoch, granted, reason)
             case cmd.Confirm(job_id, epoch):
                 if (job := self._current(job_id, epoch)) is not None:
-                    job.confirmed.set()
+                    job.confirmation().set()
             case cmd.Cancel(job_id, epoch, reason):
                 self._cancel(job_id, epoch, reason)
             case cmd.DropJob(job_id, epoch, reason):
@@ -247,7 +247,12 @@ class JobRunner:
             log.warning("result of job %s refused: %s", job_id, reason)
         del self._jobs[job_id]
         self._running.discard(job)
-        self._wake()
+        if self._jobs:
+            # A job gone leaves the lease watcher's next wake early at worst, and wait_idle
+            # waits for the last one: no new Event per job.
+            self._set_in_flight()
+        else:
+            self._wake()
 
     # ---- queries --------------------------------------------------------------------------
 
@@ -300,6 +305,8 @@ class JobRunner:
     ) -> None:
         if phase is JobPhase.RUNNING:
             job.started_at = self.clock.now()
+        elif phase is JobPhase.AWAITING_CONFIRM:
+            job.confirmation()  # the event the operator's ConfirmJob sets, waited on next
         job.phase = phase
         if state_msg is not None:
             job.last_state_msg = state_msg

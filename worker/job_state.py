@@ -76,7 +76,8 @@ class RunningJob:
     commit_ends_at: float = 0.0
     started_at: float = 0.0
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    confirmed: anyio.Event = field(default_factory=anyio.Event)
+    # Made when first asked for (confirmation()): most jobs never wait for an operator.
+    confirmed: anyio.Event | None = None
     permit: anyio.Event = field(default_factory=anyio.Event)
     permit_granted: bool = False
     deny_reason: str = ""
@@ -87,6 +88,12 @@ class RunningJob:
     @property
     def job_id(self) -> str:
         return self.spec.job_id
+
+    def confirmation(self) -> anyio.Event:
+        """The event an operator's ConfirmJob sets (made by the runner, when first needed)."""
+        if self.confirmed is None:
+            self.confirmed = anyio.Event()
+        return self.confirmed
 
     def held(self) -> wg.HeldJob:
         return wg.HeldJob(job_id=self.job_id, lease_epoch=self.epoch, committed=self.committed)

@@ -18,7 +18,7 @@ from typing import Protocol, cast
 import anyio
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from postroom.clock import Clock
+from postroom.clock import Clock, SystemClock
 from postroom.logs import log_context
 from postroom.tracing import (
     SPAN_WORKER_RUN,
@@ -179,6 +179,7 @@ class JobTask:
         msg = job.awaiting_confirm()
         self._runner.move(job, JobPhase.AWAITING_CONFIRM, state_msg=msg)
         await self._runner.emit(msg)
+        assert job.confirmed is not None  # made by the runner as the job entered the phase
         await job.confirmed.wait()
 
     async def commit_permit(self) -> None:
@@ -223,6 +224,11 @@ class JobTask:
 
     async def commit_bound_passed(self) -> None:
         await self._clock.sleep_until(self._job.commit_ends_at)
+
+    def commit_bound_scope(self) -> anyio.CancelScope | None:
+        if type(self._clock) is not SystemClock:  # virtual time: commit_bound_passed times it
+            return None
+        return anyio.move_on_after(self._job.commit_ends_at - self._clock.now())
 
     def commit_bound_s(self) -> float:
         # A commit that outlasts the margin could still be running when an unrenewed lease

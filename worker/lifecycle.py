@@ -66,6 +66,11 @@ class JobHooks(Protocol):
         """Return once the bound the CommitRequest gave for the commit has passed."""
         ...
 
+    def commit_bound_scope(self) -> anyio.CancelScope | None:
+        """A cancel scope whose deadline is that bound, when the event loop can time it (the
+        clock is the system's); None: the commit is timed by commit_bound_passed."""
+        ...
+
 
 class StepSink(Protocol):
     """What an adapter with steps of its own (a browser playbook) reports them through: each
@@ -153,20 +158,25 @@ async def _within_bound(commit: Awaitable[Published], hooks: JobHooks) -> Publis
     connections with a reset (worker/fence.py); what the platform acknowledged is in doubt."""
     published: Published | None = None
     failure: Exception | None = None
-    bounded = anyio.CancelScope()
-
-    async def watch() -> None:
-        await hooks.commit_bound_passed()
-        bounded.cancel()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
+    bounded = hooks.commit_bound_scope()
+    if bounded is not None:  # the event loop times it: no watcher task per commit
         with bounded:
-            try:
-                published = await commit
-            except Exception as exc:  # raised as it is below, not inside a task group's group
-                failure = exc
-        tg.cancel_scope.cancel()
+            published = await commit
+    else:
+        bounded = anyio.CancelScope()
+
+        async def watch() -> None:
+            await hooks.commit_bound_passed()
+            bounded.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            with bounded:
+                try:
+                    published = await commit
+                except Exception as exc:  # raised as it is below, not inside a task group's group
+                    failure = exc
+            tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
     if published is None:
