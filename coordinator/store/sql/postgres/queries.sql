@@ -147,11 +147,21 @@ RETURNING s.shard, s.owner, s.epoch, s.expires_at;
 
 -- name: renew_shards
 -- :leases is a JSON array of {"shard", "epoch"}; a shard whose epoch moved is not renewed.
-WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+-- Rows are locked in shard order, as hold_shards locks them: a renewal and the owner's own
+-- fenced batch wait for each other, never in a cycle.
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
+mine AS (
+    SELECT s.shard FROM shard_owners AS s
+    JOIN json_to_recordset(:leases::json) AS held (shard int, epoch bigint)
+      ON s.shard = held.shard AND s.epoch = held.epoch
+    WHERE s.owner = :owner
+    ORDER BY s.shard
+    FOR UPDATE OF s
+)
 UPDATE shard_owners AS s
 SET heartbeat_at = clock.t, expires_at = clock.t + :ttl_s
-FROM clock, json_to_recordset(:leases::json) AS held (shard int, epoch bigint)
-WHERE s.shard = held.shard AND s.epoch = held.epoch AND s.owner = :owner
+FROM clock, mine
+WHERE s.shard = mine.shard
 RETURNING s.shard, s.owner, s.epoch, s.expires_at;
 
 -- name: release_shards
@@ -161,11 +171,13 @@ WHERE s.shard = held.shard AND s.epoch = held.epoch AND s.owner = :owner;
 
 -- name: hold_shards
 -- A fenced batch's first statement: its shards, still at the epochs it holds, locked until it
--- commits, so no take-over lands in between (claim_shards skips them).
+-- commits, so no take-over lands in between (claim_shards skips them). In shard order (ORDER BY
+-- comes before the locking), as renew_shards locks them.
 SELECT s.shard FROM shard_owners AS s
 JOIN json_to_recordset(:leases::json) AS held (shard int, epoch bigint)
   ON s.shard = held.shard AND s.epoch = held.epoch
 WHERE s.owner = :owner
+ORDER BY s.shard
 FOR SHARE OF s;
 
 -- name: list_shard_owners
