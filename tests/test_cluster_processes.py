@@ -152,6 +152,15 @@ async def _live(url: str) -> list[str]:
         await conn.close()
 
 
+async def _took_over(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        sql = "SELECT subject_id FROM audit_events WHERE action = 'COORDINATOR_ACTIVE' ORDER BY seq"
+        return [r["subject_id"] for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
 async def _post_texts(url: str) -> list[str]:
     conn = await asyncpg.connect(url)
     try:
@@ -247,6 +256,7 @@ def test_a_clean_stop_of_the_active_lets_the_standby_take_over_before_its_ttl(
         assert run_apart(_live(pg_url)) == ["b"]
         assert "active: took over 64 shards (epochs 2) in " in b.text()
         assert "postroom_coordinator_active 1.0" in b.metrics()
+        assert run_apart(_took_over(pg_url)) == ["a", "b"]  # the audit log's lines
         # Both workers are on b now: w2 told goodbye by a, w3 no longer refused.
         cluster.coordinator_address = b.address
         cluster.wait_online(["cluster-w2", "cluster-w3"])

@@ -3,10 +3,10 @@
 `postroom coordinator --db postgresql://...` runs here once the gRPC server listens. It starts
 as a standby (health NOT_SERVING, workers' streams refused naming the active) and runs its
 ownership turns (member.py). The turn that holds every shard takes over: the same start-up load
-as a single coordinator's (workers reconnecting within their lease keep their jobs), then the
-actor, then health SERVING and the ready file. SIGTERM: the active drains as a single
-coordinator does, then lets its shards go (leave), so a standby takes over at its next turn,
-not after the TTL.
+as a single coordinator's (workers reconnecting within their lease keep their jobs), an audit
+event (COORDINATOR_ACTIVE), then the actor, then health SERVING and the ready file. SIGTERM:
+the active drains as a single coordinator does, then lets its shards go (leave), so a standby
+takes over at its next turn, not after the TTL.
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from coordinator.actor import Coordinator
 from coordinator.cluster.member import ClusterMember, Turn
+from coordinator.domain import AuditEvent
+from coordinator.store.base import WriteBatch
 
 log = logging.getLogger("postroom.coordinator")
+TOOK_OVER = "COORDINATOR_ACTIVE"  # the audit log's line for a take-over
 
 
 @dataclass(slots=True)
@@ -72,14 +75,18 @@ class ClusterServing:
         await self.coordinator.load()
         if self._stopping or self._actors is None:
             return
-        await self._actors.start(self._actor)
-        self.member.role.active = True
-        await self.serving(True)
-        self.ready()
+        role = self.member.role
         epochs = sorted({lease.epoch for lease in turn.held})
         span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}..{epochs[-1]}"
-        took = (time.monotonic() - started) * 1000
-        log.info("active: took over %d shards (epochs %s) in %.0f ms", len(turn.held), span, took)
+        took = round((time.monotonic() - started) * 1000)
+        details = {"shards": len(turn.held), "epochs": span, "address": role.address, "ms": took}
+        event = AuditEvent(TOOK_OVER, role.name, "system", self.coordinator.clock.now(), details)
+        await self.member.commit(WriteBatch(audits=[event]))  # before anything it serves
+        await self._actors.start(self._actor)
+        role.active = True
+        await self.serving(True)
+        self.ready()
+        log.info("active: took over %d shards (epochs %s) in %d ms", len(turn.held), span, took)
 
     async def _actor(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
