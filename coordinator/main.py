@@ -27,10 +27,10 @@ from coordinator.access.options import ExposureRefused
 from coordinator.access.registry import Credentials
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore
+from coordinator.cluster.forward import ForwardToActive, peer_tls
 from coordinator.cluster.member import ClusterConfig, ClusterMember
 from coordinator.cluster.role import ClusterRole
 from coordinator.cluster.serve import ClusterServing
-from coordinator.cluster.standby import StandbyRefusal
 from coordinator.dblock import DatabaseInUse, DatabaseLock
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.errors import CoordinatorError
@@ -260,8 +260,13 @@ def _grpc_server(
         OperatorAuth(parts.coordinator.credentials)
     ]
     role = parts.member.role if parts.member is not None else None
-    if role is not None:  # before the tokens' check: a standby has loaded none
-        interceptors.insert(0, StandbyRefusal(role))
+    if role is not None:  # before the tokens' check: a standby forwards to the active one
+        forward = ForwardToActive(
+            is_active=role.is_active,
+            active_address=role.active_address,
+            tls=peer_tls(opts.security),
+        )
+        interceptors.insert(0, forward)
     if exporters_from_env():  # tracing asked for: instrument the gRPC calls too
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 

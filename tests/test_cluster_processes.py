@@ -24,7 +24,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pg_rig import own_database, run_apart
 from polling import wait_until
 
-from postroom.client.errors import PostroomError
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
@@ -180,8 +179,8 @@ def test_the_standby_refuses_then_takes_over_a_paused_active_which_steps_down_on
             f"standby: this coordinator is not active; the active one is {a.address}"
         )
         cluster.coordinator_address = b.address
-        with cluster.client() as client, pytest.raises(PostroomError, match="standby"):
-            client.list_devices()
+        with cluster.client() as client:  # an operator may call either: b forwards it to a
+            assert [d.id for d in client.list_devices().devices] == []
 
         # a is paused with an operator's request on its way in.
         cluster.coordinator_address = a.address
