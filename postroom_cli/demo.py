@@ -1,9 +1,10 @@
 """`postroom demo`: the whole system on this machine, publishing a few posts with one rate limit.
 
-Starts the sandbox, the coordinator (SQLite in a temporary directory, or the database of `--db`,
-e.g. PostgreSQL) and two API workers as separate processes, publishes posts to several sandbox
-accounts while the sandbox answers one request with 429 + Retry-After, shows live progress, and
-exits 0 once every post is published exactly once. Ctrl-C stops every child cleanly.
+Starts the sandbox, the coordinator (SQLite in a temporary directory, or the database of `--db`;
+on PostgreSQL two coordinators, an active one and a standby) and two API workers as separate
+processes, publishes posts to several sandbox accounts while the sandbox answers one request with
+429 + Retry-After, shows live progress, and exits 0 once every post is published exactly once.
+Ctrl-C stops every child cleanly.
 
 `--platforms bluesky,mastodon` runs the same flow against real platform software started
 locally (the Bluesky reference PDS, mastodon-mock): the workers get an accounts file, Mastodon
@@ -30,7 +31,7 @@ from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom_cli.accountsfile import render_accounts
 from postroom_cli.client import PublishingClient
-from postroom_cli.cluster import ClusterConfig, ClusterError, LocalCluster
+from postroom_cli.cluster import Child, ClusterConfig, ClusterError, LocalCluster
 from postroom_cli.demo_platforms import DEMO_ACCOUNT, REAL_PLATFORMS, LocalPlatforms, missing
 from postroom_cli.render import error_class, fmt_target, job_status, post_status
 from sandbox.admin import SandboxAdmin
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "--db",
         metavar="URL",
         help="the coordinator's database, empty (the demo enrolls its own workers): "
-        "postgresql://USER@HOST/DB (one coordinator on it today) or sqlite:///PATH; "
-        "default SQLite in the work directory",
+        "postgresql://USER@HOST/DB (two coordinators on it, an active one and a standby) or "
+        "sqlite:///PATH; default SQLite in the work directory",
     )
     parser.add_argument(
         "--keep-running",
@@ -165,7 +166,9 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
                 admin.close()
             if not ok:
                 console.print("[red]not everything was published exactly once in time[/]")
-                children = [cluster.sandbox, cluster.coordinator, *cluster.workers.values()]
+                peers: list[Child | None] = [peer.child for peer in cluster.peers.values()]
+                children = [cluster.sandbox, *(peers or [cluster.coordinator])]
+                children += cluster.workers.values()
                 for child in children:
                     if child is not None:
                         console.print(f"--- {child.name} ({child.log_path}):")
@@ -204,8 +207,11 @@ def _start(
         console.print(f"  sandbox      {cluster.start_sandbox()}")
     for platform, url in platforms.urls.items():
         console.print(f"  {platform:<12} {url}  (local, account {DEMO_ACCOUNT})")
-    address = cluster.start_coordinator()
-    _say_database(cluster, address, console)
+    if cluster.db_url.startswith(("postgresql:", "postgres:")):
+        _start_two_coordinators(cluster, console)
+    else:
+        address = cluster.start_coordinator()
+        console.print(f"  coordinator  {address}  db {redacted(cluster.db_url)}", highlight=False)
     console.print(f"  metrics      {cluster.metrics_url}")
     if cluster.access is not None:
         console.print(
@@ -257,13 +263,24 @@ def _start(
     return admin
 
 
-def _say_database(cluster: LocalCluster, address: str, console: Console) -> None:
-    console.print(f"  coordinator  {address}  db {redacted(cluster.db_url)}", highlight=False)
-    if cluster.db_url.startswith(("postgresql:", "postgres:")):
-        console.print(
-            "               one coordinator on PostgreSQL: several on one database are not "
-            "wired together yet"
-        )
+def _start_two_coordinators(cluster: LocalCluster, console: Console) -> None:
+    """PostgreSQL: an active coordinator and a standby on the one database. Workers get both
+    addresses; the demo's own calls (and the web console's) go to the standby, which forwards
+    them to the active one, as an operator may call any coordinator."""
+    cluster.start_coordinators(2)
+    active = cluster.wait_active()
+    for peer in cluster.peers.values():
+        role = "active" if peer is active else "standby (takes over if the active one dies)"
+        console.print(f"  coordinator  {peer.name} {peer.address}  {role}", highlight=False)
+    standby = next(peer for peer in cluster.peers.values() if peer is not active)
+    cluster.coordinator_address = standby.address
+    cluster.metrics_url = active.metrics_url
+    console.print(
+        f"               two coordinators on PostgreSQL (db {redacted(cluster.db_url)}); the "
+        f"workers are given both addresses, and this demo calls the standby {standby.name}, "
+        "which forwards to the active one",
+        highlight=False,
+    )
 
 
 def _follow(

@@ -1,6 +1,6 @@
-"""`postroom demo --db postgresql://...`: the demo's coordinator keeps its state in PostgreSQL
-(a database of this test's own), says it runs one coordinator there, and publishes every post
-once."""
+"""`postroom demo --db postgresql://...`: two coordinators keep their state in one PostgreSQL
+database (of this test's own), an active one and a standby; the demo says so, calls the standby
+(which forwards to the active one), and publishes every post once."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def test_the_demo_runs_on_postgresql() -> None:
         out = " ".join(demo.stdout.split())  # rich wraps long lines
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert f"db {url}" in out
-        assert "one coordinator on PostgreSQL" in out
+        assert "two coordinators on PostgreSQL" in out
+        assert "coord-1" in out and "coord-2" in out
+        assert out.count(" active") >= 1 and "standby (takes over if the active one dies)" in out
+        assert "this demo calls the standby" in out
         assert "the sandbox accepted 8 posts; duplicates: 0" in out
         assert run_apart(_jobs_by_status(url)) == {"SUCCEEDED": 8}
