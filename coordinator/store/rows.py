@@ -36,9 +36,20 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+# One encoder each, made once: json.dumps() with options builds a JSONEncoder on every call
+# (a third of its cost for the small values stored several times per job).
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# What AuditEvent.details_json() writes (json.dumps(..., sort_keys=True, default=str)).
+_AUDIT_DETAILS = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def dumps(value: Any) -> str:
     # Compact and stable: these are stored once per write on the hot path.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(value)
+
+
+def _list_json(values: tuple[str, ...]) -> str:
+    return _COMPACT.encode(list(values)) if values else "[]"
 
 
 def targets_json(targets: tuple[Target, ...]) -> str:
@@ -57,7 +68,7 @@ def post_params(post: Post) -> Params:
     return {
         "id": post.id,
         "text": post.text,
-        "media": dumps(list(post.media)),
+        "media": _list_json(post.media),
         "targets": targets_json(post.targets),
         "scheduled_at": post.scheduled_at,
         "status": post.status.value,
@@ -100,7 +111,7 @@ def job_params(job: Job) -> Params:
         "platform_key": job.platform_key,
         "content_hash": job.content_hash,
         "text": job.text,
-        "media": dumps(list(job.media)),
+        "media": _list_json(job.media),
         "scheduled_at": job.scheduled_at,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
@@ -232,7 +243,7 @@ def audit_params(event: AuditEvent) -> Params:
         "action": event.action,
         "subject_id": event.subject_id,
         "actor": event.actor,
-        "details_json": event.details_json(),
+        "details_json": _AUDIT_DETAILS.encode(dict(event.details)),
         "execution_time_ms": event.execution_time_ms,
     }
 

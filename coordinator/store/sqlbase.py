@@ -9,6 +9,7 @@ miss is diagnosed once the batch is rolled back, and the mapping of every read.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -61,15 +62,19 @@ class Missed(Exception):
 Stage = tuple[str, str, list[Params], bool]
 
 
+# A batch's writes expect a handful of distinct status sets: each token is built once.
+_status_token = functools.cache(cas.status_token)
+
+
 def _stages_before_audits(batch: WriteBatch) -> list[Stage]:
     post_writes = [
-        {**rows.post_params(w.post), "expected": cas.status_token(w.expected_statuses)}
+        {**rows.post_params(w.post), "expected": _status_token(w.expected_statuses)}
         for w in batch.post_writes
     ]
     job_writes = [
         {
             **rows.job_params(w.job),
-            "expected": cas.status_token(w.expected_statuses),
+            "expected": _status_token(w.expected_statuses),
             "expected_epoch": w.expected_epoch,
         }
         for w in batch.job_writes
