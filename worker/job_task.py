@@ -11,12 +11,18 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from typing import Protocol, cast
 
 import anyio
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
+from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from postroom.clock import Clock, SystemClock
 from postroom.logs import log_context
@@ -94,6 +100,8 @@ class JobTask:
         self._job = job
         self._adapters = adapters
         self._tracer = tracer
+        # No exporter (the runner's NoOpTracer): no span objects per step at all.
+        self._tracing = not isinstance(tracer, NoOpTracer)
         self._metrics = metrics
         self._adapter: PlatformAdapter | None = None
 
@@ -104,18 +112,22 @@ class JobTask:
                 ack = job.ack()
                 self._runner.move(job, JobPhase.RUNNING, state_msg=ack)
                 await self._runner.emit(ack)
-                attributes: dict[str, str | int | bool] = {
-                    "postroom.job_id": spec.job_id,
-                    "postroom.platform": spec.platform,
-                    "postroom.account": spec.account,
-                    "postroom.attempt": spec.attempt,
-                    "postroom.lease_epoch": job.epoch,
-                    "postroom.verify_first": spec.verify_first,
-                }
-                parent = context_from_traceparent(job.traceparent)
-                with self._tracer.start_as_current_span(
-                    SPAN_WORKER_RUN, context=parent, attributes=attributes
-                ) as span:
+                if self._tracing:
+                    attributes: dict[str, str | int | bool] = {
+                        "postroom.job_id": spec.job_id,
+                        "postroom.platform": spec.platform,
+                        "postroom.account": spec.account,
+                        "postroom.attempt": spec.attempt,
+                        "postroom.lease_epoch": job.epoch,
+                        "postroom.verify_first": spec.verify_first,
+                    }
+                    parent = context_from_traceparent(job.traceparent)
+                    run_span: AbstractContextManager[Span] = self._tracer.start_as_current_span(
+                        SPAN_WORKER_RUN, context=parent, attributes=attributes
+                    )
+                else:
+                    run_span = _no_span(SPAN_WORKER_RUN, {})
+                with run_span as span:
                     result = await self._attempt(span)
                     if result is not None:
                         await self._report(span, result)
@@ -264,7 +276,8 @@ class JobTask:
         note = StepNote()
         started = time.perf_counter()
         attributes = {STEP_ATTRIBUTE: name, "postroom.platform": platform}
-        with self._tracer.start_as_current_span(SPAN_WORKER_STEP, attributes=attributes) as span:
+        spanning = self._tracer.start_as_current_span if self._tracing else _no_span
+        with spanning(SPAN_WORKER_STEP, attributes=attributes) as span:
             try:
                 yield note
             except AdapterError as exc:
@@ -285,6 +298,12 @@ class JobTask:
         py_level = {ERROR: logging.ERROR, WARNING: logging.WARNING}.get(level, logging.INFO)
         log.log(py_level, "%s: %s", step, message)
         await self._runner.emit(self._job.log(step, level, message, self._clock.now()))
+
+
+@contextmanager
+def _no_span(name: str, attributes: Mapping[str, AttributeValue]) -> Iterator[Span]:
+    """start_as_current_span's stand-in when nothing records spans."""
+    yield INVALID_SPAN
 
 
 @functools.cache

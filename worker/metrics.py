@@ -58,9 +58,16 @@ class WorkerMetrics:
         for platform in platforms:
             for status in COMMON_REQUEST_STATUSES:
                 self.platform_requests.labels(platform=platform, status=status)
+        # labels() checks and locks on every call; a job observes ~5 steps: children kept.
+        self._steps: dict[tuple[str, str], Histogram] = {}
 
     def observe_step(self, platform: str, step: str, seconds: float) -> None:
-        self.step_duration.labels(platform=platform, step=step).observe(seconds)
+        child = self._steps.get((platform, step))
+        if child is None:
+            child = self._steps[platform, step] = self.step_duration.labels(
+                platform=platform, step=step
+            )
+        child.observe(seconds)
 
     @contextmanager
     def time_step(self, platform: str, step: str) -> Iterator[None]:
