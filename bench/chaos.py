@@ -11,6 +11,11 @@ every SUCCEEDED job has its post at the sandbox and every post there has a SUCCE
 FAILED in doubt without looking for its post, and the audit log has no gap.
 
     python -m bench.chaos --posts 1000 --workers 4 --seed 7 [--partitions] [--db postgresql://…]
+
+With `--coordinators N` (PostgreSQL) N coordinators share the database, one active and the others
+standing by; the workers are given every address, the soak's own calls go to a standby (which
+forwards them), and the coordinator kills SIGKILL the ACTIVE one: another takes over and the
+killed one comes back as a standby (so does one that stepped down by itself, exit code 3).
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class SoakReport:
     worker_kills: int = 0
     worker_pauses: int = 0
     coordinator_restarts: int = 0
+    # Several coordinators: kills of the active one, and the coordinator that took over each.
+    takeovers: list[str] = field(default_factory=list)
+    step_downs: int = 0
     partitions: int = 0
     duplicates: int = 0
     lost: int = 0
@@ -157,6 +165,7 @@ def soak(
     quiet: bool = False,
     partitions: bool = False,
     db_url: str = "",
+    coordinators: int = 1,
 ) -> SoakReport:
     rng = random.Random(seed)
     report = SoakReport(seed=seed)
@@ -171,10 +180,14 @@ def soak(
     with contextlib.ExitStack() as stack:
         # The cluster stops before the lab goes: its workers live in the lab's namespaces.
         lab = stack.enter_context(NetLab()) if partitions else None
-        cluster = stack.enter_context(LocalCluster(workdir, _config(lab)))
+        cluster = stack.enter_context(LocalCluster(workdir, _config(lab, coordinators)))
         cluster.db_url = db_url or cluster.db_url  # default: SQLite in the workdir
         cluster.start_sandbox()
-        cluster.start_coordinator()
+        if coordinators > 1:
+            cluster.start_coordinators(coordinators)
+            _call_a_standby(cluster)
+        else:
+            cluster.start_coordinator()
         nodes = {name: lab.add_node(name) for name in names} if lab is not None else {}
         cuts = _Partitions(nodes, int(cluster.coordinator_address.rsplit(":", 1)[1]))
 
@@ -200,10 +213,14 @@ def soak(
                 time.sleep(0.2)
                 continue
             _one_fault(rng, admin, account_names, report)
+            if cluster.peers:
+                _revive(cluster, report)
             _one_disruption(rng, cluster, names, paused, report, start, cuts)
             time.sleep(rng.uniform(0.2, 0.6))
         cuts.heal_all()
         _restore(cluster, start)
+        if cluster.peers:
+            _revive(cluster, report)
         admin.clear_faults()
         report.posts = created
         say(f"  chaos over after {time.monotonic() - started:.1f}s; draining")
@@ -215,16 +232,57 @@ def soak(
     return report
 
 
-def _config(lab: NetLab | None) -> ClusterConfig:
-    """Short heartbeats, leases and retries, so that many faults fit in a short soak."""
+def _config(lab: NetLab | None, coordinators: int = 1) -> ClusterConfig:
+    """Short heartbeats, leases and retries, so that many faults fit in a short soak. Several
+    coordinators: shard leases of 2 s (a takeover in ~2.5 s) under workers' leases of 4 s, so a
+    worker can keep its jobs through a takeover, as with the product's 6 s and 15 s."""
+    several = coordinators > 1
     return ClusterConfig(
         heartbeat_interval_s=0.5,
-        lease_ttl_s=1.5,
+        lease_ttl_s=4.0 if several else 1.5,
         retry_initial_s=0.2,
         coordinator_args=("--retry-max", "2"),
         worker_args=("--request-timeout-s", "1"),
         host=lab.hub if lab is not None else "127.0.0.1",
+        ownership_ttl_s=2.0 if several else None,
     )
+
+
+def _call_a_standby(cluster: LocalCluster) -> None:
+    """The soak's own calls go to a standby (forwarded), unless none is up."""
+    active = cluster.active_peer()
+    for peer in cluster.peers.values():
+        if peer is not active and peer.child.alive():
+            cluster.coordinator_address = peer.address
+            return
+
+
+def _kill_the_active(cluster: LocalCluster, report: SoakReport) -> None:
+    """SIGKILL the active coordinator and start it again (a standby now); note who took over
+    once the soak looks again (`_revive`)."""
+    active = cluster.active_peer()
+    if active is None:  # a takeover is under way already
+        return
+    if report.takeovers and report.takeovers[-1] == "?":
+        report.takeovers[-1] = active.name
+    active.child.kill()
+    report.coordinator_restarts += 1
+    cluster.start_peer(active.name)
+    report.takeovers.append("?")
+
+
+def _revive(cluster: LocalCluster, report: SoakReport) -> None:
+    """Coordinators that stepped down by themselves (exit code 3) start again, as a supervisor
+    would; the last takeover gets the name of the coordinator now active."""
+    for peer in list(cluster.peers.values()):
+        if not peer.child.alive():
+            report.step_downs += peer.child.popen.returncode == 3
+            cluster.start_peer(peer.name)
+    if report.takeovers and report.takeovers[-1] == "?":
+        active = cluster.active_peer()
+        if active is not None:
+            report.takeovers[-1] = active.name
+            _call_a_standby(cluster)
 
 
 def _publish(
@@ -260,7 +318,13 @@ def _restore(cluster: LocalCluster, start: Callable[[str], None]) -> None:
         child.resume()
         if not child.alive():
             start(name)
-    if cluster.coordinator is None or not cluster.coordinator.alive():
+    if cluster.peers:
+        for peer in list(cluster.peers.values()):
+            if not peer.child.alive():
+                cluster.start_peer(peer.name)
+        cluster.wait_active()
+        _call_a_standby(cluster)
+    elif cluster.coordinator is None or not cluster.coordinator.alive():
         cluster.start_coordinator()
 
 
@@ -356,6 +420,8 @@ def _one_disruption(
         child.pause()
         paused[name] = now + rng.uniform(1.0, 4.0)
         report.worker_pauses += 1
+    elif roll < 0.24 and cluster.peers:
+        _kill_the_active(cluster, report)
     elif roll < 0.24 and cluster.coordinator is not None:
         cluster.coordinator.kill()
         report.coordinator_restarts += 1
@@ -400,6 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the coordinator's --db, e.g. postgresql://USER@HOST/DB (an empty database); "
         "default SQLite in the work directory",
     )
+    p.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        help="several coordinators on the --db PostgreSQL database (one active, the others "
+        "standing by); the coordinator kills then SIGKILL the active one",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/chaos-results.json"))
     p.add_argument(
         "--workdir",
@@ -410,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.partitions and (missing := netlab_missing()) is not None:
         p.error(f"--partitions: {missing}")
+    if a.coordinators > 1 and not a.db.startswith(("postgresql:", "postgres:")):
+        p.error("--coordinators: several coordinators share a PostgreSQL database: give --db")
     with tempfile.TemporaryDirectory(prefix="postroom-chaos-") as tmp:
         if a.workdir is not None:
             a.workdir.mkdir(parents=True, exist_ok=True)
@@ -423,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir=a.workdir or Path(tmp),
             partitions=a.partitions,
             db_url=a.db,
+            coordinators=a.coordinators,
         )
     rows = asdict(report)
     violations = rows.pop("violations")

@@ -20,15 +20,24 @@ from typing import Any
 import grpc
 
 from bench.common import Context, Figure, Publisher, cluster, quantile, say
+from bench.coordinators import several
 from bench.wire import Completer, LeanSession
 
 RATE_PER_S = 200.0
 TARGET_P99_MS = 5.0
 
 
-def one_run(workdir: Path, seconds: float, db_url: str | None = None) -> dict[str, Any]:
+def one_run(
+    workdir: Path, seconds: float, db_url: str | None = None, *, coordinators: int = 1
+) -> dict[str, Any]:
+    """`coordinators` > 1: that many on the PostgreSQL `db_url` (bench/coordinators.py), the
+    sessions on the active one."""
     n = int(RATE_PER_S * seconds)
-    with cluster(workdir, db_url=db_url) as c:
+    if db_url is not None and coordinators > 1:
+        made = several(workdir, coordinators, db_url)
+    else:
+        made = cluster(workdir, db_url=db_url)
+    with made as c:
         address = c.coordinator_address
 
         async def drive() -> dict[str, Any]:

@@ -10,8 +10,17 @@
   the restart, then the restart grace (one lease TTL, 3 s here) for workers to come back and
   claim their jobs, then the expiry margin (1 s).
 
-One coordinator per database (several coordinators on one PostgreSQL are not wired together
-yet), so the figures compare the stores, not a scaling curve.
+Several coordinators on one PostgreSQL (bench/coordinators.py; phase 1: one active, the others
+standing by, ready to take over):
+- 9i/9j drain throughput as 9b (its 1-coordinator point) with 2 and 3 coordinators: the same
+  workers (given every address) and jobs. Only the active one serves in phase 1, so the curve is
+  expected flat; what the standbys cost is a heartbeat and a renew on PostgreSQL per turn.
+- 9k dispatch latency p99 as 9d with 3 coordinators.
+- 9l/9m takeover at the product's settings (shard lease TTL 6 s, a turn every 1.5 s; workers'
+  heartbeat 5 s, lease TTL 15 s): 3 coordinators, 2 --noop workers, jobs falling due at 10/s;
+  the active one is SIGKILLed: 9l kill -> another says SERVING (health), 9m kill -> the first job
+  dispatched by it (its JOB_LEASED), which adds the workers' reconnect (their backoff is capped
+  at 5 s).
 
 PostgreSQL: the server of POSTROOM_BENCH_PG (an admin URL; default the project machine's
 postgresql://postgres@127.0.0.1:5432/postgres). Each run makes a database postroom_bench_<hex>
@@ -46,6 +55,7 @@ from bench.common import (
     say,
     worker_has_noop,
 )
+from bench.coordinators import several
 from bench.throughput import TARGETS_PER_POST, _setup_posts, _start_workers
 from bench.wire import LeanSession
 from postroom_cli.cluster import LocalCluster
@@ -121,17 +131,19 @@ async def succeeded_counter(db_url: str) -> AsyncIterator[Callable[[], Awaitable
 # ---- 9a/9b drain throughput -----------------------------------------------------------------
 
 
-def drain_run(workdir: Path, store: Store, n_jobs: int) -> dict[str, Any]:
+def drain_run(workdir: Path, store: Store, n_jobs: int, coordinators: int = 1) -> dict[str, Any]:
     noop = worker_has_noop()
     n_posts = max(1, n_jobs // TARGETS_PER_POST)
-    with (
-        database(store) as url,
-        cluster(workdir, sandbox=not noop, db_url=url) as c,
-        Children(workdir) as kids,
-    ):
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(database(store))
+        if url is not None and coordinators > 1:
+            c = stack.enter_context(several(workdir, coordinators, url, sandbox=not noop))
+        else:
+            c = stack.enter_context(cluster(workdir, sandbox=not noop, db_url=url))
+        kids = stack.enter_context(Children(workdir))
         workers = _start_workers(c, kids, "worker", noop)
         out = asyncio.run(_drain(c, n_posts))
-    return {"store": store, "workers": len(workers), **out}
+    return {"store": store, "coordinators": coordinators, "workers": len(workers), **out}
 
 
 async def _drain(c: LocalCluster, n_posts: int) -> dict[str, Any]:
@@ -211,6 +223,58 @@ async def _restart(c: LocalCluster, victim: ChildProcess, k_jobs: int) -> dict[s
     }
 
 
+# ---- 9l/9m takeover after a SIGKILL of the active coordinator --------------------------------
+
+TAKEOVER_RATE_PER_S = 10.0
+TAKEOVER_WINDOW_S = 40.0  # jobs fall due this long; the kill comes KILL_AFTER_S in
+KILL_AFTER_S = 5.0
+
+
+def takeover_run(workdir: Path, coordinators: int = 3) -> dict[str, Any]:
+    noop = worker_has_noop()
+    with (
+        database("postgresql") as url,
+        several(workdir, coordinators, str(url), sandbox=not noop) as c,
+    ):
+        extra = ["--log-level", "WARNING", *(["--noop"] if noop else [])]
+        names = ["takeover-w0", "takeover-w1"]
+        for name in names:
+            c.start_worker(name, concurrency=8, extra=extra)
+        c.wait_online(names)
+        out = asyncio.run(_takeover(c))
+    return {"coordinators": coordinators, "workers": len(names), **out}
+
+
+async def _takeover(c: LocalCluster) -> dict[str, Any]:
+    first = c.wait_active()
+    pubr = Publisher(first.address)
+    n = int(TAKEOVER_RATE_PER_S * TAKEOVER_WINDOW_S)
+    ids = await pubr.approved_posts(n, ["sandbox:takeover"], text="takeover")
+    t0 = time.time() + 1.0
+    await pubr.schedule(ids, lambda i: t0 + i / TAKEOVER_RATE_PER_S)
+    await pubr.close()
+    await asyncio.sleep(max(0.0, t0 + KILL_AFTER_S - time.time()))
+    killed_at = time.time()
+    first.child.kill()
+    second = await asyncio.to_thread(c.wait_active, 60.0)
+    active_at = time.time()
+    reader = Publisher(second.address)
+    leased_after: list[float] = []
+    deadline = time.monotonic() + 60
+    while not leased_after and time.monotonic() < deadline:
+        leased_after = [t for t in await reader.audit_times("JOB_LEASED") if t > killed_at]
+        await asyncio.sleep(0.1)
+    await reader.close()
+    if not leased_after:
+        raise TimeoutError("no job dispatched by the new active coordinator within 60 s")
+    return {
+        "killed": first.name,
+        "took_over": second.name,
+        "active_s": round(active_at - killed_at, 3),
+        "first_dispatch_s": round(min(leased_after) - killed_at, 3),
+    }
+
+
 # ---- the item -------------------------------------------------------------------------------
 
 
@@ -248,6 +312,53 @@ def _figures() -> dict[str, tuple[Figure, Figure]]:
     }
 
 
+PRODUCT_OWNERSHIP_TTL_S = 6.0  # coordinator/cluster/member.py DEFAULT_OWNERSHIP_TTL_S
+PRODUCT_OWNERSHIP_TURN_S = PRODUCT_OWNERSHIP_TTL_S / 4
+
+
+def _cluster_figures() -> dict[str, Figure]:
+    drain = "drain throughput, 4 real workers, PostgreSQL"
+    killed = "active coordinator SIGKILLed (3 on PostgreSQL, product settings): kill ->"
+    bound = PRODUCT_OWNERSHIP_TTL_S + PRODUCT_OWNERSHIP_TURN_S
+    return {
+        "drain2": Figure("9i", "drain_postgresql_2", f"{drain}, 2 coordinators", "jobs/s",
+                         target_note="phase 1: one active; expect 9b", decimals=0),
+        "drain3": Figure("9j", "drain_postgresql_3", f"{drain}, 3 coordinators", "jobs/s",
+                         target_note="phase 1: one active; expect 9b", decimals=0),
+        "p99_3": Figure("9k", "dispatch_p99_postgresql_3",
+                        "dispatch latency p99, 200 jobs/s due, PostgreSQL, 3 coordinators", "ms",
+                        op="<=", target=dispatch.TARGET_P99_MS, decimals=2),
+        "active": Figure("9l", "takeover_active", f"{killed} another one active", "s",
+                         op="<=", target=bound,
+                         target_note=f"shard TTL {PRODUCT_OWNERSHIP_TTL_S:g} s + one turn "
+                         f"{PRODUCT_OWNERSHIP_TURN_S:g} s (+ its load)", decimals=2),
+        "first": Figure("9m", "takeover_first_dispatch", f"{killed} first job dispatched by it",
+                        "s", target_note="9l + the workers' reconnect (backoff capped at 5 s)",
+                        decimals=2),
+    }  # fmt: skip
+
+
+def _run_cluster(
+    ctx: Context, figs: dict[str, Figure], r: int, n_jobs: int, seconds: float
+) -> None:
+    """One run of 9i..9m."""
+    for n, key in ((2, "drain2"), (3, "drain3")):
+        res = drain_run(ctx.workdir(f"pg-drain-{n}c-{r}"), "postgresql", n_jobs, coordinators=n)
+        say(f"  item 9 postgresql, {n} coordinators, run {r + 1}: drain {res['jobs_per_s']} jobs/s")
+        figs[key].add(res["jobs_per_s"], res)
+    with database("postgresql") as url:
+        res = dispatch.one_run(ctx.workdir(f"pg-dispatch-3c-{r}"), seconds, url, coordinators=3)
+    say(f"  item 9 postgresql, 3 coordinators, run {r + 1}: dispatch p99 {res['p99_ms']} ms")
+    figs["p99_3"].add(res["p99_ms"], res)
+    res = takeover_run(ctx.workdir(f"pg-takeover-{r}"))
+    say(
+        f"  item 9 takeover run {r + 1}: {res['killed']} killed, {res['took_over']} active "
+        f"after {res['active_s']} s, first job dispatched after {res['first_dispatch_s']} s"
+    )
+    figs["active"].add(res["active_s"], res)
+    figs["first"].add(res["first_dispatch_s"], res)
+
+
 def run(ctx: Context) -> list[Figure]:
     why = unreachable()
     if why:
@@ -260,6 +371,7 @@ def run(ctx: Context) -> list[Figure]:
     seconds = 3.0 if ctx.quick else 15.0
     k_jobs = 20 if ctx.quick else 100
     figs = _figures()
+    several_figs = _cluster_figures()
     for r in range(ctx.runs):
         for i, store in enumerate(STORES):
             res = drain_run(ctx.workdir(f"pg-drain-{store}-{r}"), store, n_jobs)
@@ -276,4 +388,5 @@ def run(ctx: Context) -> list[Figure]:
             )
             figs["restart"][i].add(res["restart_s"], res)
             figs["recovered"][i].add(res["recovered_s"], res)
-    return [fig for pair in figs.values() for fig in pair]
+        _run_cluster(ctx, several_figs, r, n_jobs, seconds)
+    return [fig for pair in figs.values() for fig in pair] + list(several_figs.values())

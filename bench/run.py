@@ -12,7 +12,8 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
   7  browser: Chromium start, one publish on the sandbox composer (p50/p99 of 20), memory
      per open context                                     bench/browser.py
   8  web console: a page of 1,000 jobs, server side       bench/console.py
-  9  PostgreSQL vs SQLite: drain, dispatch p99, restart    bench/postgres.py
+  9  PostgreSQL vs SQLite, and 2 and 3 coordinators on one PostgreSQL: drain, dispatch
+     p99, restart, takeover of a SIGKILLed active coordinator   bench/postgres.py
  10  enqueue, 1 client, sequential: 4 calls, 1 call, batches of 100   bench/enqueue.py
  11  real worker SIGKILLed after its commit permit, defaults   bench/recovery_permit.py
 

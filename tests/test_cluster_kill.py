@@ -21,6 +21,7 @@ import pytest
 from pg_rig import own_database
 from polling import wait_until
 
+from bench.chaos import soak
 from postroom.client.errors import Unavailable
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
@@ -144,3 +145,30 @@ def _every_target_once(admin: SandboxAdmin, jobs: list[pb.Job]) -> None:
     made = admin.posts()
     assert admin.duplicates() == []
     assert sorted(p["client_key"] for p in made) == sorted(j.platform_key for j in jobs)
+
+
+@pytest.mark.timeout(300)
+def test_a_short_soak_that_kills_the_active_coordinator_loses_nothing_and_posts_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """`make chaos`'s checker (bench/chaos.py) on two coordinators sharing a PostgreSQL
+    database: its coordinator kills SIGKILL the active one (seeded: at least once here)."""
+    with own_database() as url:
+        report = soak(
+            posts=60,
+            workers=3,
+            accounts=4,
+            seed=11,
+            chaos_s=10.0,
+            drain_timeout_s=120.0,
+            workdir=tmp_path,
+            quiet=True,
+            db_url=url,
+            coordinators=2,
+        )
+    assert report.violations == []
+    assert report.duplicates == 0 and report.lost == 0
+    assert report.posts == 60 and report.jobs >= 60
+    assert report.succeeded + report.failed == report.jobs
+    assert report.coordinator_restarts >= 1
+    assert len(report.takeovers) == report.coordinator_restarts and "?" not in report.takeovers
