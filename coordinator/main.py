@@ -18,6 +18,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracer
 from prometheus_client import CollectorRegistry
 
 from coordinator import wire
@@ -184,7 +185,10 @@ async def _load(opts: ServerOptions) -> _Parts:
         clock=SystemClock(),
         config=opts.coordinator,
         metrics=CoordinatorMetrics(registry, platforms=sorted(KNOWN_PLATFORMS)),
-        tracer=provider.get_tracer("postroom.coordinator"),
+        # No exporter configured: no span objects per attempt (coordinator/observing.py).
+        tracer=provider.get_tracer("postroom.coordinator")
+        if exporters_from_env()
+        else NoOpTracer(),
         credentials=Credentials(policy=opts.security.policy()),
         commit=member.commit if member is not None else None,
     )

@@ -102,6 +102,9 @@ class CoordinatorMetrics:
         self._other_closed: dict[str, set[str]] = {}
         self._other_waiting: dict[str, set[str]] = {}
         self._accounts_seen: set[tuple[str, str]] = set()
+        # Labelled children of the per-job series, by (metric, platform, outcome).
+        self._counters: dict[tuple[str, str, str], Counter] = {}
+        self._histograms: dict[tuple[str, str], Histogram] = {}
         self._register_job_metrics(registry)
         self._register_lease_metrics(registry)
         self._register_account_metrics(registry)
@@ -212,12 +215,27 @@ class CoordinatorMetrics:
         return account
 
     def job_attempt_started(self, platform: str) -> None:
-        self.job_attempts.labels(platform=platform).inc()
+        child = self._counters.get(("attempts", platform, ""))
+        if child is None:
+            child = self._counters["attempts", platform, ""] = self.job_attempts.labels(
+                platform=platform
+            )
+        child.inc()
 
     def job_finished(self, platform: str, outcome: str, duration_s: float) -> None:
-        outcome = outcome.lower()
-        self.jobs.labels(platform=platform, outcome=outcome).inc()
-        self.job_duration.labels(platform=platform, outcome=outcome).observe(duration_s)
+        # Every job passes here: labels() (which checks and locks) once per series, not per job.
+        done = self._counters.get(("jobs", platform, outcome))
+        took = self._histograms.get((platform, outcome))
+        if done is None or took is None:
+            lower = outcome.lower()
+            done = self._counters["jobs", platform, outcome] = self.jobs.labels(
+                platform=platform, outcome=lower
+            )
+            took = self._histograms[platform, outcome] = self.job_duration.labels(
+                platform=platform, outcome=lower
+            )
+        done.inc()
+        took.observe(duration_s)
 
     def retry_scheduled(self, platform: str, reason: str) -> None:
         self.retries_scheduled.labels(platform=platform, reason=reason.lower()).inc()

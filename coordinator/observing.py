@@ -3,11 +3,16 @@ traceparent rides on the Assign to the worker), counters and histograms per outc
 
 Owned by the coordinator actor and called only after the batch's commit (style.md 13: the tracer
 and the metrics are injected). Its spans are its own state: job id -> the attempt's open span.
+With a NoOpTracer (no exporter configured) no span objects are made at all (~10 % of the event
+loop's CPU in a drain); each attempt still gets a fresh traceparent, so the worker's logs and
+spans of one attempt share a trace id.
 """
 
 from __future__ import annotations
 
-from opentelemetry.trace import Span, Tracer
+import random
+
+from opentelemetry.trace import NoOpTracer, Span, Tracer
 
 from coordinator.leasing import outbound
 from coordinator.leasing.effects import (
@@ -28,17 +33,26 @@ class BatchObserver:
         self.tracer = tracer
         self.metrics = metrics
         self._spans: dict[str, Span] = {}
+        self._recording = not isinstance(tracer, NoOpTracer)
+        self._parents: dict[str, str] = {}  # job id -> its attempt's traceparent (not recording)
 
     def traceparent(self, out: outbound.Outbound) -> str:
         """An Assign carries its attempt's span (started in observe) to the worker."""
         if type(out) is not outbound.Assign:
             return ""
+        if not self._recording:
+            return self._parents.get(out.job.id, "")
         span = self._spans.get(out.job.id)
         return inject_traceparent(span.get_span_context()) if span is not None else ""
 
     def observe(self, fx: Effects, now: float) -> None:
         for sig in fx.signals:
             match sig:
+                case AttemptStarted(job=job) if not self._recording:
+                    self._parents[job.id] = _new_traceparent()
+                    if self.metrics:
+                        self.metrics.account_known(job.platform, job.account)
+                        self.metrics.job_attempt_started(job.platform)
                 case AttemptStarted(job=job):
                     span = self.tracer.start_span(
                         "postroom.job.attempt",
@@ -58,6 +72,7 @@ class BatchObserver:
                         self.metrics.account_known(job.platform, job.account)
                         self.metrics.job_attempt_started(job.platform)
                 case AttemptEnded(job=job, outcome=outcome, duration_s=duration):
+                    self._parents.pop(job.id, None)
                     ended = self._spans.pop(job.id, None)
                     if ended is not None:
                         span = ended
@@ -96,3 +111,10 @@ class BatchObserver:
                 case Dispatched(latency_s=latency):
                     if self.metrics:
                         self.metrics.dispatch_latency(latency)
+
+
+def _new_traceparent() -> str:
+    """A W3C traceparent of a new trace (sampled, as the SDK's default sampler would say)."""
+    trace_id = random.getrandbits(128) or 1  # all-zero ids are invalid
+    span_id = random.getrandbits(64) or 1
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
