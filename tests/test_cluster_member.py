@@ -8,7 +8,7 @@ holds shard 0 lets them go, and is not active."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import pytest
@@ -17,8 +17,10 @@ from pg_rig import empty_tables, pg_database, scratch_database
 from coordinator.cluster.member import EXIT_STEPPED_DOWN, ClusterConfig, ClusterMember
 from coordinator.cluster.role import ClusterRole
 from coordinator.domain import AuditEvent
+from coordinator.errors import StoreError
 from coordinator.store import PostgresStore, WriteBatch
 from coordinator.store.ownership import ShardOwnership
+from coordinator.store.shards import Fence
 
 __all__ = ["pg_database"]
 
@@ -152,3 +154,47 @@ async def test_coordinators_starting_together_on_a_fresh_database_migrate_it_onc
         finally:
             for s in stores:
                 await s.close()
+
+
+async def test_an_owner_stalled_inside_a_batch_does_not_keep_its_shards_from_a_take_over(
+    pg_database: str, store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    """A coordinator paused in the middle of a fenced batch holds its shard rows locked; the
+    server ends its session after the idle-in-transaction timeout, so the others can claim."""
+    stalled = PostgresStore(pg_database, idle_in_transaction_timeout_s=0.3)
+    await stalled.open()
+    try:
+        mine = ShardOwnership(stalled, shard_count=SHARDS)
+        held = await mine.claim("a", want=SHARDS, ttl_s=0.5)
+        fence = Fence.of("a", SHARDS, held)
+        write = stalled._write  # the batch's writes, after the fence's rows are locked
+        resumed = anyio.Event()
+
+        async def stall(conn: Any, batch: WriteBatch) -> list[int]:
+            await resumed.wait()  # the client silent, its transaction open
+            return await write(conn, batch)
+
+        stalled._write = stall  # type: ignore[method-assign]
+        failed: list[BaseException] = []
+
+        async def batch() -> None:
+            try:
+                await stalled.apply_fenced(audit_batch("stalled"), fence)
+            except StoreError as exc:
+                failed.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(batch)
+            taken: list[int] = []
+            try:
+                with anyio.fail_after(30):
+                    while len(taken) < SHARDS:
+                        claimed = await ownership.claim("b", want=SHARDS, ttl_s=60)
+                        taken += [lease.shard for lease in claimed]
+                        await anyio.sleep(0.05)
+            finally:
+                resumed.set()
+        assert failed and await audited(store) == []
+        assert {(o.owner, o.epoch) for o in await ownership.owners()} == {("b", 2)}
+    finally:
+        await stalled.close()

@@ -240,6 +240,16 @@ class ClusterMember:
         except OwnershipLost as exc:
             why = await self._describe_loss(exc)
             self.step_down(f"{why} while this one was paused or cut off", batch=True)
+        except StoreError as exc:
+            # Paused mid-batch: the server ended the session (postgres.py) and the batch rolled
+            # back. Otherwise the error goes up and the process ends, crash-only, as ever.
+            if (since := self._overdue()) is None:
+                raise
+            self.step_down(
+                f"the batch failed ({exc}) after {since:.1f} s without renewing its shard "
+                "leases: it was paused or cut off",
+                batch=True,
+            )
 
     async def _describe_loss(self, exc: OwnershipLost) -> str:
         fence = self.fence

@@ -48,6 +48,11 @@ DEFAULT_POOL_MAX_SIZE = 10
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 CAS_MISSED_SQLSTATE = "PRCAS"
 DEFAULT_LOCK_WAIT_S = 2.0
+# The server ends a session that sits in an open transaction this long waiting for its client:
+# a coordinator paused (SIGSTOP) mid-batch would otherwise keep its shard rows locked, and no
+# standby could ever take them over. Half the default ownership TTL (coordinator/cluster/); a
+# live coordinator sends a batch's statements back to back.
+DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S = 3.0
 LOCK_POLL_S = 0.1
 DATABASE_LOCK_KEY = int.from_bytes(b"postroom", "big")  # one advisory lock per database
 MIGRATION_LOCK_KEY = int.from_bytes(b"prmigrat", "big")  # held by a migration's transaction
@@ -124,6 +129,7 @@ class PostgresStore(SqlStore[Any]):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         exclusive: bool = False,
         lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+        idle_in_transaction_timeout_s: float | None = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S,
     ) -> None:
         """`exclusive`: the coordinator's store. Its writing connection holds a lock on the
         database for its whole session, so a second coordinator refuses to start (as on SQLite)
@@ -134,6 +140,13 @@ class PostgresStore(SqlStore[Any]):
         self._connect_timeout_s = connect_timeout_s
         self._exclusive = exclusive
         self._lock_wait_s = lock_wait_s
+        self._settings = (
+            {}
+            if idle_in_transaction_timeout_s is None
+            else {
+                "idle_in_transaction_session_timeout": f"{idle_in_transaction_timeout_s * 1000:.0f}"
+            }
+        )
         self._pool: Any = None
         # Batches go one at a time through a connection of their own, kept open: no pool
         # acquire and reset per batch.
@@ -155,6 +168,7 @@ class PostgresStore(SqlStore[Any]):
                 min_size=1,
                 max_size=max(1, self._pool_max_size - 1),  # and one for writing
                 timeout=self._connect_timeout_s,
+                server_settings=self._settings,
             )
             try:
                 async with pool.acquire() as conn:
@@ -241,7 +255,9 @@ class PostgresStore(SqlStore[Any]):
         return self._writer
 
     async def _connect(self) -> Any:
-        conn = await asyncpg.connect(self._url, timeout=self._connect_timeout_s)
+        conn = await asyncpg.connect(
+            self._url, timeout=self._connect_timeout_s, server_settings=self._settings
+        )
         try:
             if self._exclusive:
                 await self._lock_database(conn)
