@@ -227,7 +227,10 @@ class Coordinator:
     async def _call(self, item: _Call) -> Any:
         if self._stopping:
             raise CoordinatorError("coordinator is shutting down")
-        await self._send.send(item)
+        try:
+            self._send.send_nowait(item)  # no event-loop turn while there is room (as post())
+        except anyio.WouldBlock:
+            await self._send.send(item)
         await item.done.wait()
         if item.error is not None:
             raise item.error

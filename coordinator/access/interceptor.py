@@ -65,6 +65,10 @@ else:  # not subscriptable at run time
 class OperatorAuth(_Interceptor):
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
+        # The guarded handler of each Publishing method, made on its first call: the services
+        # are registered before the server starts, so a method's handler never changes, and
+        # building it again for every call cost more than the check it wraps.
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def _admit(self, method: str, context: Ctx) -> Principal:
         try:
@@ -88,10 +92,21 @@ class OperatorAuth(_Interceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        guarded = self._guarded.get(handler_call_details.method)
+        if guarded is not None:
+            return guarded
         found = await continuation(handler_call_details)
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         if found is None or service != PUBLISHING_SERVICE:
             return found
+        guarded = self._guard(method, found)
+        self._guarded[handler_call_details.method] = guarded
+        return guarded
+
+    def _guard(
+        self, method: str, found: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """`found` with the admission check (token, least role) in front of it."""
         # grpc-stubs types the behaviours as sync functions; under grpc.aio they are coroutine
         # and async-generator functions.
         handler: Any = found

@@ -114,7 +114,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
         self._path = os.fspath(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # a free lock: no event-loop turn
         self._q = _QUERIES
 
     @property
