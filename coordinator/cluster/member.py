@@ -178,11 +178,15 @@ class ClusterMember:
                 t0 = self.monotonic()
                 if self._overdue() is not None:
                     await self._step_down_overdue()
-                try:
-                    turn = await self.turn()
-                except StoreError as exc:
-                    log.warning("ownership turn failed (will retry): %s", exc)
-                    turn = None
+                turn = None
+                # A turn stuck on a dead connection must not keep the self-fence from its check.
+                with anyio.move_on_after(self.config.ttl_s - self.config.turn_s) as waited:
+                    try:
+                        turn = await self.turn()
+                    except StoreError as exc:
+                        log.warning("ownership turn failed (will retry): %s", exc)
+                if waited.cancelled_caught:
+                    log.warning("ownership turn timed out (will retry)")
                 if turn is not None:
                     self._after(turn)
                     if turn.active and not started:
