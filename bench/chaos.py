@@ -183,11 +183,7 @@ def soak(
         cluster = stack.enter_context(LocalCluster(workdir, _config(lab, coordinators)))
         cluster.db_url = db_url or cluster.db_url  # default: SQLite in the workdir
         cluster.start_sandbox()
-        if coordinators > 1:
-            cluster.start_coordinators(coordinators)
-            _call_a_standby(cluster)
-        else:
-            cluster.start_coordinator()
+        _start_coordinators(cluster, coordinators)
         nodes = {name: lab.add_node(name) for name in names} if lab is not None else {}
         cuts = _Partitions(nodes, int(cluster.coordinator_address.rsplit(":", 1)[1]))
 
@@ -218,9 +214,7 @@ def soak(
             _one_disruption(rng, cluster, names, paused, report, start, cuts)
             time.sleep(rng.uniform(0.2, 0.6))
         cuts.heal_all()
-        _restore(cluster, start)
-        if cluster.peers:
-            _revive(cluster, report)
+        _restore(cluster, start, report)
         admin.clear_faults()
         report.posts = created
         say(f"  chaos over after {time.monotonic() - started:.1f}s; draining")
@@ -311,7 +305,15 @@ def _publish(
     return created
 
 
-def _restore(cluster: LocalCluster, start: Callable[[str], None]) -> None:
+def _start_coordinators(cluster: LocalCluster, coordinators: int) -> None:
+    if coordinators > 1:
+        cluster.start_coordinators(coordinators)
+        _call_a_standby(cluster)
+    else:
+        cluster.start_coordinator()
+
+
+def _restore(cluster: LocalCluster, start: Callable[[str], None], report: SoakReport) -> None:
     """Every worker running again (paused ones resumed, killed ones restarted), and the
     coordinator."""
     for name, child in cluster.workers.items():
@@ -323,6 +325,7 @@ def _restore(cluster: LocalCluster, start: Callable[[str], None]) -> None:
             if not peer.child.alive():
                 cluster.start_peer(peer.name)
         cluster.wait_active()
+        _revive(cluster, report)
         _call_a_standby(cluster)
     elif cluster.coordinator is None or not cluster.coordinator.alive():
         cluster.start_coordinator()
@@ -420,7 +423,7 @@ def _one_disruption(
         child.pause()
         paused[name] = now + rng.uniform(1.0, 4.0)
         report.worker_pauses += 1
-    elif roll < 0.24 and cluster.peers:
+    elif roll < 0.28 and cluster.peers:  # several coordinators: kills are the point, twice as many
         _kill_the_active(cluster, report)
     elif roll < 0.24 and cluster.coordinator is not None:
         cluster.coordinator.kill()
@@ -446,7 +449,7 @@ def _drain(cluster: LocalCluster, timeout_s: float) -> list[pb.Job]:
     return jobs
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     p.add_argument("--posts", type=int, default=1000)
     p.add_argument("--workers", type=int, default=4)
@@ -480,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="keep the database and every process's log here (default: a temp dir)",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     a = p.parse_args(argv)
     if a.partitions and (missing := netlab_missing()) is not None:
         p.error(f"--partitions: {missing}")

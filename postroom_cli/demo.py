@@ -165,14 +165,7 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
             if admin is not None:
                 admin.close()
             if not ok:
-                console.print("[red]not everything was published exactly once in time[/]")
-                peers: list[Child | None] = [peer.child for peer in cluster.peers.values()]
-                children = [cluster.sandbox, *(peers or [cluster.coordinator])]
-                children += cluster.workers.values()
-                for child in children:
-                    if child is not None:
-                        console.print(f"--- {child.name} ({child.log_path}):")
-                        console.print(child.log_tail(15), markup=False, highlight=False)
+                _show_logs(cluster, console)
                 return 1
             if args.keep_running:
                 console.print("everything is still running; press Ctrl-C to stop")
@@ -188,6 +181,16 @@ def _run(args: argparse.Namespace, workdir: Path, console: Console) -> int:
     except ClusterError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
+
+
+def _show_logs(cluster: LocalCluster, console: Console) -> None:
+    console.print("[red]not everything was published exactly once in time[/]")
+    peers: list[Child | None] = [peer.child for peer in cluster.peers.values()]
+    children = [cluster.sandbox, *(peers or [cluster.coordinator]), *cluster.workers.values()]
+    for child in children:
+        if child is not None:
+            console.print(f"--- {child.name} ({child.log_path}):")
+            console.print(child.log_tail(15), markup=False, highlight=False)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
