@@ -4,6 +4,9 @@ Two coordinators on one SQLite file would each believe they own every lease and 
 jobs to different workers, which is how a post goes out twice. `flock` is released by the
 kernel when the process ends, however it ends (a SIGKILLed coordinator leaves no stale lock), and
 it is taken before the store is opened, so the second process touches nothing.
+
+SQLite only: on PostgreSQL several coordinators share a database, one active and the others
+standing by, fenced by shard leases (coordinator/cluster/).
 """
 
 from __future__ import annotations

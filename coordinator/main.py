@@ -86,7 +86,8 @@ class StartupError(Exception):
 
 
 def lock_database(db: str) -> DatabaseLock | None:
-    """One coordinator per database: taken before the store is opened (dblock.py)."""
+    """One coordinator per SQLite file: taken before the store is opened (dblock.py). None on
+    PostgreSQL, where the others stand by (coordinator/cluster/), and for memory://."""
     try:
         store = open_store(db)
     except CoordinatorError as exc:  # a bad URL

@@ -131,9 +131,11 @@ class PostgresStore(SqlStore[Any]):
         lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
         idle_in_transaction_timeout_s: float | None = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S,
     ) -> None:
-        """`exclusive`: the coordinator's store. Its writing connection holds a lock on the
-        database for its whole session, so a second coordinator refuses to start (as on SQLite)
-        until the first is gone; a predecessor just killed gets `lock_wait_s` to let go."""
+        """`exclusive`: its writing connection holds a lock on the database for its whole
+        session, so a second exclusive store refuses to open until the first is gone; a
+        predecessor just killed gets `lock_wait_s` to let go. The coordinator no longer uses it
+        (several share a database, fenced by shard leases: coordinator/cluster/).
+        `idle_in_transaction_timeout_s`: see DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S."""
         # SQLAlchemy-style "postgresql+asyncpg://" names the same server.
         self._url = re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
         self._pool_max_size = pool_max_size
@@ -270,8 +272,7 @@ class PostgresStore(SqlStore[Any]):
         """Take the one-coordinator lock for this session, or StoreError naming its holder.
 
         A session-level advisory lock: the server lets go the moment the holder's connection
-        ends, a crash included, and a stopped (SIGSTOP) holder keeps it. It is a stand-in until
-        several coordinators share a database by shard (ownership.py), and like the prepared
+        ends, a crash included, and a stopped (SIGSTOP) holder keeps it. Like the prepared
         statements it needs session pooling if a PgBouncer is in between."""
         key = _lock_key(DATABASE_LOCK_KEY)
         deadline = time.monotonic() + self._lock_wait_s
