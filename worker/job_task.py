@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
-    asynccontextmanager,
     contextmanager,
 )
+from types import TracebackType
 from typing import Protocol, cast
 
 import anyio
@@ -268,36 +268,69 @@ class JobTask:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _step(self, name: str, *, closing_log: bool = True) -> AsyncIterator[StepNote]:
+    def _step(self, name: str, *, closing_log: bool = True) -> _Step:
         """A step: its span, its duration metric, and a closing log line (or the failure)."""
-        self._runner.enter_step(self._job, name)
-        platform = self._job.spec.platform
-        note = StepNote()
-        started = time.perf_counter()
-        attributes = {STEP_ATTRIBUTE: name, "postroom.platform": platform}
-        spanning = self._tracer.start_as_current_span if self._tracing else _no_span
-        with spanning(SPAN_WORKER_STEP, attributes=attributes) as span:
-            try:
-                yield note
-            except AdapterError as exc:
-                span.set_status(Status(StatusCode.ERROR, exc.message))
-                await self._log(name, ERROR, f"{type(exc).__name__}: {exc.message}")
-                raise
-            except LeaseLost as exc:
-                await self._log(name, WARNING, str(exc))
-                raise
-            finally:
-                elapsed = time.perf_counter() - started
-                if self._metrics is not None:
-                    self._metrics.observe_step(platform, name, elapsed)
-            if closing_log:
-                await self._log(name, INFO, f"{note.message or 'done'} ({elapsed * 1000:.0f} ms)")
+        return _Step(self, name, closing_log)
 
     async def _log(self, step: str, level: types_pb2.LogLevel.ValueType, message: str) -> None:
-        py_level = {ERROR: logging.ERROR, WARNING: logging.WARNING}.get(level, logging.INFO)
-        log.log(py_level, "%s: %s", step, message)
+        log.log(_PY_LEVELS.get(level, logging.INFO), "%s: %s", step, message)
         await self._runner.emit(self._job.log(step, level, message, self._clock.now()))
+
+
+class _Step:
+    """JobTask._step as a plain async context manager (a job runs ~5 steps; a generator-based
+    one costs a generator, its frames and contextlib's bookkeeping each time)."""
+
+    __slots__ = ("_closing_log", "_name", "_note", "_span", "_span_cm", "_started", "_task")
+
+    def __init__(self, task: JobTask, name: str, closing_log: bool) -> None:
+        self._task = task
+        self._name = name
+        self._closing_log = closing_log
+        self._note = StepNote()
+        self._started = 0.0
+        self._span_cm: AbstractContextManager[Span] | None = None
+        self._span: Span = INVALID_SPAN
+
+    async def __aenter__(self) -> StepNote:
+        task = self._task
+        task._runner.enter_step(task._job, self._name)
+        if task._tracing:
+            attributes = {STEP_ATTRIBUTE: self._name, "postroom.platform": task._job.spec.platform}
+            self._span_cm = task._tracer.start_as_current_span(
+                SPAN_WORKER_STEP, attributes=attributes
+            )
+            self._span = self._span_cm.__enter__()
+        self._started = time.perf_counter()
+        return self._note
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, name = self._task, self._name
+        try:
+            try:
+                if isinstance(exc, AdapterError):
+                    self._span.set_status(Status(StatusCode.ERROR, exc.message))
+                    await task._log(name, ERROR, f"{type(exc).__name__}: {exc.message}")
+                elif isinstance(exc, LeaseLost):
+                    await task._log(name, WARNING, str(exc))
+            finally:
+                elapsed = time.perf_counter() - self._started
+                if task._metrics is not None:
+                    task._metrics.observe_step(task._job.spec.platform, name, elapsed)
+            if exc is None and self._closing_log:
+                message = f"{self._note.message or 'done'} ({elapsed * 1000:.0f} ms)"
+                await task._log(name, INFO, message)
+        finally:
+            if self._span_cm is not None:
+                self._span_cm.__exit__(exc_type, exc, tb)
+
+
+_PY_LEVELS = {ERROR: logging.ERROR, WARNING: logging.WARNING}
 
 
 @contextmanager
