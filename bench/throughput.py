@@ -29,6 +29,7 @@ from bench.common import (
     cluster,
     coordinator_pid,
     count_jobs,
+    cpu_seconds,
     say,
     worker_has_noop,
 )
@@ -112,13 +113,16 @@ async def _drain(
     if profile_out is not None:
         recorder = Recorder(coordinator_pid(c), profile_out)
     await asyncio.sleep(max(0.0, t_due - 0.05 - time.time()))
-    meter = CpuMeter({"coordinator": coordinator_pid(c), **worker_pids})
+    pids = {"coordinator": coordinator_pid(c), **worker_pids}
+    meter = CpuMeter(pids)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     deadline = time.monotonic() + 600
     while count_jobs(c.db_url, "SUCCEEDED") < n_jobs:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{n_jobs} jobs not all SUCCEEDED in 600 s")
         await asyncio.sleep(0.05)
     cpu = meter.percent()
+    cpu_ms = {name: 1000 * (cpu_seconds(pid) - cpu0[name]) / n_jobs for name, pid in pids.items()}
     if recorder is not None:
         recorder.stop()
     leased = await pubr.audit_times("JOB_LEASED")
@@ -139,6 +143,11 @@ async def _drain(
         "schedule_s": round(time.time() - sched_started - max(0.0, slack), 2),
         "schedule_slack_s": round(slack, 2),
         "cpu_percent_of_one_core": cpu,
+        # CPU time per job over the drain (issue 13's figure: 2 cores bound jobs/s by it).
+        "cpu_ms_per_job": {
+            "coordinator": round(cpu_ms["coordinator"], 3),
+            "workers": round(sum(v for k, v in cpu_ms.items() if k != "coordinator"), 3),
+        },
     }
     if recorder is not None and profile_out is not None:
         out["profile"] = summarize(profile_out, recorder.seconds)
@@ -174,7 +183,11 @@ def run(ctx: Context) -> list[Figure]:
                 say(f"  item {fig.item} run {r + 1}: scheduling overlapped; running it again")
                 res = one_run(ctx.workdir(f"throughput-{variant}-{r}-again"), variant, n_jobs)
             cpu = res["cpu_percent_of_one_core"]
-            say(f"  item {fig.item} run {r + 1}: {res['jobs_per_s']} jobs/s; cpu % {cpu}")
+            per_job = res["cpu_ms_per_job"]
+            say(
+                f"  item {fig.item} run {r + 1}: {res['jobs_per_s']} jobs/s; cpu % {cpu}; "
+                f"cpu ms per job {per_job}"
+            )
             fig.add(res["jobs_per_s"], res)
             if res["schedule_slack_s"] < 0:
                 fig.notes.append(f"run {r + 1}: scheduling overlapped the measured window")
