@@ -326,13 +326,6 @@ class LocalCluster:
         tails = "\n".join(f"--- {p.name}:\n{p.child.log_tail(10)}" for p in self.peers.values())
         raise ClusterError(f"no coordinator active after {timeout_s:g}s:\n{tails}")
 
-    def use_live_peer(self) -> str:
-        """Point operators' clients at a coordinator that is running (another if theirs died)."""
-        live = [p for p in self.peers.values() if p.child.alive()]
-        if live and self.coordinator_address not in {p.address for p in live}:
-            self.coordinator_address = live[0].address
-        return self.coordinator_address
-
     def start_worker(
         self,
         device_id: str,
