@@ -297,9 +297,11 @@ class Coordinator:
     async def _process(self, items: list[Command | _Call]) -> None:
         pending = Effects()
         replies: list[_Call] = []
+        handled = False  # anything since the last flush (else there is nothing to flush)
         for item in items:
             now = self.clock.now()
             if not isinstance(item, _Call):
+                handled = True
                 try:
                     pending.extend(handle(self.state, item, now))
                 except CoordinatorError as exc:
@@ -314,8 +316,9 @@ class Coordinator:
                         self._ticked.set()
                 continue
             # A command reads the store: everything before it must be committed first.
-            await self._flush(pending, replies)
-            pending, replies = Effects(), []
+            if handled:
+                await self._flush(pending, replies)
+                pending, replies, handled = Effects(), [], False
             try:
                 fx = await self._decide(item, now)
             except CoordinatorError as exc:
@@ -334,7 +337,9 @@ class Coordinator:
             pending.extend(fx)
             item.result = fx.reply
             replies.append(item)
-        await self._flush(pending, replies)
+            handled = True
+        if handled:
+            await self._flush(pending, replies)
 
     async def _decide(self, item: _Call, now: float) -> Effects:
         if item.read is not None:
