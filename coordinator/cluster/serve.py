@@ -46,11 +46,20 @@ class ClusterServing:
         role = self.member.role
         await self.serving(False)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            log.info("standby: %s at %s, waiting for the shards", role.name, role.address)
+            ttl = self.member.config.ttl_s
+            log.info("joining as %s at %s (ownership TTL %g s)", role.name, role.address, ttl)
             async with anyio.create_task_group() as actors:
                 self._actors = actors
                 async with anyio.create_task_group() as turns:
                     await turns.start(self.member.run, self._take_over)
+                    if self.member.fence is None:  # the first turn did not make it the active
+                        where = role.leader_address or "none yet"
+                        log.info(
+                            "standby: %s at %s; the active one is %s",
+                            role.name,
+                            role.address,
+                            where,
+                        )
                     async for signum in signals:
                         log.info("received %s: draining", signal.Signals(signum).name)
                         break
