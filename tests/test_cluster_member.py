@@ -198,3 +198,18 @@ async def test_an_owner_stalled_inside_a_batch_does_not_keep_its_shards_from_a_t
         assert {(o.owner, o.epoch) for o in await ownership.owners()} == {("b", 2)}
     finally:
         await stalled.close()
+
+
+async def test_coordinators_silent_for_a_day_are_forgotten(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    await ownership.heartbeat("crashed", ttl_s=TTL_S, now=T0)
+    await ownership.heartbeat("alive", ttl_s=TTL_S, now=T0 + 3_600)
+    assert await _rows(store) == ["alive", "crashed"]  # an hour: still listed (not live)
+    await ownership.heartbeat("alive", ttl_s=TTL_S, now=T0 + 86_400 + TTL_S + 1)
+    assert await _rows(store) == ["alive"]
+
+
+async def _rows(store: PostgresStore) -> list[str]:
+    found = await store.run("live_coordinators", {"now": 0.0})  # every row: all expire after 0
+    return [row["owner"] for row in found]

@@ -206,7 +206,9 @@ SELECT duty FROM leaders WHERE duty = :duty AND owner = :owner AND epoch = :epoc
 UPDATE leaders SET expires_at = 0 WHERE duty = :duty AND owner = :owner AND epoch = :epoch;
 
 -- name: heartbeat_coordinator
-WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+-- Also forgets coordinators silent for a day (crashed ones under names never used again).
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t),
+forgotten AS (DELETE FROM coordinators USING clock WHERE expires_at < clock.t - 86400)
 INSERT INTO coordinators (owner, heartbeat_at, expires_at, address)
 SELECT :owner, clock.t, clock.t + :ttl_s, :address FROM clock
 ON CONFLICT (owner) DO UPDATE SET
