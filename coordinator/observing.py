@@ -14,6 +14,7 @@ import random
 
 from opentelemetry.trace import NoOpTracer, Span, Tracer
 
+from coordinator.domain import Job
 from coordinator.leasing import outbound
 from coordinator.leasing.effects import (
     AttemptEnded,
@@ -45,32 +46,33 @@ class BatchObserver:
         span = self._spans.get(out.job.id)
         return inject_traceparent(span.get_span_context()) if span is not None else ""
 
+    def _started(self, job: Job) -> None:
+        if not self._recording:
+            self._parents[job.id] = _new_traceparent()
+        else:
+            span = self.tracer.start_span(
+                "postroom.job.attempt",
+                attributes={
+                    "postroom.job_id": job.id,
+                    "postroom.platform": job.platform,
+                    "postroom.account": job.account,
+                    "postroom.attempt": job.attempt,
+                    "postroom.lease_epoch": job.lease_epoch,
+                    "postroom.verify_first": job.verify_first,
+                },
+            )
+            if job.id in self._spans:
+                self._spans.pop(job.id).end()
+            self._spans[job.id] = span
+        if self.metrics:
+            self.metrics.account_known(job.platform, job.account)
+            self.metrics.job_attempt_started(job.platform)
+
     def observe(self, fx: Effects, now: float) -> None:
         for sig in fx.signals:
             match sig:
-                case AttemptStarted(job=job) if not self._recording:
-                    self._parents[job.id] = _new_traceparent()
-                    if self.metrics:
-                        self.metrics.account_known(job.platform, job.account)
-                        self.metrics.job_attempt_started(job.platform)
                 case AttemptStarted(job=job):
-                    span = self.tracer.start_span(
-                        "postroom.job.attempt",
-                        attributes={
-                            "postroom.job_id": job.id,
-                            "postroom.platform": job.platform,
-                            "postroom.account": job.account,
-                            "postroom.attempt": job.attempt,
-                            "postroom.lease_epoch": job.lease_epoch,
-                            "postroom.verify_first": job.verify_first,
-                        },
-                    )
-                    if job.id in self._spans:
-                        self._spans.pop(job.id).end()
-                    self._spans[job.id] = span
-                    if self.metrics:
-                        self.metrics.account_known(job.platform, job.account)
-                        self.metrics.job_attempt_started(job.platform)
+                    self._started(job)
                 case AttemptEnded(job=job, outcome=outcome, duration_s=duration):
                     self._parents.pop(job.id, None)
                     ended = self._spans.pop(job.id, None)
