@@ -356,11 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     # run every few messages and walk what survived. Fewer, larger ones cost less in all.
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     try:
-        anyio.run(serve, opts)
+        anyio.run(serve, opts, backend_options=_loop_options())
     except StartupError as exc:
         print(f"postroom coordinator: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return 0
+
+
+def _loop_options() -> dict[str, Any]:
+    """uvloop where it is installed: an idle session's heartbeat and its ack are mostly event-loop
+    turns and gRPC completions, which uvloop runs for less (bench item 4, 1,000 idle sessions:
+    coordinator CPU ~14 -> ~12 % of a core)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 if __name__ == "__main__":
