@@ -137,11 +137,13 @@ class ClusterMember:
             first, self._claimed = not self._claimed, True
             want = count - len(held)
             held += await o.claim(self.name, want=want, ttl_s=ttl, now=now, reclaim=first)
+        self.held = held = sorted(
+            held, key=lambda lease: lease.shard
+        )  # kept even if the rest fails
         leader = await o.holder(0, now=now)
         if held and len(held) < count and leader is not None and leader.owner != self.name:
             await o.release(self.name, held)  # a live rival holds shard 0: let it have them all
-            held = []
-        self.held = sorted(held, key=lambda lease: lease.shard)
+            self.held = []
         self.role.leader_address = leader.address if leader is not None else None
         if active := len(self.held) == count:
             self.fence = Fence.of(self.name, count, self.held)
