@@ -39,6 +39,7 @@ from coordinator.convert import (
 )
 from coordinator.domain import (
     TERMINAL_JOB_STATUSES,
+    Job,
     Post,
     Target,
 )
@@ -157,6 +158,24 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         post = await self.store.get_post(post_id)
         return post_pb(post, await self.store.jobs_for_post(post_id))
 
+    async def _changed_reply(self, post: Post) -> pb.Post:
+        """The answer to a command on a post, once committed: an open post and its jobs as
+        the core holds them (all of its jobs; memory is the truth for open posts): one actor
+        read, no store round trip. A post that is not open is as its step wrote it (only
+        open posts are settled), with its stored jobs."""
+        post_id = post.id
+
+        def live(now: float) -> tuple[Post, list[Job]] | None:
+            found = reads.post(self.core, post_id)
+            if found is None:
+                return None
+            return found, [dataclasses.replace(j) for j in self.core.jobs_of(post_id)]
+
+        now_live = await self.co.read(live)
+        if now_live is not None:
+            return post_pb(*now_live)
+        return post_pb(post, await self.store.jobs_for_post(post_id))
+
     # ---- posts ---------------------------------------------------------------------------
 
     async def _new_post(self, request: pub.CreatePostRequest) -> op.CreatePost:
@@ -192,8 +211,8 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     async def CreatePost(self, request: pub.CreatePostRequest, context: Ctx) -> pb.Post:
         item = await self._new_post(request)
         if not item.approve:
-            await self.co.command(item)
-            return await self._post_reply(item.post_id)
+            # A new draft has no jobs: answered from the step's post, no reads after the commit.
+            return post_pb(await self.co.command(item))
         # Answered from what the step decided (committed by then): no reads after the commit.
         ((post, jobs),) = await self.co.command(op.CreatePosts((item,)))
         return post_pb(post, jobs)
@@ -274,8 +293,8 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     async def SubmitPost(self, request: pub.SubmitPostRequest, context: Ctx) -> pb.Post:
         post_id = require_id(request.post_id, "post_id")
         actor = actor_name(request.actor)
-        await self.co.command(op.SubmitPost(post_id, actor))
-        return await self._post_reply(post_id)
+        post = await self.co.command(op.SubmitPost(post_id, actor))
+        return await self._changed_reply(post)
 
     @rpc
     async def ApprovePost(self, request: pub.ApprovePostRequest, context: Ctx) -> pb.Post:
@@ -283,8 +302,8 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         actor = actor_name(request.actor)
         reviewed = check_content_hash(request.content_hash)
         principal = current_principal()  # here: the actor runs in a task of its own
-        await self.co.command(op.ApprovePost(post_id, reviewed, actor, principal))
-        return await self._post_reply(post_id)
+        post = await self.co.command(op.ApprovePost(post_id, reviewed, actor, principal))
+        return await self._changed_reply(post)
 
     @rpc
     async def SchedulePost(self, request: pub.SchedulePostRequest, context: Ctx) -> pb.Post:
@@ -292,8 +311,8 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         when = parse_time(request.scheduled_at, "scheduled_at") if request.scheduled_at else None
         actor = actor_name(request.actor)
         job_prefix = f"j-{uuid.uuid4().hex[:12]}-"
-        await self.co.command(op.SchedulePost(post_id, when, job_prefix, actor))
-        return await self._post_reply(post_id)
+        post = await self.co.command(op.SchedulePost(post_id, when, job_prefix, actor))
+        return await self._changed_reply(post)
 
     @rpc
     async def CancelPost(self, request: pub.CancelPostRequest, context: Ctx) -> pb.Post:
