@@ -28,7 +28,7 @@ from coordinator.domain import (
 )
 from coordinator.errors import ConcurrentUpdate, NotFound
 from coordinator.store import access_rows, cas, rows
-from coordinator.store.base import Cursor, JobFilter, WriteBatch
+from coordinator.store.base import Cursor, JobFilter, JobWrite, PostWrite, WriteBatch
 from coordinator.store.rows import Params, Row
 
 Conn = TypeVar("Conn")
@@ -66,19 +66,22 @@ Stage = tuple[str, str, list[Params], bool]
 _status_token = functools.cache(cas.status_token)
 
 
+def _post_write(w: PostWrite) -> Params:
+    params = rows.post_params(w.post)  # a fresh dict: the compare-and-set keys go in as well
+    params["expected"] = _status_token(w.expected_statuses)
+    return params
+
+
+def _job_write(w: JobWrite) -> Params:
+    params = rows.job_params(w.job)
+    params["expected"] = _status_token(w.expected_statuses)
+    params["expected_epoch"] = w.expected_epoch
+    return params
+
+
 def _stages_before_audits(batch: WriteBatch) -> list[Stage]:
-    post_writes = [
-        {**rows.post_params(w.post), "expected": _status_token(w.expected_statuses)}
-        for w in batch.post_writes
-    ]
-    job_writes = [
-        {
-            **rows.job_params(w.job),
-            "expected": _status_token(w.expected_statuses),
-            "expected_epoch": w.expected_epoch,
-        }
-        for w in batch.job_writes
-    ]
+    post_writes = [_post_write(w) for w in batch.post_writes]
+    job_writes = [_job_write(w) for w in batch.job_writes]
     return [
         ("new_posts", "insert_post", [rows.post_params(p) for p in batch.new_posts], False),
         ("post_writes", "update_post", post_writes, True),
