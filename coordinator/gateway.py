@@ -88,11 +88,15 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         request_iterator: AsyncIterator[wg.WorkerMessage],
         context: Ctx,
     ) -> AsyncIterator[wg.CoordinatorMessage]:
-        if self._refusal is not None and (why := self._refusal()) is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, why)
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, TimeoutError):
+            first = None
+        if self._refusal is not None and (why := self._refusal()) is not None:
+            # After the Hello: aborting while the client still writes it can reach the client
+            # as INTERNAL instead of this answer.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+        if first is None:
             return
         opened = await self._open(first, context)
         if opened is None:
