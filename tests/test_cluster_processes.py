@@ -30,8 +30,8 @@ from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 from postroom_cli.cluster import ClusterConfig, LocalCluster
 
 WORKER_GATEWAY = "postroom.v1.WorkerGateway"
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING = int(health_pb2.HealthCheckResponse.SERVING)
+NOT_SERVING = int(health_pb2.HealthCheckResponse.NOT_SERVING)
 STOP_TIMEOUT_S = 30.0
 
 
