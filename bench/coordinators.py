@@ -2,8 +2,9 @@
 
 `several(workdir, n, db_url)` starts the sandbox if asked and `n` coordinators on the database
 (LocalCluster.start_coordinators: one becomes active, the others stand by) and points the
-cluster's own calls at the ACTIVE one, so the figures measure the coordinators, not the extra
-hop of a standby's forwarding. Workers started on it are given every address.
+cluster's own calls at the ACTIVE one (`c.coordinator` is its process), so the figures measure the
+coordinators, not the extra hop of a standby's forwarding. Workers started on it are given every
+address.
 """
 
 from __future__ import annotations
@@ -43,4 +44,5 @@ def several(
         c.start_coordinators(n)
         active = c.wait_active()
         c.coordinator_address, c.metrics_url = active.address, active.metrics_url
+        c.coordinator = active.child  # what the bench watches (its CPU, its pid)
         yield c

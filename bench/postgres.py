@@ -52,6 +52,7 @@ from bench.common import (
     Publisher,
     cluster,
     count_jobs,
+    cpu_seconds,
     say,
     worker_has_noop,
 )
@@ -152,12 +153,14 @@ async def _drain(c: LocalCluster, n_posts: int) -> dict[str, Any]:
     t_due = time.time() + 1.0 + 2 * prep_s / 3  # after the last schedule call (as item 1)
     await pubr.schedule(ids, lambda _i: t_due)
     slack = t_due - time.time()
+    cpu = _CoordinatorCpu(c)  # from here to the last job: the drain itself
     async with succeeded_counter(c.db_url) as succeeded:
         deadline = time.monotonic() + 600
         while await succeeded() < n_jobs:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{n_jobs} jobs not all SUCCEEDED in 600 s")
             await asyncio.sleep(0.05)
+    active_cpu_s, standby_cpu_pct = cpu.spent()
     leased = await pubr.audit_times("JOB_LEASED")
     done = await pubr.audit_times("JOB_SUCCEEDED")
     await pubr.close()
@@ -167,7 +170,29 @@ async def _drain(c: LocalCluster, n_posts: int) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "jobs_per_s": round(n_jobs / seconds, 1),
         "schedule_slack_s": round(slack, 2),
+        # Less bent by the machine's other work than jobs/s: the active coordinator's CPU per
+        # job, and what a standby burns meanwhile (% of one core).
+        "coordinator_cpu_ms_per_job": round(1000 * active_cpu_s / n_jobs, 3),
+        "standby_cpu_pct": standby_cpu_pct,
     }
+
+
+class _CoordinatorCpu:
+    """CPU seconds of the cluster's coordinator (the active one) and of its standbys."""
+
+    def __init__(self, c: LocalCluster) -> None:
+        assert c.coordinator is not None
+        self.active = c.coordinator.pid
+        self.standbys = [p.child.pid for p in c.peers.values() if p.child.pid != self.active]
+        self.started = time.monotonic()
+        self.at_start = {pid: cpu_seconds(pid) for pid in [self.active, *self.standbys]}
+
+    def spent(self) -> tuple[float, float | None]:
+        wall = time.monotonic() - self.started
+        used = {pid: cpu_seconds(pid) - before for pid, before in self.at_start.items()}
+        standby = [used[pid] for pid in self.standbys]
+        pct = round(100 * max(standby) / wall, 2) if standby else None
+        return used[self.active], pct
 
 
 # ---- 9e..9h restart on the same database ----------------------------------------------------
@@ -344,7 +369,11 @@ def _run_cluster(
     """One run of 9i..9m."""
     for n, key in ((2, "drain2"), (3, "drain3")):
         res = drain_run(ctx.workdir(f"pg-drain-{n}c-{r}"), "postgresql", n_jobs, coordinators=n)
-        say(f"  item 9 postgresql, {n} coordinators, run {r + 1}: drain {res['jobs_per_s']} jobs/s")
+        say(
+            f"  item 9 postgresql, {n} coordinators, run {r + 1}: drain {res['jobs_per_s']} "
+            f"jobs/s (active CPU {res['coordinator_cpu_ms_per_job']} ms/job, a standby "
+            f"{res['standby_cpu_pct']} % of a core)"
+        )
         figs[key].add(res["jobs_per_s"], res)
     with database("postgresql") as url:
         res = dispatch.one_run(ctx.workdir(f"pg-dispatch-3c-{r}"), seconds, url, coordinators=3)
@@ -375,7 +404,10 @@ def run(ctx: Context) -> list[Figure]:
     for r in range(ctx.runs):
         for i, store in enumerate(STORES):
             res = drain_run(ctx.workdir(f"pg-drain-{store}-{r}"), store, n_jobs)
-            say(f"  item 9 {store} run {r + 1}: drain {res['jobs_per_s']} jobs/s")
+            say(
+                f"  item 9 {store} run {r + 1}: drain {res['jobs_per_s']} jobs/s "
+                f"(coordinator CPU {res['coordinator_cpu_ms_per_job']} ms/job)"
+            )
             figs["drain"][i].add(res["jobs_per_s"], res)
             with database(store) as url:
                 res = dispatch.one_run(ctx.workdir(f"pg-dispatch-{store}-{r}"), seconds, url)

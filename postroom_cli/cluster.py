@@ -216,7 +216,12 @@ class LocalCluster:
         ready = self.workdir / "coordinator.ready"
         ready.unlink(missing_ok=True)
         listen = self.coordinator_address or f"{self.config.host}:0"
-        self.coordinator = self._spawn("coordinator", self._coordinator_argv(listen, ready, extra))
+        argv = self._coordinator_argv(listen, ready, extra)
+        if self.db_url.startswith(("postgresql:", "postgres:")) and "--name" not in argv:
+            # The same name on every restart: it takes its shards back at once instead of
+            # waiting for its predecessor's leases to run out (--ownership-ttl).
+            argv += ["--name", "coordinator"]
+        self.coordinator = self._spawn("coordinator", argv)
         grpc_port, metrics_port = wait_for_file(ready, self.coordinator).split()
         self.coordinator_address = f"{self.config.host}:{grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
