@@ -30,6 +30,7 @@ from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore
 from coordinator.cluster.forward import ForwardToActive, peer_tls
 from coordinator.cluster.member import ClusterConfig, ClusterMember
+from coordinator.cluster.relay import RelayWorkersToActive
 from coordinator.cluster.role import ClusterRole
 from coordinator.cluster.serve import ClusterServing
 from coordinator.dblock import DatabaseInUse, DatabaseLock
@@ -272,6 +273,8 @@ def _grpc_server(
             tls=peer_tls(opts.security),
         )
         interceptors.insert(0, forward)
+        if opts.security.tls_client_ca is None:  # mutual TLS: the active checks the worker's cert
+            interceptors.insert(1, RelayWorkersToActive(role, forward.channel))
     if exporters_from_env():  # tracing asked for: instrument the gRPC calls too
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 

@@ -1,9 +1,11 @@
 """Two coordinator processes on one PostgreSQL database (coordinator/cluster/): one is active,
-the other stands by, refusing workers and operators with the active's address. The active is
-paused (SIGSTOP) past its ownership TTL: the standby takes over, a post made through it is
-published once; the old one, resumed, writes nothing and exits with code 3 saying it stepped
-down. An active stopped cleanly (SIGTERM) lets its shards go, so the standby takes over at its
-next turn, long before the TTL."""
+the other stands by, forwarding operators' calls and relaying workers' streams to the active one
+(a stream already forwarded once is refused with the active's address). The active is paused
+(SIGSTOP) past its ownership TTL: the standby takes over, a post made through it is published
+once; the old one, resumed, writes nothing and exits with code 3 saying it stepped down. An
+active stopped cleanly (SIGTERM) lets its shards go, so the standby takes over at its next turn,
+long before the TTL. A worker given only the standby's address works through it, and keeps
+working through it when the active is SIGKILLed with a job in that worker's hands."""
 
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pg_rig import own_database, run_apart
 from polling import wait_until
 
+from coordinator.cluster.forward import FORWARDED_HEADER
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
+from postroom_cli.client import PublishingClient
 from postroom_cli.cluster import ClusterConfig, LocalCluster
 
 WORKER_GATEWAY = "postroom.v1.WorkerGateway"
@@ -125,10 +129,11 @@ def coordinators(workdir: Path, db: str, ttl_s: float) -> Iterator[tuple[Coordin
 
 
 def refused_stream(address: str) -> grpc.RpcError:
+    """A stream that says it was forwarded already: a standby refuses it (no relaying twice)."""
     with grpc.insecure_channel(address) as channel:
         stub = wg_grpc.WorkerGatewayStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
-            for _ in stub.Connect(iter(()), timeout=10):
+            for _ in stub.Connect(iter(()), timeout=10, metadata=((FORWARDED_HEADER, "1"),)):
                 pass
     return refused.value
 
@@ -233,7 +238,7 @@ def test_a_clean_stop_of_the_active_lets_the_standby_take_over_before_its_ttl(
         assert "postroom_coordinator_active 1.0" in a.metrics()
         assert "postroom_coordinator_active 0.0" in b.metrics()
         assert "postroom_shards_owned 64.0" in a.metrics()
-        # A worker given both addresses is online on a; one given only b is refused there.
+        # Workers given both addresses or only b are online on a (b relays their streams).
         cluster.coordinator_address = a.address
         both = cluster.start_worker(
             "cluster-w2",
@@ -243,12 +248,9 @@ def test_a_clean_stop_of_the_active_lets_the_standby_take_over_before_its_ttl(
         only_b = cluster.start_worker(
             "cluster-w3", platforms=["sandbox:cluster"], extra=["--coordinator", b.address]
         )
-        cluster.wait_online(["cluster-w2"])
-        wait_until("w2 on a", lambda: f"open on {a.address}:" in both.log_tail())
-        wait_until("w3 refused by b", lambda: f"stream to {b.address}: " in only_b.log_tail())
-        with cluster.client() as client:
-            states = {d.id: d.state for d in client.list_devices().devices}
-        assert states.get("cluster-w3") != pb.DEVICE_STATE_ONLINE
+        cluster.wait_online(["cluster-w2", "cluster-w3"])
+        assert only_address(only_b.log_tail()) == {b.address}
+        assert b.health(WORKER_GATEWAY) == NOT_SERVING  # a balancer should prefer the active
 
         a.popen.send_signal(signal.SIGTERM)
         assert a.popen.wait(STOP_TIMEOUT_S) == 0
@@ -258,7 +260,7 @@ def test_a_clean_stop_of_the_active_lets_the_standby_take_over_before_its_ttl(
         assert "active: took over 64 shards (epochs 2) in " in b.text()
         assert "postroom_coordinator_active 1.0" in b.metrics()
         assert run_apart(_took_over(pg_url)) == ["a", "b"]  # the audit log's lines
-        # Both workers are on b now: w2 told goodbye by a, w3 no longer refused.
+        # Both workers are on b now (served there): w2 told goodbye by a, w3's relay ended.
         cluster.coordinator_address = b.address
         cluster.wait_online(["cluster-w2", "cluster-w3"])
         wait_until("w2 on b", lambda: f"open on {b.address}:" in both.log_tail())
@@ -271,3 +273,46 @@ def _post(text: str) -> pub.CreatePostRequest:
         targets=[pb.Target(platform="sandbox", account="cluster")],
         actor="test",
     )
+
+
+def test_a_worker_given_only_the_standbys_address_works_through_it_across_a_kill_of_the_active(
+    cluster: LocalCluster, pg_url: str, tmp_path: Path
+) -> None:
+    with coordinators(tmp_path, pg_url, ttl_s=2.0) as (a, b):
+        cluster.coordinator_address = b.address  # the operator too calls only b
+        worker = cluster.start_worker(
+            "relay-w1", platforms=["sandbox:relay"], extra=["--coordinator", b.address]
+        )
+        cluster.wait_online(["relay-w1"])
+        assert b.standing_by()
+        with cluster.client() as client, cluster.sandbox_admin() as admin:
+            first = cluster.publish(client, "relayed", ["sandbox:relay"])
+            wait_until("the first post published", lambda: _published(client, first), 30)
+            # The next one's answer hangs: its job is in the worker's hands at the kill.
+            admin.inject("accept_then_hang", account="relay", count=1, hang_seconds=4.0)
+            second = cluster.publish(client, "relayed across the kill", ["sandbox:relay"])
+            wait_until("the job in the worker's hands", lambda: admin.stats()["hanging"] >= 1)
+            a.popen.kill()
+            a.popen.wait(STOP_TIMEOUT_S)
+            wait_until("b active", b.serving, 60)
+            wait_until("the second post published", lambda: _published(client, second), 60)
+            made = admin.posts(account="relay")
+            assert sorted(p["text"] for p in made) == ["relayed", "relayed across the kill"]
+            assert admin.duplicates() == []
+            jobs = client.list_jobs(pub.ListJobsRequest(post_id=second)).jobs
+        assert [pb.JobStatus.Name(j.status) for j in jobs] == ["JOB_STATUS_SUCCEEDED"]
+        # The worker reconnected through the same address, b, now active itself.
+        assert worker.alive() and only_address(worker.log_tail(200)) == {b.address}
+        cluster.wait_online(["relay-w1"])
+
+
+def _published(client: PublishingClient, post_id: str) -> bool:
+    try:  # b answers UNAVAILABLE while nobody is active (an operator retries)
+        return client.get_post(post_id).status == pb.POST_STATUS_PUBLISHED
+    except Exception:
+        return False
+
+
+def only_address(log: str) -> set[str]:
+    """The coordinators the worker's streams opened on."""
+    return set(re.findall(r"open on (\S+):", log))
