@@ -2,9 +2,9 @@
 
 Several coordinators on one PostgreSQL (phase 1): one of them holds every shard and serves; the
 others stand by (coordinator/cluster/member.py decides, each ownership turn). What the gRPC side
-needs to know of that is small and read often: the gateway refuses a worker's stream on a
-standby naming the active's address, the health service says NOT_SERVING, and operators' calls
-are refused or forwarded. Only the ownership loop writes this object; every reader is in the same
+needs to know of that is small and read often: a standby relays workers' streams and forwards
+operators' calls to the active's address (relay.py, forward.py) or, when it cannot, refuses them
+naming it, and the health service says NOT_SERVING. Only the ownership loop writes this object; every reader is in the same
 event loop, so plain attributes do.
 """
 

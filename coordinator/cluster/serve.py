@@ -1,7 +1,7 @@
 """ClusterServing: a coordinator's life in cluster mode, from standby to active to a clean stop.
 
 `postroom coordinator --db postgresql://...` runs here once the gRPC server listens. It starts
-as a standby (health NOT_SERVING, workers' streams refused naming the active) and runs its
+as a standby (health NOT_SERVING, workers' streams relayed to the active) and runs its
 ownership turns (member.py). The turn that holds every shard takes over: the same start-up load
 as a single coordinator's (workers reconnecting within their lease keep their jobs), an audit
 event (COORDINATOR_ACTIVE), then the actor, then health SERVING and the ready file. SIGTERM:
