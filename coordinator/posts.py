@@ -85,6 +85,13 @@ def _view(core: LeaseCore, cmd: PostCommand) -> tuple[Post, list[Job]]:
     return dataclasses.replace(cmd.loaded.post), list(cmd.loaded.jobs)
 
 
+def _answer(core: LeaseCore, post: Post, jobs: Sequence[Job]) -> tuple[Post, list[Job] | None]:
+    """A submit's or approval's reply: the post as this step left it, and its jobs as loaded
+    (the step does not change them) when the core does not hold the post open; None for an open
+    post, whose answer the RPC reads from the core after the commit (settling may change it)."""
+    return post, (None if post.id in core.posts else list(jobs))
+
+
 def _adopt(core: LeaseCore, cmd: PostCommand) -> None:
     if cmd.loaded is not None:
         core.adopt(cmd.loaded.post, cmd.loaded.jobs)
@@ -197,7 +204,7 @@ def update(core: LeaseCore, cmd: UpdatePost, now: float) -> Effects:
 
 def submit(core: LeaseCore, cmd: SubmitPost, now: float) -> Effects:
     fx = Effects()
-    post, _ = _view(core, cmd)
+    post, jobs = _view(core, cmd)
     if post.status is not PostStatus.DRAFT:
         raise FailedPrecondition(
             f"post {cmd.post_id} is {post.status.value}; only DRAFT posts can be submitted"
@@ -205,13 +212,13 @@ def submit(core: LeaseCore, cmd: SubmitPost, now: float) -> Effects:
     old = _set_status(post, PostStatus.PENDING_APPROVAL, now)
     _save(core, fx, post, old)
     _audit(fx, "POST_SUBMITTED", post, cmd.actor, now)
-    fx.reply = post
+    fx.reply = _answer(core, post, jobs)
     return fx
 
 
 def approve(core: LeaseCore, cmd: ApprovePost, now: float) -> Effects:
     fx = Effects()
-    post, _ = _view(core, cmd)
+    post, jobs = _view(core, cmd)
     # Here, in the actor: no edit can slip in between the check and the approval.
     check_not_author(cmd.post_id, cmd.principal, cmd.authors)
     if post.status is not PostStatus.PENDING_APPROVAL:
@@ -230,7 +237,7 @@ def approve(core: LeaseCore, cmd: ApprovePost, now: float) -> Effects:
     old = _set_status(post, PostStatus.APPROVED, now)
     _save(core, fx, post, old)
     _audit(fx, "POST_APPROVED", post, cmd.actor, now, content_hash=post.content_hash)
-    fx.reply = post
+    fx.reply = _answer(core, post, jobs)
     return fx
 
 

@@ -158,11 +158,15 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         post = await self.store.get_post(post_id)
         return post_pb(post, await self.store.jobs_for_post(post_id))
 
-    async def _changed_reply(self, post: Post) -> pb.Post:
-        """The answer to a command on a post, once committed: an open post and its jobs as
-        the core holds them (all of its jobs; memory is the truth for open posts): one actor
-        read, no store round trip. A post that is not open is as its step wrote it (only
-        open posts are settled), with its stored jobs."""
+    async def _changed_reply(self, reply: Post | tuple[Post, list[Job] | None]) -> pb.Post:
+        """The answer to a command on a post, once committed: a post the core does not hold
+        open as its step wrote it (only open posts are settled), with the jobs its step gave
+        (submit, approve: as loaded) or else the stored ones; an open post and its jobs as the
+        core holds them (all of its jobs; memory is the truth for open posts): one actor read,
+        no store round trip."""
+        post, jobs = reply if isinstance(reply, tuple) else (reply, None)
+        if jobs is not None:
+            return post_pb(post, jobs)
         post_id = post.id
 
         def live(now: float) -> tuple[Post, list[Job]] | None:
