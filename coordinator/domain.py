@@ -129,6 +129,9 @@ class Job:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     attempt: int = 0
     rate_limited_count: int = 0
+    # Attempts of a job in doubt (verify_first) whose lease ended before they came back, without
+    # a permit of their own: they told nothing about the platform, so they do not count.
+    lost_looks: int = 0
     lease_epoch: int = 0
     device_id: str = ""
     lease_expires_at: float | None = None
@@ -150,8 +153,8 @@ class Job:
 
     @property
     def counted_attempts(self) -> int:
-        """Attempts that count against max_attempts (rate-limited ones do not)."""
-        return self.attempt - self.rate_limited_count
+        """Attempts that count against max_attempts (rate-limited ones and lost looks do not)."""
+        return self.attempt - self.rate_limited_count - self.lost_looks
 
 
 @dataclass(slots=True)

@@ -16,7 +16,8 @@ right after publishing; with verify_first it looks on the platform first and rep
 finds. Checked after every step: one live lease per job; no grant for a stale epoch; no job re-run
 without verify_first while an earlier permit's post may exist; no job lost; the store's rows equal
 the core's (every CAS hit); at most one worker able to publish a job; no job posted twice. At the
-end everything is driven to completion: every job finished, every SUCCEEDED job posted once.
+end everything is driven to completion: every job finished, every SUCCEEDED job posted once, and
+no job in doubt FAILED on an attempt that lost its lease before it looked.
 """
 
 from __future__ import annotations
@@ -911,6 +912,8 @@ class LeaseProtocol(RuleBasedStateMachine):
             elif posts:
                 # A FAILED/CANCELLED job whose post may exist must be marked to look first.
                 assert job.verify_first, f"{job_id} is {job.status} but its post exists: {posts}"
+            if job.status is JobStatus.FAILED and job.verify_first:
+                assert failed_on_a_look(self.h, job_id), f"{job_id} FAILED in doubt unlooked"
 
     def people_catch_up(self) -> None:
         """What operators do for work that waits for them: log in again, confirm, approve an
@@ -958,6 +961,17 @@ class LeaseProtocol(RuleBasedStateMachine):
             self.heartbeat_all()
             self.tick()
             self.settle_posts()
+
+
+def failed_on_a_look(h: Harness, job_id: str) -> bool:
+    """A job in doubt that FAILED did so on an attempt that looked: its result came back, or it
+    asked for a commit permit (one looks first). A lease lost before that tells nothing."""
+    audits = [a for a in h.store.audits if a.subject_id == job_id]
+    last = next(a for a in reversed(audits) if a.details.get("to") == JobStatus.FAILED.value)
+    if last.action != "JOB_STUCK_RECOVERY":
+        return True
+    asks = ("JOB_COMMIT_GRANTED", "JOB_COMMIT_DENIED")
+    return any(a.action in asks and a.details["epoch"] == last.details["epoch"] for a in audits)
 
 
 TestLeaseProtocol = LeaseProtocol.TestCase

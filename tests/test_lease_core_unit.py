@@ -796,3 +796,74 @@ def test_settle_posts_writes_the_derived_status_and_one_summary_per_round(h: Har
     changes = [(a.details["from"], a.details["to"]) for a in h.store.actions("POST_STATUS_CHANGED")]
     assert changes == [("SCHEDULED", "PUBLISHING"), ("PUBLISHING", "PUBLISHED")]
     assert "p1" not in h.core.posts  # finished posts are forgotten
+
+
+# ---- a job in doubt: looks that never happened do not use up its looks (issue 13) ----------
+
+
+def in_doubt(h: Harness, max_attempts: int = 3) -> str:
+    """A job whose first attempt took its permit, then answered TRANSIENT (no "not created"):
+    the platform may have the post, so every later attempt looks first."""
+    (job_id,) = publish(h, "p1", max_attempts=max_attempts)
+    a = one_assign(h.open("s0", device="D0"))
+    h.ack("s0", job_id, a.lease_epoch)
+    h.commit("s0", job_id, a.lease_epoch)
+    h.failure("s0", job_id, a.lease_epoch, pb.ERROR_CLASS_TRANSIENT, message="timeout")
+    h.lost("s0")
+    assert h.job(job_id).verify_first and h.job(job_id).status is JobStatus.QUEUED
+    return job_id
+
+
+def next_look(h: Harness, job_id: str, sid: str) -> wg.Assign:
+    """The job's next lease, on a new worker, once its backoff has passed."""
+    h.now = max(h.now, h.job(job_id).not_before)
+    a = one_assign(h.open(sid, device=f"D-{sid}"), sid)
+    assert a.job_id == job_id and a.verify_first
+    return a
+
+
+def test_a_job_in_doubt_whose_looks_lose_their_leases_stays_queued_to_look_again(
+    h: Harness,
+) -> None:
+    job_id = in_doubt(h)
+    for n in range(1, 11):
+        a = next_look(h, job_id, f"s{n}")
+        assert not a.verify_only  # a lost look does not use up a publishing attempt either
+        h.ack(f"s{n}", job_id, a.lease_epoch)
+        h.lost(f"s{n}", "starved")  # before it looked, no permit of its own
+        stored = h.job(job_id)
+        assert (stored.status, stored.verify_first) == (JobStatus.QUEUED, True)
+        # The transient backoff, by the looks lost so far (rand 0.5: no jitter), capped at 300 s.
+        assert stored.not_before == h.now + min(300.0, 5.0 * 2 ** (n - 1))
+        assert stored.lost_looks == n and stored.counted_attempts == 1
+        assert "before it looked" in stored.last_error
+        recovery = h.store.actions("JOB_STUCK_RECOVERY", job_id)[-1]
+        assert recovery.details["next"] == "QUEUED" and "look_again" in recovery.details
+    h.settle()
+    assert post_status(h, "p1") is PostStatus.SCHEDULED
+    assert h.store.actions("JOB_FAILED", job_id) == []
+    # The next look that does come back finds the post: the job succeeds, nothing posted again.
+    a = next_look(h, job_id, "s11")
+    h.success("s11", job_id, a.lease_epoch, found_existing=True)
+    assert h.job(job_id).status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("lost_between", [False, True])
+def test_looks_that_come_back_transient_still_end_failed_after_twice_max_attempts(
+    h: Harness, lost_between: bool
+) -> None:
+    job_id = in_doubt(h)  # attempt 1 of 3 came back TRANSIENT after its permit
+    for n in range(2, 7):  # five looks come back TRANSIENT: 2 x max_attempts in all
+        if lost_between:  # a look lost before it looked in between changes nothing
+            next_look(h, job_id, f"lost{n}")
+            h.lost(f"lost{n}")
+            assert h.job(job_id).status is JobStatus.QUEUED
+        a = next_look(h, job_id, f"s{n}")
+        assert a.verify_only is (n > 3)  # past max_attempts it only looks
+        assert lost_between or a.lease_epoch == n
+        h.failure(f"s{n}", job_id, a.lease_epoch, pb.ERROR_CLASS_TRANSIENT, message="503")
+        h.lost(f"s{n}")
+    stored = h.job(job_id)
+    assert stored.status is JobStatus.FAILED and stored.verify_first
+    assert stored.counted_attempts == 6 and stored.lost_looks == (5 if lost_between else 0)
+    assert stored.last_error == "3 attempts failed; last: 503"

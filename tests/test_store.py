@@ -560,7 +560,7 @@ EXPECTED_COLUMNS: dict[str, str] = {
         "rate_limited_count INTEGER!, lease_epoch INTEGER!, device_id TEXT!, "
         "lease_expires_at REAL, committed_epoch INTEGER!, verify_first INTEGER!, "
         "require_confirm INTEGER!, last_error_class TEXT, last_error TEXT!, "
-        "result_post_id TEXT!, result_url TEXT!, resolved_by TEXT!"
+        "result_post_id TEXT!, result_url TEXT!, resolved_by TEXT!, lost_looks INTEGER!"
     ),
     "runs": (
         "id TEXT! PK, job_id TEXT!, attempt INTEGER!, device_id TEXT!, lease_epoch INTEGER!, "
@@ -656,7 +656,7 @@ async def test_migrations_produce_the_schema_once(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as db:
         applied = [v for (v,) in db.execute("SELECT version FROM schema_migrations")]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert applied == [m.version for m in load_migrations()] == [1, 2, 3]
+    assert applied == [m.version for m in load_migrations()] == [1, 2, 3, 4]
 
 
 async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> None:

@@ -281,6 +281,8 @@ class LeaseCore(Dispatching):
         lease = self._lease_of(session_id, job_id, epoch)
         job = self.jobs.get(job_id)
         reason = ""
+        if lease is not None:
+            lease.asked_commit = True  # one looks before it asks: its look came back
         if lease is None or job is None:
             reason = self._stale_reason(job_id, epoch)
         elif session_id not in self.sessions:

@@ -99,7 +99,9 @@ class AttemptOutcomes(CoreBase):
         fx.batch.audits.append(
             AuditEvent("JOB_RESULT_REFUSED", job.id, self._actor(session_id), now, refused)
         )
-        fx.extend(self._recover(job.id, now, reason="success reported without a permit"))
+        fx.extend(
+            self._recover(job.id, now, reason="success reported without a permit", reported=True)
+        )
         fx.extend(self.dispatch(now))
         return fx
 
@@ -323,8 +325,21 @@ class AttemptOutcomes(CoreBase):
             and job.counted_attempts < 2 * job.max_attempts
         )
 
-    def _recover(self, job_id: str, now: float, *, reason: str) -> Effects:
-        """A lease ended without a result: count the attempt, verify first if it had committed."""
+    def _look_again(self, job: Job, now: float, details: dict[str, object]) -> RetryAt:
+        """The lost look is given back (`lost_looks` do not count against max_attempts), and the
+        job looks again after the platform's transient backoff, by the looks lost so far:
+        exponential, capped at its max_interval_s (300 s by default), so a starved worker is
+        not handed the same look at once, again and again."""
+        job.lost_looks += 1
+        delay = self.retry.for_platform(job.platform).backoff_s(job.lost_looks, self._rand())
+        details["look_again"] = f"lost before it looked ({job.lost_looks} so far); not counted"
+        return RetryAt(now + delay, "lease_lost")
+
+    def _recover(self, job_id: str, now: float, *, reason: str, reported: bool = False) -> Effects:
+        """A lease ended without a result (`reported`: with a refused one): count the attempt,
+        verify first if it had committed. An attempt of a job in doubt that never came back nor
+        asked for a permit (one looks before asking) told nothing about the platform: it does
+        not count, and the job looks again after a backoff (never FAILED for looks not made)."""
         fx = Effects()
         job = self.jobs[job_id]
         lease = self.leases.get(job_id)
@@ -344,13 +359,19 @@ class AttemptOutcomes(CoreBase):
             "device": job.device_id,
             "attempt": job.attempt,
         }
+        # Looking comes before asking for a permit: an attempt that asked had looked.
+        lost_look = job.verify_first and not (committed or lease.asked_commit or reported)
         if committed:
             job.verify_first = True  # in doubt: the platform may have the post
-        decision: RetryAt | Fail | NeedsLogin = decide_lease_lost(job, now)
-        if isinstance(decision, Fail) and self._may_verify_again(job, ErrorClass.TRANSIENT):
-            decision = RetryAt(now, "lease_lost")  # past max_attempts it only looks
+        decision: RetryAt | Fail | NeedsLogin
+        if lost_look:
+            decision = self._look_again(job, now, details)
+        else:
+            decision = decide_lease_lost(job, now)
+            if isinstance(decision, Fail) and self._may_verify_again(job, ErrorClass.TRANSIENT):
+                decision = RetryAt(now, "lease_lost")  # past max_attempts it only looks
         job.last_error_class = ErrorClass.TRANSIENT
-        job.last_error = f"lease lost ({reason})"
+        job.last_error = f"lease lost ({reason})" + (", before it looked" if lost_look else "")
         if isinstance(decision, RetryAt):
             job.not_before = decision.at
             self._finish_attempt(
@@ -360,7 +381,7 @@ class AttemptOutcomes(CoreBase):
                 "lease_lost",
                 now,
                 action="JOB_STUCK_RECOVERY",
-                details={**details, "next": "QUEUED"},
+                details={**details, "next": "QUEUED", "retry_at": decision.at},
                 error_class="TRANSIENT",
                 retry_reason="lease_lost",
                 retry_at=decision.at,

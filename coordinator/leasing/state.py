@@ -77,6 +77,8 @@ class Lease:
     # only once the Assign has surely arrived.
     granted_at: float = 0.0
     verify_only: bool = False  # this attempt may look for the post, never publish it
+    # It asked for a commit permit (granted or not), so a verify_first attempt had looked.
+    asked_commit: bool = False
     # When the job entered AWAITING_CONFIRM under this lease (None: not waiting for a person).
     awaiting_since: float | None = None
     # When the permitted irreversible act surely ends (the worker's own bound, counted from when

@@ -130,6 +130,7 @@ def job_params(job: Job) -> Params:
         "result_post_id": job.result_post_id,
         "result_url": job.result_url,
         "resolved_by": job.resolved_by,
+        "lost_looks": job.lost_looks,
     }
 
 
@@ -163,6 +164,7 @@ def job_from_row(row: Row) -> Job:
         result_post_id=row["result_post_id"],
         result_url=row["result_url"],
         resolved_by=row["resolved_by"],
+        lost_looks=row["lost_looks"],
     )
 
 

@@ -17,13 +17,14 @@ INSERT INTO jobs (
     id, post_id, platform, account, status, idempotency_key, platform_key, content_hash, text,
     media, scheduled_at, created_at, updated_at, not_before, max_attempts, attempt,
     rate_limited_count, lease_epoch, device_id, lease_expires_at, committed_epoch, verify_first,
-    require_confirm, last_error_class, last_error, result_post_id, result_url, resolved_by
+    require_confirm, last_error_class, last_error, result_post_id, result_url, resolved_by,
+    lost_looks
 ) VALUES (
     :id, :post_id, :platform, :account, :status, :idempotency_key, :platform_key, :content_hash,
     :text, :media, :scheduled_at, :created_at, :updated_at, :not_before, :max_attempts, :attempt,
     :rate_limited_count, :lease_epoch, :device_id, :lease_expires_at, :committed_epoch,
     :verify_first, :require_confirm, :last_error_class, :last_error, :result_post_id, :result_url,
-    :resolved_by
+    :resolved_by, :lost_looks
 );
 
 -- name: insert_log

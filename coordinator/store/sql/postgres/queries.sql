@@ -26,7 +26,7 @@ WITH hit AS (UPDATE jobs SET
     committed_epoch = :committed_epoch, verify_first = :verify_first,
     require_confirm = :require_confirm, last_error_class = :last_error_class,
     last_error = :last_error, result_post_id = :result_post_id, result_url = :result_url,
-    resolved_by = :resolved_by
+    resolved_by = :resolved_by, lost_looks = :lost_looks
 WHERE id = :id AND lease_epoch = :expected_epoch AND strpos(:expected, '|' || status || '|') > 0
 RETURNING 1)
 SELECT postroom_missed('job_writes') WHERE NOT EXISTS (SELECT FROM hit);

@@ -27,7 +27,7 @@ UPDATE jobs SET
     committed_epoch = :committed_epoch, verify_first = :verify_first,
     require_confirm = :require_confirm, last_error_class = :last_error_class,
     last_error = :last_error, result_post_id = :result_post_id, result_url = :result_url,
-    resolved_by = :resolved_by
+    resolved_by = :resolved_by, lost_looks = :lost_looks
 WHERE id = :id AND lease_epoch = :expected_epoch AND instr(:expected, '|' || status || '|') > 0;
 
 -- name: upsert_run
