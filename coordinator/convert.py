@@ -174,6 +174,7 @@ def job_pb(job: Job, runs: Sequence[Run] = ()) -> pb.Job:
         scheduled_at=ts(job.scheduled_at),
         runs=[run_pb(r) for r in runs],
         resolved_by=job.resolved_by,
+        lost_looks=job.lost_looks,
     )
 
 

@@ -249,9 +249,10 @@ def jobs_table(jobs: Sequence[t.Job]) -> Table:
 
 def fmt_attempt(job: t.Job) -> str:
     """`2/3`, `2/3 (+1 rate-limited)`, or `verify-only look 1 after 3/3 attempts`: attempts
-    past the maximum only look for a post that may exist; they are never shown as 4/3."""
+    past the maximum only look for a post that may exist; they are never shown as 4/3. Looks
+    whose lease was lost before they looked do not count either: `(+2 lost before looking)`."""
     rate_limited = job.rate_limited_count
-    counted = job.attempt - rate_limited
+    counted = job.attempt - rate_limited - job.lost_looks
     if job.max_attempts and counted > job.max_attempts:
         text = (
             f"verify-only look {counted - job.max_attempts} after "
@@ -261,6 +262,8 @@ def fmt_attempt(job: t.Job) -> str:
         text = f"{counted}/{job.max_attempts}" if job.max_attempts else str(counted)
     if rate_limited:  # those do not use up max_attempts, so say so
         text += f" (+{rate_limited} rate-limited)"
+    if job.lost_looks:
+        text += f" (+{job.lost_looks} lost before looking)"
     return text
 
 

@@ -553,6 +553,10 @@ def test_attempts_past_the_maximum_show_as_verify_only_looks() -> None:
     assert fmt_attempt(make_job(attempt=4, max_attempts=3)) == (
         "verify-only look 1 after 3/3 attempts"
     )
+    # A job in doubt whose looks lost their leases before they looked: those do not count.
+    assert fmt_attempt(make_job(attempt=12, max_attempts=3, lost_looks=10)) == (
+        "2/3 (+10 lost before looking)"
+    )
 
 
 def test_job_watch_that_ends_early_is_an_error(

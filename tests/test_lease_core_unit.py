@@ -19,6 +19,7 @@ from lease_harness import (
     one_assign,
 )
 
+from coordinator.convert import job_pb
 from coordinator.domain import (
     ErrorClass,
     Job,
@@ -842,6 +843,7 @@ def test_a_job_in_doubt_whose_looks_lose_their_leases_stays_queued_to_look_again
     h.settle()
     assert post_status(h, "p1") is PostStatus.SCHEDULED
     assert h.store.actions("JOB_FAILED", job_id) == []
+    assert job_pb(h.job(job_id)).lost_looks == 10  # what GetJob, the CLI and console show
     # The next look that does come back finds the post: the job succeeds, nothing posted again.
     a = next_look(h, job_id, "s11")
     h.success("s11", job_id, a.lease_epoch, found_existing=True)

@@ -559,6 +559,7 @@ class Job(_message.Message):
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
     RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    LOST_LOOKS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     post_id: _builtins.str
     platform: _builtins.str
@@ -588,6 +589,10 @@ class Job(_message.Message):
     """Attempts that ended in a rate limit (they do not use up max_attempts)."""
     resolved_by: _builtins.str
     """Set when a person published it by hand and recorded it with ResolveJob: who did."""
+    lost_looks: _builtins.int
+    """Attempts of a job in doubt whose lease was lost before they looked for its post (no result,
+    no permit asked for): they do not use up max_attempts; the job looks again after a backoff.
+    """
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp:
         """Earliest time the next attempt may start."""
@@ -632,10 +637,11 @@ class Job(_message.Message):
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         runs: _abc.Iterable[Global___Run] | None = ...,
         resolved_by: _builtins.str = ...,
+        lost_looks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "not_before", b"not_before", "scheduled_at", b"scheduled_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "attempt", b"attempt", "content_hash", b"content_hash", "created_at", b"created_at", "device_id", b"device_id", "id", b"id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "last_error_class", b"last_error_class", "lease_epoch", b"lease_epoch", "lease_expires_at", b"lease_expires_at", "max_attempts", b"max_attempts", "not_before", b"not_before", "platform", b"platform", "platform_key", b"platform_key", "post_id", b"post_id", "rate_limited_count", b"rate_limited_count", "resolved_by", b"resolved_by", "result_post_id", b"result_post_id", "result_url", b"result_url", "runs", b"runs", "scheduled_at", b"scheduled_at", "status", b"status", "updated_at", b"updated_at", "verify_first", b"verify_first"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "attempt", b"attempt", "content_hash", b"content_hash", "created_at", b"created_at", "device_id", b"device_id", "id", b"id", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "last_error_class", b"last_error_class", "lease_epoch", b"lease_epoch", "lease_expires_at", b"lease_expires_at", "lost_looks", b"lost_looks", "max_attempts", b"max_attempts", "not_before", b"not_before", "platform", b"platform", "platform_key", b"platform_key", "post_id", b"post_id", "rate_limited_count", b"rate_limited_count", "resolved_by", b"resolved_by", "result_post_id", b"result_post_id", "result_url", b"result_url", "runs", b"runs", "scheduled_at", b"scheduled_at", "status", b"status", "updated_at", b"updated_at", "verify_first", b"verify_first"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
