@@ -8,6 +8,7 @@ holds shard 0 lets them go, and is not active."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
@@ -21,6 +22,12 @@ from coordinator.errors import StoreError
 from coordinator.store import PostgresStore, WriteBatch
 from coordinator.store.ownership import ShardOwnership
 from coordinator.store.shards import Fence
+
+# The versions of the PostgreSQL store's migrations (NNNN_name.sql), each applied once.
+MIGRATIONS = sorted(
+    int(p.name[:4])
+    for p in (Path(__file__).parents[1] / "coordinator/store/sql/postgres").glob("[0-9]*.sql")
+)
 
 __all__ = ["pg_database"]
 
@@ -150,7 +157,7 @@ async def test_coordinators_starting_together_on_a_fresh_database_migrate_it_onc
                 for s in stores:
                     tg.start_soon(s.open)
             versions = await stores[0].run("applied_migrations", {})
-            assert sorted(row["version"] for row in versions) == [1, 2, 3]
+            assert sorted(row["version"] for row in versions) == MIGRATIONS
         finally:
             for s in stores:
                 await s.close()
