@@ -10,9 +10,9 @@ then the response bytes (or each message of a stream), the trailing metadata and
 and details exactly as the active one gave them. The caller cannot tell, except for the extra
 hop's latency.
 
-Served locally, always: `postroom.v1.WorkerGateway` (a standby refuses workers itself, naming
-the active one, and each worker rotates), health (each coordinator reports its own role) and
-server reflection (the schema is the same everywhere).
+Not forwarded here: `postroom.v1.WorkerGateway` (a worker's stream is relayed by relay.py, or
+refused naming the active one), health (each coordinator reports its own role) and server
+reflection (the schema is the same everywhere).
 
 No active coordinator known (a takeover is in progress): UNAVAILABLE, retry in a few seconds.
 A call that was already forwarded once is not forwarded again (`x-postroom-forwarded`): two
