@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -56,7 +55,6 @@ from postroom.v1 import publishing_pb2, worker_gateway_pb2
 log = logging.getLogger("postroom.coordinator")
 
 DEFAULT_DRAIN_GRACE_S = 5.0
-GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (CPython: 700)
 # Transport backstop under the application heartbeats (toolchain.md): allow workers' pings.
 GRPC_SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -354,10 +352,6 @@ EXIT_STARTUP = 2
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(fmt=opts.log_format, level=opts.log_level)
-    # The actor keeps a large, long-lived heap (every open post's jobs) and allocates small
-    # command and effect values per message: with the default threshold (700) young collections
-    # run every few messages and walk what survived. Fewer, larger ones cost less in all.
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     try:
         anyio.run(serve, opts, backend_options=_loop_options())
     except StartupError as exc:
