@@ -4,8 +4,8 @@ Several coordinators on one PostgreSQL (phase 1): one of them holds every shard 
 others stand by (coordinator/cluster/member.py decides, each ownership turn). What the gRPC side
 needs to know of that is small and read often: a standby relays workers' streams and forwards
 operators' calls to the active's address (relay.py, forward.py) or, when it cannot, refuses them
-naming it, and the health service says NOT_SERVING. Only the ownership loop writes this object; every reader is in the same
-event loop, so plain attributes do.
+naming it, and the health service says NOT_SERVING. Only the ownership loop writes this object;
+every reader is in the same event loop, so plain attributes do.
 """
 
 from __future__ import annotations
