@@ -44,7 +44,6 @@ from prometheus_client import CollectorRegistry
 
 from postroom.address import split_host_port
 from postroom.clock import Clock, SystemClock
-from postroom.gc_tuning import tune_gc
 from postroom.logs import configure_logging
 from postroom.metrics_http import MetricsServer, serve_metrics
 from postroom.tls import ENV_CA, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ClientTls, TlsError
@@ -504,7 +503,6 @@ async def _open_metrics(
 
 async def _serve(worker: Worker, metrics_url: str) -> bool:
     """Run the worker until it stops; True when a second signal forced it."""
-    tune_gc()  # start-up's objects frozen, fewer collections: postroom/gc_tuning.py
     forced: list[bool] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(_on_signals, worker, tg, forced)
