@@ -55,17 +55,29 @@ def check_request(request: pub.WatchEventsRequest) -> frozenset[str]:
     return frozenset(check_filter(s, "subject_ids") for s in request.subject_ids) - {""}
 
 
-async def watch(
+# Initial metadata of a WatchEvents stream once it is positioned: the seq it starts after. A
+# caller that awaits it (from_end) knows that whatever it commits next is in the stream.
+START_SEQ_HEADER = "x-postroom-watch-after-seq"
+
+
+async def start(store: Store, request: pub.WatchEventsRequest) -> tuple[frozenset[str], int]:
+    """The subjects to follow and the seq the stream starts after (request.after_seq, or the end
+    of the log now); InvalidArgument for what cannot be followed."""
+    subjects = check_request(request)
+    seq = await store.last_audit_seq() if request.from_end else request.after_seq
+    return subjects, seq
+
+
+async def follow(
     store: Store,
-    request: pub.WatchEventsRequest,
+    subjects: frozenset[str],
+    seq: int,
     bell: AuditBell,
     *,
     unrung_interval_s: float = DEFAULT_UNRUNG_INTERVAL_S,
 ) -> AsyncIterator[pb.AuditEvent]:
-    """Events after request.after_seq (or from the end of the log), then new ones as they land,
-    until the caller stops iterating. Raises InvalidArgument before the first event."""
-    subjects = check_request(request)
-    seq = await store.last_audit_seq() if request.from_end else request.after_seq
+    """Events after `seq` about `subjects` (empty: all), then new ones as they land, until the
+    caller stops iterating."""
     while True:
         rung = bell.armed()
         events = await store.list_audit(

@@ -488,11 +488,14 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         self, request: pub.WatchEventsRequest, context: Ctx
     ) -> AsyncIterator[pb.AuditEvent]:
         try:
-            feed = events_feed.watch(self.store, request, self.co.audit_bell)
-            async for event in feed:
-                yield event
-        except CoordinatorError as exc:  # only before the first event (a bad request)
+            subjects, after = await events_feed.start(self.store, request)
+        except CoordinatorError as exc:  # a bad request
             await context.abort(exc.status_code, str(exc))
+        # Positioned: say where, so a caller knows that what it commits next is in the stream.
+        await context.send_initial_metadata(((events_feed.START_SEQ_HEADER, str(after)),))
+        feed = events_feed.follow(self.store, subjects, after, self.co.audit_bell)
+        async for event in feed:
+            yield event
 
     @rpc
     async def ListRateLimits(

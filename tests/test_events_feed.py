@@ -140,6 +140,10 @@ async def test_watch_events_replays_then_follows_and_resumes(tmp_path: Path, sto
         resumed.cancel()
         tail = stub.WatchEvents(pub.WatchEventsRequest(from_end=True))
         tail_events = tail.__aiter__()
+        # The stream says where it starts once it is positioned: from then on, nothing is missed.
+        with anyio.fail_after(WAIT_S):
+            positioned = dict(await tail.initial_metadata())
+        assert positioned["x-postroom-watch-after-seq"] == str(submitted.seq)
         other = await stub.CreatePost(
             pub.CreatePostRequest(text="other", targets=[pb.Target(platform="x", account="b")])
         )

@@ -92,18 +92,18 @@ def _was_forwarded(context: Ctx) -> bool:
     return any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
 
 
-def _timeout(context: Ctx) -> float | None:
+def remaining_timeout(context: Ctx) -> float | None:
     left = context.time_remaining()
     # grpc.aio gives a huge number (or None) when the caller set no deadline.
     return None if left is None or left > 1e8 else max(left, 0.0)
 
 
-def _pairs(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
+def metadata_pairs(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
     """grpc.aio.Metadata (or a tuple of pairs) as the tuple of pairs a context takes."""
     return tuple((key, value) for key, value in metadata or ())
 
 
-async def _pass_back(context: Ctx, exc: grpc.aio.AioRpcError, address: str) -> None:
+async def pass_back_error(context: Ctx, exc: grpc.aio.AioRpcError, address: str) -> None:
     """The active's error status as it gave it (code, details, trailing metadata); or, when it
     could not be reached at all (gRPC's own words), which address did not answer and why."""
     details = exc.details() or ""
@@ -112,11 +112,11 @@ async def _pass_back(context: Ctx, exc: grpc.aio.AioRpcError, address: str) -> N
             f"the active coordinator at {address} does not answer ({details}); if it died, "
             "another takes over within the ownership TTL: retry in a few seconds"
         )
-    await context.abort(exc.code(), details, _pairs(exc.trailing_metadata()))
+    await context.abort(exc.code(), details, metadata_pairs(exc.trailing_metadata()))
 
 
-async def _pass_initial(context: Ctx, call: grpc.aio.Call) -> None:
-    initial = _pairs(await call.initial_metadata())
+async def pass_initial_metadata(context: Ctx, call: grpc.aio.Call) -> None:
+    initial = metadata_pairs(await call.initial_metadata())
     if initial:
         await context.send_initial_metadata(initial)
 
@@ -197,14 +197,14 @@ class ForwardToActive(_Interceptor):
         async def forward(request: bytes, context: Ctx) -> bytes:
             address, channel = await self._target(context)
             call = channel.unary_unary(method, None, None)(
-                request, metadata=forwarded_metadata(context), timeout=_timeout(context)
+                request, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
             )
             try:
                 response: bytes = await call
-                await _pass_initial(context, call)
-                context.set_trailing_metadata(_pairs(await call.trailing_metadata()))
+                await pass_initial_metadata(context, call)
+                context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
             except grpc.aio.AioRpcError as exc:
-                await _pass_back(context, exc, address)
+                await pass_back_error(context, exc, address)
                 raise  # abort() raises; this keeps type checkers honest
             return response
 
@@ -214,15 +214,15 @@ class ForwardToActive(_Interceptor):
         async def forward(request: bytes, context: Ctx) -> AsyncIterator[bytes]:
             address, channel = await self._target(context)
             call = channel.unary_stream(method, None, None)(
-                request, metadata=forwarded_metadata(context), timeout=_timeout(context)
+                request, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
             )
             try:
-                await _pass_initial(context, call)
+                await pass_initial_metadata(context, call)
                 async for message in call:
                     yield message
-                context.set_trailing_metadata(_pairs(await call.trailing_metadata()))
+                context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
             except grpc.aio.AioRpcError as exc:
-                await _pass_back(context, exc, address)
+                await pass_back_error(context, exc, address)
                 raise
             finally:
                 call.cancel()  # the caller hung up (or we are done): end the active's side too

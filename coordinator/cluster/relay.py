@@ -39,11 +39,11 @@ import grpc
 
 from coordinator.cluster.forward import (
     FORWARDED_HEADER,
-    _pairs,
-    _pass_back,
-    _pass_initial,
-    _timeout,
     forwarded_metadata,
+    metadata_pairs,
+    pass_back_error,
+    pass_initial_metadata,
+    remaining_timeout,
 )
 from coordinator.cluster.role import ClusterRole
 
@@ -106,16 +106,16 @@ class RelayWorkersToActive(_Interceptor):
             channel = await self._channel(address)
             # grpc consumes `requests` in a task of its own and half-closes at their end.
             call = channel.stream_stream(method, None, None)(
-                requests, metadata=forwarded_metadata(context), timeout=_timeout(context)
+                requests, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
             )
             try:
-                await _pass_initial(context, call)
+                await pass_initial_metadata(context, call)
                 async for message in call:
                     yield message
-                context.set_trailing_metadata(_pairs(await call.trailing_metadata()))
+                context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
             except grpc.aio.AioRpcError as exc:
                 log.debug("relayed worker stream to %s ended: %s", address, exc.code().name)
-                await _pass_back(context, exc, address)
+                await pass_back_error(context, exc, address)
                 raise
             finally:
                 call.cancel()  # the worker hung up (or we are done): end the active's side too
