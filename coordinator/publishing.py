@@ -2,7 +2,11 @@
 that says what to fix; a post's content against each target platform's rules, content_rules.py),
 reads from the store (live state through `Coordinator.read`, coordinator/reads.py), and sends
 every change to the actor as a command value (coordinator/operator_commands.py), answering once
-the actor has committed it."""
+the actor has committed it.
+
+Under placement "spread" (`store_reads`) each core holds only its shards' jobs: the answers are
+read from the store, never from the core's memory, so every coordinator answers the same (which
+coordinator executes a command is cluster/route.py's)."""
 
 from __future__ import annotations
 
@@ -116,8 +120,10 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         assets: AssetStore,
         *,
         text_limits: content_rules.TextLimits | None = None,
+        store_reads: bool = False,
     ) -> None:
         self.co = coordinator
+        self.store_reads = store_reads
         self.store = coordinator.store
         self.core = coordinator.core
         self.assets = assets
@@ -165,6 +171,8 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
         core holds them (all of its jobs; memory is the truth for open posts): one actor read,
         no store round trip."""
         post, jobs = reply if isinstance(reply, tuple) else (reply, None)
+        if self.store_reads:  # this core holds some of the post's jobs at most
+            return await self._post_reply(post.id)
         if jobs is not None:
             return post_pb(post, jobs)
         post_id = post.id
@@ -402,6 +410,11 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     async def ListDevices(
         self, request: pub.ListDevicesRequest, context: Ctx
     ) -> pub.ListDevicesResponse:
+        if self.store_reads:
+            online = await self.co.read(lambda now: reads.connected(self.core))
+            return pub.ListDevicesResponse(
+                devices=await reads.devices_from_store(self.store, online)
+            )
         return pub.ListDevicesResponse(
             devices=await self.co.read(lambda now: reads.devices(self.core))
         )
@@ -501,7 +514,11 @@ class PublishingService(ByHandRpcs, AccessRpcs, pub_grpc.PublishingServicer):
     async def ListRateLimits(
         self, request: pub.ListRateLimitsRequest, context: Ctx
     ) -> pub.ListRateLimitsResponse:
-        now, views = await self.co.read(lambda now: (now, reads.gates(self.core, now)))
+        if self.store_reads:
+            now = self.co.clock.now()
+            views = await reads.gates_from_store(self.store, self.co.config.quotas, now)
+        else:
+            now, views = await self.co.read(lambda now: (now, reads.gates(self.core, now)))
         if request.closed_only:
             views = [v for v in views if v.closed]
         return pub.ListRateLimitsResponse(gates=[gate_pb(v) for v in views], now=ts(now))

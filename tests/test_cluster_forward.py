@@ -240,3 +240,22 @@ async def test_a_tls_coordinator_dials_the_active_one_with_tls(
         auth = bearer(active.admin_token)
         post = await stub.CreatePost(draft("over tls"), metadata=auth, timeout=10)
         assert post.text == "over tls"
+
+
+@pytest.mark.anyio
+async def test_calls_follow_the_active_one_when_another_takes_over(tmp_path: Path) -> None:
+    async with (
+        pair(tmp_path) as (first, standby, stub),
+        secure_coordinator(tmp_path / "second") as second,
+    ):
+        made = await stub.CreatePost(draft("to the first"), metadata=bearer(first.admin_token))
+        standby.role.leader = second.address  # a takeover: the next call goes to the new one
+        moved = await stub.CreatePost(draft("to the second"), metadata=bearer(second.admin_token))
+        listed = await second.stub(second.admin_token).call("ListPosts", pub.ListPostsRequest())
+        assert isinstance(listed, pub.ListPostsResponse)
+        assert [p.id for p in listed.posts] == [moved.id] and made.id != moved.id
+        standby.role.leader = first.address  # and back: its channel is still there
+        again = await stub.GetPost(
+            pub.GetPostRequest(post_id=made.id), metadata=bearer(first.admin_token)
+        )
+        assert again.text == "to the first"

@@ -19,11 +19,16 @@ A call that was already forwarded once is not forwarded again (`x-postroom-forwa
 coordinators that each believe the other is active answer UNAVAILABLE instead of ping-ponging.
 
 TLS: a coordinator that serves TLS dials the active one with TLS too (`peer_tls`).
+
+The passing on itself is `Forwarder`'s: one call to an explicit address, over one cached
+channel per address. Placement "spread" (several active coordinators, each owning some shards)
+routes each operator's call to the coordinator that must execute it with it (route.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -51,7 +56,9 @@ FORWARDED_HEADER = "x-postroom-forwarded"
 NO_ACTIVE = "no active coordinator yet (a takeover is in progress); retry in a few seconds"
 # The active coordinator's answers pass through whole; the caller's own channel bounds them.
 DEFAULT_MAX_FORWARDED_MESSAGE_BYTES = 64 * 1024 * 1024
-# Old active coordinators' channels kept open (their calls may still be ending) before closing.
+# Channels kept open to coordinators called lately (a cluster has a few); older ones retire.
+DEFAULT_OPEN_CHANNELS = 8
+# Retired channels kept open (their calls may still be ending) before closing.
 DEFAULT_RETIRED_CHANNELS = 4
 # How gRPC itself says that no connection could be made (not an answer of the active one).
 _UNREACHABLE = "failed to connect to all addresses"
@@ -88,7 +95,8 @@ def forwarded_metadata(context: Ctx) -> list[tuple[str, str | bytes]]:
     return kept
 
 
-def _was_forwarded(context: Ctx) -> bool:
+def was_forwarded(context: Ctx) -> bool:
+    """Whether another coordinator passed this call on already (one hop at most)."""
     return any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
 
 
@@ -103,13 +111,16 @@ def metadata_pairs(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
     return tuple((key, value) for key, value in metadata or ())
 
 
-async def pass_back_error(context: Ctx, exc: grpc.aio.AioRpcError, address: str) -> None:
-    """The active's error status as it gave it (code, details, trailing metadata); or, when it
-    could not be reached at all (gRPC's own words), which address did not answer and why."""
+async def pass_back_error(
+    context: Ctx, exc: grpc.aio.AioRpcError, address: str, *, who: str = "the active coordinator"
+) -> None:
+    """The other coordinator's error status as it gave it (code, details, trailing metadata);
+    or, when it could not be reached at all (gRPC's own words), which address did not answer and
+    why. `who`: how the message names the coordinator called."""
     details = exc.details() or ""
     if exc.code() == grpc.StatusCode.UNAVAILABLE and details.startswith(_UNREACHABLE):
         details = (
-            f"the active coordinator at {address} does not answer ({details}); if it died, "
+            f"{who} at {address} does not answer ({details}); if it died, "
             "another takes over within the ownership TTL: retry in a few seconds"
         )
     await context.abort(exc.code(), details, metadata_pairs(exc.trailing_metadata()))
@@ -119,6 +130,86 @@ async def pass_initial_metadata(context: Ctx, call: grpc.aio.Call) -> None:
     initial = metadata_pairs(await call.initial_metadata())
     if initial:
         await context.send_initial_metadata(initial)
+
+
+class Forwarder:
+    """Operators' calls passed on byte for byte to a coordinator at an explicit address.
+
+    One channel per address, cached (the most recently used DEFAULT_OPEN_CHANNELS stay open;
+    an older one retires, then closes once DEFAULT_RETIRED_CHANNELS more have retired, so calls
+    still running on it can end). The call carries the caller's metadata plus
+    `x-postroom-forwarded` and its remaining deadline; the answer comes back with its initial
+    and trailing metadata, or its status as the other coordinator gave it.
+    """
+
+    def __init__(
+        self,
+        *,
+        tls: ClientTls,
+        channel_options: Sequence[tuple[str, int | str]] = (
+            ("grpc.max_receive_message_length", DEFAULT_MAX_FORWARDED_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", DEFAULT_MAX_FORWARDED_MESSAGE_BYTES),
+        ),
+    ) -> None:
+        self._tls = tls
+        self._options = tuple(channel_options)
+        self._channels: dict[str, grpc.aio.Channel] = {}  # least recently used first
+        self._retired: list[grpc.aio.Channel] = []
+
+    async def channel(self, address: str) -> grpc.aio.Channel:
+        """The cached channel to `address` (opened on first use)."""
+        channel = self._channels.pop(address, None)
+        if channel is None:
+            channel = aio_channel(address, self._tls, options=self._options)
+        self._channels[address] = channel
+        while len(self._channels) > DEFAULT_OPEN_CHANNELS:
+            self._retired.append(self._channels.pop(next(iter(self._channels))))
+        while len(self._retired) > DEFAULT_RETIRED_CHANNELS:
+            await self._retired.pop(0).close(None)
+        return channel
+
+    async def unary(
+        self, method: str, request: bytes, context: Ctx, address: str, *, who: str
+    ) -> bytes:
+        """`method` called at `address` with the caller's request bytes; its answer's bytes."""
+        channel = await self.channel(address)
+        call = channel.unary_unary(method, None, None)(
+            request, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
+        )
+        try:
+            response: bytes = await call
+            await pass_initial_metadata(context, call)
+            context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
+        except grpc.aio.AioRpcError as exc:
+            await pass_back_error(context, exc, address, who=who)
+            raise  # abort() raises; this keeps type checkers honest
+        return response
+
+    async def stream(
+        self, method: str, request: bytes, context: Ctx, address: str, *, who: str
+    ) -> AsyncGenerator[bytes]:
+        """A server stream called at `address`: each of its messages' bytes as they come."""
+        channel = await self.channel(address)
+        call = channel.unary_stream(method, None, None)(
+            request, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
+        )
+        try:
+            await pass_initial_metadata(context, call)
+            async for message in call:
+                yield message
+            context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
+        except grpc.aio.AioRpcError as exc:
+            await pass_back_error(context, exc, address, who=who)
+            raise
+        finally:
+            call.cancel()  # the caller hung up (or we are done): end the other side too
+
+    async def close(self) -> None:
+        """Close every channel (the server has stopped)."""
+        channels = [*self._retired, *self._channels.values()]
+        self._channels, self._retired = {}, []
+        for channel in channels:
+            await channel.close(None)
 
 
 class ForwardToActive(_Interceptor):
@@ -138,11 +229,8 @@ class ForwardToActive(_Interceptor):
     ) -> None:
         self._is_active = is_active
         self._active_address = active_address
-        self._tls = tls
         self._local = local_services
-        self._options = tuple(channel_options)
-        self._channel: tuple[str, grpc.aio.Channel] | None = None
-        self._retired: list[grpc.aio.Channel] = []
+        self._forwarder = Forwarder(tls=tls, channel_options=channel_options)
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -167,71 +255,43 @@ class ForwardToActive(_Interceptor):
 
         return grpc.unary_unary_rpc_method_handler(refuse)
 
-    async def _target(self, context: Ctx) -> tuple[str, grpc.aio.Channel]:
-        """The active coordinator's address and a channel to it, or abort UNAVAILABLE."""
+    async def _target(self, context: Ctx) -> str:
+        """The active coordinator's address, or abort UNAVAILABLE."""
         address = self._active_address()
         if address is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, NO_ACTIVE)
             raise AssertionError("abort() raises")
-        if _was_forwarded(context):
+        if was_forwarded(context):
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"forwarded to a coordinator that is not active either (it believes {address} "
                 "is); a takeover is in progress: retry in a few seconds",
             )
-        return address, await self.channel(address)
+        return address
 
     async def channel(self, address: str) -> grpc.aio.Channel:
-        """One cached channel to the active; an old active's channel is retired, then closed."""
-        if self._channel is not None and self._channel[0] == address:
-            return self._channel[1]
-        if self._channel is not None:
-            self._retired.append(self._channel[1])
-        while len(self._retired) > DEFAULT_RETIRED_CHANNELS:
-            await self._retired.pop(0).close(None)
-        channel = aio_channel(address, self._tls, options=self._options)
-        self._channel = (address, channel)
-        return channel
+        """The cached channel to a coordinator (relay.py's streams use it too)."""
+        return await self._forwarder.channel(address)
 
     def _unary(self, method: str) -> Callable[[bytes, Ctx], Awaitable[bytes]]:
         async def forward(request: bytes, context: Ctx) -> bytes:
-            address, channel = await self._target(context)
-            call = channel.unary_unary(method, None, None)(
-                request, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
-            )
-            try:
-                response: bytes = await call
-                await pass_initial_metadata(context, call)
-                context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
-            except grpc.aio.AioRpcError as exc:
-                await pass_back_error(context, exc, address)
-                raise  # abort() raises; this keeps type checkers honest
-            return response
+            address = await self._target(context)
+            who = "the active coordinator"
+            return await self._forwarder.unary(method, request, context, address, who=who)
 
         return forward
 
     def _stream(self, method: str) -> Callable[[bytes, Ctx], AsyncIterator[bytes]]:
         async def forward(request: bytes, context: Ctx) -> AsyncIterator[bytes]:
-            address, channel = await self._target(context)
-            call = channel.unary_stream(method, None, None)(
-                request, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
-            )
-            try:
-                await pass_initial_metadata(context, call)
-                async for message in call:
+            address = await self._target(context)
+            who = "the active coordinator"
+            upstream = self._forwarder.stream(method, request, context, address, who=who)
+            async with contextlib.aclosing(upstream) as messages:
+                async for message in messages:
                     yield message
-                context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
-            except grpc.aio.AioRpcError as exc:
-                await pass_back_error(context, exc, address)
-                raise
-            finally:
-                call.cancel()  # the caller hung up (or we are done): end the active's side too
 
         return forward
 
     async def close(self) -> None:
         """Close every channel (the server has stopped)."""
-        channels = [*self._retired, *([self._channel[1]] if self._channel else [])]
-        self._channel, self._retired = None, []
-        for channel in channels:
-            await channel.close(None)
+        await self._forwarder.close()
