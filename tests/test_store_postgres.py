@@ -63,6 +63,10 @@ def expected_columns() -> dict[str, str]:
     )
     # 0003: the address each coordinator advertises (coordinator/cluster/).
     columns["coordinators"] = "owner TEXT! PK, heartbeat_at REAL!, expires_at REAL!, address TEXT!"
+    # 0005: post tasks for the owners of other shards (store/base.py: PostTask).
+    columns["post_tasks"] = (
+        "id INTEGER! PK, shard INTEGER!, post_id TEXT!, kind TEXT!, args TEXT!, created_at REAL!"
+    )
     return columns
 
 
@@ -123,14 +127,15 @@ async def test_migrations_produce_the_schema_of_sqlite_once(url: str) -> None:
     # SQLite's INTEGER PRIMARY KEY is the rowid itself; PostgreSQL indexes those keys.
     rowid_keys = {"step_logs PK (seq)", "screenshots PK (seq)", "audit_events PK (seq)"}
     ownership = {"shard_owners PK (shard)", "leaders PK (duty)", "coordinators PK (owner)"}
-    assert indexes == EXPECTED_INDEXES | rowid_keys | ownership
+    tasks = {"post_tasks PK (id)", "post_tasks post_tasks_shard_idx (shard, id)"}
+    assert indexes == EXPECTED_INDEXES | rowid_keys | ownership | tasks
     assert fks == EXPECTED_FOREIGN_KEYS
     conn = await asyncpg.connect(url)
     try:
         applied = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
     finally:
         await conn.close()
-    assert applied == [m.version for m in load_migrations(POSTGRES_SQL_PACKAGE)] == [1, 2, 3, 4]
+    assert applied == [m.version for m in load_migrations(POSTGRES_SQL_PACKAGE)] == [1, 2, 3, 4, 5]
 
 
 async def test_a_database_from_a_newer_release_is_refused(url: str) -> None:

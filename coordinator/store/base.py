@@ -5,13 +5,17 @@ atomic: either the whole batch lands or none of it. Job and post updates in a ba
 compare-and-set: the stored row must still have one of `expected_statuses` (and, for jobs, the
 `expected_epoch`), else the batch is rolled back and ConcurrentUpdate names the row that moved.
 Batches are how the lease actor group-commits many protocol events in one transaction.
+
+Post tasks (PostgreSQL only, several coordinators): what one coordinator asks the owner of a
+shard to do about a post (create the jobs of its targets there, cancel them...). A batch inserts
+them for any shard and deletes, once done, those of shards it holds (store/shards.py: Fence).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from coordinator.access.records import DeviceEnrollment, OperatorToken
 from coordinator.domain import (
@@ -26,6 +30,7 @@ from coordinator.domain import (
     ScreenshotRecord,
     StepLogEntry,
 )
+from coordinator.errors import StoreError
 
 # (created_at, id) of the last row a page showed: the next page starts after it.
 Cursor = tuple[float, str]
@@ -57,6 +62,20 @@ class PostWrite:
     expected_statuses: frozenset[PostStatus]
 
 
+@dataclass(frozen=True, slots=True)
+class PostTask:
+    """Work on a post for the owner of `shard`. kind: "intake" (jobs of its targets there should
+    exist), "schedule", "cancel", "refresh" (content or approval changed), "delete". `args` must
+    be JSON-able. `id` and `created_at` are the store's (0 when new: the server's clock then)."""
+
+    shard: int
+    post_id: str
+    kind: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    id: int = 0
+    created_at: float = 0.0
+
+
 @dataclass(slots=True)
 class WriteBatch:
     new_posts: list[Post] = field(default_factory=list)
@@ -76,6 +95,10 @@ class WriteBatch:
     # Posts removed with their jobs, runs, step logs and screenshot rows (DeletePost); applied
     # after every other write of the batch. Audit entries are never removed.
     deleted_posts: list[str] = field(default_factory=list)
+    # Post tasks (PostgreSQL only): inserted, each shard notified at commit; done ones deleted
+    # by id (as pending_post_tasks read them: their shard must be held).
+    post_tasks: list[PostTask] = field(default_factory=list)
+    done_post_tasks: list[PostTask] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(
@@ -93,6 +116,8 @@ class WriteBatch:
                 self.operator_tokens,
                 self.enrollments,
                 self.deleted_posts,
+                self.post_tasks,
+                self.done_post_tasks,
             )
         )
 
@@ -110,6 +135,18 @@ class WriteBatch:
         self.operator_tokens += other.operator_tokens
         self.enrollments += other.enrollments
         self.deleted_posts += other.deleted_posts
+        self.post_tasks += other.post_tasks
+        self.done_post_tasks += other.done_post_tasks
+
+    @property
+    def has_post_tasks(self) -> bool:
+        return bool(self.post_tasks or self.done_post_tasks)
+
+
+def refuse_post_tasks(batch: WriteBatch) -> None:
+    """What a store of one coordinator (SQLite, memory) says to a batch with post tasks."""
+    if batch.has_post_tasks:
+        raise StoreError("post tasks need PostgreSQL (several coordinators)")
 
 
 class Store(Protocol):

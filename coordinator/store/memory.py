@@ -36,7 +36,7 @@ from coordinator.domain import (
 )
 from coordinator.errors import NotFound, StoreError
 from coordinator.store import cas
-from coordinator.store.base import Cursor, JobFilter, WriteBatch
+from coordinator.store.base import Cursor, JobFilter, WriteBatch, refuse_post_tasks
 
 T = TypeVar("T")
 
@@ -93,6 +93,7 @@ class InMemoryStore:
         await checkpoint()
         if not batch:
             return
+        refuse_post_tasks(batch)
         st = self._state.fork()
         self._write_posts(st, batch)
         self._write_jobs(st, batch)

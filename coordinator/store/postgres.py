@@ -13,6 +13,16 @@ and in commit order even with several processes writing. A batch once started is
 to COMMIT or ROLLBACK in its own task, even if the caller is cancelled (asyncio.shield; close()
 waits for it).
 
+Several coordinators each owning some shards (phase 2, "spread"): apply_fenced(derive_posts=True)
+re-derives, inside the batch's transaction, the status of every post whose jobs it wrote from
+ALL the post's jobs, whichever coordinator wrote them. The post rows are locked before the
+batch's writes (in id order), and its jobs read after them by a statement of its own: under
+READ COMMITTED that sees every batch that held the lock before, so of two coordinators
+finishing a post's last two jobs at once, the second to commit sees both: PUBLISHED.
+
+Post tasks (base.py: PostTask) are rows of post_tasks; a batch inserting some notifies
+`postroom_post_tasks` with each shard at commit, which listen_post_tasks() hands on.
+
 asyncpg and connection errors are translated here, once: a unique clash is ConcurrentUpdate,
 anything else StoreError.
 """
@@ -24,16 +34,19 @@ import contextlib
 import functools
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from coordinator.domain import AuditEvent, PostStatus
 from coordinator.errors import StoreError
-from coordinator.store.base import WriteBatch
+from coordinator.store import rows
+from coordinator.store.base import PostTask, WriteBatch
 from coordinator.store.migrations import (
     POSTGRES_SQL_PACKAGE,
     check_known,
@@ -42,7 +55,14 @@ from coordinator.store.migrations import (
 )
 from coordinator.store.rows import Params, Row
 from coordinator.store.shards import Fence, hold
-from coordinator.store.sqlbase import Missed, SqlStore
+from coordinator.store.sqlbase import (
+    Missed,
+    SqlStore,
+    derived_statuses,
+    post_task_from_row,
+    post_task_params,
+    posts_to_derive,
+)
 
 DEFAULT_POOL_MAX_SIZE = 10
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -56,6 +76,11 @@ DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S = 3.0
 LOCK_POLL_S = 0.1
 DATABASE_LOCK_KEY = int.from_bytes(b"postroom", "big")  # one advisory lock per database
 MIGRATION_LOCK_KEY = int.from_bytes(b"prmigrat", "big")  # held by a migration's transaction
+POST_TASKS_CHANNEL = "postroom_post_tasks"
+DEFAULT_PENDING_POST_TASKS = 500
+# Notices a listener has not read yet; more are dropped: each only says "look at shard N", and
+# the consumer scans its shards anyway.
+DEFAULT_NOTICE_BUFFER = 256
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _COMMENT = re.compile(r"--[^\n]*")
 # What asyncpg raises: server errors, misuse or a closed connection, its own inconsistencies
@@ -223,21 +248,29 @@ class PostgresStore(SqlStore[Any]):
     async def apply(self, batch: WriteBatch) -> None:
         await self._apply(batch, None)
 
-    async def apply_fenced(self, batch: WriteBatch, fence: Fence) -> None:
+    async def apply_fenced(
+        self, batch: WriteBatch, fence: Fence, *, derive_posts: bool = False
+    ) -> None:
         """apply(batch), only while every lease of the fence stands (shards.py); else
-        OwnershipLost and nothing written."""
+        OwnershipLost and nothing written. With `derive_posts`, the status of each post whose
+        jobs the batch wrote is derived from all its jobs in the same transaction (module
+        docstring); its POST_STATUS_CHANGED audits are appended to batch.audits, seqs set."""
         fence.check_batch(batch)
-        await self._apply(batch, fence)
+        await self._apply(batch, fence, derive_posts)
 
-    async def _apply(self, batch: WriteBatch, fence: Fence | None) -> None:
+    async def _apply(self, batch: WriteBatch, fence: Fence | None, derive: bool = False) -> None:
         if not batch:
             return
         self._require()
-        seqs = await asyncio.shield(self._apply_alone(batch, fence))
+        tasks = [post_task_params(t) for t in batch.post_tasks]  # a bad args is refused here
+        seqs, derived = await asyncio.shield(self._apply_alone(batch, fence, derive, tasks))
         for event, seq in zip(batch.audits, seqs, strict=True):
             event.seq = seq
+        batch.audits += derived
 
-    async def _apply_alone(self, batch: WriteBatch, fence: Fence | None) -> list[int]:
+    async def _apply_alone(
+        self, batch: WriteBatch, fence: Fence | None, derive: bool, tasks: list[Params]
+    ) -> tuple[list[int], list[AuditEvent]]:
         async with self._write_lock:
             with _translated("apply a batch"):
                 conn = await self._writer_connection()
@@ -245,9 +278,49 @@ class PostgresStore(SqlStore[Any]):
                     async with conn.transaction():
                         if fence is not None:
                             await hold(fence, functools.partial(self._rows, conn))
-                        return await self._write(conn, batch)
+                        locked = await self._lock_posts(conn, batch) if derive else []
+                        seqs = await self._write(conn, batch)
+                        derived = await self._derive_posts(conn, batch, locked) if locked else []
+                        await self._write_post_tasks(conn, batch, tasks)
+                        return seqs, derived
                 except Missed as missed:  # rolled back by now
                     raise await self._diagnose(conn, batch, missed) from missed.cause
+
+    async def _lock_posts(self, conn: Any, batch: WriteBatch) -> list[str]:
+        """Before the batch's writes: lock the posts to derive, with those it writes, in id
+        order, so every transaction locks posts in one order and all before the audit table
+        (sqlbase.py writes audits mid-batch): no cycle. The ids to derive."""
+        ids = posts_to_derive(batch)
+        if ids:
+            every = sorted({*ids, *(w.post.id for w in batch.post_writes)})
+            await self._rows(conn, "lock_posts", {"ids": rows.dumps(every)})
+        return ids
+
+    async def _derive_posts(self, conn: Any, batch: WriteBatch, ids: list[str]) -> list[AuditEvent]:
+        """After the batch's writes: the status of the posts `ids` derived from all their jobs;
+        the audits of those whose status moved."""
+        # Statements of their own after the lock: they see what its earlier holders committed.
+        states = await self._rows(conn, "post_states_in", {"ids": rows.dumps(ids)})
+        stored = {r["id"]: PostStatus(r["status"]) for r in states}
+        found = await self._rows(conn, "jobs_for_posts", {"post_ids": rows.dumps(sorted(stored))})
+        writes, audits = derived_statuses(batch, stored, [rows.job_from_row(r) for r in found])
+        if writes:
+            await self._many(conn, "derived_posts", "set_post_status", writes)
+            seqs = await self._insert_audits(conn, [rows.audit_params(a) for a in audits])
+            for event, seq in zip(audits, seqs, strict=True):
+                event.seq = seq
+        return audits
+
+    async def _write_post_tasks(self, conn: Any, batch: WriteBatch, tasks: list[Params]) -> None:
+        if tasks:
+            await self._many(conn, "post_tasks", "insert_post_task", tasks)
+            shards = sorted({t.shard for t in batch.post_tasks})
+            await self._many(
+                conn, "post_tasks", "notify_post_tasks", [{"shard": s} for s in shards]
+            )
+        if batch.done_post_tasks:
+            done = [{"id": t.id, "shard": t.shard} for t in batch.done_post_tasks]
+            await self._many(conn, "done_post_tasks", "delete_post_task", done)
 
     async def _writer_connection(self) -> Any:
         """The writing connection, made again if the server dropped it (a restart, a reaper)."""
@@ -313,6 +386,44 @@ class PostgresStore(SqlStore[Any]):
         numbered = [{**p, "seq": seq} for p, seq in zip(params, seqs, strict=True)]
         await self._many(conn, "audits", "insert_audit", numbered)
         return seqs
+
+    # -- post tasks -----------------------------------------------------------------------
+
+    async def pending_post_tasks(
+        self, shards: Iterable[int], *, limit: int = DEFAULT_PENDING_POST_TASKS
+    ) -> list[PostTask]:
+        """The post tasks of these shards not yet done, oldest first, at most `limit`."""
+        params = {"shards": rows.dumps(sorted(set(shards))), "limit": limit}
+        return [post_task_from_row(r) for r in await self._fetch("pending_post_tasks", params)]
+
+    @contextlib.asynccontextmanager
+    async def listen_post_tasks(
+        self, *, buffer: int = DEFAULT_NOTICE_BUFFER
+    ) -> AsyncIterator[MemoryObjectReceiveStream[int]]:
+        """`async with store.listen_post_tasks() as notified:` the shards that got new post
+        tasks, each as a batch inserting them commits (a hint: read pending_post_tasks). On a
+        connection of its own, closed on exit. The stream ends if the server drops that
+        connection: listen again, and scan, since notices sent meanwhile are lost."""
+        self._require()
+        send, receive = anyio.create_memory_object_stream[int](buffer)
+
+        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            # Full: the listener is behind and will scan anyway. Closed: it has left.
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, ValueError):
+                send.send_nowait(int(payload))
+
+        with _translated("listen for post tasks"):
+            conn = await asyncpg.connect(self._url, timeout=self._connect_timeout_s)
+        try:
+            conn.add_termination_listener(lambda _conn: send.close())
+            with _translated("listen for post tasks"):
+                await conn.add_listener(POST_TASKS_CHANNEL, notified)
+            with receive:
+                yield receive
+        finally:
+            send.close()
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_DRIVER_ERRORS):
+                await conn.close()
 
     # -- reads ----------------------------------------------------------------------------
 

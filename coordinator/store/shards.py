@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from coordinator.errors import ConcurrentUpdate
+from coordinator.errors import ConcurrentUpdate, StoreError
 from coordinator.store import rows
 from coordinator.store.base import WriteBatch
 from coordinator.store.rows import Params, Row
@@ -80,13 +80,23 @@ class Fence:
         return cls(owner, shard_count, {lease.shard: lease.epoch for lease in leases}, leader)
 
     def check_batch(self, batch: WriteBatch) -> None:
-        """OwnershipLost if the batch writes a job or gate of a shard this fence does not hold."""
+        """OwnershipLost if the batch writes a job or gate of a shard this fence does not hold,
+        or marks done a post task of one. New post tasks may go to any shard (that is what
+        they are for: asking its owner)."""
         targets = [(j.platform, j.account) for j in batch.new_jobs]
         targets += [(w.job.platform, w.job.account) for w in batch.job_writes]
         targets += [(g.target.platform, g.target.account) for g in batch.gates]
         shards = {shard_of(platform, account, self.shard_count) for platform, account in targets}
         if outside := sorted(shards - self.shards.keys()):
             raise OwnershipLost(f"{self.owner} writes shards {outside} it does not hold")
+        done = {task.shard for task in batch.done_post_tasks}
+        if outside := sorted(done - self.shards.keys()):
+            raise OwnershipLost(
+                f"{self.owner} marks done post tasks of shards {outside} it does not hold"
+            )
+        if wrong := sorted({t.shard for t in batch.post_tasks} - set(range(self.shard_count))):
+            # Nobody would ever take them: a caller's bug, not a lost lease.
+            raise StoreError(f"post tasks for shards {wrong}, not in 0..{self.shard_count - 1}")
 
     def lease_params(self) -> str:
         return rows.dumps([{"shard": s, "epoch": e} for s, e in sorted(self.shards.items())])

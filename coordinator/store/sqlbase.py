@@ -10,6 +10,7 @@ miss is diagnosed once the batch is rolled back, and the mapping of every read.
 from __future__ import annotations
 
 import functools
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -26,9 +27,11 @@ from coordinator.domain import (
     PostStatus,
     Run,
 )
-from coordinator.errors import ConcurrentUpdate, NotFound
+from coordinator.errors import ConcurrentUpdate, NotFound, StoreError
+from coordinator.leasing.state import SYSTEM
+from coordinator.poststatus import derive_post_status
 from coordinator.store import access_rows, cas, rows
-from coordinator.store.base import Cursor, JobFilter, JobWrite, PostWrite, WriteBatch
+from coordinator.store.base import Cursor, JobFilter, JobWrite, PostTask, PostWrite, WriteBatch
 from coordinator.store.rows import Params, Row
 
 Conn = TypeVar("Conn")
@@ -117,6 +120,62 @@ def write_plan(batch: WriteBatch) -> tuple[list[Stage], list[Params], list[Stage
     audit rows, the audit rows, the stages after them."""
     audits = [rows.audit_params(e) for e in batch.audits]
     return _stages_before_audits(batch), audits, _stages_after_audits(batch)
+
+
+# Once scheduled, a post's status is derived from its jobs (before that, operators set it): the
+# same set as coordinator/leasing/postbook.py's, which derives it in the core of one coordinator.
+DERIVED_STATUSES = frozenset(
+    {PostStatus.SCHEDULED, PostStatus.PUBLISHING, PostStatus.PUBLISHED, PostStatus.FAILED}
+)
+
+
+def posts_to_derive(batch: WriteBatch) -> list[str]:
+    """The posts whose jobs the batch inserted or wrote (not those it deleted), in id order."""
+    ids = {j.post_id for j in batch.new_jobs} | {w.job.post_id for w in batch.job_writes}
+    return sorted(ids - set(batch.deleted_posts))
+
+
+def derived_statuses(
+    batch: WriteBatch, stored: Mapping[str, PostStatus], jobs: Sequence[Job]
+) -> tuple[list[Params], list[AuditEvent]]:
+    """What deriving the posts' status from ALL their jobs changes, as postbook.py would: the
+    status writes of the posts whose stored status is derived and moves, and one
+    POST_STATUS_CHANGED audit each. Timed as the batch's newest job write (the core's clock)."""
+    written = batch.new_jobs + [w.job for w in batch.job_writes]
+    now = max(j.updated_at for j in written)
+    by_post: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_post.setdefault(job.post_id, []).append(job)
+    writes: list[Params] = []
+    audits: list[AuditEvent] = []
+    for post_id, old in sorted(stored.items()):
+        if old not in DERIVED_STATUSES:
+            continue
+        new = derive_post_status(by_post.get(post_id, []))
+        if new is not old:
+            writes.append({"id": post_id, "status": new.value, "updated_at": now})
+            details = {"from": old.value, "to": new.value}
+            audits.append(AuditEvent("POST_STATUS_CHANGED", post_id, SYSTEM, now, details))
+    return writes, audits
+
+
+def post_task_params(task: PostTask) -> Params:
+    try:
+        args = rows.dumps(dict(task.args))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"post task {task.kind} of {task.post_id}: args not JSON: {exc}") from exc
+    return {
+        "shard": task.shard,
+        "post_id": task.post_id,
+        "kind": task.kind,
+        "args": args,
+        "created_at": task.created_at,
+    }
+
+
+def post_task_from_row(row: Row) -> PostTask:
+    args = json.loads(row["args"])
+    return PostTask(row["shard"], row["post_id"], row["kind"], args, row["id"], row["created_at"])
 
 
 class SqlStore(ABC, Generic[Conn]):

@@ -25,7 +25,7 @@ import aiosqlite
 import anyio
 
 from coordinator.errors import StoreError
-from coordinator.store.base import WriteBatch
+from coordinator.store.base import WriteBatch, refuse_post_tasks
 from coordinator.store.migrations import apply_migrations, load_migrations, load_queries
 from coordinator.store.rows import Params, Row
 from coordinator.store.sqlbase import Missed, SqlStore, Stage, write_plan
@@ -166,6 +166,7 @@ class SqliteStore(SqlStore[aiosqlite.Connection]):
     async def apply(self, batch: WriteBatch) -> None:
         if not batch:
             return
+        refuse_post_tasks(batch)
         conn = self._require()
         async with self._lock:
             # Once BEGIN is sent the transaction ends here, committed or rolled back, even if the

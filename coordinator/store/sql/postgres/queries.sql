@@ -248,3 +248,37 @@ FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid = :hi::bigint::oid AND l.objid = :lo::bigint::oid;
+
+-- Post status derived in the store (postgres.py: apply_fenced(derive_posts=True)) and post tasks
+-- (0005_post_tasks.sql).
+
+-- name: lock_posts
+-- The posts a fenced batch derives the status of (and those it writes), locked in id order
+-- (ORDER BY comes before the locking): coordinators deriving one post take turns, never in a
+-- cycle.
+SELECT id FROM posts
+WHERE id IN (SELECT value FROM json_array_elements_text(:ids::json))
+ORDER BY id
+FOR UPDATE;
+
+-- name: set_post_status
+UPDATE posts SET status = :status, updated_at = :updated_at WHERE id = :id;
+
+-- name: insert_post_task
+-- created_at 0: the server's clock, the one every coordinator shares.
+INSERT INTO post_tasks (shard, post_id, kind, args, created_at)
+VALUES (:shard, :post_id, :kind, :args, CASE WHEN :created_at::float8 > 0 THEN :created_at
+    ELSE extract(epoch FROM clock_timestamp())::float8 END);
+
+-- name: notify_post_tasks
+-- Sent at commit, once per shard however many tasks the transaction inserted for it.
+SELECT pg_notify('postroom_post_tasks', :shard::int::text);
+
+-- name: delete_post_task
+DELETE FROM post_tasks WHERE id = :id AND shard = :shard;
+
+-- name: pending_post_tasks
+SELECT * FROM post_tasks
+WHERE shard IN (SELECT value::int FROM json_array_elements_text(:shards::json))
+ORDER BY id
+LIMIT :limit;
