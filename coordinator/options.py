@@ -16,7 +16,7 @@ from typing import Literal, TypeVar
 
 from coordinator.access.options import SecurityOptions, add_flags
 from coordinator.actor import CoordinatorConfig
-from coordinator.cluster.member import DEFAULT_OWNERSHIP_TTL_S
+from coordinator.cluster.member import DEFAULT_OWNERSHIP_TTL_S, PLACEMENTS, Placement
 from coordinator.content_rules import TextLimits, parse_text_limit
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.gates import Quota, parse_quota
@@ -54,11 +54,12 @@ class ServerOptions:
     text_limits: TextLimits = field(default_factory=TextLimits)
     security: SecurityOptions = field(default_factory=SecurityOptions)
     # Several coordinators on one PostgreSQL (coordinator/cluster/): this one's id (None: made
-    # up at start), the address the others name to workers (None: the bound gRPC address), and
-    # how long a shard lease holds without renewal.
+    # up at start), the address the others name to workers (None: the bound gRPC address), how
+    # long a shard lease holds without renewal, and how the shards are placed among them.
     name: str | None = None
     advertise: str | None = None
     ownership_ttl_s: float = DEFAULT_OWNERSHIP_TTL_S
+    placement: Placement = "one"
 
 
 def parse_args(argv: list[str]) -> ServerOptions:
@@ -105,6 +106,7 @@ def parse_args(argv: list[str]) -> ServerOptions:
         name=a.name,
         advertise=a.advertise,
         ownership_ttl_s=a.ownership_ttl,
+        placement=a.placement,
     )
 
 
@@ -232,6 +234,14 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
         help="how long the active coordinator's shard leases hold without renewal; a standby "
         "takes over a dead active within about 1.25x this (default %(default)gs; keep it well "
         "under --lease-ttl)",
+    )
+    g.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="one",
+        help="one: one coordinator holds every shard and serves, the others stand by; spread: "
+        "every coordinator holds a fair share of the shards and serves those (default "
+        "%(default)s; every coordinator on one database must use the same)",
     )
 
 

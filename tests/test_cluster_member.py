@@ -149,6 +149,23 @@ async def test_a_clean_stop_lets_the_standby_take_over_at_its_next_turn(
     assert live == ["b"]
 
 
+async def test_one_active_keeps_every_shard_and_names_itself_for_each_while_others_live(
+    store: PostgresStore, ownership: ShardOwnership
+) -> None:
+    """Placement "one" (the default) has no fair share: a live standby takes nothing from the
+    active, and every shard is served at the active's address."""
+    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    assert (await a.turn(now=T0)).active
+    for n in range(1, 6):  # longer than a TTL, both live
+        assert not (await b.turn(now=T0 + n * TTL_S / 4)).held
+        kept = await a.turn(now=T0 + n * TTL_S / 4 + 0.1)
+        assert kept.active and len(kept.held) == SHARDS and not kept.leaving
+    assert a.role.placement == b.role.placement == "one"
+    assert b.role.owner_address(5) == "a.example:50051"
+    assert b.role.owner_addresses() == ["a.example:50051"]
+    assert a.role.owner_address(SHARDS - 1) == "a.example:50051"
+
+
 async def test_coordinators_starting_together_on_a_fresh_database_migrate_it_once() -> None:
     async with scratch_database() as url:
         stores = [PostgresStore(url) for _ in range(3)]

@@ -7,12 +7,14 @@ fence = Fence.of("coord-a", ownership.shard_count, mine)
 await store.apply_fenced(batch, fence)     # OwnershipLost once another owner took a shard
 mine = await ownership.renew("coord-a", mine, ttl_s=15)   # the ones still held
 
-Or let rebalance() do a whole turn: heartbeat, renew, release or claim to a fair share.
+Or let rebalance() do a whole turn: heartbeat, renew, release or claim to a fair share, at once.
+(coordinator/cluster/member.py's placement "spread" runs the same turn, but holds the shards over
+its share until its lease core has let them go: a hand-off.)
 
 Times: `now` is the caller's clock (tests pass virtual time); None, the default, takes the
 database server's clock, the one every coordinator shares. Take-overs add one to the epoch;
-renewals keep it. Not here: the loop that calls rebalance() on a timer and tells the lease core
-which shards it serves, which belong to the coordinator.
+renewals keep it. Not here: the loop that turns on a timer and tells the lease core which shards
+it serves, which belongs to the coordinator (coordinator/cluster/).
 """
 
 from __future__ import annotations
@@ -118,6 +120,15 @@ class ShardOwnership:
         row = found[0]
         return Holder(row["owner"], row["epoch"], row["address"] or None)
 
+    async def live_members(self, *, now: float | None = None) -> list[str]:
+        """The coordinators alive (heartbeating), by name: what a fair share is counted by."""
+        return [r["owner"] for r in await self._store.run("live_coordinators", {"now": now})]
+
+    async def live_holders(self, *, now: float | None = None) -> dict[int, Holder]:
+        """Every shard held now by a live coordinator, with the address it advertises."""
+        found = await self._store.run("live_shard_holders", {"now": now})
+        return {r["shard"]: Holder(r["owner"], r["epoch"], r["address"] or None) for r in found}
+
     async def rebalance(
         self,
         owner: str,
@@ -133,8 +144,7 @@ class ShardOwnership:
         others let them go on their next turns; a dead one's are claimed once its leases and its
         membership have run out, so within ttl_s plus one turn."""
         await self.heartbeat(owner, ttl_s=ttl_s, address=address, now=now)
-        members = [r["owner"] for r in await self._store.run("live_coordinators", {"now": now})]
-        share = fair_share(self.shard_count, members, owner)
+        share = fair_share(self.shard_count, await self.live_members(now=now), owner)
         held = await self.renew(owner, leases, ttl_s=ttl_s, now=now) if leases else []
         if len(held) > share:
             await self.release(owner, held[share:])

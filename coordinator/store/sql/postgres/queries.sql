@@ -282,3 +282,15 @@ SELECT * FROM post_tasks
 WHERE shard IN (SELECT value::int FROM json_array_elements_text(:shards::json))
 ORDER BY id
 LIMIT :limit;
+
+-- Placement "spread" (coordinator/cluster/member.py).
+
+-- name: live_shard_holders
+-- Every shard whose lease holds and whose holder is a live coordinator, with the address that
+-- coordinator advertises: where each shard is served (ClusterRole.owners).
+WITH clock AS (SELECT coalesce(:now::float8, extract(epoch FROM clock_timestamp())::float8) AS t)
+SELECT s.shard, s.owner, s.epoch, c.address
+FROM shard_owners AS s CROSS JOIN clock
+JOIN coordinators AS c ON c.owner = s.owner AND c.expires_at > clock.t
+WHERE s.owner <> '' AND s.expires_at > clock.t
+ORDER BY s.shard;
