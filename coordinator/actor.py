@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,20 +31,22 @@ from opentelemetry.trace import Tracer
 
 from coordinator.access.registry import Credentials
 from coordinator.convert import coordinator_message_pb, job_pb, step_log_pb
-from coordinator.domain import LEASED_STATUSES, JobStatus, Target
+from coordinator.domain import JobStatus, Target
 from coordinator.errors import CoordinatorError
 from coordinator.events_feed import AuditBell
 from coordinator.gates import GateBook, Quota
 from coordinator.leasing.commands import Command, Tick
 from coordinator.leasing.core import LeaseConfig, LeaseCore
 from coordinator.leasing.effects import Effects
-from coordinator.loading import load
+from coordinator.leasing.scope import ShardScope
+from coordinator.loading import load, read_shard_work
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.observing import BatchObserver
 from coordinator.operator_commands import OperatorCommand
 from coordinator.retry import RetryPolicies
 from coordinator.step import CoordinatorState, handle
 from coordinator.store.base import Store, WriteBatch
+from coordinator.store.shards import DEFAULT_SHARD_COUNT
 from postroom.clock import Clock
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import worker_gateway_pb2 as wg
@@ -69,15 +71,21 @@ class CoordinatorConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
     login_check_timeout_s: float = 10.0
+    # Several coordinators (coordinator/cluster/): the database's shard count, and whether the
+    # store derives posts' statuses inside each batch (a core holding some shards writes none).
+    shard_count: int = DEFAULT_SHARD_COUNT
+    derive_posts_in_store: bool = False
 
 
 @dataclass(slots=True)
 class _Call:
-    """An operator's command (decided by `handle` after the load phase) or read (`read`, run as
-    it is); its caller waits for `done`, set after the commit."""
+    """An operator's command (decided by `handle` after the load phase), a read (`read`, run as
+    it is) or a change of the shards held (`work`: may read the store, returns the effects);
+    its caller waits for `done`, set after the commit."""
 
     command: OperatorCommand | None = None
     read: Callable[[float], Any] | None = None
+    work: Callable[[float], Awaitable[Effects]] | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -112,6 +120,8 @@ class Coordinator:
             retry=config.retry,
             new_id=_new_id,
             rand=rand or random.random,
+            scope=ShardScope(config.shard_count),
+            derive_post_status=not config.derive_posts_in_store,
         )
         self.state = CoordinatorState(self.core, self.credentials)
         self._send, self._recv = anyio.create_memory_object_stream[Command | _Call](
@@ -131,41 +141,84 @@ class Coordinator:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Take over the state a previous process left: open posts, their jobs, gates, devices."""
+    async def load(self, shards: Iterable[int] | None = None) -> None:
+        """Take over the state a previous process left: open posts, their jobs, gates, devices.
+        `shards`: a coordinator owning only those (of config.shard_count) loads their jobs, the
+        posts of those jobs, their gates and quota counts; devices and credentials are all
+        loaded either way. None: every shard. Before run()."""
         now = self.clock.now()
-        active = await self.store.load_active_jobs()
-        post_ids = sorted({j.post_id for j in active})
-        posts = [await self.store.get_post(pid) for pid in post_ids]
-        jobs = [j for pid in post_ids for j in await self.store.jobs_for_post(pid)]
-        runs = {}
-        for job in jobs:
-            if job.status in LEASED_STATUSES and (job_runs := await self.store.get_runs(job.id)):
-                runs[job.id] = job_runs[-1]
-        self.core.load(posts, jobs, now, runs)
+        if shards is not None:
+            self.core.scope = ShardScope(self.config.shard_count, frozenset(shards))
+        work = await read_shard_work(self.store, self.core.gates, now, self.core.scope.owns)
         for token in await self.store.list_operator_tokens():
             self.credentials.put_token(token)
         for enrollment in await self.store.list_enrollments():
             self.credentials.put_enrollment(enrollment)
-        self.core.gates.load(await self.store.list_gates())
-        for target, quota in self._quota_targets(jobs):
-            since = now - quota.window_s
-            n = await self.store.count_commits_since(target.platform, target.account, since)
-            self.core.gates.seed_commits(target, [now] * n)
         for dev in await self.store.list_devices():
             self.core.devices[dev.id] = dev
+        work.take(self.core, now)
         fx = self.core.settle_posts(now)
         if fx.batch:
             await self._commit(fx.batch)
-        log.info("loaded %d open posts, %d active jobs", len(posts), len(active))
+        held = (
+            ""
+            if self.core.scope.everything
+            else f" of shards {sorted(self.core.scope.all_shards())}"
+        )
+        log.info("loaded %d open posts, %d active jobs%s", len(work.posts), work.active, held)
 
-    def _quota_targets(self, jobs: list[Any]) -> list[tuple[Target, Quota]]:
-        out = []
-        for target in sorted({j.target for j in jobs}):
-            quota = self.core.gates.quota(target)
-            if quota is not None:
-                out.append((target, quota))
-        return out
+    async def take_shards(self, shards: Iterable[int]) -> None:
+        """Own `shards` too (from now on, in addition to those held): their active jobs, those
+        jobs' posts, runs, gates and quota counts are loaded inside the actor, between batches,
+        and dispatched at once. Leases held already are untouched; a leaving shard among
+        `shards` is served again."""
+        wanted = frozenset(shards)
+
+        async def work(now: float) -> Effects:
+            scope = self.core.scope
+            new = wanted - scope.all_shards()
+            # All read before anything changes: a failed read leaves the core as it was.
+
+            def in_new(target: Target) -> bool:
+                return scope.shard(target) in new
+
+            loaded = (
+                await read_shard_work(self.store, self.core.gates, now, in_new) if new else None
+            )
+            self.core.take_shards(wanted)
+            if loaded is not None:
+                loaded.take(self.core, now)
+                took = (sorted(new), len(loaded.posts), loaded.active)
+                log.info("took shards %s: %d open posts, %d active jobs", *took)
+            return self.core.dispatch(now)
+
+        await self._call(_Call(work=work))
+
+    async def leave_shards(self, shards: Iterable[int]) -> None:
+        """Stop handing out jobs of `shards`: their leases finish, their queued jobs wait here
+        until evict_shards()."""
+        leaving = frozenset(shards)
+
+        async def work(now: float) -> Effects:
+            self.core.leave_shards(leaving)
+            return Effects()
+
+        await self._call(_Call(work=work))
+
+    async def evict_shards(self, shards: Iterable[int], *, force: bool = False) -> bool:
+        """Drop the jobs, gates and posts (those left with no job) of `shards` from the core and
+        stop owning them; True when dropped. While one of their jobs is leased nothing is
+        dropped (False), unless `force`."""
+        gone = frozenset(shards)
+
+        async def work(now: float) -> Effects:
+            dropped = self.core.evict_shards(gone, force=force)
+            # Leases forgotten by force free their sessions' slots for jobs still held here.
+            fx = self.core.dispatch(now) if dropped and force else Effects()
+            fx.reply = dropped
+            return fx
+
+        return bool(await self._call(_Call(work=work)))
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The actor's loop and its timer. Returns after stop() once the mailbox is drained."""
@@ -344,6 +397,8 @@ class Coordinator:
     async def _decide(self, item: _Call, now: float) -> Effects:
         if item.read is not None:
             return Effects(reply=item.read(now))
+        if item.work is not None:
+            return await item.work(now)
         assert item.command is not None
         command = await load(self.store, self.state, item.command)  # the load phase
         return handle(self.state, command, now)

@@ -9,12 +9,18 @@ CoordinatorError
 ├── ResourceExhausted      -> RESOURCE_EXHAUSTED (oversized chunk or asset)
 ├── Unauthenticated        -> UNAUTHENTICATED  (no credential, or an unknown or revoked one)
 ├── PermissionDenied       -> PERMISSION_DENIED (a valid credential that may not do this)
-└── StoreError             -> UNAVAILABLE        (the database failed; wraps the driver error)
+├── StoreError             -> UNAVAILABLE        (the database failed; wraps the driver error)
+└── NotOwner               -> UNAVAILABLE        (another coordinator owns the target's shard)
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
+
+if TYPE_CHECKING:
+    from coordinator.domain import Target
 
 
 class CoordinatorError(Exception):
@@ -62,3 +68,18 @@ class PermissionDenied(CoordinatorError):
 
 class StoreError(CoordinatorError):
     status_code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotOwner(CoordinatorError):
+    """A command on a job, gate or login of a (platform, account) whose shard another
+    coordinator owns: nothing was done here; the caller retries and is routed to the owner."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, shard: int, target: Target) -> None:
+        super().__init__(
+            f"shard {shard} of {target.platform}/{target.account} is owned by another "
+            "coordinator; retry (it will be routed there)"
+        )
+        self.shard = shard
+        self.target = target

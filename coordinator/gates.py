@@ -9,7 +9,7 @@ gate *before* the platform's limit is hit. Pure bookkeeping; the lease actor own
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from coordinator.domain import GateRecord, Target
@@ -133,6 +133,12 @@ class GateBook:
         gate = self._gates.get(target)
         if gate is not None:
             gate.in_flight.discard(job_id)
+
+    def forget(self, gone: Callable[[Target], bool]) -> None:
+        """Drop the gates of the targets `gone` says yes to (their shard went to another
+        coordinator, which loads them from the store)."""
+        for target in [t for t in self._gates if gone(t)]:
+            del self._gates[target]
 
     def views(self, now: float, extra: Iterable[Target] = ()) -> list[GateView]:
         """The gates as operators and gauges see them at `now`, plus `extra` targets (shown open

@@ -151,7 +151,10 @@ def create_one(core: LeaseCore, cmd: CreatePost, now: float) -> tuple[Effects, P
         fx.batch.new_posts.append(dataclasses.replace(post))
         return fx, dataclasses.replace(post), []
     when = post.scheduled_at if post.scheduled_at is not None else now
-    jobs_fx, touched, skipped = core.schedule_jobs(post, when, cmd.new_job_id, cmd.actor, now)
+    # Remote targets (other coordinators' shards) get no job here (phase 2: post tasks).
+    jobs_fx, touched, skipped, _remote = core.schedule_jobs(
+        post, when, cmd.new_job_id, cmd.actor, now
+    )
     _set_status(post, PostStatus.SCHEDULED, now)
     fx.batch.new_posts.append(dataclasses.replace(post))  # before its jobs: they refer to it
     fx.extend(jobs_fx)
@@ -255,7 +258,8 @@ def schedule(core: LeaseCore, cmd: SchedulePost, now: float) -> Effects:
     if cmd.scheduled_at is not None:
         post.scheduled_at = cmd.scheduled_at
     _adopt(core, cmd)
-    fx, touched, skipped = core.schedule_jobs(post, when, cmd.new_job_id, cmd.actor, now)
+    # Remote targets (other coordinators' shards) get no job here (phase 2: post tasks).
+    fx, touched, skipped, _remote = core.schedule_jobs(post, when, cmd.new_job_id, cmd.actor, now)
     old_status = post.status
     if old_status is not PostStatus.SCHEDULED:
         _set_status(post, PostStatus.SCHEDULED, now)

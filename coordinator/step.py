@@ -131,12 +131,16 @@ def _create_posts(state: CoordinatorState, cmd: op.CreatePosts, now: float) -> E
 
 def _job(state: CoordinatorState, cmd: op.JobCommand) -> None:
     """Make sure the core holds the job: a finished post's comes back with the post and all its
-    jobs (what the load phase brought)."""
+    jobs (what the load phase brought). A job of a shard another coordinator owns is refused
+    (NotOwner) before anything changes: its writes would be outside this one's fence."""
     if cmd.job_id in state.core.jobs:
-        return
-    if cmd.loaded is None or cmd.job_id not in {j.id for j in cmd.loaded.jobs}:
+        return  # the core holds only jobs of shards it owns
+    loaded = cmd.loaded
+    job = next((j for j in loaded.jobs if j.id == cmd.job_id), None) if loaded else None
+    if loaded is None or job is None:
         raise NotFound(f"job {cmd.job_id} does not exist")
-    state.core.adopt(cmd.loaded.post, cmd.loaded.jobs)
+    state.core.scope.check_owner(job.target)
+    state.core.adopt(loaded.post, loaded.jobs)
 
 
 def _cancel_job(state: CoordinatorState, cmd: op.CancelJob, now: float) -> Effects:

@@ -30,6 +30,7 @@ from coordinator.leasing.copies import snapshot
 from coordinator.leasing.effects import Effects
 from coordinator.leasing.postbook import PostBook
 from coordinator.leasing.queue import ReadyQueue
+from coordinator.leasing.scope import ShardScope
 from coordinator.leasing.state import SYSTEM, Lease, LeaseConfig, Session
 from coordinator.retry import (
     RetryPolicies,
@@ -47,14 +48,21 @@ class CoreBase(abc.ABC):
         retry: RetryPolicies,
         new_id: Callable[[str], str],
         rand: Callable[[], float],
+        scope: ShardScope | None = None,
+        derive_post_status: bool = True,
     ) -> None:
+        """`scope`: the shards whose jobs this core holds (default: all of them).
+        `derive_post_status` False: the store derives posts' statuses from all their jobs, in
+        every shard, inside each batch; this core holds only some of them, so it writes none."""
         self.config = config
         self.gates = gates
         self.retry = retry
         self._new_id = new_id
         self._rand = rand
-        self.jobs: dict[str, Job] = {}  # every job of every open post
-        self.book = PostBook()  # posts with at least one unfinished job
+        self.scope = scope or ShardScope()
+        self.jobs: dict[str, Job] = {}  # every job of every open post (in the scope's shards)
+        # posts with at least one unfinished job
+        self.book = PostBook(derive_status=derive_post_status)
         self.sessions: dict[str, Session] = {}
         self.leases: dict[str, Lease] = {}
         self.devices: dict[str, DeviceRecord] = {}

@@ -381,7 +381,9 @@ class LeaseCore(Dispatching):
 
     def next_wakeup(self) -> float | None:
         times: list[float] = []
-        due = self.queue.next_due(self.jobs, self._open_at_any, self._held, self._dispatched_at)
+        due = self.queue.next_due(
+            self.jobs, self._open_at_any, self._held, self._dispatched_at, self.scope.serving()
+        )
         if due is not None:
             times.append(due)
         for lease in self.leases.values():

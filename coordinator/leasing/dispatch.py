@@ -4,6 +4,8 @@ an Assign written before it is sent)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from coordinator.domain import AuditEvent, Job, JobStatus, Target
 from coordinator.leasing import outbound as o
 from coordinator.leasing.base import run_row
@@ -20,7 +22,8 @@ class Dispatching(Scheduling):
         """Hand due jobs to sessions with free slots, one per session per round (fairness)."""
         fx = Effects()
         self._dispatched_at = now
-        self._dispatch_forced(fx, now)
+        serves = self.scope.serving()  # None for a core holding every shard: nothing to check
+        self._dispatch_forced(fx, now, serves)
         hungry = [s for s in self.sessions.values() if s.free_slots > 0]
         while hungry:
             still: list[Session] = []
@@ -32,6 +35,7 @@ class Dispatching(Scheduling):
                     lambda t: self._gate_open_at(t, now),
                     self._held,
                     self._full_accounts(session) if session.per_account else (),
+                    serves,
                 )
                 if job is None:
                     continue
@@ -43,7 +47,9 @@ class Dispatching(Scheduling):
             hungry = still
         return fx
 
-    def _dispatch_forced(self, fx: Effects, now: float) -> None:
+    def _dispatch_forced(
+        self, fx: Effects, now: float, serves: Callable[[Target], bool] | None
+    ) -> None:
         """Jobs an operator retried with --force go first, through a closed gate (the queue
         would pick by gate and not_before, so another job of the target could jump in)."""
         for job_id in sorted(self.force_gate):
@@ -53,6 +59,8 @@ class Dispatching(Scheduling):
                 continue
             if job.not_before > now or self._held(job):
                 continue
+            if serves is not None and not serves(job.target):
+                continue  # its shard is leaving: it waits here until evicted
             session = next(
                 (
                     s

@@ -132,6 +132,7 @@ class OperatorActions(AttemptOutcomes):
         actor: str,
         now: float,
     ) -> tuple[Effects, list[str]]:
+        self.scope.check_owner(target)  # its jobs are another coordinator's to requeue
         fx = Effects()
         device = self.devices.get(device_id)
         if device is not None:
@@ -160,6 +161,7 @@ class OperatorActions(AttemptOutcomes):
         return fx, requeued
 
     def reopen_gate(self, target: Target, actor: str, now: float) -> Effects:
+        self.scope.check_owner(target)  # another shard's gate is written by its owner only
         fx = Effects()
         fx.batch.gates.append(self.gates.reopen(target))
         fx.batch.audits.append(AuditEvent("GATE_REOPENED", str(target), actor, now, {}))

@@ -36,7 +36,11 @@ DERIVED_STATUSES = frozenset(
 
 
 class PostBook:
-    def __init__(self) -> None:
+    def __init__(self, *, derive_status: bool = True) -> None:
+        """`derive_status` False: settle() writes no derived status (nor its audit): the store
+        derives it inside the batch from every job of the post, which a core holding only some
+        shards does not see. Round summaries stay here."""
+        self.derive_status = derive_status
         self.posts: dict[str, Post] = {}
         self.post_jobs: dict[str, set[str]] = {}
         self._touched: set[str] = set()
@@ -70,7 +74,7 @@ class PostBook:
             if post is None:
                 continue
             post_jobs = [jobs[j] for j in sorted(self.post_jobs.get(post_id, ())) if j in jobs]
-            if post.status in DERIVED_STATUSES:
+            if self.derive_status and post.status in DERIVED_STATUSES:
                 new = derive_post_status(post_jobs)
                 if new is not post.status:
                     old = post.status
@@ -124,6 +128,18 @@ class PostBook:
                 elapsed_ms,
             )
         )
+
+    def drop_job(self, job: Job) -> bool:
+        """The job left this core (its shard was evicted): it is no longer the post's here, nor
+        in the post's round summary. True when the post has no job left here."""
+        job_ids = self.post_jobs.get(job.post_id)
+        if job_ids is None:
+            return False
+        job_ids.discard(job.id)
+        results = self._round_results.get(job.post_id)
+        if results is not None and (ended := results.get(job.target)) and ended.id == job.id:
+            del results[job.target]
+        return not job_ids
 
     def forget(self, post_id: str) -> set[str]:
         """Drop a post; the ids of its jobs, for the core to drop too."""

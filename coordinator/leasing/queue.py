@@ -64,12 +64,16 @@ class ReadyQueue:
         open_at: Callable[[Target], float],
         held: Callable[[Job], bool],
         skip: Container[Target] = (),
+        serves: Callable[[Target], bool] | None = None,
     ) -> Job | None:
         """The due job (not_before <= now, gate open, not held) waiting longest, or None.
-        Targets in `skip` (the session's accounts at their per-account bound) are passed over."""
+        Targets in `skip` (the session's accounts at their per-account bound) are passed over,
+        and so are those `serves` says no to (shards the core does not serve; None: all)."""
         best: tuple[float, int, Target] | None = None
         for target in self.targets_for(capabilities):
             if skip and target in skip:
+                continue
+            if serves is not None and not serves(target):
                 continue
             top = self._clean_top(target, jobs, held)
             if top is None or top[0] > now or open_at(target) > now:
@@ -87,11 +91,15 @@ class ReadyQueue:
         open_at: Callable[[Target], float],
         held: Callable[[Job], bool],
         after: float = float("-inf"),
+        serves: Callable[[Target], bool] | None = None,
     ) -> float | None:
         """Earliest instant after `after` a queued job becomes dispatchable (for the actor's
-        timer); targets whose first job was already due by `after` wait for a free slot."""
+        timer); targets whose first job was already due by `after` wait for a free slot, and
+        those `serves` says no to never become dispatchable here."""
         soonest: float | None = None
         for target in list(self._heaps):
+            if serves is not None and not serves(target):
+                continue
             top = self._clean_top(target, jobs, held)
             if top is None:
                 continue
@@ -101,6 +109,16 @@ class ReadyQueue:
             if soonest is None or at < soonest:
                 soonest = at
         return soonest
+
+    def drop_targets(self, gone: Callable[[Target], bool]) -> None:
+        """Forget every entry of the targets `gone` says yes to (their jobs left the core)."""
+        for target in [t for t in self._heaps if gone(t)]:
+            del self._heaps[target]
+            same = self._by_platform.get(target.platform)
+            if same is not None:
+                same.discard(target)
+                if not same:
+                    del self._by_platform[target.platform]
 
     def __len__(self) -> int:
         return sum(len(h) for h in self._heaps.values())

@@ -34,7 +34,8 @@ class Scheduling(Intake):
             return
         self.book.add(snapshot(post))
         for job in jobs:
-            self.track(snapshot(job))
+            if self.scope.owns(job.target):  # another shard's jobs are its owner's to change
+                self.track(snapshot(job))
 
     def jobs_of(self, post_id: str) -> list[Job]:
         """An open post's jobs (the core holds all of them), oldest first, as the store lists
@@ -44,17 +45,23 @@ class Scheduling(Intake):
 
     def schedule_jobs(
         self, post: Post, when: float, new_job_id: str, actor: str, now: float
-    ) -> tuple[Effects, list[Job], list[str]]:
+    ) -> tuple[Effects, list[Job], list[str], list[Target]]:
         """Upsert one job per target of the open `post` on its idempotency key: published and
-        publishing targets are skipped, waiting jobs of an earlier schedule superseded. Returns
-        the effects, the jobs it touched and the targets it skipped."""
+        publishing targets are skipped, waiting jobs of an earlier schedule superseded. Only
+        targets whose shard this core owns: the others ("remote") are left to their owners.
+        Returns the effects, the jobs it touched, the targets it skipped and the remote ones
+        (none for a core holding every shard)."""
         fx = Effects()
         by_target: dict[Target, list[Job]] = {}
         for job in self.jobs_of(post.id):  # one pass: jobs grow with targets and reschedules
             by_target.setdefault(job.target, []).append(job)
         touched: list[Job] = []
         skipped: list[str] = []
+        remote: list[Target] = []
         for n, target in enumerate(post.targets):
+            if not self.scope.owns(target):
+                remote.append(target)
+                continue
             mine = by_target.get(target, [])
             if any(j.status is JobStatus.SUCCEEDED or j.status in LEASED_STATUSES for j in mine):
                 # Published targets are never published again; one being published right now
@@ -80,7 +87,7 @@ class Scheduling(Intake):
                 _refresh_content(same_key, post, target, not_before)
                 self._rewrite(fx, same_key, JobStatus.QUEUED, now, actor)
                 touched.append(same_key)
-        return fx, touched, skipped
+        return fx, touched, skipped, remote
 
     @staticmethod
     def _new_job(
