@@ -24,7 +24,8 @@ import pytest
 from access_rig import secure_coordinator
 from scripted_worker import ScriptedWorker
 
-from coordinator.cluster.fanout import FanOutWorkers, OwnerChannels, Routes, split_slots
+from coordinator.cluster.fanout import FanOutWorkers, OwnerChannels
+from coordinator.cluster.fanout_routing import Routes, split_slots
 from coordinator.cluster.forward import FORWARDED_HEADER
 from postroom.tls import ClientTls
 from postroom.v1 import publishing_pb2 as pub
@@ -349,6 +350,18 @@ async def test_an_owner_dying_ends_the_workers_stream_unavailable_and_the_other_
         with anyio.fail_after(WAIT_S):
             await r.a.ended.wait()  # A sees the stream lost, as it would have directly
         assert r.a.cancelled  # lost, not ended by the worker
+
+
+async def test_an_owner_that_cannot_be_reached_is_named_as_the_shard_owner() -> None:
+    async with rig(Owner("a"), Owner("b")) as r:
+        r.owners[1] = "127.0.0.1:1"  # B's address, nothing listening there
+        async with worker(r, hello()) as call:
+            assert await status(call) is grpc.StatusCode.UNAVAILABLE
+            details = await call.details() or ""
+            assert "the shard owner at 127.0.0.1:1 does not answer" in details
+            assert "active coordinator" not in details  # there is no one active in spread
+        with anyio.fail_after(WAIT_S):
+            await r.a.ended.wait()  # A's leg is not left open
 
 
 async def test_the_workers_goodbye_and_half_close_reach_every_owner() -> None:
