@@ -1,9 +1,13 @@
 """Who may talk to the coordinator: the operator tokens and device enrollments, in memory.
 
-One `Credentials` per coordinator, loaded from the store at start-up. It is changed only inside
-the actor (the access commands, coordinator/access/changes.py), in the same step that writes the
+One `Credentials` per coordinator, loaded from the store at start-up. It is changed inside the
+actor (the access commands, coordinator/access/changes.py), in the same step that writes the
 rows and their audit events, and read by the gRPC edge (the operator interceptor, the
-WorkerGateway's Hello check).
+WorkerGateway's Hello check). With several coordinators (cluster mode) the others' changes
+arrive by `merge` (coordinator/cluster/credentials.py): rows read from the store, merged so that
+the order of the two never matters (a revocation is never undone, a device's newer token wins),
+in one synchronous step, so it may run beside the actor, and on a coordinator whose actor does
+not run (a standby still checks operators' tokens).
 
 Authentication is on when the deployment asks for it (listening beyond loopback, a bootstrap
 admin token file, `--require-auth`) or as soon as the store holds an operator token: creating the
@@ -14,7 +18,7 @@ open the door again).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coordinator.access.records import (
     DEVICE_PREFIX,
@@ -64,6 +68,23 @@ class Principal:
 
 
 OPEN = Principal(Role.ADMIN)  # an open (loopback, no tokens yet) coordinator trusts every caller
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """What a merge of the store's credentials changed here."""
+
+    # Tokens new here or newly revoked (ids).
+    tokens: tuple[str, ...] = ()
+    # Devices whose sessions must end: name -> why ("device revoked", "device token replaced").
+    ended: dict[str, str] = field(default_factory=dict)
+    # New enrollments of devices not known here (names).
+    enrolled: tuple[str, ...] = ()
+    # The first token turned authentication on: sessions opened while open proved nothing.
+    turned_auth_on: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens or self.ended or self.enrolled or self.turned_auth_on)
 
 
 class Credentials:
@@ -183,6 +204,46 @@ class Credentials:
                 "`postroom device enroll NAME --rotate --account ...`"
             )
         return enrollment
+
+    # ---- several coordinators ------------------------------------------------------------
+
+    def merge(
+        self, tokens: Iterable[OperatorToken], enrollments: Iterable[DeviceEnrollment]
+    ) -> Merged:
+        """Take in the credentials as the store has them (another coordinator may have changed
+        them). Monotonic, so rows read before one of this coordinator's own changes committed
+        never undo it: a token is only ever added or revoked; a device's enrollment is replaced
+        by a newer one (created later: a rotation or a new enrollment, the clocks of
+        coordinators sharing a database agreeing to well under the time an operator takes
+        between two of them) or by its own revocation. What changed, for the caller to end the
+        sessions it must."""
+        was_on = self.auth_on
+        new_tokens: list[str] = []
+        for token in tokens:
+            known = self._tokens.get(token.id)
+            if known is None or (known.active and not token.active):
+                self.put_token(token)
+                new_tokens.append(token.id)
+        ended: dict[str, str] = {}
+        enrolled: list[str] = []
+        for enrollment in enrollments:
+            known_e = self._enrollments.get(enrollment.name)
+            if known_e is None:
+                self.put_enrollment(enrollment)
+                enrolled.append(enrollment.name)
+            elif known_e.token_hash != enrollment.token_hash:
+                if (enrollment.created_at, enrollment.token_hash) > (
+                    known_e.created_at,
+                    known_e.token_hash,
+                ):
+                    self.put_enrollment(enrollment)
+                    why = "device token replaced" if enrollment.active else "device revoked"
+                    ended[enrollment.name] = why
+            elif known_e.active and not enrollment.active:
+                self.put_enrollment(enrollment)
+                ended[enrollment.name] = "device revoked"
+        turned_on = self.auth_on and not was_on
+        return Merged(tuple(new_tokens), ended, tuple(enrolled), turned_on)
 
     def still_valid(self, enrollment: DeviceEnrollment | None) -> bool:
         """Is the identity a session proved still good: its enrollment still the device's

@@ -21,7 +21,18 @@ READ COMMITTED that sees every batch that held the lock before, so of two coordi
 finishing a post's last two jobs at once, the second to commit sees both: PUBLISHED.
 
 Post tasks (base.py: PostTask) are rows of post_tasks; a batch inserting some notifies
-`postroom_post_tasks` with each shard at commit, which listen_post_tasks() hands on.
+`postroom_post_tasks` with each shard at commit, which listen_post_tasks() hands on. A batch
+writing operator tokens or device enrollments notifies `postroom_credentials`
+(listen_credentials(): every coordinator reloads them, coordinator/cluster/credentials.py).
+A device's row is merged, not replaced (queries.sql: merge_device): several coordinators write
+it, each from its own memory, and one's stale login badges must not undo another's newer ones;
+last seen is the latest any of them wrote. ONLINE/OFFLINE is not stored: each coordinator
+answers ListDevices from its own sessions (reads.py devices_from_store, `online`). Under
+"spread" a worker's one stream is fanned out to every owner (cluster/fanout.py), and any leg
+ending ends them all, so a device is ONLINE at every serving coordinator while any has its
+stream, and OFFLINE at all once it is gone (they disagree only for the moment a stream takes to
+end or reconnect). A DEVICE_DISCONNECTED row from one owner therefore never hides a stream
+another holds: only last seen and the badges are written, both merged.
 
 asyncpg and connection errors are translated here, once: a unique clash is ConcurrentUpdate,
 anything else StoreError.
@@ -34,9 +45,9 @@ import contextlib
 import functools
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
@@ -77,10 +88,12 @@ LOCK_POLL_S = 0.1
 DATABASE_LOCK_KEY = int.from_bytes(b"postroom", "big")  # one advisory lock per database
 MIGRATION_LOCK_KEY = int.from_bytes(b"prmigrat", "big")  # held by a migration's transaction
 POST_TASKS_CHANNEL = "postroom_post_tasks"
+CREDENTIALS_CHANNEL = "postroom_credentials"
 DEFAULT_PENDING_POST_TASKS = 500
 # Notices a listener has not read yet; more are dropped: each only says "look at shard N", and
 # the consumer scans its shards anyway.
 DEFAULT_NOTICE_BUFFER = 256
+T = TypeVar("T")
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 _COMMENT = re.compile(r"--[^\n]*")
 # What asyncpg raises: server errors, misuse or a closed connection, its own inconsistencies
@@ -146,6 +159,8 @@ def _translated(doing: str) -> Iterator[None]:
 
 
 class PostgresStore(SqlStore[Any]):
+    DEVICE_UPSERT = "merge_device"
+
     def __init__(
         self,
         url: str,
@@ -282,6 +297,8 @@ class PostgresStore(SqlStore[Any]):
                         seqs = await self._write(conn, batch)
                         derived = await self._derive_posts(conn, batch, locked) if locked else []
                         await self._write_post_tasks(conn, batch, tasks)
+                        if batch.operator_tokens or batch.enrollments:
+                            await self._rows(conn, "notify_credentials")  # sent at commit
                         return seqs, derived
                 except Missed as missed:  # rolled back by now
                     raise await self._diagnose(conn, batch, missed) from missed.cause
@@ -396,28 +413,42 @@ class PostgresStore(SqlStore[Any]):
         params = {"shards": rows.dumps(sorted(set(shards))), "limit": limit}
         return [post_task_from_row(r) for r in await self._fetch("pending_post_tasks", params)]
 
-    @contextlib.asynccontextmanager
-    async def listen_post_tasks(
+    def listen_post_tasks(
         self, *, buffer: int = DEFAULT_NOTICE_BUFFER
-    ) -> AsyncIterator[MemoryObjectReceiveStream[int]]:
+    ) -> contextlib.AbstractAsyncContextManager[MemoryObjectReceiveStream[int]]:
         """`async with store.listen_post_tasks() as notified:` the shards that got new post
         tasks, each as a batch inserting them commits (a hint: read pending_post_tasks). On a
         connection of its own, closed on exit. The stream ends if the server drops that
         connection: listen again, and scan, since notices sent meanwhile are lost."""
+        return self._listen(POST_TASKS_CHANNEL, int, "post tasks", buffer)
+
+    def listen_credentials(
+        self, *, buffer: int = DEFAULT_NOTICE_BUFFER
+    ) -> contextlib.AbstractAsyncContextManager[MemoryObjectReceiveStream[str]]:
+        """`async with store.listen_credentials() as notified:` one notice (empty) each time a
+        batch writing operator tokens or device enrollments commits: read them again. As
+        listen_post_tasks: the stream ends if the server drops the connection, and notices
+        sent before listening again are lost (reload then)."""
+        return self._listen(CREDENTIALS_CHANNEL, str, "credentials", buffer)
+
+    @contextlib.asynccontextmanager
+    async def _listen(
+        self, channel: str, parse: Callable[[str], T], what: str, buffer: int
+    ) -> AsyncIterator[MemoryObjectReceiveStream[T]]:
         self._require()
-        send, receive = anyio.create_memory_object_stream[int](buffer)
+        send, receive = anyio.create_memory_object_stream[T](buffer)
 
         def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
             # Full: the listener is behind and will scan anyway. Closed: it has left.
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, ValueError):
-                send.send_nowait(int(payload))
+                send.send_nowait(parse(payload))
 
-        with _translated("listen for post tasks"):
+        with _translated(f"listen for {what}"):
             conn = await asyncpg.connect(self._url, timeout=self._connect_timeout_s)
         try:
             conn.add_termination_listener(lambda _conn: send.close())
-            with _translated("listen for post tasks"):
-                await conn.add_listener(POST_TASKS_CHANNEL, notified)
+            with _translated(f"listen for {what}"):
+                await conn.add_listener(channel, notified)
             with receive:
                 yield receive
         finally:

@@ -13,7 +13,7 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from coordinator.access.records import DeviceEnrollment, OperatorToken
 from coordinator.domain import (
@@ -101,12 +101,12 @@ def _stages_before_audits(batch: WriteBatch) -> list[Stage]:
     ]
 
 
-def _stages_after_audits(batch: WriteBatch) -> list[Stage]:
+def _stages_after_audits(batch: WriteBatch, device_upsert: str) -> list[Stage]:
     tokens = [access_rows.operator_token_params(t) for t in batch.operator_tokens]
     enrollments = [access_rows.enrollment_params(e) for e in batch.enrollments]
     deleted: list[Params] = [{"post_id": post_id} for post_id in batch.deleted_posts]
     return [
-        ("devices", "upsert_device", [rows.device_params(d) for d in batch.devices], False),
+        ("devices", device_upsert, [rows.device_params(d) for d in batch.devices], False),
         ("gates", "upsert_gate", [rows.gate_params(g) for g in batch.gates], False),
         ("operator_tokens", "upsert_operator_token", tokens, False),
         ("enrollments", "upsert_enrollment", enrollments, False),
@@ -115,11 +115,15 @@ def _stages_after_audits(batch: WriteBatch) -> list[Stage]:
     ]
 
 
-def write_plan(batch: WriteBatch) -> tuple[list[Stage], list[Params], list[Stage]]:
+def write_plan(
+    batch: WriteBatch, *, device_upsert: str = "upsert_device"
+) -> tuple[list[Stage], list[Params], list[Stage]]:
     """A batch as statements, in the order every backend writes them: the stages before the
-    audit rows, the audit rows, the stages after them."""
+    audit rows, the audit rows, the stages after them. `device_upsert`: the statement that
+    writes a device's row (SqlStore.DEVICE_UPSERT)."""
     audits = [rows.audit_params(e) for e in batch.audits]
-    return _stages_before_audits(batch), audits, _stages_after_audits(batch)
+    after = _stages_after_audits(batch, device_upsert)
+    return _stages_before_audits(batch), audits, after
 
 
 # Once scheduled, a post's status is derived from its jobs (before that, operators set it): the
@@ -179,6 +183,10 @@ def post_task_from_row(row: Row) -> PostTask:
 
 
 class SqlStore(ABC, Generic[Conn]):
+    # How a batch writes a device's row: replacing it (one coordinator's memory is the whole
+    # truth), or a dialect's statement merging it with the stored one.
+    DEVICE_UPSERT: ClassVar[str] = "upsert_device"
+
     # -- what a dialect supplies ----------------------------------------------------------
 
     @abstractmethod
@@ -205,7 +213,7 @@ class SqlStore(ABC, Generic[Conn]):
 
     async def _write(self, conn: Conn, batch: WriteBatch) -> list[int]:
         """Every row of the batch, inside the caller's transaction; the audit events' seqs."""
-        before, audits, after = write_plan(batch)
+        before, audits, after = write_plan(batch, device_upsert=self.DEVICE_UPSERT)
         await self._run_stages(conn, before)
         seqs: list[int] = []
         if audits:

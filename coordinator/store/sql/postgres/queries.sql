@@ -294,3 +294,38 @@ FROM shard_owners AS s CROSS JOIN clock
 JOIN coordinators AS c ON c.owner = s.owner AND c.expires_at > clock.t
 WHERE s.owner <> '' AND s.expires_at > clock.t
 ORDER BY s.shard;
+
+-- Several active coordinators (placement "spread"): credentials and devices.
+
+-- name: notify_credentials
+-- Sent at commit by a batch that writes operator tokens or device enrollments: every
+-- coordinator reloads them (coordinator/cluster/credentials.py).
+SELECT pg_notify('postroom_credentials', '');
+
+-- name: merge_device
+-- upsert_device for coordinators that each write a device's row from their own memory: login
+-- badges merge per (platform, account), the latest check winning (the written badge on a tie),
+-- so one core's stale copy never undoes a badge another set; last seen is the latest any of
+-- them saw. The rest is the written Hello's (the same Hello reaches every owner, but for its
+-- slots: fanout.py gives each owner a share, so slots is the last writer's share).
+INSERT INTO devices (
+    id, kind, capabilities, slots, last_seen_at, version, logins, per_account_slots
+) VALUES (
+    :id, :kind, :capabilities, :slots, :last_seen_at, :version, :logins, :per_account_slots
+) ON CONFLICT (id) DO UPDATE SET
+    kind = excluded.kind, capabilities = excluded.capabilities, slots = excluded.slots,
+    last_seen_at = GREATEST(devices.last_seen_at, excluded.last_seen_at),
+    version = excluded.version, per_account_slots = excluded.per_account_slots,
+    logins = (
+        SELECT COALESCE(json_agg(badge ORDER BY badge->>'platform', badge->>'account'), '[]')::text
+        FROM (
+            SELECT DISTINCT ON (badge->>'platform', badge->>'account') badge
+            FROM (
+                SELECT badge, 0 AS written FROM json_array_elements(devices.logins::json) AS badge
+                UNION ALL
+                SELECT badge, 1 FROM json_array_elements(excluded.logins::json) AS badge
+            ) AS both_rows
+            ORDER BY badge->>'platform', badge->>'account',
+                (badge->>'checked_at')::float8 DESC, written DESC
+        ) AS newest
+    );
