@@ -21,6 +21,7 @@ from typing import Any
 from coordinator import operator_commands as op
 from coordinator.access.approval import applies, authors
 from coordinator.domain import LEASED_STATUSES, GateRecord, Job, Post, Run, Target
+from coordinator.errors import NotFound
 from coordinator.gates import GateBook
 from coordinator.leasing.core import LeaseCore
 from coordinator.step import CoordinatorState
@@ -34,7 +35,9 @@ async def load(store: Store, state: CoordinatorState, cmd: op.OperatorCommand) -
 
 
 async def _post(store: Store, state: CoordinatorState, cmd: op.PostCommand) -> op.PostCommand:
-    if cmd.post_id in state.core.posts:
+    # With only some shards (several coordinators), the post's status (derived by the store from
+    # every shard's jobs) and its other shards' jobs are the store's: always read them.
+    if cmd.post_id in state.core.posts and state.core.scope.everything:
         return cmd
     post = await store.get_post(cmd.post_id)  # NotFound says which post
     jobs = tuple(await store.jobs_for_post(post.id))
@@ -42,7 +45,7 @@ async def _post(store: Store, state: CoordinatorState, cmd: op.PostCommand) -> o
 
 
 async def _approve(store: Store, state: CoordinatorState, cmd: op.ApprovePost) -> op.ApprovePost:
-    if cmd.post_id not in state.core.posts:
+    if cmd.post_id not in state.core.posts or not state.core.scope.everything:
         post = await store.get_post(cmd.post_id)
         jobs = tuple(await store.jobs_for_post(post.id))
         cmd = dataclasses.replace(cmd, loaded=op.Stored(post, jobs))
@@ -61,7 +64,22 @@ async def _job(store: Store, state: CoordinatorState, cmd: op.JobCommand) -> op.
     return dataclasses.replace(cmd, loaded=op.Stored(post, jobs))
 
 
+async def _post_tasks(
+    store: Store, state: CoordinatorState, cmd: op.ApplyPostTasks
+) -> op.ApplyPostTasks:
+    loaded: list[op.Stored | None] = []
+    for task in cmd.tasks:
+        try:
+            post = await store.get_post(task.post_id)
+        except NotFound:  # deleted meanwhile: the task has nothing left to do
+            loaded.append(None)
+            continue
+        loaded.append(op.Stored(post, tuple(await store.jobs_for_post(post.id))))
+    return dataclasses.replace(cmd, loaded=tuple(loaded))
+
+
 _LOADERS: dict[type[Any], Callable[[Store, CoordinatorState, Any], Awaitable[Any]]] = {
+    op.ApplyPostTasks: _post_tasks,
     op.UpdatePost: _post,
     op.SubmitPost: _post,
     op.ApprovePost: _approve,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -28,11 +29,14 @@ from coordinator.access.options import ExposureRefused
 from coordinator.access.registry import Credentials
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore
+from coordinator.cluster.fanout import FanOutWorkers, OwnerChannels
 from coordinator.cluster.forward import ForwardToActive, peer_tls
 from coordinator.cluster.member import ClusterConfig, ClusterMember
 from coordinator.cluster.relay import RelayWorkersToActive
 from coordinator.cluster.role import ClusterRole
+from coordinator.cluster.route import RouteToOwner
 from coordinator.cluster.serve import ClusterServing
+from coordinator.cluster.tasks import PostTaskConsumer
 from coordinator.dblock import DatabaseInUse, DatabaseLock
 from coordinator.domain import KNOWN_PLATFORMS
 from coordinator.errors import CoordinatorError
@@ -150,6 +154,12 @@ async def _serve(opts: ServerOptions) -> None:
         if parts.member is not None:  # a standby until it holds every shard
             parts.member.role.address = opts.advertise or _bound_address(opts.listen, port)
             _announce(opts, parts, port, metrics_server, ready=False)
+            store = parts.store
+            tasks = (
+                PostTaskConsumer(store, parts.coordinator)
+                if parts.member.spread and isinstance(store, PostgresStore)
+                else None
+            )
             await ClusterServing(
                 parts.member,
                 parts.coordinator,
@@ -157,6 +167,7 @@ async def _serve(opts: ServerOptions) -> None:
                 health.serving,
                 lambda: _write_ready(opts, port, metrics_server.port),
                 DEFAULT_DRAIN_GRACE_S,
+                tasks=tasks,
             ).run_until_signal()
         else:
             await health.serving(True)
@@ -180,10 +191,13 @@ async def _load(opts: ServerOptions) -> _Parts:
     registry = CollectorRegistry()
     provider = make_tracer_provider("postroom-coordinator")
     member = await _join(opts, store, registry) if isinstance(store, PostgresStore) else None
+    config = opts.coordinator
+    if member is not None and member.spread:  # the store derives it from every shard's jobs
+        config = dataclasses.replace(config, derive_posts_in_store=True)
     coordinator = Coordinator(
         store=store,
         clock=SystemClock(),
-        config=opts.coordinator,
+        config=config,
         metrics=CoordinatorMetrics(registry, platforms=sorted(KNOWN_PLATFORMS)),
         # No exporter configured: no span objects per attempt (coordinator/observing.py).
         tracer=provider.get_tracer("postroom.coordinator")
@@ -264,7 +278,13 @@ def _grpc_server(
         OperatorAuth(parts.coordinator.credentials)
     ]
     role = parts.member.role if parts.member is not None else None
-    if role is not None:  # before the tokens' check: a standby forwards to the active one
+    spread = parts.member is not None and parts.member.spread
+    if spread and role is not None:  # before the tokens' check: the owner checks them
+        interceptors.insert(0, _route(opts, parts, role))
+        if opts.security.tls_client_ca is None:  # mutual TLS: an owner checks the worker's cert
+            channels = OwnerChannels(peer_tls(opts.security))
+            interceptors.insert(1, FanOutWorkers(role.owner_addresses, channels.channel))
+    elif role is not None:  # before the tokens' check: a standby forwards to the active one
         forward = ForwardToActive(
             is_active=role.is_active,
             active_address=role.active_address,
@@ -278,7 +298,9 @@ def _grpc_server(
 
         interceptors.append(aio_server_interceptor(tracer_provider=parts.provider))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=interceptors)
-    publishing = PublishingService(parts.coordinator, assets, text_limits=opts.text_limits)
+    publishing = PublishingService(
+        parts.coordinator, assets, text_limits=opts.text_limits, store_reads=spread
+    )
     # Not the generated add_*_to_server: requests that do not parse get INVALID_ARGUMENT.
     wire.add_publishing(server, publishing)
     refusal = role.refusal if role is not None else None
@@ -289,6 +311,23 @@ def _grpc_server(
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     enable_reflection(SERVICE_NAMES, server)
     return server, health
+
+
+def _route(opts: ServerOptions, parts: _Parts, role: ClusterRole) -> RouteToOwner:
+    assert parts.member is not None
+    ownership = parts.member.ownership
+
+    async def holder_address(shard: int) -> str | None:
+        holder = await ownership.holder(shard)
+        return holder.address if holder is not None else None
+
+    return RouteToOwner(
+        owners=role,
+        store=parts.store,
+        tls=peer_tls(opts.security),
+        shard_count=opts.coordinator.shard_count,
+        lookup=holder_address,
+    )
 
 
 def _bind(server: grpc.aio.Server, listen: str, tls: grpc.ServerCredentials | None) -> int:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from coordinator.access.records import Role
 from coordinator.access.registry import Principal
 from coordinator.domain import Job, LoginState, Post, Target
+from coordinator.store.base import PostTask
 
 Content = tuple[str, tuple[str, ...], tuple[Target, ...]]  # text, media, targets
 
@@ -241,6 +242,18 @@ class RevokeDevice:
     actor: str
 
 
+# ---- several coordinators ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyPostTasks:
+    """Post tasks of shards this coordinator owns, read from the store (cluster/tasks.py); the
+    load phase brings each one's post and jobs (`loaded`: None where the post is gone)."""
+
+    tasks: tuple[PostTask, ...]
+    loaded: tuple[Stored | None, ...] = ()
+
+
 PostCommand = UpdatePost | SubmitPost | ApprovePost | SchedulePost | CancelPost | DeletePost
 JobCommand = CancelJob | RetryJob | ConfirmJob | ResolveJob
 OperatorCommand = (
@@ -254,4 +267,5 @@ OperatorCommand = (
     | RevokeToken
     | EnrollDevice
     | RevokeDevice
+    | ApplyPostTasks
 )

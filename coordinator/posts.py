@@ -7,6 +7,11 @@ Approval is bound to the content hash: editing clears the approval, so the post'
 (never handed out, never granted a commit permit) until it is approved and scheduled again.
 Scheduling upserts one job per target on its idempotency key (leasing/scheduling.py); a target
 that already has a SUCCEEDED job is never published again.
+
+With several coordinators each owning some shards (placement "spread"), a command runs on the
+post's home coordinator, which writes the post and the jobs of its own shards; what it means for
+the other shards' jobs goes to their owners, in the same batch, as post tasks (posttasks.py). The
+post's status and its other jobs are then the store's, read by the load phase.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Sequence
 
 from coordinator.access.approval import check_not_author
 from coordinator.domain import (
+    LEASED_STATUSES,
     AuditEvent,
     Job,
     JobStatus,
@@ -38,6 +44,7 @@ from coordinator.operator_commands import (
     Unjudged,
     UpdatePost,
 )
+from coordinator.posttasks import CANCEL, REFRESH, SCHEDULE, remote_shards, remote_tasks
 from coordinator.store.base import PostWrite
 from coordinator.transitions import check_post
 
@@ -67,10 +74,21 @@ def _set_status(post: Post, new: PostStatus, now: float) -> PostStatus:
     return old
 
 
+# Statuses other coordinators' batches may move a post between (the store derives them from
+# every shard's jobs), under a command that read one of them: any of them is what it expects.
+_SHARED_DERIVED = frozenset({PostStatus.SCHEDULED, PostStatus.PUBLISHING, PostStatus.FAILED})
+
+
+def _expected(core: LeaseCore, old: PostStatus) -> frozenset[PostStatus]:
+    if not core.scope.everything and old in _SHARED_DERIVED:
+        return _SHARED_DERIVED
+    return frozenset({old})
+
+
 def _save(core: LeaseCore, fx: Effects, post: Post, expected: PostStatus) -> None:
     """Write the post (compare-and-set on `expected`); an open post's copy in the core follows
     (held jobs follow its approval)."""
-    fx.batch.post_writes.append(PostWrite(dataclasses.replace(post), frozenset({expected})))
+    fx.batch.post_writes.append(PostWrite(dataclasses.replace(post), _expected(core, expected)))
     core.update_post(dataclasses.replace(post))
 
 
@@ -78,6 +96,13 @@ def _view(core: LeaseCore, cmd: PostCommand) -> tuple[Post, list[Job]]:
     """A copy of the post to decide on, and its jobs (the core's, read-only here; or the stored
     copies the load phase brought)."""
     live = core.posts.get(cmd.post_id)
+    if live is not None and not core.scope.everything and cmd.loaded is not None:
+        # Some of its jobs are other coordinators': the store's copies of those, and the
+        # status the store derived from all of them; this core's own jobs from memory.
+        stored = cmd.loaded
+        others = [j for j in stored.jobs if not core.scope.owns(j.target)]
+        jobs = sorted([*core.jobs_of(cmd.post_id), *others], key=lambda j: (j.created_at, j.id))
+        return dataclasses.replace(live, status=stored.post.status), jobs
     if live is not None:
         return dataclasses.replace(live), core.jobs_of(cmd.post_id)
     if cmd.loaded is None or cmd.loaded.post.id != cmd.post_id:
@@ -151,15 +176,15 @@ def create_one(core: LeaseCore, cmd: CreatePost, now: float) -> tuple[Effects, P
         fx.batch.new_posts.append(dataclasses.replace(post))
         return fx, dataclasses.replace(post), []
     when = post.scheduled_at if post.scheduled_at is not None else now
-    # Remote targets (other coordinators' shards) get no job here (phase 2: post tasks).
-    jobs_fx, touched, skipped, _remote = core.schedule_jobs(
+    jobs_fx, touched, skipped, remote = core.schedule_jobs(
         post, when, cmd.new_job_id, cmd.actor, now
     )
     _set_status(post, PostStatus.SCHEDULED, now)
     fx.batch.new_posts.append(dataclasses.replace(post))  # before its jobs: they refer to it
     fx.extend(jobs_fx)
+    _schedule_remote(core, fx, post, when, cmd.new_job_id, cmd.actor)
     _audit(fx, "POST_SCHEDULED", post, cmd.actor, now, at=when, jobs=[j.id for j in touched],
-           skipped=skipped)  # fmt: skip
+           skipped=skipped, **_elsewhere(remote))  # fmt: skip
     fx.extend(core.add_post_jobs(dataclasses.replace(post), touched, now))
     return fx, dataclasses.replace(post), [dataclasses.replace(j) for j in touched]
 
@@ -172,7 +197,7 @@ def update(core: LeaseCore, cmd: UpdatePost, now: float) -> Effects:
         raise FailedPrecondition(
             f"post {cmd.post_id} is {post.status.value}; it can no longer be edited"
         )
-    old_status = post.status
+    old_status, old_targets = post.status, post.targets
     changed: list[str] = []
     for name, value in (("text", cmd.text), ("media", cmd.media), ("targets", cmd.targets)):
         if value is not None and value != getattr(post, name):
@@ -200,6 +225,7 @@ def update(core: LeaseCore, cmd: UpdatePost, now: float) -> Effects:
         post.approved_hash, post.approved_by = "", ""
         _set_status(post, PostStatus.PENDING_APPROVAL, now)
     _save(core, fx, post, old_status)
+    fx.batch.post_tasks += remote_tasks(core, post, REFRESH, targets=old_targets)
     _audit(fx, "POST_UPDATED", post, cmd.actor, now, changed=changed, status=post.status.value)
     fx.reply = post
     return fx
@@ -214,6 +240,7 @@ def submit(core: LeaseCore, cmd: SubmitPost, now: float) -> Effects:
         )
     old = _set_status(post, PostStatus.PENDING_APPROVAL, now)
     _save(core, fx, post, old)
+    fx.batch.post_tasks += remote_tasks(core, post, REFRESH)
     _audit(fx, "POST_SUBMITTED", post, cmd.actor, now)
     fx.reply = _answer(core, post, jobs)
     return fx
@@ -239,6 +266,7 @@ def approve(core: LeaseCore, cmd: ApprovePost, now: float) -> Effects:
     post.approved_hash, post.approved_by = post.content_hash, cmd.actor
     old = _set_status(post, PostStatus.APPROVED, now)
     _save(core, fx, post, old)
+    fx.batch.post_tasks += remote_tasks(core, post, REFRESH)
     _audit(fx, "POST_APPROVED", post, cmd.actor, now, content_hash=post.content_hash)
     fx.reply = _answer(core, post, jobs)
     return fx
@@ -258,15 +286,16 @@ def schedule(core: LeaseCore, cmd: SchedulePost, now: float) -> Effects:
     if cmd.scheduled_at is not None:
         post.scheduled_at = cmd.scheduled_at
     _adopt(core, cmd)
-    # Remote targets (other coordinators' shards) get no job here (phase 2: post tasks).
-    fx, touched, skipped, _remote = core.schedule_jobs(post, when, cmd.new_job_id, cmd.actor, now)
+    fx, touched, skipped, remote = core.schedule_jobs(post, when, cmd.new_job_id, cmd.actor, now)
     old_status = post.status
     if old_status is not PostStatus.SCHEDULED:
         _set_status(post, PostStatus.SCHEDULED, now)
     post.updated_at = now
-    fx.batch.post_writes.append(PostWrite(dataclasses.replace(post), frozenset({old_status})))
+    expected = _expected(core, old_status)
+    fx.batch.post_writes.append(PostWrite(dataclasses.replace(post), expected))
+    _schedule_remote(core, fx, post, when, cmd.new_job_id, cmd.actor)
     _audit(fx, "POST_SCHEDULED", post, cmd.actor, now, at=when, jobs=[j.id for j in touched],
-           skipped=skipped)  # fmt: skip
+           skipped=skipped, **_elsewhere(remote))  # fmt: skip
     fx.extend(core.add_post_jobs(dataclasses.replace(post), touched, now))
     fx.reply = post
     return fx
@@ -280,6 +309,8 @@ def cancel(core: LeaseCore, cmd: CancelPost, now: float) -> Effects:
     old = _set_status(post, PostStatus.CANCELLED, now)
     _save(core, fx, post, old)
     _audit(fx, "POST_CANCELLED", post, cmd.actor, now, reason=cmd.reason)
+    args = {"actor": cmd.actor, "reason": cmd.reason or "post cancelled"}
+    fx.batch.post_tasks += remote_tasks(core, post, CANCEL, args)
     if post.id in core.posts:  # a post not open has no unfinished job
         fx.extend(core.cancel_jobs(post.id, cmd.actor, cmd.reason or "post cancelled", now))
         fx.extend(core.dispatch(now))
@@ -327,13 +358,42 @@ def _check_deletable(core: LeaseCore, post: Post, jobs: Sequence[Job]) -> None:
         )
     _refuse_while_live(core, post, jobs, "deleted")
     _refuse_in_doubt(post, jobs, "delete")
+    if shards := remote_shards(core, [j.target for j in jobs]):
+        # Its jobs there are in other coordinators' hands: they cannot be removed from here.
+        raise FailedPrecondition(
+            f"post {post.id} has jobs in shards {shards}, which other coordinators own; cancel "
+            "it instead (`postroom post cancel`): its record stays, nothing more is published"
+        )
 
 
 def _refuse_while_live(core: LeaseCore, post: Post, jobs: Sequence[Job], what: str) -> None:
     for job in jobs:
         wait = core.permit_wait(job.id)
+        if not wait and not core.scope.owns(job.target) and _permitted(job):
+            wait = (
+                f"job {job.id} may be publishing right now on the coordinator that owns "
+                f"{job.target}: it holds a commit permit; wait for its result, then try again"
+            )
         if wait:
             raise FailedPrecondition(f"post {post.id} cannot be {what} yet: {wait}")
+
+
+def _permitted(job: Job) -> bool:
+    """An attempt of another coordinator's job holds a commit permit (as the store has it)."""
+    return job.status in LEASED_STATUSES and job.committed_epoch == job.lease_epoch > 0
+
+
+def _schedule_remote(
+    core: LeaseCore, fx: Effects, post: Post, when: float, new_job_id: str, actor: str
+) -> None:
+    """The jobs of the post's targets in other coordinators' shards: a task to each owner."""
+    args = {"when": when, "actor": actor, "new_job_id": new_job_id}
+    fx.batch.post_tasks += remote_tasks(core, post, SCHEDULE, args)
+
+
+def _elsewhere(remote: Sequence[object]) -> dict[str, list[str]]:
+    """The audit's word on targets scheduled by their shards' owners (none: nothing said)."""
+    return {"elsewhere": [str(t) for t in remote]} if remote else {}
 
 
 def _refuse_in_doubt(post: Post, jobs: Sequence[Job], then: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator import operator_commands as op
-from coordinator import posts
+from coordinator import posts, posttasks
 from coordinator.access import changes
 from coordinator.access.approval import applies
 from coordinator.access.registry import Credentials
@@ -189,6 +189,14 @@ def _reopen_gate(state: CoordinatorState, cmd: op.ReopenGate, now: float) -> Eff
     return fx
 
 
+def _apply_post_tasks(state: CoordinatorState, cmd: op.ApplyPostTasks, now: float) -> Effects:
+    fx = Effects()
+    for task, stored in zip(cmd.tasks, cmd.loaded, strict=True):
+        post, jobs = (stored.post, stored.jobs) if stored is not None else (None, ())
+        fx.extend(posttasks.apply(state.core, task, post, jobs, now))
+    return fx
+
+
 def _core(
     fn: Callable[[LeaseCore, Any, float], Effects],
 ) -> Callable[[CoordinatorState, Any, float], Effects]:
@@ -231,4 +239,5 @@ _HANDLERS: dict[type[Any], Callable[[CoordinatorState, Any, float], Effects]] = 
     op.RevokeToken: _access(changes.revoke_token),
     op.EnrollDevice: _access(changes.enroll_device),
     op.RevokeDevice: _access(changes.revoke_device),
+    op.ApplyPostTasks: _apply_post_tasks,
 }

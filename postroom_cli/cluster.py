@@ -343,10 +343,12 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         wrap: Sequence[str] = (),
         kind: str = "api",
+        coordinators: str = "",
     ) -> Child:
         """A worker serving sandbox `platforms` and/or the real accounts of an `accounts` file
         (their credential references resolved from `env`). `wrap` prefixes the command, e.g.
-        `ip netns exec NS` to run it in a network namespace (it must exec, keeping the PID)."""
+        `ip netns exec NS` to run it in a network namespace (it must exec, keeping the PID).
+        `coordinators`: the addresses it dials (default: every coordinator, in turn)."""
         platforms = list(platforms)
         if not self.coordinator_address or (platforms and not self.sandbox_url):
             raise ClusterError("start the sandbox and the coordinator before workers")
@@ -360,7 +362,7 @@ class LocalCluster:
             "-m",
             "worker.main",
             "--coordinator",
-            self.coordinator_targets(len(self.workers)),
+            coordinators or self.coordinator_targets(len(self.workers)),
             "--device-id",
             device_id,
             "--kind",

@@ -350,13 +350,13 @@ class ClusterMember:
         fence = self.fence
         try:
             try:
-                await self.store.apply_fenced(batch, fence)
+                await self.store.apply_fenced(batch, fence, derive_posts=self.spread)
             except OwnershipLost:
                 if self.fence is None or self.fence == fence:
                     raise
                 # "spread": shards were released while the batch waited to start, and may be
                 # another's already; nothing was written, so write it under what is held now.
-                await self.store.apply_fenced(batch, self.fence)
+                await self.store.apply_fenced(batch, self.fence, derive_posts=self.spread)
         except OwnershipLost as exc:
             why = await self._describe_loss(exc)
             self.step_down(f"{why} while this one was paused or cut off", batch=True)

@@ -43,10 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
 import grpc
 from google.protobuf.message import Message
 
@@ -120,6 +122,10 @@ ROUTES: Mapping[str, Route] = {
     "ListEnrollments": Route.ACCESS,
     "RevokeDevice": Route.ACCESS,
 }
+
+
+DEFAULT_LOOKUP_WAIT_S = 3.0  # two ownership turns at the default TTL
+LOOKUP_POLL_S = 0.1
 
 
 class Owners(Protocol):
@@ -254,7 +260,14 @@ class RouteToOwner(_Interceptor):
         tls: ClientTls,
         shard_count: int = DEFAULT_SHARD_COUNT,
         routes: Mapping[str, Route] = ROUTES,
+        lookup: Callable[[int], Awaitable[str | None]] | None = None,
+        lookup_wait_s: float = DEFAULT_LOOKUP_WAIT_S,
     ) -> None:
+        """`lookup(shard)`: the address of its live holder as the database has it now, asked
+        when `owners` (refreshed once an ownership turn) knows none: a shard handed over since
+        then has one, or will within a turn (asked again until `lookup_wait_s` is up)."""
+        self._lookup = lookup
+        self._lookup_wait_s = lookup_wait_s
         self._owners = owners
         self._store = store
         self._shards = shard_count
@@ -295,7 +308,28 @@ class RouteToOwner(_Interceptor):
                 shard = await shard_of_request(route, request, self._store, self._shards)
             except CoordinatorError:  # the store failed: executed here, which says why
                 return Here()
-        return decide(route, shard, self._owners, forwarded=forwarded)
+        where = decide(route, shard, self._owners, forwarded=forwarded)
+        if isinstance(where, Nobody) and self._lookup is not None:
+            return await self._look_up(where, context)
+        return where
+
+    async def _look_up(self, nobody: Nobody, context: Ctx) -> Decision:
+        """The owner of a shard this coordinator's last turn saw free: from the database,
+        waiting a little for a hand-over to finish (within the call's deadline)."""
+        assert self._lookup is not None
+        left = context.time_remaining()
+        wait_s = self._lookup_wait_s if left is None else min(self._lookup_wait_s, left / 2)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                address = await self._lookup(nobody.shard)
+            except CoordinatorError:
+                return nobody
+            if address is not None:
+                return Here() if address == self._owners.address else There(nobody.shard, address)
+            if time.monotonic() >= deadline:
+                return nobody
+            await anyio.sleep(LOOKUP_POLL_S)
 
     def _unary(
         self, method: str, route: Route, found: Any

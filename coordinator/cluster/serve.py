@@ -35,6 +35,7 @@ import grpc
 from anyio.abc import TaskGroup, TaskStatus
 
 from coordinator.cluster.member import ClusterMember, Turn
+from coordinator.cluster.tasks import PostTaskConsumer
 from coordinator.domain import AuditEvent
 from coordinator.errors import CoordinatorError
 from coordinator.store.base import WriteBatch
@@ -84,6 +85,7 @@ class ClusterServing:
     ready: Callable[[], None]  # the ready file, written once serving
     drain_grace_s: float
     monotonic: Callable[[], float] = time.monotonic  # the hand-off timeout's clock
+    tasks: PostTaskConsumer | None = None  # "spread": the post tasks of the shards served
     _actors: TaskGroup | None = None
     _stopping: bool = False
     _running: bool = False  # the actor was started
@@ -93,6 +95,7 @@ class ClusterServing:
     _served: set[int] = field(default_factory=set)
     _handing: dict[int, float] = field(default_factory=dict)
     _turned: anyio.Event = field(default_factory=anyio.Event)
+    _consuming: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
     async def run_until_signal(self) -> None:
         role = self.member.role
@@ -139,6 +142,7 @@ class ClusterServing:
     async def _drain(self, turns: TaskGroup) -> None:
         """The coordinator drains as a single one does; its turns go on renewing meanwhile."""
         self._stopping = True
+        self._consuming.cancel()
         await self.serving(False)
         if self._running:
             await self.coordinator.stop()
@@ -199,11 +203,18 @@ class ClusterServing:
         took = round((self.member.monotonic() - started) * 1000)
         await self._audit_take_over(len(shards), span, took)
         await actors.start(self._actor)
+        if self.tasks is not None:
+            self.tasks.shards = self.serves
+            actors.start_soon(self._consume, self.tasks)
         self._running = self.member.role.active = True
         await self.serving(True)
         self.ready()
         log.info("serving: took shards %s (%d) in %d ms", spans(shards), len(shards), took)
         return True
+
+    async def _consume(self, tasks: PostTaskConsumer) -> None:
+        with self._consuming:
+            await tasks.run()
 
     async def _follow(self) -> None:
         """After every turn, until stopped: the core follows the shards held."""

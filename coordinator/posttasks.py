@@ -1,0 +1,100 @@
+"""Post tasks: a post whose targets live in shards of several coordinators (placement "spread").
+
+Every operator command on a post runs on its home coordinator (the owner of the shard of its
+first target: coordinator/cluster/route.py), which writes the post and the jobs of the shards it
+owns. What the command means for the jobs of the other shards goes, in the same batch, as one
+task per shard (store/base.py PostTask) to their owners, who apply it in their own fenced batch
+and mark it done there: exactly once per shard, even across a crash or a hand-off (a task left
+undone is taken by the shard's next owner). The kinds:
+
+- "schedule": make (upsert) the jobs of your targets for this schedule, as the home did for its
+  own (args: when, actor, new_job_id: job ids stay unique, `{new_job_id}{target index}`);
+- "refresh": the post's content or approval changed: held jobs follow (design.md: a job whose
+  content no longer matches the approval is not published);
+- "cancel": the post was cancelled: cancel your unfinished jobs of it (args: actor, reason).
+
+Pure functions over the lease core, like posts.py: the home's side (`remote_tasks`) and the
+owner's (`apply`), decided inside the actor; the load phase brought the post and its jobs as the
+store has them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from coordinator.domain import Job, Post, PostStatus, Target
+from coordinator.leasing.core import LeaseCore
+from coordinator.leasing.effects import Effects
+from coordinator.store.base import PostTask
+
+SCHEDULE = "schedule"
+REFRESH = "refresh"
+CANCEL = "cancel"
+KINDS = frozenset({SCHEDULE, REFRESH, CANCEL})
+
+
+def remote_shards(core: LeaseCore, targets: Iterable[Target]) -> list[int]:
+    """The shards of `targets` this coordinator does not own (none with every shard)."""
+    scope = core.scope
+    if scope.everything:
+        return []
+    return sorted({scope.shard(t) for t in targets if not scope.owns(t)})
+
+
+def remote_tasks(
+    core: LeaseCore,
+    post: Post,
+    kind: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    targets: Iterable[Target] = (),
+) -> list[PostTask]:
+    """One `kind` task per shard of the post's targets (and of `targets`: those an edit took
+    away) that another coordinator owns."""
+    shards = remote_shards(core, [*post.targets, *targets])
+    return [PostTask(shard, post.id, kind, dict(args or {})) for shard in shards]
+
+
+def owned_jobs(core: LeaseCore, jobs: Sequence[Job]) -> tuple[Job, ...]:
+    return tuple(j for j in jobs if core.scope.owns(j.target))
+
+
+def apply(
+    core: LeaseCore, task: PostTask, post: Post | None, jobs: Sequence[Job], now: float
+) -> Effects:
+    """The owner's side of one task: `post` and `jobs` as the store has them (None: the post is
+    gone, nothing to do). The task is marked done in the same batch."""
+    fx = Effects()
+    fx.batch.done_post_tasks.append(task)
+    if post is None:
+        return fx
+    if task.kind == SCHEDULE:
+        fx.extend(_schedule(core, task, post, jobs, now))
+    elif post.id not in core.posts:
+        pass  # no unfinished job of it here: nothing to hold or cancel
+    elif task.kind == REFRESH:
+        core.update_post(dataclasses.replace(post))
+        fx.extend(core.dispatch(now))
+    elif task.kind == CANCEL:
+        core.update_post(dataclasses.replace(post, status=PostStatus.CANCELLED))
+        reason = str(task.args.get("reason", "")) or "post cancelled"
+        fx.extend(core.cancel_jobs(post.id, str(task.args.get("actor", "")), reason, now))
+        fx.extend(core.dispatch(now))
+    return fx
+
+
+def _schedule(
+    core: LeaseCore, task: PostTask, post: Post, jobs: Sequence[Job], now: float
+) -> Effects:
+    # The post's jobs of this coordinator's shards, published ones included: a target that
+    # already has a SUCCEEDED job is never published again (the core may have let them go).
+    core.adopt(post, owned_jobs(core, jobs))
+    core.update_post(dataclasses.replace(post))
+    when = float(task.args.get("when", now))
+    actor = str(task.args.get("actor", ""))
+    new_job_id = str(task.args.get("new_job_id", ""))
+    fx, touched, _, _ = core.schedule_jobs(post, when, new_job_id, actor, now)
+    fx.extend(core.add_post_jobs(dataclasses.replace(post), touched, now))
+    return fx
