@@ -10,7 +10,9 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -29,6 +31,7 @@ from coordinator.access.options import ExposureRefused
 from coordinator.access.registry import Credentials
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore
+from coordinator.cluster.credentials import follow_credentials
 from coordinator.cluster.fanout import FanOutWorkers, OwnerChannels
 from coordinator.cluster.forward import ForwardToActive, peer_tls
 from coordinator.cluster.member import ClusterConfig, ClusterMember
@@ -168,6 +171,7 @@ async def _serve(opts: ServerOptions) -> None:
                 lambda: _write_ready(opts, port, metrics_server.port),
                 DEFAULT_DRAIN_GRACE_S,
                 tasks=tasks,
+                companions=_companions(parts),
             ).run_until_signal()
         else:
             await health.serving(True)
@@ -311,6 +315,14 @@ def _grpc_server(
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     enable_reflection(SERVICE_NAMES, server)
     return server, health
+
+
+def _companions(parts: _Parts) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+    """What a cluster-mode coordinator runs beside its turns: every coordinator checks tokens
+    (a standby's forwarded calls too), so each follows the credentials other ones change."""
+    if not isinstance(parts.store, PostgresStore):
+        return []
+    return [partial(follow_credentials, parts.store, parts.coordinator)]
 
 
 def _route(opts: ServerOptions, parts: _Parts, role: ClusterRole) -> RouteToOwner:

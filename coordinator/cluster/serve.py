@@ -25,10 +25,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import grpc
@@ -86,6 +86,8 @@ class ClusterServing:
     drain_grace_s: float
     monotonic: Callable[[], float] = time.monotonic  # the hand-off timeout's clock
     tasks: PostTaskConsumer | None = None  # "spread": the post tasks of the shards served
+    # Run beside the turns from the start until the drain (the credentials' follower).
+    companions: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     _actors: TaskGroup | None = None
     _stopping: bool = False
     _running: bool = False  # the actor was started
@@ -114,6 +116,8 @@ class ClusterServing:
                 async with anyio.create_task_group() as turns:
                     run = partial(self.member.run, on_turn=self._on_turn)
                     await turns.start(run, self._take_over)
+                    for companion in self.companions:
+                        turns.start_soon(companion)
                     if self.member.spread and not self.member.held:
                         log.info(
                             "waiting for shards: %s at %s holds none yet; the others hand "
