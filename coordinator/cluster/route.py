@@ -311,15 +311,31 @@ class RouteToOwner(_Interceptor):
         where = decide(route, shard, self._owners, forwarded=forwarded)
         if isinstance(where, Nobody) and self._lookup is not None:
             return await self._look_up(where, context)
+        if isinstance(where, Idle):
+            return await self._wait_serving(where, route, shard, forwarded, context)
         return where
+
+    async def _wait_serving(
+        self, idle: Idle, route: Route, shard: int | None, forwarded: bool, context: Ctx
+    ) -> Decision:
+        """A call for shards this coordinator has just claimed, while it loads them (a few
+        milliseconds after its turn): wait for its core to run (within the call's deadline)."""
+        deadline = time.monotonic() + self._wait_s(context)
+        while time.monotonic() < deadline:
+            await anyio.sleep(LOOKUP_POLL_S)
+            if self._owners.is_active():
+                return decide(route, shard, self._owners, forwarded=forwarded)
+        return idle
+
+    def _wait_s(self, context: Ctx) -> float:
+        left = context.time_remaining()
+        return self._lookup_wait_s if left is None else min(self._lookup_wait_s, left / 2)
 
     async def _look_up(self, nobody: Nobody, context: Ctx) -> Decision:
         """The owner of a shard this coordinator's last turn saw free: from the database,
         waiting a little for a hand-over to finish (within the call's deadline)."""
         assert self._lookup is not None
-        left = context.time_remaining()
-        wait_s = self._lookup_wait_s if left is None else min(self._lookup_wait_s, left / 2)
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self._wait_s(context)
         while True:
             try:
                 address = await self._lookup(nobody.shard)
