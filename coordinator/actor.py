@@ -138,6 +138,9 @@ class Coordinator:
         self._stopping = False
         self._last_metrics_refresh = 0.0
         self._needs_login_seen: set[Target] = set()
+        # Whether this one exports the totals (jobs by status, devices online): with several
+        # coordinators serving, only one does, or a dashboard's sum counts them once each.
+        self.counts_totals: Callable[[], bool] = lambda: True
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -517,7 +520,8 @@ class Coordinator:
         if now - self._last_metrics_refresh < DEFAULT_METRICS_REFRESH_S:
             return
         self._last_metrics_refresh = now
-        counts = await self.store.count_jobs()
+        totals = self.counts_totals()
+        counts = await self.store.count_jobs() if totals else {}
         self.metrics.set_job_counts({(s.value, p): n for (s, p), n in counts.items()})
         online: dict[str, int] = {"api": 0, "browser": 0}
         for session in self.core.sessions.values():
@@ -527,7 +531,7 @@ class Coordinator:
         for job in self.core.jobs.values():
             self.metrics.account_known(job.platform, job.account)
         for kind, n in online.items():
-            self.metrics.set_devices_online(kind, n)
+            self.metrics.set_devices_online(kind, n if totals else 0)
         for view in self.core.gates.views(now):
             self.metrics.set_gate(view.target.platform, view.target.account, view.closed)
         waiting = {j.target for j in self.core.jobs.values() if j.status is JobStatus.NEEDS_LOGIN}

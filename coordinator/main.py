@@ -210,6 +210,9 @@ async def _load(opts: ServerOptions) -> _Parts:
         credentials=Credentials(policy=opts.security.policy()),
         commit=member.commit if member is not None else None,
     )
+    if member is not None and member.spread:  # shard 0's owner exports the totals
+        role = member.role
+        coordinator.counts_totals = lambda: role.owner_address(0) == role.address
     if member is None:
         await coordinator.load()
     else:  # loaded when it takes over (cluster/serve.py); the tokens now, for the checks
