@@ -65,8 +65,13 @@ def apply(
     core: LeaseCore, task: PostTask, post: Post | None, jobs: Sequence[Job], now: float
 ) -> Effects:
     """The owner's side of one task: `post` and `jobs` as the store has them (None: the post is
-    gone, nothing to do). The task is marked done in the same batch."""
+    gone, nothing to do). The task is marked done in the same batch, unless its shard is no
+    longer this core's (then nothing is done: it stays for the shard's next owner)."""
     fx = Effects()
+    if task.shard not in core.scope.all_shards():
+        # Its shard left this core (evicted) after the consumer read the task: the shard's next
+        # owner applies it. Done here, it would be lost (and written outside the fence).
+        return fx
     fx.batch.done_post_tasks.append(task)
     if post is None:
         return fx
