@@ -16,6 +16,8 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
      p99, restart, takeover of a SIGKILLed active coordinator   bench/postgres.py
  10  enqueue, 1 client, sequential: 4 calls, 1 call, batches of 100   bench/enqueue.py
  11  real worker SIGKILLed after its commit permit, defaults   bench/recovery_permit.py
+ 12  placement "spread" on PostgreSQL: drain with 1, 2 and 3 coordinators, a third joining
+     two (shares handed over, dispatch delay meanwhile)   bench/coordinators.py
 
 Each figure is the median of K runs (default 3) with min and max; `--quick` is one run at smaller
 sizes (a smoke run, not a measurement). With py-spy installed, item 1 gets one extra profiled run
@@ -40,6 +42,7 @@ from rich.table import Table
 
 from bench import (
     browser,
+    coordinators,
     dispatch,
     enqueue,
     postgres,
@@ -91,6 +94,7 @@ ITEMS: dict[int, tuple[str, Callable[[Context], list[Figure]]]] = {
     9: ("PostgreSQL", postgres.run),
     10: ("enqueue", enqueue.run),
     11: ("recovery after the permit", recovery_permit.run),
+    12: ("placement spread", coordinators.run),
 }
 
 
