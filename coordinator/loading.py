@@ -26,6 +26,7 @@ from coordinator.gates import GateBook
 from coordinator.leasing.core import LeaseCore
 from coordinator.step import CoordinatorState
 from coordinator.store.base import Store
+from coordinator.store.postgres import PostgresStore
 
 
 async def load(store: Store, state: CoordinatorState, cmd: op.OperatorCommand) -> Any:
@@ -42,6 +43,15 @@ async def _post(store: Store, state: CoordinatorState, cmd: op.PostCommand) -> o
     post = await store.get_post(cmd.post_id)  # NotFound says which post
     jobs = tuple(await store.jobs_for_post(post.id))
     return dataclasses.replace(cmd, loaded=op.Stored(post, jobs))
+
+
+async def _delete(store: Store, state: CoordinatorState, cmd: op.DeletePost) -> op.DeletePost:
+    loaded = await _post(store, state, cmd)
+    assert isinstance(loaded, op.DeletePost)
+    if state.core.scope.everything or not isinstance(store, PostgresStore):
+        return loaded
+    pending = await store.post_tasks_pending_for(cmd.post_id)
+    return dataclasses.replace(loaded, tasks_pending=pending)
 
 
 async def _approve(store: Store, state: CoordinatorState, cmd: op.ApprovePost) -> op.ApprovePost:
@@ -85,7 +95,7 @@ _LOADERS: dict[type[Any], Callable[[Store, CoordinatorState, Any], Awaitable[Any
     op.ApprovePost: _approve,
     op.SchedulePost: _post,
     op.CancelPost: _post,
-    op.DeletePost: _post,
+    op.DeletePost: _delete,
     op.CancelJob: _job,
     op.RetryJob: _job,
     op.ConfirmJob: _job,

@@ -127,12 +127,14 @@ class CancelPost:
 
 @dataclass(frozen=True, slots=True)
 class DeletePost:
-    """Replies with the ids of the jobs it cancelled."""
+    """Replies with the ids of the jobs it cancelled. `tasks_pending`: post tasks of it other
+    coordinators have yet to apply (several coordinators; the load phase counts them)."""
 
     post_id: str
     reason: str
     actor: str
     loaded: Stored | None = None
+    tasks_pending: int = 0
 
 
 # ---- jobs --------------------------------------------------------------------------------

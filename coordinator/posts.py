@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from coordinator.access.approval import check_not_author
 from coordinator.domain import (
     LEASED_STATUSES,
+    TERMINAL_JOB_STATUSES,
     AuditEvent,
     Job,
     JobStatus,
@@ -324,6 +325,7 @@ def delete(core: LeaseCore, cmd: DeletePost, now: float) -> Effects:
     Replies with the ids of the jobs it cancelled."""
     post, jobs = _view(core, cmd)
     _check_deletable(core, post, jobs)
+    _check_deletable_here(core, post, jobs, cmd.tasks_pending)
     _adopt(core, cmd)
     fx, cancelled = core.delete_jobs(post, cmd.actor, cmd.reason or "post deleted", now)
     fx.batch.deleted_posts.append(post.id)
@@ -358,11 +360,25 @@ def _check_deletable(core: LeaseCore, post: Post, jobs: Sequence[Job]) -> None:
         )
     _refuse_while_live(core, post, jobs, "deleted")
     _refuse_in_doubt(post, jobs, "delete")
-    if shards := remote_shards(core, [j.target for j in jobs]):
+
+
+def _check_deletable_here(core: LeaseCore, post: Post, jobs: Sequence[Job], pending: int) -> None:
+    """With several coordinators: the post's jobs in other coordinators' shards may be removed
+    from here only once finished (nothing there acts on them any more) and no task of the post
+    is on its way to them (one could be making a job there right now)."""
+    if pending:
+        raise FailedPrecondition(
+            f"post {post.id} is still being scheduled or changed on the coordinators that own "
+            f"its other targets ({pending} task(s) on their way); try again in a moment"
+        )
+    open_there = [
+        j for j in jobs if not core.scope.owns(j.target) and j.status not in TERMINAL_JOB_STATUSES
+    ]
+    if shards := remote_shards(core, [j.target for j in open_there]):
         # Its jobs there are in other coordinators' hands: they cannot be removed from here.
         raise FailedPrecondition(
-            f"post {post.id} has jobs in shards {shards}, which other coordinators own; cancel "
-            "it instead (`postroom post cancel`): its record stays, nothing more is published"
+            f"post {post.id} has unfinished jobs in shards {shards}, which other coordinators "
+            "own; cancel it first (`postroom post cancel`), then delete it"
         )
 
 

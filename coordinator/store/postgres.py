@@ -413,6 +413,10 @@ class PostgresStore(SqlStore[Any]):
         params = {"shards": rows.dumps(sorted(set(shards))), "limit": limit}
         return [post_task_from_row(r) for r in await self._fetch("pending_post_tasks", params)]
 
+    async def post_tasks_pending_for(self, post_id: str) -> int:
+        """How many post tasks of this post are not yet done (in any shard)."""
+        return int((await self._fetch("post_tasks_of_post", {"post_id": post_id}))[0]["n"])
+
     def listen_post_tasks(
         self, *, buffer: int = DEFAULT_NOTICE_BUFFER
     ) -> contextlib.AbstractAsyncContextManager[MemoryObjectReceiveStream[int]]:

@@ -283,6 +283,9 @@ WHERE shard IN (SELECT value::int FROM json_array_elements_text(:shards::json))
 ORDER BY id
 LIMIT :limit;
 
+-- name: post_tasks_of_post
+SELECT count(*) AS n FROM post_tasks WHERE post_id = :post_id;
+
 -- Placement "spread" (coordinator/cluster/member.py).
 
 -- name: live_shard_holders
