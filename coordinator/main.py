@@ -225,6 +225,14 @@ async def _join(
     opts: ServerOptions, store: PostgresStore, registry: CollectorRegistry
 ) -> ClusterMember:
     """Cluster mode: the shard rows, and this coordinator's part in the ownership turns."""
+    if opts.placement == "spread" and opts.security.tls_client_ca is not None:
+        await store.close()
+        raise StartupError(
+            "--placement spread with mutual TLS (--tls-client-ca): a worker's stream reaches "
+            "the shards of other coordinators through the one it dials, which cannot present "
+            "the worker's client certificate to them; use --placement one (the default) under "
+            "mutual TLS"
+        )
     ownership = ShardOwnership(store)
     try:
         await ownership.open()
@@ -288,9 +296,8 @@ def _grpc_server(
     spread = parts.member is not None and parts.member.spread
     if spread and role is not None:  # before the tokens' check: the owner checks them
         interceptors.insert(0, _route(opts, parts, role))
-        if opts.security.tls_client_ca is None:  # mutual TLS: an owner checks the worker's cert
-            channels = OwnerChannels(peer_tls(opts.security))
-            interceptors.insert(1, FanOutWorkers(role.owner_addresses, channels.channel))
+        channels = OwnerChannels(peer_tls(opts.security))  # never mutual TLS: _join refuses it
+        interceptors.insert(1, FanOutWorkers(role.owner_addresses, channels.channel))
     elif role is not None:  # before the tokens' check: a standby forwards to the active one
         forward = ForwardToActive(
             is_active=role.is_active,
