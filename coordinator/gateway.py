@@ -6,6 +6,13 @@ stream that ends without Goodbye means the worker was lost (toolchain.md: a SIGK
 like a clean EOF). Protocol violations end only that stream; its jobs are recovered like any lost
 session's, so a hostile worker cannot touch another worker's jobs.
 
+A Goodbye with `reconnecting` (a coordinator fanning the worker's stream out to the shard
+owners says it when it ends the stream for a reason not the worker's: cluster/fanout.py) makes
+the stream's end a detached one: the session ends but its leases are kept, unrenewed, for the
+worker's next stream to resume by epoch (LeaseCore.session_lost(detached=True)); the timer
+recovers any not resumed at its deadline. A hostile worker sending it keeps its leases only to
+their deadlines, as it would by going silent; a protocol violation still ends it as a loss.
+
 Every message is checked on arrival (coordinator/worker_input.py): garbage and floods end the
 stream with INVALID_ARGUMENT / RESOURCE_EXHAUSTED, odd-but-honest values are made safe and taken.
 Screenshots are written to disk chunk by chunk as they arrive (coordinator/assets.py), so memory
@@ -173,8 +180,9 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         """The stream is over: the actor hears it, and the worker hears why (a violation, its
         identity revoked or replaced), if it is not an ordinary end."""
         reason = state.end_reason or "stream closed"
+        lost = c.StreamLost(opened.session_id, reason, detached=state.detached)
         with anyio.CancelScope(shield=True), contextlib.suppress(anyio.ClosedResourceError):
-            await self.coordinator.post(c.StreamLost(opened.session_id, reason))
+            await self.coordinator.post(lost)
         if state.violation is not None:
             await context.abort(state.violation.code, str(state.violation))
         ended = devices.end_status(
@@ -261,6 +269,8 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         elif kind == "goodbye":
             reason = cut(msg.goodbye.reason, worker_input.MAX_SHORT_TEXT_CHARS) or "draining"
             state.end_reason = f"worker said goodbye: {reason}"
+            # Reconnecting: it dials again at once; its stream's end leaves its leases to it.
+            state.reconnecting = state.reconnecting or msg.goodbye.reconnecting
             await post(c.Goodbye(session_id))
         elif kind == "hello":
             raise Violation(
@@ -362,6 +372,12 @@ class _StreamState:
     end_reason: str = ""
     violation: Violation | None = None
     uploads: dict[str, _Upload] = field(default_factory=dict)
+    reconnecting: bool = False  # a Goodbye said the worker dials again at once
+
+    @property
+    def detached(self) -> bool:
+        """The session ends but the worker lives on: its leases stay for its next stream."""
+        return self.reconnecting and self.violation is None
 
 
 def _incomplete(upload: _Upload) -> str:

@@ -97,7 +97,7 @@ def _goodbye(state: CoordinatorState, cmd: c.Goodbye, now: float) -> Effects:
 
 
 def _stream_lost(state: CoordinatorState, cmd: c.StreamLost, now: float) -> Effects:
-    return state.core.session_lost(cmd.session_id, now, reason=cmd.reason)
+    return state.core.session_lost(cmd.session_id, now, reason=cmd.reason, detached=cmd.detached)
 
 
 def _tick(state: CoordinatorState, cmd: c.Tick, now: float) -> Effects:

@@ -353,9 +353,11 @@ class ScriptedWorker:
         )
         return msg.screenshot_ack
 
-    async def goodbye(self, reason: str = "draining") -> None:
-        """Say goodbye and close our side; the coordinator then ends the stream."""
-        await self.send(wg.WorkerMessage(goodbye=wg.Goodbye(reason=reason)))
+    async def goodbye(self, reason: str = "draining", *, reconnecting: bool = False) -> None:
+        """Say goodbye and close our side; the coordinator then ends the stream. `reconnecting`:
+        this worker dials again at once (its leases are kept for it)."""
+        goodbye = wg.Goodbye(reason=reason, reconnecting=reconnecting)
+        await self.send(wg.WorkerMessage(goodbye=goodbye))
         await self._live_call().done_writing()
 
     async def kill(self) -> None:

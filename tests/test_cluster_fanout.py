@@ -22,6 +22,7 @@ import anyio
 import grpc
 import pytest
 from access_rig import secure_coordinator
+from conftest import coordinator_server, job_ids, publish
 from scripted_worker import ScriptedWorker
 
 from coordinator.cluster.fanout import FanOutWorkers, OwnerChannels
@@ -29,6 +30,7 @@ from coordinator.cluster.fanout_routing import Routes, split_slots
 from coordinator.cluster.forward import FORWARDED_HEADER
 from postroom.tls import ClientTls
 from postroom.v1 import publishing_pb2 as pub
+from postroom.v1 import publishing_pb2_grpc
 from postroom.v1 import types_pb2 as pb
 from postroom.v1 import worker_gateway_pb2 as wg
 from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
@@ -49,6 +51,8 @@ class Owner:
     accepts_batches: bool = True
     lease_ttl_ms: int = 30_000
     refuse: tuple[grpc.StatusCode, str] | None = None
+    welcomes: bool = True  # False: it never answers the Hello
+    ends_on_eof: bool = True  # it ends its side after the worker's half-close, as a gateway does
     hellos: list[wg.Hello] = field(default_factory=list)
     metadata: list[dict[str, str | bytes]] = field(default_factory=list)
     received: asyncio.Queue[wg.WorkerMessage] = field(default_factory=asyncio.Queue)
@@ -79,6 +83,8 @@ class ScriptedGateway(wg_grpc.WorkerGatewayServicer):
             owner.metadata.append(dict(context.invocation_metadata() or ()))
             if owner.refuse is not None:
                 await context.abort(*owner.refuse)
+            if not owner.welcomes:
+                await asyncio.Event().wait()  # until cancelled
             resumed = [h for h in hello.held_jobs if h.job_id in owner.resume]
             yield wg.CoordinatorMessage(
                 welcome=wg.Welcome(
@@ -96,6 +102,8 @@ class ScriptedGateway(wg_grpc.WorkerGatewayServicer):
                 async for msg in request_iterator:
                     await owner.received.put(msg)
                 owner.eof.set()
+                if owner.ends_on_eof:
+                    await owner.outbox.put(None)
 
             reader = asyncio.create_task(read())
             try:
@@ -121,10 +129,10 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(a: Owner, b: Owner) -> AsyncIterator[Rig]:
+async def rig(a: Owner, b: Owner, *, welcome_timeout_s: float = WAIT_S) -> AsyncIterator[Rig]:
     channels = OwnerChannels(ClientTls(insecure_plaintext=True))
     owners: list[str] = []
-    fan = FanOutWorkers(lambda: owners, channels.channel, welcome_timeout_s=WAIT_S)
+    fan = FanOutWorkers(lambda: owners, channels.channel, welcome_timeout_s=welcome_timeout_s)
     a_server = grpc.aio.server(interceptors=[fan])
     wg_grpc.add_WorkerGatewayServicer_to_server(ScriptedGateway(a), a_server)
     a_port = a_server.add_insecure_port("127.0.0.1:0")
@@ -239,11 +247,14 @@ async def test_the_worker_gets_one_welcome_with_every_owners_resumed_jobs() -> N
 
 async def test_an_owner_refusing_the_hello_refuses_the_stream_as_it_said() -> None:
     b = Owner("b", refuse=(grpc.StatusCode.UNAUTHENTICATED, "unknown device token"))
-    async with rig(Owner("a"), b) as r, worker(r, hello()) as call:
+    # A ends only when cancelled: its end tells a loss from a goodbye.
+    async with rig(Owner("a", ends_on_eof=False), b) as r, worker(r, hello()) as call:
         assert await status(call) is grpc.StatusCode.UNAUTHENTICATED
         assert "unknown device token" in (await call.details() or "")
         with anyio.fail_after(WAIT_S):
             await r.a.ended.wait()  # A's leg is not left open
+        # Refused, the worker will not be back at once: A sees it lost, not reconnecting.
+        assert r.a.cancelled and r.a.received.empty()
 
 
 def test_slots_are_split_so_the_owners_never_assign_more_than_the_worker_runs() -> None:
@@ -342,14 +353,53 @@ async def test_a_worker_batch_is_split_per_owner_in_order() -> None:
 # ---- ending -------------------------------------------------------------------------------
 
 
-async def test_an_owner_dying_ends_the_workers_stream_unavailable_and_the_other_leg() -> None:
+async def reconnecting_goodbye(owner: Owner) -> wg.Goodbye:
+    """The Goodbye a fan-out ending for the cluster's reasons sends, then its half-close."""
+    msg = await owner.next()
+    assert msg.WhichOneof("msg") == "goodbye" and msg.goodbye.reconnecting, msg
+    assert owner.eof.is_set() and not owner.cancelled
+    return msg.goodbye
+
+
+async def test_an_owner_dying_tells_the_other_owner_the_worker_reconnects_then_ends() -> None:
+    """B dies. A's leg is fine: A hears Goodbye(reconnecting) and the half-close, and its leg is
+    over (so A keeps the worker's leases for its reconnect, not recovering them as a lost
+    worker's) before the worker hears UNAVAILABLE and dials again."""
     async with rig(Owner("a"), Owner("b")) as r, worker(r, hello()) as call:
         await welcomed(r, call)
         await r.b_server.stop(None)
         assert await status(call) is grpc.StatusCode.UNAVAILABLE
+        assert r.a.ended.is_set()  # before the worker's stream ended
+        goodbye = await reconnecting_goodbye(r.a)
+        assert r.owners[1] in goodbye.reason
+
+
+async def test_an_owner_that_never_welcomes_detaches_the_others() -> None:
+    """No Welcome from B in time: A, which welcomed the worker (and may have resumed its held
+    jobs), hears that it reconnects; the worker is told to retry."""
+    a, b = Owner("a", resume=frozenset({"job-a"})), Owner("b", welcomes=False)
+    async with (
+        rig(a, b, welcome_timeout_s=0.5) as r,
+        worker(r, hello(held_jobs=[held("job-a", 2)])) as call,
+    ):
+        assert await status(call) is grpc.StatusCode.UNAVAILABLE
+        assert "no Welcome" in (await call.details() or "")
+        await reconnecting_goodbye(a)
         with anyio.fail_after(WAIT_S):
-            await r.a.ended.wait()  # A sees the stream lost, as it would have directly
-        assert r.a.cancelled  # lost, not ended by the worker
+            await b.ended.wait()
+        assert b.cancelled
+
+
+async def test_the_worker_hanging_up_is_a_loss_for_every_owner() -> None:
+    a, b = Owner("a", ends_on_eof=False), Owner("b", ends_on_eof=False)  # ended only by a cancel
+    async with rig(a, b) as r, worker(r, hello()) as call:
+        await welcomed(r, call)
+        call.cancel()
+        with anyio.fail_after(WAIT_S):
+            await r.a.ended.wait()
+            await r.b.ended.wait()
+        for owner in (r.a, r.b):  # no goodbye: lost, as directly
+            assert owner.cancelled and owner.received.empty()
 
 
 async def test_an_owner_that_cannot_be_reached_is_named_as_the_shard_owner() -> None:
@@ -386,6 +436,8 @@ async def test_the_worker_is_told_to_reconnect_when_the_owners_change() -> None:
         await call.write(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=1)))
         assert await status(call) is grpc.StatusCode.UNAVAILABLE
         assert "reconnect" in (await call.details() or "")
+        for owner in (r.a, r.b):  # both keep the worker's leases for its reconnect
+            assert "changed" in (await reconnecting_goodbye(owner)).reason
 
 
 def test_routes_drop_a_heartbeat_ack_no_worker_heartbeat_asked_for() -> None:
@@ -438,6 +490,39 @@ async def test_a_real_owners_gateway_authenticates_the_worker_and_hears_its_good
                 break
             await anyio.sleep(0.05)
         assert "worker said goodbye: done for today" in found.events[0].details_json
+
+
+async def test_a_real_owner_keeps_the_job_of_a_worker_whose_other_owner_died(
+    tmp_path: Path,
+) -> None:
+    """A real coordinator and a scripted B own shards; the worker holds a job of the real one's
+    when B dies. The real one hears that the worker reconnects: the job stays the worker's (not
+    requeued, no attempt counted), and the worker's next stream (B gone from the owners) resumes
+    it by epoch and publishes it once."""
+    async with coordinator_server(tmp_path) as real, rig(Owner("front"), Owner("b")) as r:
+        r.owners[0] = real.address
+        async with grpc.aio.insecure_channel(real.address) as channel:
+            stub = publishing_pb2_grpc.PublishingStub(channel)
+            (job_id,) = job_ids(await publish(stub))
+            async with ScriptedWorker(r.address, "dev-1") as w:
+                await w.hello()
+                a1 = (await w.next("assign")).assign
+                await w.ack(a1)
+                await r.b_server.stop(None)
+                code, _ = await w.wait_ended(WAIT_S)
+                assert code == grpc.StatusCode.UNAVAILABLE
+            job = await stub.GetJob(pub.GetJobRequest(job_id=job_id))
+            assert (job.status, job.device_id, job.attempt) == (pb.JOB_STATUS_RUNNING, "dev-1", 1)
+            r.owners[1:] = []  # B's shards are the real one's now
+            async with ScriptedWorker(r.address, "dev-1") as w:
+                welcome = await w.hello(held=[a1])
+                assert [(h.job_id, h.lease_epoch) for h in welcome.resumed] == [
+                    (job_id, a1.lease_epoch)
+                ]
+                assert isinstance(await w.commit(a1), wg.CommitGrant)
+                assert (await w.succeed(a1, "sb-1", "https://sandbox.test/acme/1")).accepted
+            job = await stub.GetJob(pub.GetJobRequest(job_id=job_id))
+            assert (job.status, job.attempt, len(job.runs)) == (pb.JOB_STATUS_SUCCEEDED, 1, 1)
 
 
 def test_routes_follow_a_job_handed_to_another_owner_under_a_newer_lease() -> None:

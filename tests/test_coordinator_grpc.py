@@ -238,6 +238,49 @@ async def test_reconnect_within_grace_resumes_the_job_and_accepts_the_old_epoch(
 
 
 @pytest.mark.anyio
+async def test_a_stream_ending_after_a_reconnecting_goodbye_keeps_its_job_for_the_reconnect(
+    tmp_path: Path,
+) -> None:
+    """What a coordinator fanning a worker's stream out says when another shard owner died: the
+    stream ends, the worker lives and dials again. Its job is not requeued to another worker
+    meanwhile, and the worker's next stream resumes it by epoch: one run, one attempt."""
+    async with harness(tmp_path) as (env, stub):
+        async with ScriptedWorker(env.address, "dev-1") as w1:
+            await w1.hello()
+            (job_id,) = job_ids(await publish(stub))
+            a1 = (await w1.next("assign")).assign
+            await w1.ack(a1)
+            async with ScriptedWorker(env.address, "dev-2") as w2:
+                await w2.hello()
+                await w1.goodbye("the shard owner at 10.0.0.2 ended", reconnecting=True)
+                code, _ = await w1.wait_ended()
+                assert code == grpc.StatusCode.OK
+                await w2.sync()  # the session's end reached the coordinator before this
+                assert w2.pending("assign") == []
+                job = await get_job(stub, job_id)
+                assert (job.status, job.device_id, job.attempt) == (
+                    pb.JOB_STATUS_RUNNING,
+                    "dev-1",
+                    1,
+                )
+                env.advance(1.0)
+                async with ScriptedWorker(env.address, "dev-1") as w1b:
+                    welcome = await w1b.hello(held=[a1])
+                    assert [(h.job_id, h.lease_epoch, h.committed) for h in welcome.resumed] == [
+                        (job_id, a1.lease_epoch, False)
+                    ]
+                    assert isinstance(await w1b.commit(a1), wg.CommitGrant)
+                    assert (await w1b.succeed(a1, "sb-1", "https://sandbox.test/acme/1")).accepted
+        job = await get_job(stub, job_id)
+        assert (job.status, job.attempt, len(job.runs)) == (pb.JOB_STATUS_SUCCEEDED, 1, 1)
+        found = await stub.ListAuditEvents(
+            pub.ListAuditEventsRequest(action="DEVICE_DISCONNECTED", subject_id="dev-1")
+        )
+        reasons = [e.details_json for e in found.events]
+        assert any("detached: reconnecting" in r for r in reasons), reasons
+
+
+@pytest.mark.anyio
 async def test_stale_epoch_messages_are_refused(tmp_path: Path) -> None:
     async with harness(tmp_path) as (env, stub), ScriptedWorker(env.address, "dev-1") as w:
         await w.hello()

@@ -631,6 +631,21 @@ class LeaseProtocol(RuleBasedStateMachine):
             self.disconnect(sid)
             self.emit(self.h.lost(sid, "connection reset"))
 
+    @rule(device=workers_st, dies=st.booleans())
+    @step
+    def stream_detached(self, device: str, dies: bool) -> None:
+        """The stream ends with Goodbye(reconnecting) (a fan-out lost another shard owner): the
+        session's leases stay, unrenewed, to their deadlines. `dies`: the process died (or lied)
+        right after: nobody resumes them, the timer recovers them."""
+        w = self.workers[device]
+        if w.session is not None:
+            sid = w.session
+            self.disconnect(sid)
+            lost = self.h.core.session_lost(sid, self.now, reason="fan-out ended", detached=True)
+            self.emit(self.h.run(lost))
+        if dies:
+            w.alive, w.runs = False, {}
+
     @rule(device=workers_st)
     @step
     def goodbye(self, device: str) -> None:

@@ -316,6 +316,66 @@ def test_stream_lost_after_the_permit_waits_for_the_deadline_then_verifies(h: Ha
     assert audit.details["phase"] == "committed"
 
 
+def detach(h: Harness, sid: str) -> Effects:
+    """The stream ended after Goodbye(reconnecting): its worker lives and dials again."""
+    return h.run(h.core.session_lost(sid, h.now, reason="fan-out ended", detached=True))
+
+
+def test_a_detached_stream_keeps_an_uncommitted_lease_for_the_reconnect(h: Harness) -> None:
+    (job_id,) = publish(h, "p1")
+    a = one_assign(h.open("s1", device="A"))
+    h.ack("s1", job_id, a.lease_epoch)
+    h.advance(2)
+    fx = detach(h, "s1")
+    assert "s1" not in h.core.sessions
+    stored = h.job(job_id)
+    assert (stored.status, stored.lease_epoch, stored.attempt) == (JobStatus.RUNNING, 1, 1)
+    assert h.store.actions("JOB_STUCK_RECOVERY", job_id) == []
+    (lost,) = h.store.actions("DEVICE_DISCONNECTED", "A")
+    assert str(lost.details["reason"]).startswith("detached: reconnecting")
+    assert lost.details["held"] == [job_id]
+    # Another worker gets nothing of it meanwhile.
+    assert assigns(h.open("s2", device="B")) == []
+    assert assigns(fx) == []
+
+    h.advance(1)  # the worker's reconnect resumes it by epoch, with a new deadline
+    fx = h.open("s3", device="A", held=[(job_id, a.lease_epoch)])
+    (welcome,) = messages(fx, "welcome", "s3")
+    assert list(welcome.welcome.resumed) == [
+        wg.HeldJob(job_id=job_id, lease_epoch=a.lease_epoch, committed=False)
+    ]
+    assert h.core.leases[job_id].deadline == h.now + TTL
+    h.commit("s3", job_id, a.lease_epoch)
+    fx = h.success("s3", job_id, a.lease_epoch)
+    assert messages(fx, "result_ack")[0].result_ack.accepted
+    stored = h.job(job_id)
+    assert (stored.status, stored.attempt) == (JobStatus.SUCCEEDED, 1)
+
+
+def test_a_detached_lease_nobody_resumes_is_recovered_at_its_deadline(h: Harness) -> None:
+    """As after heartbeat silence: a worker that said it reconnects and never did (it died, or
+    lied) keeps the job no longer than its lease's deadline, plus the margin."""
+    (job_id,) = publish(h, "p1")
+    a = one_assign(h.open("s1", device="A"))
+    h.ack("s1", job_id, a.lease_epoch)
+    detach(h, "s1")
+    h.open("s2", device="B")
+    h.now = T0 + TTL + MARGIN  # the deadline plus the margin, not past it
+    h.heartbeat("s2")
+    assert assigns(h.tick()) == []
+    assert h.job(job_id).status is JobStatus.RUNNING
+
+    h.now = T0 + TTL + MARGIN + 0.01
+    h.heartbeat("s2")
+    b = one_assign(h.tick(), "s2")
+    assert (b.job_id, b.lease_epoch, b.attempt, b.verify_first) == (job_id, 2, 2, False)
+    (audit,) = h.store.actions("JOB_STUCK_RECOVERY", job_id)
+    assert audit.details["reason"] == "lease deadline passed"
+    # The worker coming back this late holds an epoch that is over: refused, it drops the job.
+    fx = h.open("s3", device="A", held=[(job_id, a.lease_epoch)])
+    assert list(messages(fx, "welcome", "s3")[0].welcome.resumed) == []
+
+
 def test_a_late_success_from_the_committed_epoch_wins_over_a_newer_lease(h: Harness) -> None:
     publish(h, "p1", ACME, OTHER)  # the other job keeps the post open
     a = one_assign(h.open("s1", device="A"), "s1")

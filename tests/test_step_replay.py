@@ -128,7 +128,7 @@ COMMANDS = st.one_of(
     st.builds(c.CommitRequest, SIDS, JOBS, EPOCHS),
     st.builds(c.AwaitingConfirm, SIDS, JOBS, EPOCHS),
     st.builds(c.Result, SIDS, st.builds(report, JOBS, EPOCHS, success=st.booleans())),
-    st.builds(c.StreamLost, SIDS, st.just("EOF")),
+    st.builds(c.StreamLost, SIDS, st.just("EOF"), detached=st.booleans()),
     st.builds(c.Goodbye, SIDS),
     st.just(c.Tick()),
     st.builds(op.CancelJob, JOBS, st.just("user:op"), st.just("no")),

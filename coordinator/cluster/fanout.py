@@ -31,12 +31,19 @@ worker cannot tell, but for one extra hop. Unlike relay.py it parses the message
   job: the first upstream, whose gateway answers it as it would directly); a LoginCheckResult to
   the upstream that asked; a WorkerBatch split per upstream, order kept within each; Goodbye and
   the worker's half-close to every upstream.
-- Ending, crash-only: any upstream ends (or cannot be reached), or the set of owners changes
-  (checked at each worker heartbeat: a new owner would otherwise never reach this worker), and
-  the whole stream ends: the worker's with that upstream's status as it gave it (UNAVAILABLE when
-  it broke), every other upstream cancelled. The worker reconnects and resumes its held jobs
-  (every owner keeps their leases through their grace). The worker hanging up cancels every
-  upstream: each owner sees the stream lost, as it would have directly.
+- Ending: any upstream ends (or cannot be reached, or sends no Welcome in time), or the set of
+  owners changes (checked at each worker heartbeat: a new owner would otherwise never reach this
+  worker), and the whole stream ends: the worker's with that upstream's status as it gave it
+  (UNAVAILABLE when it broke). The worker is alive and reconnects at once, so first every other
+  upstream still open hears `Goodbye(reconnecting=True)` and the half-close, and is awaited to
+  its end (within `detach_timeout_s`; what it sends meanwhile still reaches the worker once it has
+  its Welcome): its owner keeps the worker's leases, unrenewed, for the reconnect to resume by
+  epoch, instead of recovering them as a lost worker's (gateway.py). Awaiting the end orders the
+  owner's end of the old session before the reconnect's Hello. An upstream still open after the
+  wait is cancelled. The worker hanging up (a real loss) cancels every upstream at once: each
+  owner sees the stream lost, as it would have directly; so does a worker's undecodable message.
+  When the coordinator fanning out dies, its owners see only lost legs (nobody is left to say
+  goodbye): they recover that worker's uncommitted leases at once, as for a lost worker.
 
 Routing is a pure object (fanout_routing.py's `Routes`: messages in, messages out per
 upstream); `FanOutWorkers` is the I/O around it, dialling through `OwnerChannels` (one channel
@@ -89,19 +96,45 @@ DEFAULT_HELLO_TIMEOUT_S = 10.0
 DEFAULT_WELCOME_TIMEOUT_S = 15.0
 # Upstream messages read ahead of the worker's stream (then the upstreams wait: flow control).
 DEFAULT_MAILBOX = 64
+# How long the other upstreams get, when the stream ends for the cluster's reasons, to take the
+# worker's Goodbye(reconnecting) and end their side (then they are cancelled).
+DEFAULT_DETACH_TIMEOUT_S = 2.0
 # How an error names an upstream that does not answer (pass_back_error's `who`).
 _WHO = "the shard owner"
+# An owner ending the stream with one of these ended it for the worker's own doing (refused it,
+# or it broke the protocol): the worker will not come back at once, its other owners see it lost.
+_WORKERS_DOING = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
 
 log = logging.getLogger("postroom.coordinator")
 
 
 class FanOutError(Exception):
-    """The stream cannot go on: `code` and `details` for the worker."""
+    """The stream cannot go on: `code` and `details` for the worker. `workers_fault`: the
+    worker broke the protocol (its owners see its stream lost, not a reconnect)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, *, workers_fault: bool = False) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.workers_fault = workers_fault
+
+
+class _LegFailed(Exception):
+    """Upstream `upstream` ended with `error` before its Welcome."""
+
+    def __init__(self, upstream: int, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(upstream)
+        self.upstream = upstream
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +153,9 @@ def _parse_worker(raw: bytes) -> wg.WorkerMessage:
         return wg.WorkerMessage.FromString(raw)
     except DecodeError as exc:
         raise FanOutError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"undecodable WorkerMessage: {exc}"
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"undecodable WorkerMessage: {exc}",
+            workers_fault=True,
         ) from exc
 
 
@@ -177,12 +212,14 @@ class FanOutWorkers(_Interceptor):
         methods: frozenset[str] = FANNED_OUT_METHODS,
         hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S,
         welcome_timeout_s: float = DEFAULT_WELCOME_TIMEOUT_S,
+        detach_timeout_s: float = DEFAULT_DETACH_TIMEOUT_S,
     ) -> None:
         self._owners = owners
         self._channel = channel
         self._methods = methods
         self._hello_timeout_s = hello_timeout_s
         self._welcome_timeout_s = welcome_timeout_s
+        self._detach_timeout_s = detach_timeout_s
         self.fanned_out = 0  # streams fanned out so far (tests, logs)
 
     async def intercept_service(
@@ -235,7 +272,14 @@ class _Stream:
         self._routes = Routes(len(addresses))
         self._calls: list[Call] = []
         self._mailbox: asyncio.Queue[_FromUpstream | FanOutError] = asyncio.Queue(DEFAULT_MAILBOX)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._readers: dict[int, asyncio.Task[None]] = {}  # upstream -> its reader
+        self._worker_reader: asyncio.Task[None] | None = None
+        # One writer to the upstreams at a time (the worker's messages, or the goodbyes), and
+        # once their writing is over (the worker's half-close, or the goodbyes) no more.
+        self._writing = asyncio.Lock()
+        self._writing_over = False
+        self._ended: set[int] = set()  # upstreams whose end was read
+        self._welcomed = False  # the worker has its Welcome
 
     async def run(self) -> AsyncIterator[bytes]:
         try:
@@ -243,11 +287,14 @@ class _Stream:
                 yield message
         finally:
             # The worker hung up, an upstream ended, or we are done: end every other side.
-            for task in self._tasks:
+            tasks = list(self._readers.values())
+            if self._worker_reader is not None:
+                tasks.append(self._worker_reader)
+            for task in tasks:
                 task.cancel()
             for call in self._calls:
                 call.cancel()
-            for task in self._tasks:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
@@ -259,28 +306,52 @@ class _Stream:
         hello = _parse_worker(first)
         if hello.WhichOneof("msg") != "hello":
             raise FanOutError(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first message of a stream must be Hello"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message of a stream must be Hello",
+                workers_fault=True,
             )
-        early = await self._open(self._routes.hellos(hello.hello))
+        try:
+            early = await self._open(self._routes.hellos(hello.hello))
+        except _LegFailed as exc:
+            await self._leg_ended(exc.upstream, exc.error)
+            raise exc.error from None  # _leg_ended aborted: this keeps type checkers honest
+        except FanOutError as exc:  # no Welcome in time, or not one first
+            async for _ in self._detach(exc.details):
+                pass  # not welcomed: nothing goes to the worker
+            raise
         welcome = self._routes.welcome([w for w, _ in early])
         yield wg.CoordinatorMessage(welcome=welcome).SerializeToString()
+        self._welcomed = True
         for i, (_, rest) in enumerate(early):
             for message in rest:
                 for out in self._routes.from_upstream(i, message):
                     yield out
         for i in range(len(self._calls)):
-            self._tasks.append(asyncio.create_task(self._read_upstream(i)))
-        self._tasks.append(asyncio.create_task(self._read_worker()))
+            self._read(i)
+        self._worker_reader = asyncio.create_task(self._read_worker())
         while True:
             event = await self._mailbox.get()
             if isinstance(event, FanOutError):
+                if not event.workers_fault:
+                    async for out in self._detach(event.details):
+                        yield out
                 raise event
             if event.message is not None:
-                msg = _parse_coordinator(event.message, self._addresses[event.upstream])
+                try:
+                    msg = _parse_coordinator(event.message, self._addresses[event.upstream])
+                except FanOutError as exc:
+                    async for out in self._detach(exc.details):
+                        yield out
+                    raise
                 for out in self._routes.from_upstream(event.upstream, msg):
                     yield out
                 continue
+            self._ended.add(event.upstream)
             address = self._addresses[event.upstream]
+            if event.error is None or event.error.code() not in _WORKERS_DOING:
+                why = f"the shard owner at {address} ended the stream"
+                async for out in self._detach(why):
+                    yield out
             if event.error is not None:
                 log.debug("fanned-out stream: %s ended: %s", address, event.error.code().name)
                 await pass_back_error(self._context, event.error, address, who=_WHO)
@@ -288,6 +359,17 @@ class _Stream:
             call = self._calls[event.upstream]
             self._context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
             return
+
+    async def _leg_ended(self, i: int, error: grpc.aio.AioRpcError) -> None:
+        """Upstream `i` ended before its Welcome: the others detached unless the worker brought it
+        on itself (a refusal), then the worker hears its status as it gave it."""
+        self._ended.add(i)
+        if error.code() not in _WORKERS_DOING:
+            async for _ in self._detach(
+                f"the shard owner at {self._addresses[i]} ended the stream"
+            ):
+                pass  # not welcomed: nothing goes to the worker
+        await pass_back_error(self._context, error, self._addresses[i], who=_WHO)
 
     async def _open(
         self, hellos: list[wg.WorkerMessage]
@@ -329,6 +411,7 @@ class _Stream:
         try:
             raw = await call.read()
             if not isinstance(raw, bytes):  # grpc.aio.EOF
+                self._ended.add(i)
                 raise FanOutError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"the coordinator at {address} ended the stream without a Welcome: "
@@ -337,9 +420,7 @@ class _Stream:
             if i == 0:
                 await pass_initial_metadata(self._context, call)
         except grpc.aio.AioRpcError as exc:
-            # Its refusal, as it gave it.
-            await pass_back_error(self._context, exc, address, who=_WHO)
-            raise
+            raise _LegFailed(i, exc) from exc  # its refusal, passed back as it gave it
         msg = _parse_coordinator(raw, address)
         inner = list(msg.batch.messages) if msg.WhichOneof("msg") == "batch" else [msg]
         if not inner or inner[0].WhichOneof("msg") != "welcome":
@@ -347,6 +428,11 @@ class _Stream:
                 grpc.StatusCode.INTERNAL, f"the coordinator at {address} did not send Welcome first"
             )
         return inner[0].welcome, inner[1:]
+
+    def _read(self, i: int) -> None:
+        """Start reading upstream `i` into the mailbox (once)."""
+        if i not in self._readers:
+            self._readers[i] = asyncio.create_task(self._read_upstream(i))
 
     async def _read_upstream(self, i: int) -> None:
         call = self._calls[i]
@@ -363,8 +449,8 @@ class _Stream:
         await self._mailbox.put(_FromUpstream(i, None))
 
     async def _read_worker(self) -> None:
-        """The worker's messages to their upstreams (the one writer of every upstream call);
-        its half-close to all of them."""
+        """The worker's messages to their upstreams (the one writer of every upstream call but
+        for the goodbyes of `_detach`); its half-close to all of them."""
         owners = set(self._addresses)
         try:
             async for raw in self._requests:
@@ -375,17 +461,75 @@ class _Stream:
                         grpc.StatusCode.UNAVAILABLE,
                         f"the coordinators owning shards changed (now: {now}): reconnect",
                     )
-                for i, out in self._routes.from_worker(msg):
-                    await self._write(self._calls[i], out)
+                async with self._writing:
+                    if self._writing_over:
+                        continue  # the upstreams heard their goodbye: the stream is ending
+                    for i, out in self._routes.from_worker(msg):
+                        await self._write(self._calls[i], out)
         except FanOutError as exc:
             await self._mailbox.put(exc)
             return
-        except grpc.aio.AioRpcError:
-            return  # the worker's side broke: the handler is being cancelled
+        except (grpc.aio.AioRpcError, grpc.aio.AbortError):
+            return  # the worker's side broke, or its stream was ended: the handler is ending
         except Exception as exc:  # a bug: this stream ends, the coordinator goes on
             log.exception("fanned-out stream: routing the worker's messages failed")
             await self._mailbox.put(FanOutError(grpc.StatusCode.INTERNAL, repr(exc)))
             return
-        for call in self._calls:
-            with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
-                await call.done_writing()  # each owner sees the worker's end of stream
+        async with self._writing:
+            if self._writing_over:
+                return
+            self._writing_over = True
+            for call in self._calls:
+                with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                    await call.done_writing()  # each owner sees the worker's end of stream
+
+    async def _detach(self, why: str) -> AsyncIterator[bytes]:
+        """The stream ends for the cluster's reasons and the worker dials again at once: every
+        upstream still open hears Goodbye(reconnecting) and the half-close (its owner keeps the
+        worker's leases for the reconnect to resume), then is read to its end, so that end is
+        ordered before the reconnect's Hello. What it sends meanwhile goes on to the worker if it
+        has its Welcome (an Assign that raced the goodbye is then the worker's to resume). Within
+        detach_timeout_s; the caller's end cancels whatever is still open. Nothing when the
+        worker had half-closed (its own end: every upstream heard it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._fan._detach_timeout_s
+        goodbye = wg.WorkerMessage(goodbye=wg.Goodbye(reason=why[:200], reconnecting=True))
+        raw = goodbye.SerializeToString()
+        live: list[int] = []
+        try:
+            async with asyncio.timeout_at(deadline), self._writing:
+                if self._writing_over:
+                    return
+                self._writing_over = True
+                live = [
+                    i for i, c in enumerate(self._calls) if i not in self._ended and not c.done()
+                ]
+                for i in live:
+                    await self._write(self._calls[i], raw)
+                    with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                        await self._calls[i].done_writing()
+        except TimeoutError:
+            log.debug("fanned-out stream: the goodbyes were not written in time")
+            return
+        for i in live:
+            self._read(i)
+        waiting = set(live)
+        while waiting and (left := deadline - loop.time()) > 0:
+            try:
+                event = await asyncio.wait_for(self._mailbox.get(), left)
+            except TimeoutError:
+                break
+            if isinstance(event, FanOutError):
+                continue  # already ending
+            if event.message is None:
+                self._ended.add(event.upstream)
+                waiting.discard(event.upstream)
+            elif self._welcomed:
+                try:
+                    msg = _parse_coordinator(event.message, self._addresses[event.upstream])
+                except FanOutError:
+                    continue
+                for out in self._routes.from_upstream(event.upstream, msg):
+                    yield out
+        if waiting:
+            log.debug("fanned-out stream: %d upstream(s) did not end in time", len(waiting))

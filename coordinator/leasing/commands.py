@@ -116,6 +116,9 @@ class Goodbye:
 class StreamLost:
     session_id: str
     reason: str
+    # The stream said its worker dials again at once (Goodbye.reconnecting): leases are kept to
+    # their deadlines for it to resume (LeaseCore.session_lost).
+    detached: bool = False
 
 
 @dataclass(frozen=True, slots=True)

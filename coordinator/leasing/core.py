@@ -183,12 +183,24 @@ class LeaseCore(Dispatching):
         return Effects()
 
     def session_lost(
-        self, session_id: str, now: float, *, reason: str, redispatch: bool = True
+        self,
+        session_id: str,
+        now: float,
+        *,
+        reason: str,
+        redispatch: bool = True,
+        detached: bool = False,
     ) -> Effects:
         """The stream ended (EOF, error, heartbeat silence, superseded). Leases before their
         commit permit are recovered at once; committed ones wait until their worker surely
         stopped (its deadline, or the commit bound it gave if earlier; it may reconnect and
-        report meanwhile), then are rerun with verify_first."""
+        report meanwhile), then are rerun with verify_first.
+
+        `detached`: the stream said it ends with its worker alive and dialling again
+        (Goodbye.reconnecting, e.g. a fan-out that lost another shard owner): every lease is
+        kept as a committed one is, unrenewed, for a new session of the device to resume by
+        epoch; the timer recovers those nobody resumed at their deadline. A hostile worker
+        saying so gains nothing over going silent: its leases live to the same deadline."""
         fx = Effects()
         session = self.sessions.pop(session_id, None)
         if session is None:
@@ -196,7 +208,7 @@ class LeaseCore(Dispatching):
         for job_id in sorted(session.jobs):
             lease = self.leases[job_id]
             lease.session_id = None
-            if not lease.run.committed:
+            if not (lease.run.committed or detached):
                 fx.extend(self._recover(job_id, now, reason=f"stream lost: {reason}"))
         device = self.devices.get(session.device_id)
         if device is not None:
@@ -210,7 +222,10 @@ class LeaseCore(Dispatching):
                 session.device_id,
                 f"device:{session.device_id}",
                 now,
-                {"reason": reason, "held": sorted(session.jobs)},
+                {
+                    "reason": f"detached: reconnecting ({reason})" if detached else reason,
+                    "held": sorted(session.jobs),
+                },
             )
         )
         if redispatch:  # jobs recovered above go to another worker at once, not at the next tick

@@ -978,15 +978,23 @@ class Goodbye(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
+    RECONNECTING_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
+    reconnecting: _builtins.bool
+    """Worker -> coordinator only: this stream ends now but the worker is alive and dials again at
+    once (e.g. a coordinator fanning its stream out to the shard owners lost another owner): keep
+    its leases until their deadlines; it resumes them by epoch in its next Hello's held_jobs.
+    Leases not resumed by their deadline are recovered then, as after heartbeat silence.
+    """
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
+        reconnecting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "reconnecting", b"reconnecting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
