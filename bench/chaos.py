@@ -16,6 +16,10 @@ With `--coordinators N` (PostgreSQL) N coordinators share the database, one acti
 standing by; the workers are given every address, the soak's own calls go to a standby (which
 forwards them), and the coordinator kills SIGKILL the ACTIVE one: another takes over and the
 killed one comes back as a standby (so does one that stepped down by itself, exit code 3).
+With `--placement spread` every coordinator serves a fair share of the shards, and a coordinator
+kill SIGKILLs any live one (seeded), which starts again a few seconds later; the report notes
+which coordinators held its shards afterwards (`handoffs`). bench/chaos_coordinators.py has the
+details of both.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.chaos_coordinators import PLACEMENTS, Coordinators
 from bench.partition import NetLab, Node, netlab_missing
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
@@ -53,8 +58,12 @@ class SoakReport:
     worker_kills: int = 0
     worker_pauses: int = 0
     coordinator_restarts: int = 0
-    # Several coordinators: kills of the active one, and the coordinator that took over each.
+    placement: str = "one"
+    # Several coordinators, placement "one": the coordinator that took over at each kill of the
+    # active one. "spread": each victim, and who held its shards afterwards.
     takeovers: list[str] = field(default_factory=list)
+    kills: list[str] = field(default_factory=list)
+    handoffs: list[str] = field(default_factory=list)
     step_downs: int = 0
     partitions: int = 0
     duplicates: int = 0
@@ -166,9 +175,12 @@ def soak(
     partitions: bool = False,
     db_url: str = "",
     coordinators: int = 1,
+    placement: str = "one",
 ) -> SoakReport:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement {placement!r}: one of {', '.join(PLACEMENTS)}")
     rng = random.Random(seed)
-    report = SoakReport(seed=seed)
+    report = SoakReport(seed=seed, placement=placement)
 
     def say(msg: str) -> None:
         if not quiet:
@@ -183,7 +195,11 @@ def soak(
         cluster = stack.enter_context(LocalCluster(workdir, _config(lab, coordinators)))
         cluster.db_url = db_url or cluster.db_url  # default: SQLite in the workdir
         cluster.start_sandbox()
-        _start_coordinators(cluster, coordinators)
+        several = Coordinators(cluster, report, rng, placement) if coordinators > 1 else None
+        if several is not None:
+            several.start(coordinators)
+        else:
+            cluster.start_coordinator()
         nodes = {name: lab.add_node(name) for name in names} if lab is not None else {}
         cuts = _Partitions(nodes, int(cluster.coordinator_address.rsplit(":", 1)[1]))
 
@@ -209,12 +225,12 @@ def soak(
                 time.sleep(0.2)
                 continue
             _one_fault(rng, admin, account_names, report)
-            if cluster.peers:
-                _revive(cluster, report)
-            _one_disruption(rng, cluster, names, paused, report, start, cuts)
+            if several is not None:
+                several.revive()
+            _one_disruption(rng, cluster, names, paused, report, start, cuts, several)
             time.sleep(rng.uniform(0.2, 0.6))
         cuts.heal_all()
-        _restore(cluster, start, report)
+        _restore(cluster, start, several)
         admin.clear_faults()
         report.posts = created
         say(f"  chaos over after {time.monotonic() - started:.1f}s; draining")
@@ -242,43 +258,6 @@ def _config(lab: NetLab | None, coordinators: int = 1) -> ClusterConfig:
     )
 
 
-def _call_a_standby(cluster: LocalCluster) -> None:
-    """The soak's own calls go to a standby (forwarded), unless none is up."""
-    active = cluster.active_peer()
-    for peer in cluster.peers.values():
-        if peer is not active and peer.child.alive():
-            cluster.coordinator_address = peer.address
-            return
-
-
-def _kill_the_active(cluster: LocalCluster, report: SoakReport) -> None:
-    """SIGKILL the active coordinator and start it again (a standby now); note who took over
-    once the soak looks again (`_revive`)."""
-    active = cluster.active_peer()
-    if active is None:  # a takeover is under way already
-        return
-    if report.takeovers and report.takeovers[-1] == "?":
-        report.takeovers[-1] = active.name
-    active.child.kill()
-    report.coordinator_restarts += 1
-    cluster.start_peer(active.name)
-    report.takeovers.append("?")
-
-
-def _revive(cluster: LocalCluster, report: SoakReport) -> None:
-    """Coordinators that stepped down by themselves (exit code 3) start again, as a supervisor
-    would; the last takeover gets the name of the coordinator now active."""
-    for peer in list(cluster.peers.values()):
-        if not peer.child.alive():
-            report.step_downs += peer.child.popen.returncode == 3
-            cluster.start_peer(peer.name)
-    if report.takeovers and report.takeovers[-1] == "?":
-        active = cluster.active_peer()
-        if active is not None:
-            report.takeovers[-1] = active.name
-            _call_a_standby(cluster)
-
-
 def _publish(
     cluster: LocalCluster,
     rng: random.Random,
@@ -301,32 +280,21 @@ def _publish(
                 )
                 created += 1
     except Exception as exc:  # the coordinator may be restarting: try again later
-        say(f"  publish paused: {exc.__class__.__name__}")
+        say(f"  publish paused: {exc.__class__.__name__}: {str(exc)[:160]}")
     return created
 
 
-def _start_coordinators(cluster: LocalCluster, coordinators: int) -> None:
-    if coordinators > 1:
-        cluster.start_coordinators(coordinators)
-        _call_a_standby(cluster)
-    else:
-        cluster.start_coordinator()
-
-
-def _restore(cluster: LocalCluster, start: Callable[[str], None], report: SoakReport) -> None:
+def _restore(
+    cluster: LocalCluster, start: Callable[[str], None], several: Coordinators | None
+) -> None:
     """Every worker running again (paused ones resumed, killed ones restarted), and the
-    coordinator."""
+    coordinators."""
     for name, child in cluster.workers.items():
         child.resume()
         if not child.alive():
             start(name)
-    if cluster.peers:
-        for peer in list(cluster.peers.values()):
-            if not peer.child.alive():
-                cluster.start_peer(peer.name)
-        cluster.wait_active()
-        _revive(cluster, report)
-        _call_a_standby(cluster)
+    if several is not None:
+        several.restore()
     elif cluster.coordinator is None or not cluster.coordinator.alive():
         cluster.start_coordinator()
 
@@ -406,6 +374,7 @@ def _one_disruption(
     report: SoakReport,
     start: Callable[[str], None],
     cuts: _Partitions,
+    several: Coordinators | None = None,
 ) -> None:
     now = time.monotonic()
     for name, until in list(paused.items()):
@@ -423,8 +392,8 @@ def _one_disruption(
         child.pause()
         paused[name] = now + rng.uniform(1.0, 4.0)
         report.worker_pauses += 1
-    elif roll < 0.28 and cluster.peers:  # several coordinators: kills are the point, twice as many
-        _kill_the_active(cluster, report)
+    elif roll < 0.28 and several is not None:  # kills are the point here: twice as many
+        several.kill()
     elif roll < 0.24 and cluster.coordinator is not None:
         cluster.coordinator.kill()
         report.coordinator_restarts += 1
@@ -473,8 +442,15 @@ def _parser() -> argparse.ArgumentParser:
         "--coordinators",
         type=int,
         default=1,
-        help="several coordinators on the --db PostgreSQL database (one active, the others "
-        "standing by); the coordinator kills then SIGKILL the active one",
+        help="several coordinators on the --db PostgreSQL database (placement one: one active, "
+        "the others standing by; the coordinator kills then SIGKILL the active one)",
+    )
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="one",
+        help="with --coordinators: spread = every coordinator serves a share of the shards; "
+        "the coordinator kills then SIGKILL any live one, which starts again a few seconds later",
     )
     p.add_argument("--out", type=Path, default=Path("bench/chaos-results.json"))
     p.add_argument(
@@ -493,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--partitions: {missing}")
     if a.coordinators > 1 and not a.db.startswith(("postgresql:", "postgres:")):
         p.error("--coordinators: several coordinators share a PostgreSQL database: give --db")
+    if a.placement != "one" and a.coordinators < 2:
+        p.error(f"--placement {a.placement}: give --coordinators N (2 or more)")
     with tempfile.TemporaryDirectory(prefix="postroom-chaos-") as tmp:
         if a.workdir is not None:
             a.workdir.mkdir(parents=True, exist_ok=True)
@@ -507,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             partitions=a.partitions,
             db_url=a.db,
             coordinators=a.coordinators,
+            placement=a.placement,
         )
     rows = asdict(report)
     violations = rows.pop("violations")
