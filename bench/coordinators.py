@@ -94,7 +94,7 @@ def several(
 
 
 def _placement_args(placement: str) -> list[str]:
-    return [] if placement == "one" else ["--placement", placement]
+    return ["--placement", placement]
 
 
 def shards_owned(peer: Peer) -> int:

@@ -241,7 +241,7 @@ async def _join(
         raise StartupError(f"--db {redacted(opts.db)}: {exc}") from exc
     name = opts.name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     role = ClusterRole(name=name, address="")
-    config = ClusterConfig(ttl_s=opts.ownership_ttl_s, placement=opts.placement)
+    config = ClusterConfig(ttl_s=opts.ownership_ttl_s, placement=opts.resolved_placement())
     return ClusterMember(store, ownership, role, config, registry=registry)
 
 

@@ -59,7 +59,16 @@ class ServerOptions:
     name: str | None = None
     advertise: str | None = None
     ownership_ttl_s: float = DEFAULT_OWNERSHIP_TTL_S
-    placement: Placement = "one"
+    # None: spread, or one under mutual TLS (resolved_placement).
+    placement: Placement | None = None
+
+    def resolved_placement(self) -> Placement:
+        """The placement asked for; by default spread (every coordinator serves its share),
+        except under mutual TLS, where a worker's stream cannot be fanned out to the other
+        coordinators (they would need its client certificate): one."""
+        if self.placement is not None:
+            return self.placement
+        return "one" if self.security.tls_client_ca is not None else "spread"
 
 
 def parse_args(argv: list[str]) -> ServerOptions:
@@ -238,10 +247,10 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--placement",
         choices=PLACEMENTS,
-        default="one",
-        help="one: one coordinator holds every shard and serves, the others stand by; spread: "
-        "every coordinator holds a fair share of the shards and serves those (default "
-        "%(default)s; every coordinator on one database must use the same)",
+        default=None,
+        help="spread: every coordinator holds a fair share of the shards and serves those; one: "
+        "one coordinator holds every shard and serves, the others stand by (default: spread, "
+        "or one under mutual TLS; every coordinator on one database must use the same)",
     )
 
 

@@ -52,7 +52,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         c = stack.enter_context(LocalCluster(tmp_path, config))
         c.db_url = url
         c.start_sandbox()
-        c.start_coordinators(3)
+        c.start_coordinators(3, ["--placement", "one"])
         yield c
 
 

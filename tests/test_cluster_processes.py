@@ -50,6 +50,7 @@ class Coordinator:
             "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
             "--assets", str(workdir / "assets"), "--ownership-ttl", str(ownership_ttl_s),
             "--heartbeat-interval", "0.5", "--lease-ttl", "8", "--retry-initial", "0.3",
+            "--placement", "one",
         ]  # fmt: skip
         with open(self.log, "wb") as out:
             self.popen = subprocess.Popen(

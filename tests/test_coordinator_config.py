@@ -48,6 +48,16 @@ def test_text_limits_per_platform_and_account_the_account_winning() -> None:
     assert parse_args([]).text_limits.for_target(Target("mastodon", "small")) == (500, False)
 
 
+def test_several_coordinators_spread_by_default_except_under_mutual_tls() -> None:
+    """Every coordinator on one PostgreSQL serves its share unless mutual TLS keeps a worker's
+    stream from reaching the others (then one serves, the others stand by); asked is kept."""
+    assert parse_args([]).resolved_placement() == "spread"
+    ca = ["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"]
+    assert parse_args(ca).resolved_placement() == "one"
+    assert parse_args(["--placement", "one"]).resolved_placement() == "one"
+    assert parse_args([*ca, "--placement", "spread"]).resolved_placement() == "spread"
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [

@@ -62,21 +62,31 @@ def test_coordinator_on_postgres_killed_mid_flight_then_every_post_published_onc
     assert run_apart(_succeeded_jobs(pg_url)) == 12
 
 
-def test_a_second_coordinator_on_the_same_postgres_database_stands_by(
+def test_a_second_coordinator_on_the_same_postgres_database_takes_its_share_and_gives_it_back(
     cluster: LocalCluster, pg_url: str, tmp_path: Path
 ) -> None:
+    """The default placement (spread): a coordinator that joins gets half the shards, handed
+    over by the first; when it stops, the first takes them back."""
     assert cluster.coordinator is not None and cluster.coordinator.alive()
     argv = [
         sys.executable, "-m", "coordinator.main", "--db", pg_url, "--assets", str(tmp_path),
         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--name", "second",
     ]  # fmt: skip
     log = tmp_path / "second.log"
+    first_log = cluster.coordinator.log_path
+    before = first_log.read_text()
     with open(log, "wb") as out:
         second = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until("the second one standing by", lambda: "standby: second at" in log.read_text())
-        assert second.poll() is None  # it waits for the shards (coordinator/cluster/)
+        wait_until("the second one serving its share", lambda: "(32) in" in log.read_text())
+        assert "serving: took shards" in log.read_text()
+        handed = first_log.read_text()[len(before) :]
+        assert "handing shards" in handed and "released shards" in handed and "(32)" in handed
     finally:
         second.terminate()
         assert second.wait(60) == 0
+    wait_until(
+        "the first one taking them back",
+        lambda: "took shards" in first_log.read_text()[len(before) :],
+    )
     assert cluster.coordinator.alive()
