@@ -26,7 +26,7 @@ from coordinator.actor import Coordinator, CoordinatorConfig
 from coordinator.cluster.tasks import PostTaskConsumer
 from coordinator.convert import job_report_from_pb
 from coordinator.domain import Job, JobStatus, Post, PostStatus, Target, WorkerKind
-from coordinator.errors import FailedPrecondition
+from coordinator.errors import FailedPrecondition, NotFound
 from coordinator.leasing import commands as c
 from coordinator.store import PostgresStore, WriteBatch
 from coordinator.store.ownership import ShardOwnership
@@ -342,6 +342,28 @@ async def test_deleting_a_post_with_a_job_in_another_owners_shard_is_refused(
         with pytest.raises(FailedPrecondition, match=rf"shards \[{SHARD_B}\]"):
             await pair.a.co.command(op.DeletePost("p1", "oops", "alice"))
         assert len(await pair.store.jobs_for_post("p1")) == 2
+        assert (await pair.store.get_post("p1")).status is PostStatus.SCHEDULED
+
+
+async def test_a_post_cancelled_first_is_then_deleted_with_the_other_owners_job(
+    pg_database: str,
+) -> None:
+    async with spread(pg_database) as pair:
+        await create_scheduled(pair.a.co, "p1")
+        await b_job(pair, "p1", JobStatus.QUEUED)
+        await pair.a.co.command(op.CancelPost("p1", "changed our minds", "alice"))
+        await b_job(pair, "p1", JobStatus.CANCELLED)
+        await pair.a.co.command(op.DeletePost("p1", "never mind", "alice"))
+        with pytest.raises(NotFound):
+            await pair.store.get_post("p1")
+        assert await pair.store.jobs_for_post("p1") == []
+
+
+async def test_a_delete_while_a_task_of_the_post_is_on_its_way_waits(pg_database: str) -> None:
+    async with spread(pg_database, consume_b=False) as pair:
+        await create_scheduled(pair.a.co, "p1")  # B's schedule task stays pending
+        with pytest.raises(FailedPrecondition, match="task"):
+            await pair.a.co.command(op.DeletePost("p1", "oops", "alice"))
         assert (await pair.store.get_post("p1")).status is PostStatus.SCHEDULED
 
 
