@@ -65,6 +65,8 @@ class SoakReport:
     kills: list[str] = field(default_factory=list)
     handoffs: list[str] = field(default_factory=list)
     step_downs: int = 0
+    # Coordinators that exited by themselves other than by stepping down: "coord-2 exit 1".
+    crashes: list[str] = field(default_factory=list)
     partitions: int = 0
     duplicates: int = 0
     lost: int = 0

@@ -16,8 +16,9 @@ the survivors claimed any). One coordinator is down at a time, and
 none is killed while a hand-off is still open. The soak's own calls go to a live coordinator
 other than the last victim, which routes them to the shards' owners.
 
-Either way a coordinator that stepped down by itself (exit code 3) starts again, as a supervisor
-would, and is counted in `step_downs`.
+Either way a coordinator that exited by itself starts again, as a supervisor would: a step-down
+(exit code 3, the crash-only way) is counted in `step_downs`, any other exit is a crash, noted in
+`crashes` with its exit code (its log has why).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Protocol
 
 import anyio
 
+from coordinator.cluster.member import EXIT_STEPPED_DOWN
 from coordinator.store.ownership import Holder, ShardOwnership
 from coordinator.store.postgres import PostgresStore
 from coordinator.store.shards import DEFAULT_SHARD_COUNT
@@ -49,6 +51,7 @@ class KillReport(Protocol):
 
     coordinator_restarts: int
     step_downs: int
+    crashes: list[str]
     takeovers: list[str]
     kills: list[str]
     handoffs: list[str]
@@ -142,8 +145,8 @@ class Coordinators:
         self._call_another()
 
     def revive(self) -> None:
-        """Coordinators that stepped down by themselves (exit code 3), or whose time down is
-        over, start again; the open takeover or hand-off is noted once it is known."""
+        """Coordinators that exited by themselves (stepped down or crashed), or whose time down
+        is over, start again; the open takeover or hand-off is noted once it is known."""
         now = time.monotonic()
         for peer in list(self.cluster.peers.values()):
             if peer.child.alive():
@@ -153,8 +156,10 @@ class Coordinators:
                     continue
                 del self.down[peer.name]
                 self.report.coordinator_restarts += 1
+            elif (code := peer.child.popen.returncode) == EXIT_STEPPED_DOWN:
+                self.report.step_downs += 1
             else:
-                self.report.step_downs += peer.child.popen.returncode == 3
+                self.report.crashes.append(f"{peer.name} exit {code}")
             self.cluster.start_peer(peer.name, self.extra)
         if self.placement == "spread":
             self._close_handoff()
