@@ -98,7 +98,8 @@ class Coordinators:
 
     @property
     def extra(self) -> list[str]:
-        return ["--placement", self.placement] if self.placement != "one" else []
+        # Always said: the coordinator's own default is spread (one under mutual TLS).
+        return ["--placement", self.placement]
 
     def start(self, n: int) -> None:
         self.cluster.start_coordinators(n, self.extra)
