@@ -17,7 +17,8 @@ Items (each in its own module; SQLite, coordinator and workers as separate proce
  10  enqueue, 1 client, sequential: 4 calls, 1 call, batches of 100   bench/enqueue.py
  11  real worker SIGKILLed after its commit permit, defaults   bench/recovery_permit.py
  12  placement "spread" on PostgreSQL: drain with 1, 2 and 3 coordinators, a third joining
-     two (shares handed over, dispatch delay meanwhile)   bench/coordinators.py
+     two (shares handed over, dispatch delay meanwhile), one of three SIGKILLed (its shards
+     taken, the first of their jobs dispatched by a survivor)   bench/coordinators.py
 
 Each figure is the median of K runs (default 3) with min and max; `--quick` is one run at smaller
 sizes (a smoke run, not a measurement). With py-spy installed, item 1 gets one extra profiled run
