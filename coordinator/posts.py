@@ -45,7 +45,14 @@ from coordinator.operator_commands import (
     Unjudged,
     UpdatePost,
 )
-from coordinator.posttasks import CANCEL, REFRESH, SCHEDULE, remote_shards, remote_tasks
+from coordinator.posttasks import (
+    CANCEL,
+    REFRESH,
+    SCHEDULE,
+    remote_shards,
+    remote_tasks,
+    take_finished,
+)
 from coordinator.store.base import PostWrite
 from coordinator.transitions import check_post
 
@@ -287,6 +294,8 @@ def schedule(core: LeaseCore, cmd: SchedulePost, now: float) -> Effects:
     if cmd.scheduled_at is not None:
         post.scheduled_at = cmd.scheduled_at
     _adopt(core, cmd)
+    if cmd.loaded is not None:  # several coordinators: what the core let go of, it sees again
+        take_finished(core, post.id, cmd.loaded.jobs)
     fx, touched, skipped, remote = core.schedule_jobs(post, when, cmd.new_job_id, cmd.actor, now)
     old_status = post.status
     if old_status is not PostStatus.SCHEDULED:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
-from coordinator.domain import Job, Post, PostStatus, Target
+from coordinator.domain import TERMINAL_JOB_STATUSES, Job, Post, PostStatus, Target
 from coordinator.leasing.core import LeaseCore
 from coordinator.leasing.effects import Effects
 from coordinator.store.base import PostTask
@@ -90,16 +91,37 @@ def apply(
     return fx
 
 
+def take_finished(core: LeaseCore, post_id: str, jobs: Sequence[Job]) -> None:
+    """The store's finished jobs of an open post's targets in this core's shards that the core
+    does not hold (it let them go with an evicted shard, or took the shard after they finished):
+    scheduling must see them, since a target already SUCCEEDED is never published again, and a
+    job id once used must not be made again. Unfinished ones the core holds already (load)."""
+    if post_id not in core.posts:
+        return
+    for job in jobs:
+        finished = job.status in TERMINAL_JOB_STATUSES
+        if finished and job.id not in core.jobs and core.scope.owns(job.target):
+            core.track(dataclasses.replace(job))
+
+
 def _schedule(
     core: LeaseCore, task: PostTask, post: Post, jobs: Sequence[Job], now: float
 ) -> Effects:
     # The post's jobs of this coordinator's shards, published ones included: a target that
     # already has a SUCCEEDED job is never published again (the core may have let them go).
     core.adopt(post, owned_jobs(core, jobs))
+    take_finished(core, post.id, jobs)
     core.update_post(dataclasses.replace(post))
     when = float(task.args.get("when", now))
     actor = str(task.args.get("actor", ""))
     new_job_id = str(task.args.get("new_job_id", ""))
-    fx, touched, _, _ = core.schedule_jobs(post, when, new_job_id, actor, now)
+    # This shard's targets only: another shard of this coordinator's has a task of its own
+    # (applied by it, or by that shard's next owner if it is on its way out).
+    in_shard = partial(_in_shard, core, task.shard)
+    fx, touched, _, _ = core.schedule_jobs(post, when, new_job_id, actor, now, only=in_shard)
     fx.extend(core.add_post_jobs(dataclasses.replace(post), touched, now))
     return fx
+
+
+def _in_shard(core: LeaseCore, shard: int, target: Target) -> bool:
+    return core.scope.shard(target) == shard

@@ -6,6 +6,7 @@ post's side and calls these."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from coordinator.domain import (
     LEASED_STATUSES,
@@ -44,13 +45,21 @@ class Scheduling(Intake):
         return sorted(jobs, key=lambda j: (j.created_at, j.id))
 
     def schedule_jobs(
-        self, post: Post, when: float, new_job_id: str, actor: str, now: float
+        self,
+        post: Post,
+        when: float,
+        new_job_id: str,
+        actor: str,
+        now: float,
+        *,
+        only: Callable[[Target], bool] | None = None,
     ) -> tuple[Effects, list[Job], list[str], list[Target]]:
         """Upsert one job per target of the open `post` on its idempotency key: published and
         publishing targets are skipped, waiting jobs of an earlier schedule superseded. Only
         targets whose shard this core owns: the others ("remote") are left to their owners.
-        Returns the effects, the jobs it touched, the targets it skipped and the remote ones
-        (none for a core holding every shard)."""
+        `only`: of those, just the targets it says (a post task is one shard's). Returns the
+        effects, the jobs it touched, the targets it skipped and the remote ones (none for a
+        core holding every shard)."""
         fx = Effects()
         by_target: dict[Target, list[Job]] = {}
         for job in self.jobs_of(post.id):  # one pass: jobs grow with targets and reschedules
@@ -61,6 +70,8 @@ class Scheduling(Intake):
         for n, target in enumerate(post.targets):
             if not self.scope.owns(target):
                 remote.append(target)
+                continue
+            if only is not None and not only(target):
                 continue
             mine = by_target.get(target, [])
             if any(j.status is JobStatus.SUCCEEDED or j.status in LEASED_STATUSES for j in mine):
