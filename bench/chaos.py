@@ -177,7 +177,7 @@ def soak(
     partitions: bool = False,
     db_url: str = "",
     coordinators: int = 1,
-    placement: str = "one",
+    placement: str = "spread",
 ) -> SoakReport:
     if placement not in PLACEMENTS:
         raise ValueError(f"placement {placement!r}: one of {', '.join(PLACEMENTS)}")
@@ -450,9 +450,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--placement",
         choices=PLACEMENTS,
-        default="one",
-        help="with --coordinators: spread = every coordinator serves a share of the shards; "
-        "the coordinator kills then SIGKILL any live one, which starts again a few seconds later",
+        default="spread",
+        help="with --coordinators, as the coordinators' own default: spread = every coordinator "
+        "serves a share of the shards, and the kills SIGKILL any live one, which starts again a "
+        "few seconds later; one = one active, the others standing by, and the kills SIGKILL the "
+        "active one",
     )
     p.add_argument("--out", type=Path, default=Path("bench/chaos-results.json"))
     p.add_argument(
@@ -471,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--partitions: {missing}")
     if a.coordinators > 1 and not a.db.startswith(("postgresql:", "postgres:")):
         p.error("--coordinators: several coordinators share a PostgreSQL database: give --db")
-    if a.placement != "one" and a.coordinators < 2:
-        p.error(f"--placement {a.placement}: give --coordinators N (2 or more)")
+    if a.coordinators < 2:
+        a.placement = "one"  # one coordinator: nothing to place
     with tempfile.TemporaryDirectory(prefix="postroom-chaos-") as tmp:
         if a.workdir is not None:
             a.workdir.mkdir(parents=True, exist_ok=True)

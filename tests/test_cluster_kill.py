@@ -165,6 +165,7 @@ def test_a_short_soak_that_kills_the_active_coordinator_loses_nothing_and_posts_
             quiet=True,
             db_url=url,
             coordinators=2,
+            placement="one",
         )
     assert report.violations == []
     assert report.duplicates == 0 and report.lost == 0

@@ -42,6 +42,7 @@ def test_a_short_soak_that_kills_any_spread_coordinator_loses_nothing_and_posts_
     assert report.posts == 60 and report.jobs >= 60
     assert report.succeeded + report.failed == report.jobs
     assert len(report.kills) >= 1 and report.coordinator_restarts == len(report.kills)
+    assert report.crashes == []  # no coordinator ended by itself (only the kills)
     assert len(report.handoffs) == len(report.kills) and "?" not in report.handoffs
     for victim, handoff in zip(report.kills, report.handoffs, strict=True):
         assert handoff.startswith(f"{victim} ("), handoff  # who held its shards afterwards
