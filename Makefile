@@ -92,8 +92,8 @@ bench: install
 
 # `make chaos ARGS=--partitions` (or `make chaos-partitions`) mixes network partitions in (root).
 # Several coordinators on PostgreSQL: ARGS="--db postgresql://USER@HOST/EMPTY_DB --coordinators 3"
-# (one active; its kills hit the active one), plus --placement spread (each serves a share of the
-# shards; its kills hit any of them).
+# (placement spread, as the coordinators' default: each serves a share of the shards; its kills
+# hit any of them), plus --placement one (one active; its kills hit the active one).
 chaos: install
 	$(PY) -m bench.chaos --posts 1000 --workers 4 --seed $${SEED:-1} $(ARGS)
 
