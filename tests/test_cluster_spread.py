@@ -17,14 +17,17 @@ import contextlib
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
-from pg_rig import own_database
+from pg_rig import own_database, run_apart
 from polling import wait_until
 
+from coordinator.store.shards import shard_of
 from postroom.client.errors import Unavailable
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
@@ -219,3 +222,75 @@ def test_spread_under_mutual_tls_is_refused_with_what_to_do_instead(tmp_path: Pa
     assert started.returncode == 2, started.stdout + started.stderr
     assert "--placement spread with mutual TLS" in started.stderr
     assert "use --placement one" in started.stderr
+
+
+async def _owned_by(url: str, owner: str) -> list[int]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT shard FROM shard_owners WHERE owner = $1", owner)
+        return sorted(r["shard"] for r in rows)
+    finally:
+        await conn.close()
+
+
+async def _post_texts(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [r["text"] for r in await conn.fetch("SELECT text FROM posts ORDER BY text")]
+    finally:
+        await conn.close()
+
+
+def test_a_paused_coordinator_cannot_write_once_its_shards_moved_and_steps_down(
+    cluster: LocalCluster,
+) -> None:
+    """SIGSTOP one of three past its ownership TTL with an operator's call on its way in: the
+    others take its shards; woken, it writes nothing (its epochs are stale) and exits 3."""
+    wait_until("the shards shared by three coordinators", lambda: spread(cluster), WAIT_S)
+    peers = list(cluster.peers.values())
+    paused, others = peers[2], peers[:2]
+    mine = run_apart(_owned_by(cluster.db_url, paused.name))
+    account = next(
+        f"acct-{n}" for n in range(10_000) if shard_of("sandbox", f"acct-{n}", SHARDS) in mine
+    )
+    late = PublishingClient(paused.address, timeout_s=60.0)
+    late.list_posts()  # connected
+    paused.child.pause()
+    errors: list[BaseException] = []
+
+    def create_late() -> None:  # its home is the paused one: it is not passed on
+        try:
+            late.create_post(
+                pub.CreatePostRequest(
+                    text="written by the paused one",
+                    targets=[pb.Target(platform="sandbox", account=account)],
+                    actor="test",
+                )
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=create_late)
+    caller.start()
+    wait_until(
+        "the others holding every shard",
+        lambda: sum(shards_owned(p) for p in others) == SHARDS,
+        WAIT_S,
+    )
+    cluster.coordinator_address = others[0].address
+    with cluster.client() as client:
+        wait_until("a survivor to answer", lambda: _answers(client), WAIT_S)
+        client.create_post(
+            pub.CreatePostRequest(
+                text="written by its new owner",
+                targets=[pb.Target(platform="sandbox", account=account)],
+                actor="test",
+            )
+        )
+    paused.child.resume()
+    assert paused.child.popen.wait(WAIT_S) == 3
+    caller.join(WAIT_S)
+    late.close()
+    assert "stepping down: " in paused.child.log_path.read_text()
+    assert errors, "the paused coordinator answered a request it could not write"
+    assert run_apart(_post_texts(cluster.db_url)) == ["written by its new owner"]
