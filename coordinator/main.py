@@ -297,7 +297,12 @@ def _grpc_server(
     if spread and role is not None:  # before the tokens' check: the owner checks them
         interceptors.insert(0, _route(opts, parts, role))
         channels = OwnerChannels(peer_tls(opts.security))  # never mutual TLS: _join refuses it
-        interceptors.insert(1, FanOutWorkers(role.owner_addresses, channels.channel))
+        # A dead owner's shards are claimed by the others within twice the TTL: until then
+        # the streams go on without it (fanout_owners.py).
+        down_s = 2 * opts.ownership_ttl_s
+        interceptors.insert(
+            1, FanOutWorkers(role.owner_addresses, channels.channel, owner_down_s=down_s)
+        )
     elif role is not None:  # before the tokens' check: a standby forwards to the active one
         forward = ForwardToActive(
             is_active=role.is_active,

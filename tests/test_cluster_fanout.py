@@ -26,6 +26,7 @@ from conftest import coordinator_server, job_ids, publish
 from scripted_worker import ScriptedWorker
 
 from coordinator.cluster.fanout import FanOutWorkers, OwnerChannels
+from coordinator.cluster.fanout_owners import DownOwners
 from coordinator.cluster.fanout_routing import Routes, split_slots
 from coordinator.cluster.forward import FORWARDED_HEADER
 from postroom.tls import ClientTls
@@ -38,6 +39,7 @@ from postroom.v1 import worker_gateway_pb2_grpc as wg_grpc
 pytestmark = pytest.mark.anyio
 WAIT_S = 10.0
 TOKEN = "device-token-1"
+OWNER_DOWN_S = 12.0  # how long the rig's fan-out leaves out an owner that does not answer
 Ctx = grpc.aio.ServicerContext[wg.WorkerMessage, wg.CoordinatorMessage]
 WorkerCall = grpc.aio.StreamStreamCall[wg.WorkerMessage, wg.CoordinatorMessage]
 
@@ -126,27 +128,46 @@ class Rig:
     owners: list[str]  # what the fan-out reads as the owners' addresses
     fan: FanOutWorkers
     b_server: grpc.aio.Server
+    clock: list[float]  # the fan-out's monotonic clock (its down marks'), moved by the test
+    b_address: str = ""
+
+    async def restart_b(self, b: Owner) -> None:
+        """B (stopped) is back at its address, a new process: `b`."""
+        self.b = b
+        self.b_server, _ = await _serve(b, int(self.b_address.rpartition(":")[2]))
+
+
+async def _serve(
+    owner: Owner, port: int = 0, interceptors: Sequence[Any] = ()
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(interceptors=list(interceptors))
+    wg_grpc.add_WorkerGatewayServicer_to_server(ScriptedGateway(owner), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
 
 
 @contextlib.asynccontextmanager
 async def rig(a: Owner, b: Owner, *, welcome_timeout_s: float = WAIT_S) -> AsyncIterator[Rig]:
     channels = OwnerChannels(ClientTls(insecure_plaintext=True))
     owners: list[str] = []
-    fan = FanOutWorkers(lambda: owners, channels.channel, welcome_timeout_s=welcome_timeout_s)
-    a_server = grpc.aio.server(interceptors=[fan])
-    wg_grpc.add_WorkerGatewayServicer_to_server(ScriptedGateway(a), a_server)
-    a_port = a_server.add_insecure_port("127.0.0.1:0")
-    b_server = grpc.aio.server()
-    wg_grpc.add_WorkerGatewayServicer_to_server(ScriptedGateway(b), b_server)
-    b_port = b_server.add_insecure_port("127.0.0.1:0")
-    await a_server.start()
-    await b_server.start()
+    clock = [1_000.0]
+    fan = FanOutWorkers(
+        lambda: owners,
+        channels.channel,
+        welcome_timeout_s=welcome_timeout_s,
+        owner_down_s=OWNER_DOWN_S,
+        monotonic=lambda: clock[0],
+    )
+    a_server, a_port = await _serve(a, interceptors=[fan])
+    b_server, b_port = await _serve(b)
     owners += [f"127.0.0.1:{a_port}", f"127.0.0.1:{b_port}"]
+    r = Rig(a, b, owners[0], owners, fan, b_server, clock, owners[1])
     try:
-        yield Rig(a, b, owners[0], owners, fan, b_server)
+        yield r
     finally:
         await a_server.stop(None)
-        await b_server.stop(None)
+        await r.b_server.stop(None)
         await channels.close()
 
 
@@ -402,16 +423,106 @@ async def test_the_worker_hanging_up_is_a_loss_for_every_owner() -> None:
             assert owner.cancelled and owner.received.empty()
 
 
-async def test_an_owner_that_cannot_be_reached_is_named_as_the_shard_owner() -> None:
+async def test_a_worker_whose_every_owner_cannot_be_reached_is_told_to_retry() -> None:
     async with rig(Owner("a"), Owner("b")) as r:
-        r.owners[1] = "127.0.0.1:1"  # B's address, nothing listening there
+        r.owners[:] = ["127.0.0.1:1"]  # the one owner's address, nothing listening there
         async with worker(r, hello()) as call:
             assert await status(call) is grpc.StatusCode.UNAVAILABLE
             details = await call.details() or ""
-            assert "the shard owner at 127.0.0.1:1 does not answer" in details
+            assert "the shard owner(s) at 127.0.0.1:1 do not answer" in details
             assert "active coordinator" not in details  # there is no one active in spread
-        with anyio.fail_after(WAIT_S):
-            await r.a.ended.wait()  # A's leg is not left open
+        assert r.a.hellos == [] and r.b.hellos == []
+
+
+# ---- an owner that does not answer ------------------------------------------------------
+
+
+async def beat(call: WorkerCall, owners: Sequence[Owner], seq: int) -> wg.HeartbeatAck:
+    """A heartbeat the worker sends and every owner acknowledges: its stream goes on."""
+    await call.write(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=seq)))
+    for owner in owners:
+        assert (await owner.next()).heartbeat.seq == seq
+        await owner.send(heartbeat_ack=wg.HeartbeatAck(seq=seq, lease_deadline_unix_ms=seq))
+    msg = await read(call)
+    assert msg.WhichOneof("msg") == "heartbeat_ack", msg
+    return msg.heartbeat_ack
+
+
+async def test_a_dead_owner_is_left_out_until_it_owns_shards_again() -> None:
+    """B dies (nothing listens at its address) while the owners still name it, as they do until
+    its shard leases run out. The worker is served by A alone, with all its slots; the owners
+    still naming B do not end its stream, nor does B leaving them (its shards claimed by A). B
+    started again and owning shards again: the stream is re-established with a leg to B."""
+    async with rig(Owner("a"), Owner("b")) as r:
+        await r.b_server.stop(None)
+        async with worker(r, hello(slots=3)) as call:
+            assert (await welcomed(r, call)).session_id == "s-a"
+            assert [h.slots for h in r.a.hellos] == [3]  # the slots split among the legs opened
+            await r.a.send(assign=assign("a-1"))
+            assert (await read(call)).assign.job_id == "a-1"
+            assert (await beat(call, [r.a], seq=1)).seq == 1  # B still an owner: goes on
+            r.owners.remove(r.b_address)  # B's shards are A's now
+            assert (await beat(call, [r.a], seq=2)).seq == 2  # nothing changed for the worker
+            await r.restart_b(Owner("b2"))
+            r.owners.append(r.b_address)  # B is back and has claimed shards
+            await call.write(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=3)))
+            assert await status(call) is grpc.StatusCode.UNAVAILABLE
+            assert "changed" in (await call.details() or "")
+            assert "changed" in (await reconnecting_goodbye(r.a)).reason
+        async with worker(r, hello(slots=3)) as call:
+            assert (await welcomed(r, call)).session_id == "s-a"
+            assert [h.slots for h in r.a.hellos] == [3, 2]
+            assert [h.slots for h in r.b.hellos] == [1]
+            await r.b.send(assign=assign("b-1"))
+            assert (await read(call)).assign.job_id == "b-1"
+
+
+async def test_an_owner_back_at_its_address_is_reached_once_its_mark_runs_out() -> None:
+    """B dies and comes back (same address) while still an owner all along: streams go on
+    without it until its down mark runs out, then are re-established with a leg to it."""
+    async with rig(Owner("a"), Owner("b")) as r:
+        await r.b_server.stop(None)
+        async with worker(r, hello(slots=2)) as call:
+            await welcomed(r, call)
+            await r.restart_b(Owner("b2"))
+            assert (await beat(call, [r.a], seq=1)).seq == 1  # still marked down: left out
+            r.clock[0] += OWNER_DOWN_S
+            await call.write(wg.WorkerMessage(heartbeat=wg.Heartbeat(seq=2)))
+            assert await status(call) is grpc.StatusCode.UNAVAILABLE
+            assert "changed" in (await reconnecting_goodbye(r.a)).reason
+        async with worker(r, hello(slots=2)) as call:
+            await welcomed(r, call)
+            assert [h.slots for h in r.b.hellos] == [1]
+            assert (await beat(call, [r.a, r.b], seq=3)).seq == 3
+
+
+async def test_an_owner_that_answers_unavailable_is_not_left_out() -> None:
+    """B is up but refuses the Hello with UNAVAILABLE (say, not serving yet): the stream fails
+    as B said, and the reconnect still opens a leg to B (only an owner that cannot be reached is
+    left out)."""
+    b = Owner("b", refuse=(grpc.StatusCode.UNAVAILABLE, "not serving yet"))
+    async with rig(Owner("a"), b) as r:
+        async with worker(r, hello()) as call:
+            assert await status(call) is grpc.StatusCode.UNAVAILABLE
+            assert "not serving yet" in (await call.details() or "")
+        b.refuse = None
+        async with worker(r, hello()) as call:
+            await welcomed(r, call)
+            assert len(b.hellos) == 2
+
+
+def test_a_down_mark_lasts_until_the_address_is_no_longer_an_owner_or_runs_out() -> None:
+    now = [0.0]
+    down = DownOwners(10.0, lambda: now[0])
+    assert down.mark("b") and not down.mark("b")  # the second: already marked
+    assert down.live(["a", "b", "c"]) == ["a", "c"]
+    assert down.live(["a", "c"]) == ["a", "c"]  # b no longer an owner: its mark is forgotten
+    assert down.live(["a", "b", "c"]) == ["a", "b", "c"]  # b owns shards again: reached
+    down.mark("c")
+    now[0] = 9.9
+    assert down.live(["a", "c"]) == ["a"]
+    now[0] = 10.0
+    assert down.live(["a", "c"]) == ["a", "c"]  # run out: tried again
 
 
 async def test_the_workers_goodbye_and_half_close_reach_every_owner() -> None:

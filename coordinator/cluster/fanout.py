@@ -31,24 +31,28 @@ worker cannot tell, but for one extra hop. Unlike relay.py it parses the message
   job: the first upstream, whose gateway answers it as it would directly); a LoginCheckResult to
   the upstream that asked; a WorkerBatch split per upstream, order kept within each; Goodbye and
   the worker's half-close to every upstream.
-- Ending: any upstream ends (or cannot be reached, or sends no Welcome in time), or the set of
-  owners changes (checked at each worker heartbeat: a new owner would otherwise never reach this
-  worker), and the whole stream ends: the worker's with that upstream's status as it gave it
-  (UNAVAILABLE when it broke). The worker is alive and reconnects at once, so first every other
-  upstream still open hears `Goodbye(reconnecting=True)` and the half-close, and is awaited to
-  its end (within `detach_timeout_s`; what it sends meanwhile still reaches the worker once it has
-  its Welcome): its owner keeps the worker's leases, unrenewed, for the reconnect to resume by
-  epoch, instead of recovering them as a lost worker's (gateway.py). Awaiting the end orders the
-  owner's end of the old session before the reconnect's Hello. An upstream still open after the
-  wait is cancelled. The worker hanging up (a real loss) cancels every upstream at once: each
-  owner sees the stream lost, as it would have directly; so does a worker's undecodable message.
-  When the coordinator fanning out dies, its owners see only lost legs (nobody is left to say
-  goodbye): they recover that worker's uncommitted leases at once, as for a lost worker.
+- Owners that do not answer: a stream opens legs only to the owners not marked down whose
+  connection is up (fanout_owners.py's `LiveOwners`: an owner whose connection is refused or does
+  not come up within `connect_timeout_s` is marked down, for every stream, until it is no longer
+  an owner or `owner_down_s` has passed), its slots split among those; none left: UNAVAILABLE.
+- Ending: any upstream ends (or breaks before its Welcome, or sends none in time), or the set of
+  owners not marked down changes (checked at each worker heartbeat: a new owner would otherwise
+  never reach this worker), and the whole stream ends: the worker's with that upstream's status as
+  it gave it (UNAVAILABLE when it broke). The worker is alive and reconnects at once, so first
+  every other upstream still open hears `Goodbye(reconnecting=True)` and the half-close, and is
+  awaited to its end (within `detach_timeout_s`; what it sends meanwhile still reaches the worker
+  once it has its Welcome): its owner keeps the worker's leases, unrenewed, for the reconnect to
+  resume by epoch, instead of recovering them as a lost worker's (gateway.py). Awaiting the end
+  orders the owner's end of the old session before the reconnect's Hello. An upstream still open
+  after the wait is cancelled. The worker hanging up (a real loss) cancels every upstream at once:
+  each owner sees the stream lost, as it would have directly; so does a worker's undecodable
+  message. When the coordinator fanning out dies, its owners see only lost legs (nobody is left to
+  say goodbye): they recover that worker's uncommitted leases at once, as for a lost worker.
 
 Routing is a pure object (fanout_routing.py's `Routes`: messages in, messages out per
 upstream); `FanOutWorkers` is the I/O around it, dialling through `OwnerChannels` (one channel
-per owner). Wiring (spread, in relay.py's place):
-`FanOutWorkers(role.owner_addresses, OwnerChannels(peer_tls(...)).channel)`.
+per owner). Wiring (spread, in relay.py's place): `FanOutWorkers(role.owner_addresses,
+OwnerChannels(peer_tls(...)).channel, owner_down_s=2 * ownership TTL)`.
 
 Not fanned out: a stream that was forwarded once, and any stream while no owner is known (A's
 gateway answers it). Like the relay, this does not work under mutual TLS (an owner checks the
@@ -60,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,9 +72,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from coordinator.cluster.fanout_owners import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_OWNER_DOWN_S,
+    LiveOwners,
+)
+from coordinator.cluster.fanout_owners import OwnerChannels as OwnerChannels  # main.py's
 from coordinator.cluster.fanout_routing import Routes
 from coordinator.cluster.forward import (
-    DEFAULT_MAX_FORWARDED_MESSAGE_BYTES,
     FORWARDED_HEADER,
     forwarded_metadata,
     metadata_pairs,
@@ -77,7 +87,6 @@ from coordinator.cluster.forward import (
     pass_initial_metadata,
     remaining_timeout,
 )
-from postroom.tls import ClientTls, aio_channel
 from postroom.v1 import worker_gateway_pb2 as wg
 
 if TYPE_CHECKING:
@@ -168,41 +177,12 @@ def _parse_coordinator(raw: bytes, address: str) -> wg.CoordinatorMessage:
         ) from exc
 
 
-class OwnerChannels:
-    """One channel per owner's address, kept until `close()`: a fanned-out stream holds a call
-    to every owner at once, so ForwardToActive.channel (one cached channel, older ones retired
-    and closed) would close live legs. Owners are few (the live coordinators)."""
-
-    def __init__(
-        self,
-        tls: ClientTls,
-        *,
-        channel_options: Sequence[tuple[str, int | str]] = (
-            ("grpc.max_receive_message_length", DEFAULT_MAX_FORWARDED_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", DEFAULT_MAX_FORWARDED_MESSAGE_BYTES),
-        ),
-    ) -> None:
-        self._tls = tls
-        self._options = tuple(channel_options)
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    async def channel(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = aio_channel(address, self._tls, options=self._options)
-        return self._channels[address]
-
-    async def close(self) -> None:
-        """Close every channel (the server has stopped)."""
-        channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            await channel.close(None)
-
-
 class FanOutWorkers(_Interceptor):
     """Fan each worker stream out to every address of `owners()` (own first).
 
     `channel(address)`: a channel to that coordinator, open as long as streams may use it
-    (OwnerChannels.channel: one per address, with the peer TLS of this coordinator)."""
+    (OwnerChannels.channel: one per address, with the peer TLS of this coordinator). An owner
+    a leg cannot be opened to is left out for up to `owner_down_s` (fanout_owners.py)."""
 
     def __init__(
         self,
@@ -213,8 +193,18 @@ class FanOutWorkers(_Interceptor):
         hello_timeout_s: float = DEFAULT_HELLO_TIMEOUT_S,
         welcome_timeout_s: float = DEFAULT_WELCOME_TIMEOUT_S,
         detach_timeout_s: float = DEFAULT_DETACH_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        owner_down_s: float = DEFAULT_OWNER_DOWN_S,
+        monotonic: Callable[[], float] = time.monotonic,  # the down marks' clock
     ) -> None:
         self._owners = owners
+        self.owners = LiveOwners(
+            owners,
+            channel,
+            connect_timeout_s=connect_timeout_s,
+            down_s=owner_down_s,
+            monotonic=monotonic,
+        )
         self._channel = channel
         self._methods = methods
         self._hello_timeout_s = hello_timeout_s
@@ -238,9 +228,16 @@ class FanOutWorkers(_Interceptor):
 
     def _fan_out(self, method: str) -> Callable[[AsyncIterator[bytes], Ctx], AsyncIterator[bytes]]:
         async def fan_out(requests: AsyncIterator[bytes], context: Ctx) -> AsyncIterator[bytes]:
-            addresses = list(dict.fromkeys(self._owners()))
-            if not addresses:  # lost between the interceptor and here
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no coordinator owns shards yet")
+            addresses = await self.owners.reachable()
+            if not addresses:
+                owners = self.owners.all()
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the shard owner(s) at {', '.join(owners)} do not answer: retry in a few "
+                    "seconds"
+                    if owners
+                    else "no coordinator owns shards yet",  # lost since the interceptor's look
+                )
             self.fanned_out += 1
             stream = _Stream(self, method, addresses, requests, context)
             try:
@@ -420,6 +417,8 @@ class _Stream:
             if i == 0:
                 await pass_initial_metadata(self._context, call)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                await self._fan.owners.failed_open(address)  # the reconnect skips it if down
             raise _LegFailed(i, exc) from exc  # its refusal, passed back as it gave it
         msg = _parse_coordinator(raw, address)
         inner = list(msg.batch.messages) if msg.WhichOneof("msg") == "batch" else [msg]
@@ -455,8 +454,8 @@ class _Stream:
         try:
             async for raw in self._requests:
                 msg = _parse_worker(raw)
-                if msg.WhichOneof("msg") == "heartbeat" and set(self._fan._owners()) != owners:
-                    now = ", ".join(self._fan._owners()) or "none"
+                if msg.WhichOneof("msg") == "heartbeat" and set(self._fan.owners.now()) != owners:
+                    now = ", ".join(self._fan.owners.now()) or "none"
                     raise FanOutError(
                         grpc.StatusCode.UNAVAILABLE,
                         f"the coordinators owning shards changed (now: {now}): reconnect",
