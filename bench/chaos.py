@@ -197,11 +197,7 @@ def soak(
         cluster = stack.enter_context(LocalCluster(workdir, _config(lab, coordinators)))
         cluster.db_url = db_url or cluster.db_url  # default: SQLite in the workdir
         cluster.start_sandbox()
-        several = Coordinators(cluster, report, rng, placement) if coordinators > 1 else None
-        if several is not None:
-            several.start(coordinators)
-        else:
-            cluster.start_coordinator()
+        several = _start_coordinators(cluster, coordinators, report, rng, placement)
         nodes = {name: lab.add_node(name) for name in names} if lab is not None else {}
         cuts = _Partitions(nodes, int(cluster.coordinator_address.rsplit(":", 1)[1]))
 
@@ -236,12 +232,31 @@ def soak(
         admin.clear_faults()
         report.posts = created
         say(f"  chaos over after {time.monotonic() - started:.1f}s; draining")
-        drain_started = time.monotonic()
-        _drain(cluster, drain_timeout_s)
-        report.drain_s = time.monotonic() - drain_started
-        _verify(cluster, admin, report)
+        _drain_and_verify(cluster, admin, report, drain_timeout_s)
     report.wall_s = time.monotonic() - started
     return report
+
+
+def _start_coordinators(
+    cluster: LocalCluster, n: int, report: SoakReport, rng: random.Random, placement: str
+) -> Coordinators | None:
+    """The soak's coordinators: one, or `n` on the cluster's PostgreSQL (their handle)."""
+    if n <= 1:
+        cluster.start_coordinator()
+        return None
+    several = Coordinators(cluster, report, rng, placement)
+    several.start(n)
+    return several
+
+
+def _drain_and_verify(
+    cluster: LocalCluster, admin: SandboxAdmin, report: SoakReport, timeout_s: float
+) -> None:
+    """Every job to its end (the drain's time in the report), then the invariants checked."""
+    drain_started = time.monotonic()
+    _drain(cluster, timeout_s)
+    report.drain_s = time.monotonic() - drain_started
+    _verify(cluster, admin, report)
 
 
 def _config(lab: NetLab | None, coordinators: int = 1) -> ClusterConfig:

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from bench.common import Context, Figure, Publisher, cluster, quantile, say
-from bench.coordinators import several
+from bench.coordinators_rig import several
 from bench.wire import Completer, LeanSession
 
 RATE_PER_S = 200.0
@@ -30,7 +30,7 @@ TARGET_P99_MS = 5.0
 def one_run(
     workdir: Path, seconds: float, db_url: str | None = None, *, coordinators: int = 1
 ) -> dict[str, Any]:
-    """`coordinators` > 1: that many on the PostgreSQL `db_url` (bench/coordinators.py), the
+    """`coordinators` > 1: that many on the PostgreSQL `db_url` (bench/coordinators_rig.py), the
     sessions on the active one."""
     n = int(RATE_PER_S * seconds)
     if db_url is not None and coordinators > 1:

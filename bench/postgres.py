@@ -10,8 +10,8 @@
   the restart, then the restart grace (one lease TTL, 3 s here) for workers to come back and
   claim their jobs, then the expiry margin (1 s).
 
-Several coordinators on one PostgreSQL (bench/coordinators.py; phase 1: one active, the others
-standing by, ready to take over):
+Several coordinators on one PostgreSQL (bench/coordinators_rig.py; phase 1: one active, the
+others standing by, ready to take over):
 - 9i/9j drain throughput as 9b (its 1-coordinator point) with 2 and 3 coordinators: the same
   workers (given every address) and jobs. Only the active one serves in phase 1, so the curve is
   expected flat; what the standbys cost is a heartbeat and a renew on PostgreSQL per turn.
@@ -56,7 +56,7 @@ from bench.common import (
     say,
     worker_has_noop,
 )
-from bench.coordinators import several
+from bench.coordinators_rig import several
 from bench.throughput import TARGETS_PER_POST, _setup_posts, _start_workers
 from bench.wire import LeanSession
 from postroom_cli.cluster import LocalCluster

@@ -1,6 +1,7 @@
 """`make bench` items 9 and 12 (bench/postgres.py, bench/coordinators.py) without a PostgreSQL
 server: one line says why and what to do, and nothing is measured (the other items still run).
-And what item 12f/12g report: which coordinator they kill, how the jobs leased then ended."""
+And what item 12f/12g (bench/coordinators_kill.py) report: which coordinator they kill, how the
+jobs leased then ended."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import coordinators, postgres
+from bench import coordinators, coordinators_kill, postgres
 from bench.common import Context
 from coordinator.store.shards import DEFAULT_SHARD_COUNT, shard_of
 
@@ -48,10 +49,10 @@ def test_item_12f_kills_a_coordinator_holding_accounts_but_not_shard_0() -> None
     owners.update({shard["kill-0"]: "coord-3", shard["kill-1"]: "coord-3", 0: "coord-1"})
     spare = next(s for s in range(1, DEFAULT_SHARD_COUNT) if s not in shard.values())
     owners[spare] = "coord-2"
-    assert coordinators.victim_of(owners, accounts) == "coord-3"
+    assert coordinators_kill.victim_of(owners, accounts) == "coord-3"
     only_shard_0 = dict.fromkeys(range(DEFAULT_SHARD_COUNT), "coord-1")
     with pytest.raises(RuntimeError, match="only shard 0's owner"):
-        coordinators.victim_of(only_shard_0, accounts)
+        coordinators_kill.victim_of(only_shard_0, accounts)
 
 
 def test_item_12f_names_how_each_job_leased_at_the_kill_ended() -> None:
@@ -62,4 +63,4 @@ def test_item_12f_names_how_each_job_leased_at_the_kill_ended() -> None:
         "c": ("SUCCEEDED", 3),
         "d": ("FAILED", 1),
     }
-    assert coordinators.endings(at_kill, final) == {"FAILED": 1, "rerun": 2, "resumed": 1}
+    assert coordinators_kill.endings(at_kill, final) == {"FAILED": 1, "rerun": 2, "resumed": 1}
