@@ -35,7 +35,7 @@ from coordinator.domain import JobStatus, Target
 from coordinator.errors import CoordinatorError
 from coordinator.events_feed import AuditBell
 from coordinator.gates import GateBook, Quota
-from coordinator.leasing.commands import Command, Tick
+from coordinator.leasing.commands import Command, Heard, Tick
 from coordinator.leasing.core import LeaseConfig, LeaseCore
 from coordinator.leasing.effects import Effects
 from coordinator.leasing.scope import ShardScope
@@ -129,6 +129,9 @@ class Coordinator:
         )
         self._outboxes: dict[str, MemoryObjectSendStream[wg.CoordinatorMessage]] = {}
         self._watchers: dict[str, set[MemoryObjectSendStream[pub.JobEvent]]] = {}
+        # Quiet heartbeats the gateway answered (session id -> when), for the next batch to take
+        # in (Heard) before anything else: so before any judgement of liveness.
+        self.heard: dict[str, float] = {}
         self.observer = BatchObserver(self.tracer, metrics)
         self.audit_bell = AuditBell()  # wakes WatchEvents streams (events_feed.py)
         self._login_waiters: dict[str, tuple[anyio.Event, list[wg.LoginCheckResult]]] = {}
@@ -354,6 +357,9 @@ class Coordinator:
         pending = Effects()
         replies: list[_Call] = []
         handled = False  # anything since the last flush (else there is nothing to flush)
+        if self.heard:  # no writes nor messages: nothing to flush for it
+            beats, self.heard = tuple(self.heard.items()), {}
+            pending.extend(handle(self.state, Heard(beats), self.clock.now()))
         for item in items:
             now = self.clock.now()
             if not isinstance(item, _Call):

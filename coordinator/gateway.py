@@ -13,6 +13,12 @@ worker's next stream to resume by epoch (LeaseCore.session_lost(detached=True));
 recovers any not resumed at its deadline. A hostile worker sending it keeps its leases only to
 their deadlines, as it would by going silent; a protocol violation still ends it as a loss.
 
+A quiet heartbeat (its session holds no lease and it reports none: an idle worker's) is answered
+here, with the ack the actor would send, once the stream's Welcome went out; the actor takes in
+that it was heard before its next batch (Coordinator.heard, LeaseCore.heard). An idle fleet's
+heartbeats then cost no actor turn each (bench item 4). Any other heartbeat goes through the
+actor, which renews the stream's leases and reconciles its `active` list.
+
 Every message is checked on arrival (coordinator/worker_input.py): garbage and floods end the
 stream with INVALID_ARGUMENT / RESOURCE_EXHAUSTED, odd-but-honest values are made safe and taken.
 Screenshots are written to disk chunk by chunk as they arrive (coordinator/assets.py), so memory
@@ -36,7 +42,7 @@ from coordinator import worker_input
 from coordinator.access import devices
 from coordinator.actor import Coordinator
 from coordinator.assets import AssetStore, Incoming, sniff_content_type
-from coordinator.convert import job_report_from_pb, kind_from_pb
+from coordinator.convert import coordinator_message_pb, job_report_from_pb, kind_from_pb
 from coordinator.domain import ScreenshotRecord, Target
 from coordinator.errors import CoordinatorError
 from coordinator.leasing import commands as c
@@ -126,6 +132,8 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
                         msgs = await pending.next_batch()
                     except anyio.EndOfStream:
                         break
+                    if not state.welcomed:
+                        state.welcomed = any(m.HasField("welcome") for m in msgs)
                     if len(msgs) > 1 and batches:
                         yield wg.CoordinatorMessage(batch=wg.CoordinatorBatch(messages=msgs))
                     else:
@@ -244,8 +252,11 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
         post = self.coordinator.post
         kind = check_message(msg)
         if kind == "heartbeat":
-            held = tuple((h.job_id, h.lease_epoch) for h in msg.heartbeat.active)
-            await post(c.Heartbeat(session_id, msg.heartbeat.seq, held))
+            beat = msg.heartbeat
+            if not beat.active and state.welcomed and self._quiet_heartbeat(session_id, beat.seq):
+                return
+            held = tuple((h.job_id, h.lease_epoch) for h in beat.active)
+            await post(c.Heartbeat(session_id, beat.seq, held))
         elif kind == "ack":
             await post(c.Ack(session_id, msg.ack.job_id, msg.ack.lease_epoch))
         elif kind == "log":
@@ -282,6 +293,18 @@ class WorkerGatewayService(wg_grpc.WorkerGatewayServicer):
                             "WorkerMessage.batch only at the top level")  # fmt: skip
         else:  # a kind newer than this coordinator: a newer worker's, harmless to skip
             log.debug("session %s: skipped a message of unknown kind", session_id)
+
+    def _quiet_heartbeat(self, session_id: str, seq: int) -> bool:
+        """Answer a heartbeat that changes nothing (no lease held, none reported) here, without
+        the actor (LeaseCore.quiet_heartbeat_ack); the actor takes in that it was heard. Only
+        once the Welcome went out, so no ack overtakes it. False: the actor must decide it."""
+        now = self.coordinator.clock.now()
+        ack = self.core.quiet_heartbeat_ack(session_id, seq, now)
+        if ack is None:
+            return False
+        self.coordinator.heard[session_id] = now  # taken in before the actor's next batch
+        # A full outbox (a worker that does not read): the actor's path closes the stream.
+        return self.coordinator.send_now(session_id, coordinator_message_pb(ack))
 
     async def _chunk(self, session_id: str, chunk: wg.ScreenshotChunk, state: _StreamState) -> None:
         limits = self.core.config
@@ -373,6 +396,7 @@ class _StreamState:
     violation: Violation | None = None
     uploads: dict[str, _Upload] = field(default_factory=dict)
     reconnecting: bool = False  # a Goodbye said the worker dials again at once
+    welcomed: bool = False  # the Welcome went out: quiet heartbeats may be answered here
 
     @property
     def detached(self) -> bool:

@@ -67,6 +67,10 @@ def _heartbeat(state: CoordinatorState, cmd: c.Heartbeat, now: float) -> Effects
     return state.core.heartbeat(cmd.session_id, cmd.seq, now, active=cmd.active)
 
 
+def _heard(state: CoordinatorState, cmd: c.Heard, now: float) -> Effects:
+    return state.core.heard(cmd.beats)
+
+
 def _ack(state: CoordinatorState, cmd: c.Ack, now: float) -> Effects:
     return state.core.ack(cmd.session_id, cmd.job_id, cmd.epoch, now)
 
@@ -212,6 +216,7 @@ def _access(
 _HANDLERS: dict[type[Any], Callable[[CoordinatorState, Any, float], Effects]] = {
     c.OpenStream: _open,
     c.Heartbeat: _heartbeat,
+    c.Heard: _heard,
     c.Ack: _ack,
     c.Log: _log,
     c.Screenshot: _screenshot,

@@ -152,6 +152,33 @@ class LeaseCore(Dispatching):
         fx.send(session_id, o.HeartbeatAck(seq, deadline))
         return fx
 
+    def quiet_heartbeat_ack(self, session_id: str, seq: int, now: float) -> o.HeartbeatAck | None:
+        """The ack of a heartbeat that reported no active job, if it changes nothing here: its
+        session holds no lease, so there is nothing to renew or reconcile, only the liveness it
+        proves (taken in later by `heard`). Reads only: the gateway answers such a heartbeat
+        itself, with the ack `heartbeat` would send, instead of a trip through the actor (most
+        of an idle fleet's cost). None: `heartbeat` must decide it (an unknown session gets no
+        ack there either)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.jobs:
+            return None
+        return o.HeartbeatAck(seq, now + self.config.lease_ttl_s)
+
+    def heard(self, beats: Iterable[tuple[str, float]]) -> Effects:
+        """Take in heartbeats answered by `quiet_heartbeat_ack`, as (session_id, when heard):
+        the session was alive then, as `heartbeat` records it (the silence that ends a session
+        counts from here); a closed session's are ignored. Nothing to write or send."""
+        for session_id, at in beats:
+            session = self.sessions.get(session_id)
+            if session is None or at <= session.last_heartbeat:
+                continue
+            session.last_heartbeat = at
+            heapq.heappush(self._beats, (at, session_id))
+            device = self.devices.get(session.device_id)
+            if device is not None:
+                device.last_seen_at = max(device.last_seen_at, at)
+        return Effects()
+
     def _reconcile(self, session: Session, held: set[tuple[str, int]], now: float) -> Effects:
         fx = Effects()
         # An Assign may still be on its way to the worker: judge only leases older than two
