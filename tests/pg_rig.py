@@ -9,16 +9,22 @@ PostgreSQL cases fail in CI (CI=true), with what to do, and skip elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+
+from coordinator.store import PostgresStore
+from coordinator.store.ownership import ShardOwnership
+from postroom_cli.cluster import ClusterConfig, LocalCluster
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE_PREFIX = "postroom_test_"
@@ -115,3 +121,47 @@ def pg_database() -> Iterator[str]:
     """One database for the whole run (tests empty it with empty_tables); its URL."""
     with own_database() as url:
         yield url
+
+
+@pytest.fixture
+async def pg_store(pg_database: str) -> AsyncIterator[PostgresStore]:
+    """The PostgreSQL store on pg_database, emptied of what earlier tests left; closed after."""
+    await empty_tables(pg_database)
+    store = PostgresStore(pg_database)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def shard_ownership(pg_store: PostgresStore, shard_count: int) -> ShardOwnership:
+    """Shard ownership on pg_store, over the test module's `shard_count` fixture's shards."""
+    ownership = ShardOwnership(pg_store, shard_count=shard_count)
+    await ownership.open()
+    return ownership
+
+
+async def post_texts(url: str) -> list[str]:
+    """The text of every post in the database at `url`, sorted."""
+    conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+    try:
+        return [r["text"] for r in await conn.fetch("SELECT text FROM posts ORDER BY text")]
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def cluster_on_own_database(
+    tmp_path: Path, config: ClusterConfig, *, coordinators: int, placement: str
+) -> Iterator[LocalCluster]:
+    """A LocalCluster (sandbox started, `coordinators` coordinators of `placement`) on a new
+    database of its own, dropped after the cluster's processes stopped."""
+    with contextlib.ExitStack() as stack:  # the database outlives the cluster's processes
+        url = stack.enter_context(own_database())
+        cluster = stack.enter_context(LocalCluster(tmp_path, config))
+        cluster.db_url = url
+        cluster.start_sandbox()
+        cluster.start_coordinators(coordinators, ["--placement", placement])
+        yield cluster

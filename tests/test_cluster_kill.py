@@ -11,14 +11,13 @@ exactly once, no job is left leased, and every surviving coordinator answers the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg_rig import own_database
+from pg_rig import cluster_on_own_database, own_database
 from polling import wait_until
 
 from bench.chaos import soak
@@ -47,12 +46,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         retry_initial_s=0.3,
         ownership_ttl_s=OWNERSHIP_TTL_S,
     )
-    with contextlib.ExitStack() as stack:  # the database outlives the cluster's processes
-        url = stack.enter_context(own_database())
-        c = stack.enter_context(LocalCluster(tmp_path, config))
-        c.db_url = url
-        c.start_sandbox()
-        c.start_coordinators(3, ["--placement", "one"])
+    with cluster_on_own_database(tmp_path, config, coordinators=3, placement="one") as c:
         yield c
 
 

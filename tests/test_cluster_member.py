@@ -7,13 +7,12 @@ holds shard 0 lets them go, and is not active."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
 import pytest
-from pg_rig import empty_tables, pg_database, scratch_database
+from pg_rig import pg_database, pg_store, scratch_database, shard_ownership
 
 from coordinator.cluster.member import EXIT_STEPPED_DOWN, ClusterConfig, ClusterMember
 from coordinator.cluster.role import ClusterRole
@@ -29,7 +28,7 @@ MIGRATIONS = sorted(
     for p in (Path(__file__).parents[1] / "coordinator/store/sql/postgres").glob("[0-9]*.sql")
 )
 
-__all__ = ["pg_database"]
+__all__ = ["pg_database", "pg_store", "shard_ownership"]
 
 pytestmark = pytest.mark.anyio
 
@@ -44,55 +43,40 @@ class Exited(Exception):
         self.code = code
 
 
-def _exit(code: int) -> NoReturn:
+def raise_exited(code: int) -> NoReturn:
+    """A member's `exit` in tests: it raises Exited(code) instead of ending the process."""
     raise Exited(code)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def shard_count() -> int:
+    return SHARDS
 
 
-@pytest.fixture
-async def store(pg_database: str) -> AsyncIterator[PostgresStore]:
-    await empty_tables(pg_database)
-    s = PostgresStore(pg_database)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def ownership(store: PostgresStore) -> ShardOwnership:
-    o = ShardOwnership(store, shard_count=SHARDS)
-    await o.open()
-    return o
-
-
-def member(store: PostgresStore, ownership: ShardOwnership, name: str) -> ClusterMember:
+def member(pg_store: PostgresStore, shard_ownership: ShardOwnership, name: str) -> ClusterMember:
     role = ClusterRole(name=name, address=f"{name}.example:50051")
-    return ClusterMember(store, ownership, role, ClusterConfig(ttl_s=TTL_S), exit=_exit)
+    return ClusterMember(
+        pg_store, shard_ownership, role, ClusterConfig(ttl_s=TTL_S), exit=raise_exited
+    )
 
 
 def audit_batch(what: str) -> WriteBatch:
     return WriteBatch(audits=[AuditEvent("TEST", what, "system", T0)])
 
 
-async def audited(store: PostgresStore) -> list[str]:
+async def audited(pg_store: PostgresStore) -> list[str]:
     return sorted(
         event.subject_id
-        for event in await store.list_audit(
+        for event in await pg_store.list_audit(
             since=None, subject_id="", action="", after_seq=0, limit=100
         )
     )
 
 
 async def test_the_first_is_active_the_next_stands_by_and_takes_over_after_the_ttl(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a"), member(pg_store, shard_ownership, "b")
     first = await a.turn(now=T0)
     assert first.active and [lease.shard for lease in first.held] == list(range(SHARDS))
     standby = await b.turn(now=T0 + 0.1)
@@ -116,19 +100,19 @@ async def test_the_first_is_active_the_next_stands_by_and_takes_over_after_the_t
     # Its next turn finds the shards gone too.
     lost = await a.turn(now=T0 + TTL_S + 0.3)
     assert not lost.active and lost.lost is not None and "took over shard 0 (epoch 2)" in lost.lost
-    owners = await ownership.owners()
+    owners = await shard_ownership.owners()
     assert {(o.owner, o.epoch) for o in owners} == {("b", 2)}
-    assert await audited(store) == ["written by a", "written by b"]
+    assert await audited(pg_store) == ["written by a", "written by b"]
 
 
 async def test_a_standby_with_a_few_shards_lets_them_go_while_a_live_rival_holds_shard_0(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a"), member(pg_store, shard_ownership, "b")
     # Two coordinators starting at once on a fresh database: a's claim got the lower half only
     # (b's raced it). b claims the rest, but a holds shard 0, so b gives them back.
     lower = list(range(SHARDS // 2))
-    a.held = await ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0, only=lower)
+    a.held = await shard_ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0, only=lower)
     turn = await b.turn(now=T0 + 0.1)
     assert not turn.active and turn.held == [] and b.fence is None
     # a's next turn claims them: it is the one active.
@@ -137,24 +121,24 @@ async def test_a_standby_with_a_few_shards_lets_them_go_while_a_live_rival_holds
 
 
 async def test_a_clean_stop_lets_the_standby_take_over_at_its_next_turn(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a"), member(pg_store, shard_ownership, "b")
     assert (await a.turn(now=T0)).active
     assert not (await b.turn(now=T0 + 0.1)).active
     await a.leave()
     took = await b.turn(now=T0 + 0.2)  # well within a's TTL
     assert took.active and {lease.epoch for lease in took.held} == {2}
-    live = [row["owner"] for row in await store.run("live_coordinators", {"now": T0 + 0.3})]
+    live = [row["owner"] for row in await pg_store.run("live_coordinators", {"now": T0 + 0.3})]
     assert live == ["b"]
 
 
 async def test_one_active_keeps_every_shard_and_names_itself_for_each_while_others_live(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     """Placement "one" (the default) has no fair share: a live standby takes nothing from the
     active, and every shard is served at the active's address."""
-    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a"), member(pg_store, shard_ownership, "b")
     assert (await a.turn(now=T0)).active
     for n in range(1, 6):  # longer than a TTL, both live
         assert not (await b.turn(now=T0 + n * TTL_S / 4)).held
@@ -181,7 +165,7 @@ async def test_coordinators_starting_together_on_a_fresh_database_migrate_it_onc
 
 
 async def test_an_owner_stalled_inside_a_batch_does_not_keep_its_shards_from_a_take_over(
-    pg_database: str, store: PostgresStore, ownership: ShardOwnership
+    pg_database: str, pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     """A coordinator paused in the middle of a fenced batch holds its shard rows locked; the
     server ends its session after the idle-in-transaction timeout, so the others can claim."""
@@ -213,27 +197,27 @@ async def test_an_owner_stalled_inside_a_batch_does_not_keep_its_shards_from_a_t
             try:
                 with anyio.fail_after(30):
                     while len(taken) < SHARDS:
-                        claimed = await ownership.claim("b", want=SHARDS, ttl_s=60)
+                        claimed = await shard_ownership.claim("b", want=SHARDS, ttl_s=60)
                         taken += [lease.shard for lease in claimed]
                         await anyio.sleep(0.05)
             finally:
                 resumed.set()
-        assert failed and await audited(store) == []
-        assert {(o.owner, o.epoch) for o in await ownership.owners()} == {("b", 2)}
+        assert failed and await audited(pg_store) == []
+        assert {(o.owner, o.epoch) for o in await shard_ownership.owners()} == {("b", 2)}
     finally:
         await stalled.close()
 
 
 async def test_coordinators_silent_for_a_day_are_forgotten(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    await ownership.heartbeat("crashed", ttl_s=TTL_S, now=T0)
-    await ownership.heartbeat("alive", ttl_s=TTL_S, now=T0 + 3_600)
-    assert await _rows(store) == ["alive", "crashed"]  # an hour: still listed (not live)
-    await ownership.heartbeat("alive", ttl_s=TTL_S, now=T0 + 86_400 + TTL_S + 1)
-    assert await _rows(store) == ["alive"]
+    await shard_ownership.heartbeat("crashed", ttl_s=TTL_S, now=T0)
+    await shard_ownership.heartbeat("alive", ttl_s=TTL_S, now=T0 + 3_600)
+    assert await _rows(pg_store) == ["alive", "crashed"]  # an hour: still listed (not live)
+    await shard_ownership.heartbeat("alive", ttl_s=TTL_S, now=T0 + 86_400 + TTL_S + 1)
+    assert await _rows(pg_store) == ["alive"]
 
 
-async def _rows(store: PostgresStore) -> list[str]:
-    found = await store.run("live_coordinators", {"now": 0.0})  # every row: all expire after 0
+async def _rows(pg_store: PostgresStore) -> list[str]:
+    found = await pg_store.run("live_coordinators", {"now": 0.0})  # every row: all expire after 0
     return [row["owner"] for row in found]

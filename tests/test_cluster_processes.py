@@ -23,7 +23,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pg_rig import own_database, run_apart
+from pg_rig import own_database, post_texts, run_apart
 from polling import wait_until
 
 from coordinator.cluster.forward import FORWARDED_HEADER
@@ -166,14 +166,6 @@ async def _took_over(url: str) -> list[str]:
         await conn.close()
 
 
-async def _post_texts(url: str) -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [r["text"] for r in await conn.fetch("SELECT text FROM posts ORDER BY text")]
-    finally:
-        await conn.close()
-
-
 def test_the_standby_refuses_then_takes_over_a_paused_active_which_steps_down_on_waking(
     cluster: LocalCluster, pg_url: str, tmp_path: Path
 ) -> None:
@@ -227,7 +219,7 @@ def test_the_standby_refuses_then_takes_over_a_paused_active_which_steps_down_on
         late.close()
         assert "stepping down: " in a.text()
         assert errors, "the paused coordinator answered a request it could not write"
-        assert run_apart(_post_texts(pg_url)) == ["through the new active"]
+        assert run_apart(post_texts(pg_url)) == ["through the new active"]
         assert worker.alive() and b.serving()
 
 

@@ -13,7 +13,6 @@ target) exactly once, and every survivor answers the same.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from pg_rig import own_database, run_apart
+from pg_rig import cluster_on_own_database, own_database, post_texts, run_apart
 from polling import wait_until
 
 from coordinator.store.shards import shard_of
@@ -55,12 +54,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         retry_initial_s=0.3,
         ownership_ttl_s=OWNERSHIP_TTL_S,
     )
-    with contextlib.ExitStack() as stack:  # the database outlives the cluster's processes
-        url = stack.enter_context(own_database())
-        c = stack.enter_context(LocalCluster(tmp_path, config))
-        c.db_url = url
-        c.start_sandbox()
-        c.start_coordinators(3, ["--placement", "spread"])
+    with cluster_on_own_database(tmp_path, config, coordinators=3, placement="spread") as c:
         yield c
 
 
@@ -233,14 +227,6 @@ async def _owned_by(url: str, owner: str) -> list[int]:
         await conn.close()
 
 
-async def _post_texts(url: str) -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [r["text"] for r in await conn.fetch("SELECT text FROM posts ORDER BY text")]
-    finally:
-        await conn.close()
-
-
 def test_a_paused_coordinator_cannot_write_once_its_shards_moved_and_steps_down(
     cluster: LocalCluster,
 ) -> None:
@@ -293,4 +279,4 @@ def test_a_paused_coordinator_cannot_write_once_its_shards_moved_and_steps_down(
     late.close()
     assert "stepping down: " in paused.child.log_path.read_text()
     assert errors, "the paused coordinator answered a request it could not write"
-    assert run_apart(_post_texts(cluster.db_url)) == ["written by its new owner"]
+    assert run_apart(post_texts(cluster.db_url)) == ["written by its new owner"]

@@ -9,15 +9,15 @@ happen in that order, forced once the hand-off timeout has passed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import anyio
 import grpc
 import pytest
 from anyio.abc import TaskStatus
-from pg_rig import empty_tables, pg_database
+from pg_rig import pg_database, pg_store, shard_ownership
 from prometheus_client import CollectorRegistry
+from test_cluster_member import Exited, raise_exited
 
 from coordinator.cluster.member import EXIT_STEPPED_DOWN, ClusterConfig, ClusterMember, Turn
 from coordinator.cluster.role import ClusterRole
@@ -28,7 +28,7 @@ from coordinator.store.ownership import ShardOwnership
 from coordinator.store.shards import Fence
 from postroom.clock import FakeClock
 
-__all__ = ["pg_database"]
+__all__ = ["pg_database", "pg_store", "shard_ownership"]
 
 pytestmark = pytest.mark.anyio
 
@@ -40,37 +40,9 @@ T0 = 1_000.0
 ALL = list(range(SHARDS))
 
 
-class Exited(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def _exit(code: int) -> NoReturn:
-    raise Exited(code)
-
-
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(pg_database: str) -> AsyncIterator[PostgresStore]:
-    await empty_tables(pg_database)
-    s = PostgresStore(pg_database)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def ownership(store: PostgresStore) -> ShardOwnership:
-    o = ShardOwnership(store, shard_count=SHARDS)
-    await o.open()
-    return o
+def shard_count() -> int:
+    return SHARDS
 
 
 def address(name: str) -> str:
@@ -78,38 +50,40 @@ def address(name: str) -> str:
 
 
 def member(
-    store: PostgresStore,
-    ownership: ShardOwnership,
+    pg_store: PostgresStore,
+    shard_ownership: ShardOwnership,
     name: str,
     registry: CollectorRegistry | None = None,
 ) -> ClusterMember:
     role = ClusterRole(name=name, address=address(name))
     config = ClusterConfig(ttl_s=TTL_S, placement="spread", handoff_timeout_s=HANDOFF_S)
-    return ClusterMember(store, ownership, role, config, registry=registry, exit=_exit)
+    return ClusterMember(
+        pg_store, shard_ownership, role, config, registry=registry, exit=raise_exited
+    )
 
 
 def audit_batch(what: str) -> WriteBatch:
     return WriteBatch(audits=[AuditEvent("TEST", what, "system", T0)])
 
 
-async def audited(store: PostgresStore) -> list[str]:
-    events = await store.list_audit(since=None, subject_id="", action="", after_seq=0, limit=100)
+async def audited(pg_store: PostgresStore) -> list[str]:
+    events = await pg_store.list_audit(since=None, subject_id="", action="", after_seq=0, limit=100)
     return sorted(event.subject_id for event in events)
 
 
-async def holders(ownership: ShardOwnership, now: float) -> dict[int, str]:
+async def holders(shard_ownership: ShardOwnership, now: float) -> dict[int, str]:
     """Who holds each shard at `now` as the database has it (a lease standing)."""
-    return {o.shard: o.owner for o in await ownership.owners() if o.expires_at > now}
+    return {o.shard: o.owner for o in await shard_ownership.owners() if o.expires_at > now}
 
 
-async def shared_once(ownership: ShardOwnership, now: float, *members: ClusterMember) -> None:
+async def shared_once(shard_ownership: ShardOwnership, now: float, *members: ClusterMember) -> None:
     """No shard is held by two members, and each holds exactly what the database says."""
     seen: set[int] = set()
     for m in members:
         mine = set(m.shards())
         assert not mine & seen, f"{m.name} holds shards another holds: {sorted(mine & seen)}"
         seen |= mine
-    table = await holders(ownership, now)
+    table = await holders(shard_ownership, now)
     for m in members:
         assert {s for s, owner in table.items() if owner == m.name} == set(m.shards())
 
@@ -124,22 +98,22 @@ async def hand_off(m: ClusterMember, turn: Turn) -> None:
 
 
 async def three(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> tuple[ClusterMember, ClusterMember, ClusterMember, float]:
     """a, b and c joined one by one, 22/21/21, no shard held twice after any turn or release;
     the virtual time reached."""
-    a, b, c = (member(store, ownership, n) for n in "abc")
+    a, b, c = (member(pg_store, shard_ownership, n) for n in "abc")
     clock = [T0]
 
     async def turn(m: ClusterMember) -> Turn:
         clock[0] += 0.1
         done = await m.turn(now=clock[0])
-        await shared_once(ownership, clock[0], a, b, c)
+        await shared_once(shard_ownership, clock[0], a, b, c)
         return done
 
     async def release(m: ClusterMember, over: Turn) -> None:
         await hand_off(m, over)
-        await shared_once(ownership, clock[0], a, b, c)
+        await shared_once(shard_ownership, clock[0], a, b, c)
 
     first = await turn(a)
     assert first.active and first.shards == ALL and first.gained == ALL and not first.leaving
@@ -170,9 +144,9 @@ async def three(
 
 
 async def test_coordinators_joining_one_by_one_share_the_shards_fairly(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    a, b, c, now = await three(store, ownership)
+    a, b, c, now = await three(pg_store, shard_ownership)
     # Every coordinator learns at its next turn where each shard is served.
     for i, m in enumerate((a, b, c)):
         await m.turn(now=now + 0.1 * (i + 1))
@@ -182,17 +156,17 @@ async def test_coordinators_joining_one_by_one_share_the_shards_fairly(
         assert m.role.owner_addresses()[0] == address(m.name)
         assert sorted(m.role.owner_addresses()) == [address(n) for n in "abc"]
         assert m.role.placement == "spread" and m.role.leader_address == address("a")
-    await shared_once(ownership, now + 0.3, a, b, c)
+    await shared_once(shard_ownership, now + 0.3, a, b, c)
     # Each writes under the fence of its own shards.
     for m in (a, b, c):
         await m.commit(audit_batch(f"written by {m.name}"))
-    assert await audited(store) == ["written by a", "written by b", "written by c"]
+    assert await audited(pg_store) == ["written by a", "written by b", "written by c"]
 
 
 async def test_the_survivors_take_a_dead_coordinators_shards_after_the_ttl(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    a, b, c, now = await three(store, ownership)
+    a, b, c, now = await three(pg_store, shard_ownership)
     dead = c.shards()
     epochs = {lease.shard: lease.epoch for lease in c.held}
     # c stops turning (killed, or paused). Until its leases run out nobody takes its shards.
@@ -209,7 +183,7 @@ async def test_the_survivors_take_a_dead_coordinators_shards_after_the_ttl(
     gained_b = (await b.turn(now=t + 0.1)).gained
     assert sorted(gained_a + gained_b) == dead
     assert [len(m.held) for m in (a, b)] == [32, 32]
-    await shared_once(ownership, t + 0.1, a, b)
+    await shared_once(shard_ownership, t + 0.1, a, b)
     # Taken over: one epoch up, so c can write none of them any more.
     assert {s: e - 1 for s, e in epochs_of(a, b).items() if s in epochs} == epochs
     assert set(a.role.owner_addresses()) == {address("a"), address("b")}
@@ -222,13 +196,13 @@ async def test_the_survivors_take_a_dead_coordinators_shards_after_the_ttl(
     lost = await c.turn(now=t + 0.2)
     first = f"took over shard {dead[0]} (epoch {epochs[dead[0]] + 1})"
     assert lost.lost is not None and first in lost.lost
-    assert await audited(store) == []
+    assert await audited(pg_store) == []
 
 
 async def test_leaving_shards_stay_held_and_fenced_until_released(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a"), member(pg_store, shard_ownership, "b")
     await a.turn(now=T0)
     await b.turn(now=T0 + 0.1)
     over = await a.turn(now=T0 + 0.2)
@@ -242,7 +216,7 @@ async def test_leaving_shards_stay_held_and_fenced_until_released(
         assert kept.shards == ALL and kept.leaving == list(range(32, 64)) and not kept.gained
         assert a.fence is not None and sorted(a.fence.shards) == ALL
     t = T0 + 0.2 + 6 * TURN_S
-    assert await holders(ownership, t) == dict.fromkeys(ALL, "a")
+    assert await holders(shard_ownership, t) == dict.fromkeys(ALL, "a")
 
     await hand_off(a, kept)
     assert a.fence is not None and sorted(a.fence.shards) == list(range(32))
@@ -253,22 +227,22 @@ async def test_leaving_shards_stay_held_and_fenced_until_released(
     # a writes on under the smaller fence, b under its own: neither steps down.
     await a.commit(audit_batch("written by a"))
     await b.commit(audit_batch("written by b"))
-    assert await audited(store) == ["written by a", "written by b"]
+    assert await audited(pg_store) == ["written by a", "written by b"]
     # a's share stays 32: it claims nothing back, and lets nothing else go.
     again = await a.turn(now=t + 0.2)
     assert again.shards == list(range(32)) and not again.gained and not again.leaving
 
 
 async def test_a_batch_begun_just_before_a_release_is_written_not_stepped_down_for(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     """A batch that took the fence of every shard held, then waited while the leaving ones
     were released and claimed by another, is written under the fence of what is held now."""
-    a, b = member(store, ownership, "a"), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a"), member(pg_store, shard_ownership, "b")
     await a.turn(now=T0)
     await b.turn(now=T0 + 0.1)
     over = await a.turn(now=T0 + 0.2)
-    apply = store.apply_fenced
+    apply = pg_store.apply_fenced
     fences: list[list[int]] = []
 
     async def racing(batch: WriteBatch, fence: Fence, **kw: Any) -> None:
@@ -278,10 +252,10 @@ async def test_a_batch_begun_just_before_a_release_is_written_not_stepped_down_f
             assert (await b.turn(now=T0 + 0.3)).gained == list(range(32, 64))
         await apply(batch, fence, **kw)
 
-    store.apply_fenced = racing  # type: ignore[method-assign]
+    pg_store.apply_fenced = racing  # type: ignore[method-assign]
     await a.commit(audit_batch("written by a"))
     assert fences == [ALL, list(range(32))]
-    assert await audited(store) == ["written by a"]
+    assert await audited(pg_store) == ["written by a"]
 
 
 # ---- serving (cluster/serve.py) with a fake lease core ----------------------------------
@@ -349,17 +323,17 @@ def shards_owned(registry: CollectorRegistry) -> float | None:
 
 
 async def test_serving_hands_shards_off_once_none_of_their_jobs_is_leased(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     registry = CollectorRegistry()
-    a, b = member(store, ownership, "a", registry), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a", registry), member(pg_store, shard_ownership, "b")
     s = Served(a)
     async with anyio.create_task_group() as actors:
         await a.turn(now=T0)
         assert await s.serving.serve_shards(actors, a.monotonic())
         assert s.core.calls == [("load", ALL), ("run",)]
         assert a.role.active and s.health == [True] and s.readied == 1
-        took = await store.list_audit(
+        took = await pg_store.list_audit(
             since=None, subject_id="", action=TOOK_OVER, after_seq=0, limit=10
         )
         assert [(e.subject_id, e.details["shards"]) for e in took] == [("a", SHARDS)]
@@ -400,10 +374,10 @@ async def test_serving_hands_shards_off_once_none_of_their_jobs_is_leased(
 
 
 async def test_serving_lets_leaving_shards_go_by_force_after_the_handoff_timeout(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     registry = CollectorRegistry()
-    a, b = member(store, ownership, "a", registry), member(store, ownership, "b")
+    a, b = member(pg_store, shard_ownership, "a", registry), member(pg_store, shard_ownership, "b")
     s = Served(a)
     async with anyio.create_task_group() as actors:
         await a.turn(now=T0)
@@ -431,7 +405,7 @@ async def test_serving_lets_leaving_shards_go_by_force_after_the_handoff_timeout
         assert a.shards() == list(range(32)) and shards_owned(registry) == 32
         assert s.serving.serves() == list(range(32))
         assert (await b.turn(now=t + 0.05)).gained == upper
-        await shared_once(ownership, t + 0.05, a, b)
+        await shared_once(shard_ownership, t + 0.05, a, b)
         await s.core.stop()
 
 

@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
-from pg_rig import empty_tables, pg_database
+from pg_rig import pg_database, pg_store, shard_ownership
 from test_store import all_audit, audit, make_job, seed
 
 from coordinator.domain import GateRecord, Job, JobStatus, Target
@@ -27,7 +26,7 @@ from coordinator.store import JobWrite, PostgresStore, WriteBatch
 from coordinator.store.ownership import ShardOwnership
 from coordinator.store.shards import Fence, OwnershipLost, ShardLease, fair_share, shard_of
 
-__all__ = ["pg_database"]
+__all__ = ["pg_database", "pg_store", "shard_ownership"]
 
 pytestmark = pytest.mark.anyio
 
@@ -37,26 +36,8 @@ T0 = 1_000.0
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(pg_database: str) -> AsyncIterator[PostgresStore]:
-    await empty_tables(pg_database)
-    s = PostgresStore(pg_database)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-async def ownership(store: PostgresStore) -> ShardOwnership:
-    o = ShardOwnership(store, shard_count=SHARDS)
-    await o.open()
-    return o
+def shard_count() -> int:
+    return SHARDS
 
 
 def claim_of(job: Job) -> WriteBatch:
@@ -82,53 +63,55 @@ def test_a_fair_share_splits_the_shards_evenly_among_live_coordinators() -> None
     assert sum(fair_share(64, [f"c{i}" for i in range(7)], f"c{i}") for i in range(7)) == 64
 
 
-async def test_two_owners_claiming_at_once_split_the_shards(ownership: ShardOwnership) -> None:
+async def test_two_owners_claiming_at_once_split_the_shards(
+    shard_ownership: ShardOwnership,
+) -> None:
     got: dict[str, list[int]] = {}
 
     async def claim(owner: str) -> None:
-        leases = await ownership.claim(owner, want=SHARDS // 2, ttl_s=TTL_S, now=T0)
+        leases = await shard_ownership.claim(owner, want=SHARDS // 2, ttl_s=TTL_S, now=T0)
         got[owner] = [lease.shard for lease in leases]
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(claim, "a")
         tg.start_soon(claim, "b")
     assert sorted(got["a"] + got["b"]) == list(range(SHARDS))
-    assert await ownership.claim("c", want=SHARDS, ttl_s=TTL_S, now=T0 + 1) == []
-    owners = await ownership.owners()
+    assert await shard_ownership.claim("c", want=SHARDS, ttl_s=TTL_S, now=T0 + 1) == []
+    owners = await shard_ownership.owners()
     assert {o.epoch for o in owners} == {1}
     assert {o.owner for o in owners} == {"a", "b"}
 
 
 async def test_a_paused_owner_past_its_ttl_cannot_write_after_another_took_over(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     job = make_job()
-    await seed(store, job)
-    a = await ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0)
-    a = await ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 5)  # alive: lease to T0 + 15
+    await seed(pg_store, job)
+    a = await shard_ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0)
+    a = await shard_ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 5)  # alive: lease to T0 + 15
     assert len(a) == SHARDS
-    assert await ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 14) == []
+    assert await shard_ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 14) == []
 
     # "a" stops (SIGSTOP) with a batch in hand; "b" takes every shard once a's lease ran out.
     a_batch = claim_of(job)
-    b = await ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 16)
+    b = await shard_ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 16)
     assert [lease.epoch for lease in b] == [2] * SHARDS
 
     # "a" wakes up: its write is refused whole, and its renewal tells it what it lost.
     with pytest.raises(OwnershipLost, match=r"a lost shards \[0, 1, 2"):
-        await store.apply_fenced(a_batch, Fence.of("a", SHARDS, a))
-    assert (await store.get_job(job.id)).status == JobStatus.QUEUED
-    assert await all_audit(store) == []
-    assert await ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 17) == []
+        await pg_store.apply_fenced(a_batch, Fence.of("a", SHARDS, a))
+    assert (await pg_store.get_job(job.id)).status == JobStatus.QUEUED
+    assert await all_audit(pg_store) == []
+    assert await shard_ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 17) == []
 
-    await store.apply_fenced(claim_of(job), Fence.of("b", SHARDS, b))
-    assert (await store.get_job(job.id)).status == JobStatus.CLAIMED
+    await pg_store.apply_fenced(claim_of(job), Fence.of("b", SHARDS, b))
+    assert (await pg_store.get_job(job.id)).status == JobStatus.CLAIMED
 
 
 async def test_a_batch_under_a_fence_holds_off_a_take_over_until_it_commits(
-    store: PostgresStore, ownership: ShardOwnership, pg_database: str
+    pg_store: PostgresStore, shard_ownership: ShardOwnership, pg_database: str
 ) -> None:
-    [lease] = await ownership.claim("a", want=1, ttl_s=TTL_S, now=T0)
+    [lease] = await shard_ownership.claim("a", want=1, ttl_s=TTL_S, now=T0)
     conn = await asyncpg.connect(pg_database)
     try:
         async with conn.transaction():  # what apply_fenced does first: lock the shard's row
@@ -139,47 +122,49 @@ async def test_a_batch_under_a_fence_holds_off_a_take_over_until_it_commits(
                 " FOR SHARE OF s",
                 held,
             )
-            late = await ownership.claim("b", want=1, ttl_s=TTL_S, now=T0 + 60, only=[0])
+            late = await shard_ownership.claim("b", want=1, ttl_s=TTL_S, now=T0 + 60, only=[0])
             assert late == []  # expired, but a batch is committing under it: skipped
     finally:
         await conn.close()
-    [taken] = await ownership.claim("b", want=1, ttl_s=TTL_S, now=T0 + 60, only=[0])
+    [taken] = await shard_ownership.claim("b", want=1, ttl_s=TTL_S, now=T0 + 60, only=[0])
     assert (taken.owner, taken.epoch) == ("b", 2)
 
 
 async def test_a_fence_refuses_jobs_and_gates_of_shards_it_does_not_hold(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     job = make_job()
-    await seed(store, job)
+    await seed(pg_store, job)
     mine = shard_of(job.platform, job.account, SHARDS)
     other = next(s for s in range(SHARDS) if s != mine)
-    leases = await ownership.claim("a", want=1, ttl_s=TTL_S, now=T0, only=[other])
+    leases = await shard_ownership.claim("a", want=1, ttl_s=TTL_S, now=T0, only=[other])
     fence = Fence.of("a", SHARDS, leases)
     with pytest.raises(OwnershipLost, match=rf"shards \[{mine}\] it does not hold"):
-        await store.apply_fenced(claim_of(job), fence)
+        await pg_store.apply_fenced(claim_of(job), fence)
     gate = GateRecord(Target(job.platform, job.account), T0 + 60, "429", 1)
     with pytest.raises(OwnershipLost):
-        await store.apply_fenced(WriteBatch(gates=[gate]), fence)
-    assert await store.list_gates() == []
+        await pg_store.apply_fenced(WriteBatch(gates=[gate]), fence)
+    assert await pg_store.list_gates() == []
 
 
-async def test_released_shards_are_claimed_at_once(ownership: ShardOwnership) -> None:
-    a = await ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0)
-    await ownership.release("a", a[:3])
-    b = await ownership.claim("b", want=SHARDS, ttl_s=TTL_S, now=T0 + 1)  # well within a's TTL
+async def test_released_shards_are_claimed_at_once(shard_ownership: ShardOwnership) -> None:
+    a = await shard_ownership.claim("a", want=SHARDS, ttl_s=TTL_S, now=T0)
+    await shard_ownership.release("a", a[:3])
+    b = await shard_ownership.claim(
+        "b", want=SHARDS, ttl_s=TTL_S, now=T0 + 1
+    )  # well within a's TTL
     assert [(lease.shard, lease.epoch) for lease in b] == [(0, 2), (1, 2), (2, 2)]
-    assert len(await ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 2)) == SHARDS - 3
+    assert len(await shard_ownership.renew("a", a, ttl_s=TTL_S, now=T0 + 2)) == SHARDS - 3
 
 
 async def test_shards_rebalance_as_coordinators_join_die_and_leave(
-    ownership: ShardOwnership,
+    shard_ownership: ShardOwnership,
 ) -> None:
     held: dict[str, list[ShardLease]] = {}
 
     async def turn(now: float, *owners: str) -> dict[str, int]:
         for owner in owners:
-            held[owner] = await ownership.rebalance(
+            held[owner] = await shard_ownership.rebalance(
                 owner, held.get(owner, []), ttl_s=TTL_S, now=now
             )
         return {owner: len(leases) for owner, leases in held.items()}
@@ -193,47 +178,49 @@ async def test_shards_rebalance_as_coordinators_join_die_and_leave(
         assert await turn(now, "a", "c") == {"a": 3, "b": 3, "c": 2}
     del held["b"]
     assert await turn(T0 + 14, "a", "c") == {"a": 4, "c": 4}
-    owners = await ownership.owners()
+    owners = await shard_ownership.owners()
     assert {o.shard for o in owners if o.owner == "a"} == {lease.shard for lease in held["a"]}
     assert {o.owner for o in owners} == {"a", "c"}
     # a stops cleanly: c takes everything on its next turn, without waiting for a TTL.
-    await ownership.leave("a", held.pop("a"))
+    await shard_ownership.leave("a", held.pop("a"))
     assert await turn(T0 + 15, "c") == {"c": 8}
 
 
 async def test_one_leader_per_duty_elected_by_a_ttl_row(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
-    a = await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0)
+    a = await shard_ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0)
     assert a is not None and a.epoch == 1
-    assert await ownership.elect("sweeps", "b", ttl_s=TTL_S, now=T0 + 5) is None
-    again = await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 5)  # renewed, same epoch
+    assert await shard_ownership.elect("sweeps", "b", ttl_s=TTL_S, now=T0 + 5) is None
+    again = await shard_ownership.elect(
+        "sweeps", "a", ttl_s=TTL_S, now=T0 + 5
+    )  # renewed, same epoch
     assert again == dataclasses.replace(a, expires_at=T0 + 15)
-    assert (await ownership.elect("timers", "b", ttl_s=TTL_S, now=T0 + 5)) is not None
+    assert (await shard_ownership.elect("timers", "b", ttl_s=TTL_S, now=T0 + 5)) is not None
 
-    b = await ownership.elect("sweeps", "b", ttl_s=TTL_S, now=T0 + 16)  # a's lease ran out
+    b = await shard_ownership.elect("sweeps", "b", ttl_s=TTL_S, now=T0 + 16)  # a's lease ran out
     assert b is not None and (b.owner, b.epoch) == ("b", 2)
     with pytest.raises(OwnershipLost, match="a is no longer the leader of sweeps"):
-        await store.apply_fenced(WriteBatch(audits=[audit()]), Fence.of("a", SHARDS, [], a))
-    await store.apply_fenced(WriteBatch(audits=[audit()]), Fence.of("b", SHARDS, [], b))
-    assert len(await all_audit(store)) == 1
+        await pg_store.apply_fenced(WriteBatch(audits=[audit()]), Fence.of("a", SHARDS, [], a))
+    await pg_store.apply_fenced(WriteBatch(audits=[audit()]), Fence.of("b", SHARDS, [], b))
+    assert len(await all_audit(pg_store)) == 1
 
-    await ownership.resign(a)  # a stale lease resigns nothing
-    assert await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 17) is None
-    await ownership.resign(b)
-    back = await ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 18)
+    await shard_ownership.resign(a)  # a stale lease resigns nothing
+    assert await shard_ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 17) is None
+    await shard_ownership.resign(b)
+    back = await shard_ownership.elect("sweeps", "a", ttl_s=TTL_S, now=T0 + 18)
     assert back is not None and back.epoch == 3
 
 
 async def test_every_coordinator_must_use_the_databases_shard_count(
-    store: PostgresStore, ownership: ShardOwnership
+    pg_store: PostgresStore, shard_ownership: ShardOwnership
 ) -> None:
     with pytest.raises(StoreError, match=f"partitioned into {SHARDS} shards, not 16"):
-        await ShardOwnership(store, shard_count=16).open()
+        await ShardOwnership(pg_store, shard_count=16).open()
 
 
 async def test_a_coordinator_stopped_past_its_ttl_writes_nothing_once_resumed(
-    store: PostgresStore, pg_database: str
+    pg_store: PostgresStore, pg_database: str
 ) -> None:
     """A real process holds every shard on the server's clock, is SIGSTOPped, another owner
     takes the shards over once its lease has run out, and the process, resumed, is refused."""
@@ -249,15 +236,15 @@ async def test_a_coordinator_stopped_past_its_ttl_writes_nothing_once_resumed(
             assert await lines.receive_until(b"\n", 256) == b"held"
         os.kill(child.pid, signal.SIGSTOP)
         try:
-            ownership = ShardOwnership(store, shard_count=shards)
-            await ownership.open()
+            shard_ownership = ShardOwnership(pg_store, shard_count=shards)
+            await shard_ownership.open()
             taken: list[int] = []
             with anyio.fail_after(10 * ttl_s):  # poll until the stopped owner's lease runs out
                 while len(taken) < shards:
-                    leases = await ownership.claim("b", want=shards, ttl_s=60)
+                    leases = await shard_ownership.claim("b", want=shards, ttl_s=60)
                     taken += [lease.shard for lease in leases]
                     await anyio.sleep(ttl_s / 20)
-            assert {(o.owner, o.epoch) for o in await ownership.owners()} == {("b", 2)}
+            assert {(o.owner, o.epoch) for o in await shard_ownership.owners()} == {("b", 2)}
         finally:
             os.kill(child.pid, signal.SIGCONT)
         await child.stdin.send(b"write\n")
@@ -270,4 +257,4 @@ async def test_a_coordinator_stopped_past_its_ttl_writes_nothing_once_resumed(
         await child.stdin.aclose()
         with anyio.fail_after(30):
             assert await child.wait() == 0
-    assert await all_audit(store) == []
+    assert await all_audit(pg_store) == []

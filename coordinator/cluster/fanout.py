@@ -80,24 +80,23 @@ from coordinator.cluster.fanout_owners import (
 from coordinator.cluster.fanout_owners import OwnerChannels as OwnerChannels  # main.py's
 from coordinator.cluster.fanout_routing import Routes
 from coordinator.cluster.forward import (
-    FORWARDED_HEADER,
+    Ctx,
+    ServerInterceptor,
     forwarded_metadata,
     metadata_pairs,
     pass_back_error,
     pass_initial_metadata,
     remaining_timeout,
+    was_forwarded_call,
 )
 from postroom.v1 import worker_gateway_pb2 as wg
 
 if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
+    from coordinator.cluster.forward import Continuation
+
     Call = grpc.aio.StreamStreamCall[bytes, bytes]
 else:  # not subscriptable at run time
-    _Interceptor = grpc.aio.ServerInterceptor
     Call = grpc.aio.StreamStreamCall
-
-Ctx = grpc.aio.ServicerContext[Any, Any]
 FANNED_OUT_METHODS = frozenset({"/postroom.v1.WorkerGateway/Connect"})
 # How long the worker's Hello may take to arrive, as the gateway's HELLO_TIMEOUT_S.
 DEFAULT_HELLO_TIMEOUT_S = 10.0
@@ -153,10 +152,6 @@ class _FromUpstream:
     error: grpc.aio.AioRpcError | None = None
 
 
-def _was_forwarded(details: grpc.HandlerCallDetails) -> bool:
-    return any(key == FORWARDED_HEADER for key, _ in details.invocation_metadata or ())
-
-
 def _parse_worker(raw: bytes) -> wg.WorkerMessage:
     try:
         return wg.WorkerMessage.FromString(raw)
@@ -177,7 +172,7 @@ def _parse_coordinator(raw: bytes, address: str) -> wg.CoordinatorMessage:
         ) from exc
 
 
-class FanOutWorkers(_Interceptor):
+class FanOutWorkers(ServerInterceptor):
     """Fan each worker stream out to every address of `owners()` (own first).
 
     `channel(address)`: a channel to that coordinator, open as long as streams may use it
@@ -221,7 +216,7 @@ class FanOutWorkers(_Interceptor):
             found is None
             or method not in self._methods
             or not self._owners()  # the gateway answers (refuses) it
-            or _was_forwarded(handler_call_details)  # an owner's leg of a fanned-out stream
+            or was_forwarded_call(handler_call_details)  # an owner's leg of a fanned-out stream
         ):
             return found
         return grpc.stream_stream_rpc_method_handler(self._fan_out(method))

@@ -28,6 +28,7 @@ routes each operator's call to the coordinator that must execute it with it (rou
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +38,13 @@ from coordinator.access.options import SecurityOptions
 from postroom.tls import ClientTls, aio_channel
 
 if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
     Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
 else:  # not subscriptable at run time
-    _Interceptor = grpc.aio.ServerInterceptor
+    ServerInterceptor = grpc.aio.ServerInterceptor
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger("postroom.coordinator")
 
 LOCAL_SERVICES = frozenset(
     {
@@ -100,6 +102,11 @@ def was_forwarded(context: Ctx) -> bool:
     return any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
 
 
+def was_forwarded_call(details: grpc.HandlerCallDetails) -> bool:
+    """Whether the call `details` describes (seen by an interceptor) was forwarded once already."""
+    return any(key == FORWARDED_HEADER for key, _ in details.invocation_metadata or ())
+
+
 def remaining_timeout(context: Ctx) -> float | None:
     left = context.time_remaining()
     # grpc.aio gives a huge number (or None) when the caller set no deadline.
@@ -130,6 +137,28 @@ async def pass_initial_metadata(context: Ctx, call: grpc.aio.Call) -> None:
     initial = metadata_pairs(await call.initial_metadata())
     if initial:
         await context.send_initial_metadata(initial)
+
+
+async def pass_messages_back(
+    context: Ctx,
+    call: grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes],
+    address: str,
+    *,
+    who: str = "the active coordinator",
+) -> AsyncGenerator[bytes]:
+    """Each message of a stream called at `address` as it comes, with its initial and trailing
+    metadata; or its error status (pass_back_error). Closed early, the call is cancelled."""
+    try:
+        await pass_initial_metadata(context, call)
+        async for message in call:
+            yield message
+        context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
+    except grpc.aio.AioRpcError as exc:
+        log.debug("the stream from %s at %s ended: %s", who, address, exc.code().name)
+        await pass_back_error(context, exc, address, who=who)
+        raise
+    finally:
+        call.cancel()  # the caller hung up (or we are done): end the other side too
 
 
 class Forwarder:
@@ -193,16 +222,9 @@ class Forwarder:
         call = channel.unary_stream(method, None, None)(
             request, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
         )
-        try:
-            await pass_initial_metadata(context, call)
-            async for message in call:
+        async with contextlib.aclosing(pass_messages_back(context, call, address, who=who)) as got:
+            async for message in got:
                 yield message
-            context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
-        except grpc.aio.AioRpcError as exc:
-            await pass_back_error(context, exc, address, who=who)
-            raise
-        finally:
-            call.cancel()  # the caller hung up (or we are done): end the other side too
 
     async def close(self) -> None:
         """Close every channel (the server has stopped)."""
@@ -212,7 +234,7 @@ class Forwarder:
             await channel.close(None)
 
 
-class ForwardToActive(_Interceptor):
+class ForwardToActive(ServerInterceptor):
     """While `is_active()` is false, forward non-local calls to `active_address()`."""
 
     def __init__(

@@ -31,39 +31,29 @@ were given one address; a load balancer should prefer the active coordinator.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from coordinator.cluster.forward import (
-    FORWARDED_HEADER,
+    Ctx,
+    ServerInterceptor,
     forwarded_metadata,
-    metadata_pairs,
-    pass_back_error,
-    pass_initial_metadata,
+    pass_messages_back,
     remaining_timeout,
+    was_forwarded_call,
 )
 from coordinator.cluster.role import ClusterRole
 
 if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
-else:  # not subscriptable at run time
-    _Interceptor = grpc.aio.ServerInterceptor
+    from coordinator.cluster.forward import Continuation
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
 RELAYED_METHODS = frozenset({"/postroom.v1.WorkerGateway/Connect"})
 
-log = logging.getLogger("postroom.coordinator")
 
-
-def _was_forwarded(details: grpc.HandlerCallDetails) -> bool:
-    return any(key == FORWARDED_HEADER for key, _ in details.invocation_metadata or ())
-
-
-class RelayWorkersToActive(_Interceptor):
+class RelayWorkersToActive(ServerInterceptor):
     """While `role` is a standby that knows the active, relay workers' streams to it.
 
     `channel(address)`: a channel to the active coordinator (ForwardToActive.channel: one cached
@@ -91,7 +81,7 @@ class RelayWorkersToActive(_Interceptor):
             or method not in self._methods
             or self._role.is_active()
             or self._role.active_address() is None  # the gateway refuses: no active yet
-            or _was_forwarded(handler_call_details)  # the gateway refuses, naming its active
+            or was_forwarded_call(handler_call_details)  # the gateway refuses, naming its active
         ):
             return found
         return grpc.stream_stream_rpc_method_handler(self._relay(method))
@@ -108,16 +98,8 @@ class RelayWorkersToActive(_Interceptor):
             call = channel.stream_stream(method, None, None)(
                 requests, metadata=forwarded_metadata(context), timeout=remaining_timeout(context)
             )
-            try:
-                await pass_initial_metadata(context, call)
-                async for message in call:
+            async with contextlib.aclosing(pass_messages_back(context, call, address)) as got:
+                async for message in got:
                     yield message
-                context.set_trailing_metadata(metadata_pairs(await call.trailing_metadata()))
-            except grpc.aio.AioRpcError as exc:
-                log.debug("relayed worker stream to %s ended: %s", address, exc.code().name)
-                await pass_back_error(context, exc, address)
-                raise
-            finally:
-                call.cancel()  # the worker hung up (or we are done): end the active's side too
 
         return relay

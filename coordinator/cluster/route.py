@@ -52,7 +52,7 @@ import anyio
 import grpc
 from google.protobuf.message import Message
 
-from coordinator.cluster.forward import Forwarder, was_forwarded
+from coordinator.cluster.forward import Ctx, Forwarder, ServerInterceptor, was_forwarded
 from coordinator.domain import Target
 from coordinator.errors import CoordinatorError, NotFound
 from coordinator.store.base import Store
@@ -62,12 +62,8 @@ from postroom.tls import ClientTls
 from postroom.v1 import publishing_pb2 as pub
 
 if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
-else:  # not subscriptable at run time
-    _Interceptor = grpc.aio.ServerInterceptor
+    from coordinator.cluster.forward import Continuation
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
 PUBLISHING = "postroom.v1.Publishing"
 # The shard whose owner orders the cluster-wide access changes (tokens, enrollments).
 ACCESS_SHARD = 0
@@ -249,7 +245,7 @@ def _codec(found: Any) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
     return found.request_deserializer or _same, found.response_serializer or _same
 
 
-class RouteToOwner(_Interceptor):
+class RouteToOwner(ServerInterceptor):
     """Placement "spread": each Publishing call executed by its owner (module docstring)."""
 
     def __init__(
