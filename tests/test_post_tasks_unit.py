@@ -40,7 +40,7 @@ def test_a_schedule_task_never_remakes_a_published_target_the_core_let_go() -> N
 
 def test_a_schedule_task_does_only_its_own_shards_targets() -> None:
     h = harness({0, 1})
-    post, (ja, jb, jc) = make_post("p1", (A, B, C), h.now)
+    post, _never_stored = make_post("p1", (A, B, C), h.now)
     fresh = dataclasses.replace(post)
     task = _schedule_task(1, "p1-new-", h.now)
     fx = posttasks.apply(h.core, task, fresh, [], h.now)
