@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chaos_rig import short_soak
 from pg_rig import cluster_on_own_database, own_database
 from polling import wait_until
 
-from bench.chaos import soak
 from postroom.client.errors import Unavailable
 from postroom.v1 import publishing_pb2 as pub
 from postroom.v1 import types_pb2 as pb
@@ -148,22 +148,6 @@ def test_a_short_soak_that_kills_the_active_coordinator_loses_nothing_and_posts_
     """`make chaos`'s checker (bench/chaos.py) on two coordinators sharing a PostgreSQL
     database: its coordinator kills SIGKILL the active one (seeded: at least once here)."""
     with own_database() as url:
-        report = soak(
-            posts=60,
-            workers=3,
-            accounts=4,
-            seed=11,
-            chaos_s=10.0,
-            drain_timeout_s=120.0,
-            workdir=tmp_path,
-            quiet=True,
-            db_url=url,
-            coordinators=2,
-            placement="one",
-        )
-    assert report.violations == []
-    assert report.duplicates == 0 and report.lost == 0
-    assert report.posts == 60 and report.jobs >= 60
-    assert report.succeeded + report.failed == report.jobs
+        report = short_soak(tmp_path, db_url=url, coordinators=2, placement="one")
     assert report.coordinator_restarts >= 1
     assert len(report.takeovers) == report.coordinator_restarts and "?" not in report.takeovers
