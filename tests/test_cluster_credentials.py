@@ -20,6 +20,7 @@ import pytest
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pg_rig import empty_tables, pg_database
+from polling import eventually_true
 
 from coordinator.access.devices import end_status
 from coordinator.access.records import (
@@ -99,13 +100,8 @@ async def pair(url: str, *, reload_s: float) -> AsyncIterator[Pair]:
 
 
 async def eventually(what: str, probe: Callable[[], T | None]) -> T:
-    """Poll `probe` until it returns something truthy (within DEADLINE_S); that."""
-    with anyio.fail_after(DEADLINE_S):
-        # The change comes through another coordinator and the database: no event to await.
-        while not (value := probe()):  # noqa: ASYNC110
-            await anyio.sleep(POLL_S)
-    assert value, what
-    return value
+    # The change comes through another coordinator and the database: no event to await.
+    return await eventually_true(what, probe, DEADLINE_S, poll_s=POLL_S)
 
 
 def accepted(co: Coordinator, secret: str) -> Principal | None:

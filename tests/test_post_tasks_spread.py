@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
+import polling
 import pytest
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -139,13 +140,8 @@ async def spread(url: str, *, consume_b: bool = True) -> AsyncIterator[Pair]:
 
 
 async def eventually(what: str, probe: Callable[[], Awaitable[T | None]]) -> T:
-    """Poll `probe` until it returns something truthy (within WAIT_S); that."""
-    with anyio.fail_after(WAIT_S):
-        # The change comes through the other coordinator and the database: no event to await.
-        while not (value := await probe()):  # noqa: ASYNC110
-            await anyio.sleep(POLL_S)
-    assert value, what
-    return value
+    # The change comes through the other coordinator and the database: no event to await.
+    return await polling.eventually(what, probe, WAIT_S, poll_s=POLL_S)
 
 
 # ---- operators and workers ------------------------------------------------------------------
