@@ -33,7 +33,6 @@ from coordinator.store.base import PostTask
 SCHEDULE = "schedule"
 REFRESH = "refresh"
 CANCEL = "cancel"
-KINDS = frozenset({SCHEDULE, REFRESH, CANCEL})
 
 
 def remote_shards(core: LeaseCore, targets: Iterable[Target]) -> list[int]:
@@ -56,10 +55,6 @@ def remote_tasks(
     away) that another coordinator owns."""
     shards = remote_shards(core, [*post.targets, *targets])
     return [PostTask(shard, post.id, kind, dict(args or {})) for shard in shards]
-
-
-def owned_jobs(core: LeaseCore, jobs: Sequence[Job]) -> tuple[Job, ...]:
-    return tuple(j for j in jobs if core.scope.owns(j.target))
 
 
 def apply(
@@ -109,7 +104,7 @@ def _schedule(
 ) -> Effects:
     # The post's jobs of this coordinator's shards, published ones included: a target that
     # already has a SUCCEEDED job is never published again (the core may have let them go).
-    core.adopt(post, owned_jobs(core, jobs))
+    core.adopt(post, tuple(jobs))  # it takes in the jobs of this core's shards only
     take_finished(core, post.id, jobs)
     core.update_post(dataclasses.replace(post))
     when = float(task.args.get("when", now))
